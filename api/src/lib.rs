@@ -1,0 +1,1 @@
+//! tailor's API: the four custom resources in group `tailor.dev`, version `v1alpha1`.
