@@ -384,9 +384,10 @@ async fn stream_passes_through_incrementally() {
     let mut received = String::new();
     // The backend holds the stream after its first event; that event must get through.
     while !received.contains("\n\n") {
-        let frame = body
-            .frame()
+        // Bounded wait: a buffering proxy would never deliver this frame.
+        let frame = tokio::time::timeout(Duration::from_secs(60), body.frame())
             .await
+            .expect("the first event arrives while the backend holds the rest")
             .expect("a frame before the backend finishes")
             .expect("frame");
         if let Ok(data) = frame.into_data() {
@@ -637,4 +638,58 @@ async fn bad_requests_get_openai_errors() {
         .await
         .expect("healthz");
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_stream() {
+    let backend = Backend::start("a", Mode::Ok).await;
+    backend.shared.hold_streams.store(true, Ordering::SeqCst);
+    let config = route_config(&[("a", &[backend.url()], 1)], "");
+    let mut router = RouterProc::start(&config).await;
+    let client = http_client();
+    let body =
+        json!({"model": "bot", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let req = http::Request::post(format!("{}/v1/chat/completions", router.url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(60), body.frame())
+        .await
+        .expect("first event")
+        .expect("frame")
+        .expect("frame");
+    assert!(first.is_data());
+
+    // SIGTERM while the stream is held open: the router stops accepting but keeps serving it.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &router.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    poll_until(Duration::from_secs(30), "listener closed", || {
+        let url = format!("{}/healthz", router.url());
+        async move { get(&http_client(), &url).await.is_err() }
+    })
+    .await;
+    assert!(router.exited().is_none(), "exited with a stream in flight");
+    backend.shared.release.notify_one();
+    let mut rest = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            rest.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+    let mut code = None;
+    poll_until(Duration::from_secs(30), "router exit", || {
+        code = router.exited();
+        let done = code.is_some();
+        async move { done }
+    })
+    .await;
+    assert_eq!(code, Some(0));
 }

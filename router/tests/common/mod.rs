@@ -292,6 +292,19 @@ impl RouterProc {
         format!("http://{}", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit code once the process has exited.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
     /// Where /metrics and /stats live.
     pub fn ops_url(&self) -> String {
         format!("http://{}", self.admin.unwrap_or(self.addr))
