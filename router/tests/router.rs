@@ -423,7 +423,8 @@ async fn stream_passes_through_incrementally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_is_retried_on_another_backend() {
     let live = Backend::start("live", Mode::Ok).await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    // Port 1 (tcpmux): privileged and unused, so connecting is refused.
+    let dead = "http://127.0.0.1:1".to_string();
     let standby = Backend::start("standby", Mode::Ok).await;
     let config = format!(
         "routes:\n\

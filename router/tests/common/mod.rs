@@ -253,39 +253,68 @@ impl RouterProc {
 
     /// Starts the router on an existing config file inside `dir`.
     pub async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, admin: bool) -> RouterProc {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin_addr: Option<SocketAddr> =
-            admin.then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailor-router"));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--reload-interval")
-            .arg("100ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(a) = admin_addr {
-            cmd.arg("--admin-listen").arg(a.to_string());
-        }
-        let child = cmd.spawn().expect("spawn tailor-router");
-        let router = RouterProc {
-            child,
-            addr,
-            admin: admin_addr,
-            dir,
-            config_path,
-        };
-        let ready = format!("{}/readyz", router.ops_url());
+        use sha2::Digest;
+        let expected_sha = hex::encode(sha2::Sha256::digest(
+            std::fs::read(&config_path).expect("read config"),
+        ));
         let client = http_client();
-        poll_until(Duration::from_secs(60), "router ready", || {
-            let client = client.clone();
-            let ready = ready.clone();
-            async move { matches!(get(&client, &ready).await, Ok((s, _)) if s == 200) }
-        })
-        .await;
-        router
+        let (mut dir, mut config_path) = (dir, config_path);
+        // A port picked free may be taken again before the router binds it: then the router
+        // exits (or another process answers with another config) and we try fresh ports.
+        for _attempt in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let admin_addr: Option<SocketAddr> =
+                admin.then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailor-router"));
+            cmd.arg("--config")
+                .arg(&config_path)
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--reload-interval")
+                .arg("100ms")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            if let Some(a) = admin_addr {
+                cmd.arg("--admin-listen").arg(a.to_string());
+            }
+            let child = cmd.spawn().expect("spawn tailor-router");
+            let mut router = RouterProc {
+                child,
+                addr,
+                admin: admin_addr,
+                dir,
+                config_path,
+            };
+            let stats = format!("{}/stats", router.ops_url());
+            let end = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut ours = false;
+            while tokio::time::Instant::now() < end && router.exited().is_none() {
+                if let Ok((200, body)) = get(&client, &stats).await {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    ours = v["config"]["sha256"] == json!(expected_sha);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if ours && router.exited().is_none() {
+                return router;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "tailor-router did not become ready"
+            );
+            (dir, config_path) = router.take_parts();
+        }
+        panic!("tailor-router could not start on a free port");
+    }
+
+    /// Kills the process and hands back its directory and config path.
+    fn take_parts(mut self) -> (tempfile::TempDir, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (dir, self.config_path.clone())
     }
 
     pub fn url(&self) -> String {
