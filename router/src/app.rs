@@ -65,9 +65,18 @@ use crate::state::AppState;
 /// The public API. With `with_ops`, also the operational endpoints (no admin listener).
 pub fn app(state: Arc<AppState>, with_ops: bool) -> Router {
     let api = Router::new()
-        .route("/v1/chat/completions", post(proxy::completions))
-        .route("/v1/completions", post(proxy::completions))
-        .route("/v1/models", get(proxy::list_models))
+        .route(
+            "/v1/chat/completions",
+            post(proxy::completions).fallback(proxy::method_not_allowed),
+        )
+        .route(
+            "/v1/completions",
+            post(proxy::completions).fallback(proxy::method_not_allowed),
+        )
+        .route(
+            "/v1/models",
+            get(proxy::list_models).fallback(proxy::method_not_allowed),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let api = if with_ops {

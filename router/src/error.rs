@@ -26,6 +26,8 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("no route for {0}")]
     UnknownPath(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
     #[error("route `{0}` has no target with a positive weight")]
     NoTarget(String),
     #[error("could not connect to the backend for target `{0}`")]
@@ -90,6 +92,12 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("unknown_url"),
+            ),
+            MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                None,
+                Some("method_not_allowed"),
             ),
             NoTarget(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

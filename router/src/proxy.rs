@@ -37,7 +37,7 @@ fn reject_reason(e: &ApiError) -> &'static str {
             "bad_request"
         }
         ApiError::ModelNotFound(_) => "model_not_found",
-        ApiError::UnknownPath(_) => "not_found",
+        ApiError::UnknownPath(_) | ApiError::MethodNotAllowed(_) => "not_found",
         ApiError::NoTarget(_) => "no_target",
         ApiError::UpstreamConnect(_) | ApiError::UpstreamTimeout(..) | ApiError::Upstream(..) => {
             "upstream"
@@ -81,6 +81,11 @@ pub async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap)
 /// Any other path.
 pub async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response {
     reject(&state, ApiError::UnknownPath(req.uri().path().to_string()))
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    reject(&state, ApiError::MethodNotAllowed(req.method().to_string()))
 }
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`.

@@ -628,6 +628,11 @@ async fn bad_requests_get_openai_errors() {
     assert!(r.json()["error"]["message"].is_string());
     assert_eq!(backend.count(), 0, "no bad request reached the backend");
 
+    let (status, body) = get(&client, &url).await.expect("GET on a POST path");
+    assert_eq!(status, 405);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], json!("method_not_allowed"));
+
     let (status, body) = get(&client, &format!("{}/v1/models", router.url()))
         .await
         .expect("models");
