@@ -372,7 +372,11 @@ async fn stream_passes_through_incrementally() {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("request");
-    let resp = client.request(req).await.expect("response");
+    // Bounded wait: a buffering proxy would not even send the headers while the backend holds.
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .expect("response headers while the backend holds the stream")
+        .expect("response");
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()
@@ -660,7 +664,11 @@ async fn sigterm_drains_an_in_flight_stream() {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("request");
-    let resp = client.request(req).await.expect("response");
+    // Bounded wait: a buffering proxy would not even send the headers while the backend holds.
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .expect("response headers while the backend holds the stream")
+        .expect("response");
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let first = tokio::time::timeout(Duration::from_secs(60), body.frame())
