@@ -1,0 +1,34 @@
+//! `tailor-model`: the Llama family (Llama 2/3, Mistral, Qwen2/2.5/3, SmolLM, TinyLlama) on
+//! libtorch, loaded from a Hugging Face checkpoint directory, with PEFT-compatible LoRA.
+//!
+//! The public surface, stable for the trainer and the server:
+//! - [`ModelConfig`] / [`HfConfig`]: `config.json`, normalised.
+//! - [`CausalLm::load`] and [`CausalLm::forward`] / [`CausalLm::hidden_states`] +
+//!   [`CausalLm::logits`], taking a [`ForwardInput`] (token ids, optional validity mask, the
+//!   [`Adapters`] to use, per row if need be) and an optional caller-owned [`KvCache`].
+//! - [`LoraAdapter`] / [`LoraConfig`] / [`TargetModule`], with [`peft`] reading and writing the
+//!   PEFT adapter directory format.
+//! - [`Tokenizer`] (`tokenizer.json` + `tokenizer_config.json`) and [`ChatTemplate`].
+//! - [`ModelError`]: every failure, with a message naming the file or field.
+
+pub mod chat_template;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod lora;
+pub mod model;
+pub mod peft;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use config::{Architecture, HfConfig, ModelConfig, RopeScaling};
+pub use error::{ModelError, Result};
+pub use lora::{Adapters, LoraAdapter, LoraConfig, TargetModule};
+pub use model::{CausalLm, ForwardInput, KvCache};
+pub use tokenizer::Tokenizer;
+
+/// The device to run on: the first CUDA device when there is one, else the CPU.
+pub fn default_device() -> tch::Device {
+    tch::Device::cuda_if_available()
+}

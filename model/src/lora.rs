@@ -1,0 +1,379 @@
+//! LoRA with PEFT's semantics: `y = W x + b + (B · A · dropout(x)) · scaling`, `A` initialised
+//! kaiming-uniform with `a = √5` (that is U(−1/√in, 1/√in)), `B` zero, `scaling = alpha / r`
+//! (`alpha / √r` with rsLoRA). Adapters are plain tensors owned by the caller, kept apart from the
+//! base model, so one base model can serve many adapters and a trainer can optimise one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+/// A projection LoRA can attach to; names are the Hugging Face module names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetModule {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl TargetModule {
+    pub const ALL: [TargetModule; 7] = [
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::OProj,
+        Self::GateProj,
+        Self::UpProj,
+        Self::DownProj,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::QProj => "q_proj",
+            Self::KProj => "k_proj",
+            Self::VProj => "v_proj",
+            Self::OProj => "o_proj",
+            Self::GateProj => "gate_proj",
+            Self::UpProj => "up_proj",
+            Self::DownProj => "down_proj",
+        }
+    }
+
+    /// The parent module in the HF tree (`self_attn` or `mlp`).
+    pub fn parent(self) -> &'static str {
+        match self {
+            Self::QProj | Self::KProj | Self::VProj | Self::OProj => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Parses a target-module list as PEFT accepts it: names, or `all-linear`.
+    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Vec<TargetModule>> {
+        let mut out = Vec::new();
+        for n in names {
+            let n = n.as_ref().trim();
+            if n.is_empty() {
+                continue;
+            }
+            if n == "all-linear" {
+                out.extend(Self::ALL);
+            } else {
+                out.push(n.parse()?);
+            }
+        }
+        if out.is_empty() {
+            return Err(ModelError::Adapter(
+                "target modules must not be empty".into(),
+            ));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl FromStr for TargetModule {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| ModelError::UnknownTargetModule(s.to_string()))
+    }
+}
+
+impl fmt::Display for TargetModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Hyperparameters of one adapter (the subset of PEFT's `LoraConfig` tailor implements).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<TargetModule>,
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r <= 0 {
+            return Err(ModelError::Adapter(format!(
+                "rank must be positive, got {}",
+                self.r
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelError::Adapter(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        if self.target_modules.is_empty() {
+            return Err(ModelError::Adapter(
+                "target modules must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The two matrices of one adapted projection. `a` is `[r, in]`, `b` is `[out, r]` (PEFT layout).
+#[derive(Debug)]
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scaling: f64,
+}
+
+/// One LoRA adapter for a whole model.
+#[derive(Debug)]
+pub struct LoraAdapter {
+    pub config: LoraConfig,
+    /// `layers[i][module]`, `None` where the module is not adapted.
+    layers: Vec<[Option<LoraPair>; 7]>,
+}
+
+impl LoraAdapter {
+    /// A fresh adapter with PEFT's default initialisation. Draws from libtorch's global RNG:
+    /// seed it (`tch::manual_seed`) for reproducible weights.
+    pub fn init(model: &ModelConfig, config: LoraConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let scaling = config.scaling();
+        let mut layers = Vec::with_capacity(model.num_hidden_layers as usize);
+        for _ in 0..model.num_hidden_layers {
+            let mut mods: [Option<LoraPair>; 7] = Default::default();
+            for &m in &config.target_modules {
+                let (fan_in, fan_out) = model.projection_shape(m);
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let a = Tensor::f_empty([config.r, fan_in], (Kind::Float, device))?
+                    .f_uniform_(-bound, bound)?;
+                let b = Tensor::f_zeros([fan_out, config.r], (Kind::Float, device))?;
+                mods[m.index()] = Some(LoraPair { a, b, scaling });
+            }
+            layers.push(mods);
+        }
+        Ok(Self { config, layers })
+    }
+
+    /// Builds an adapter from loaded pairs, checking every shape against the base model.
+    pub fn from_pairs(
+        model: &ModelConfig,
+        config: LoraConfig,
+        pairs: Vec<(usize, TargetModule, Tensor, Tensor)>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let scaling = config.scaling();
+        let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
+            .map(|_| Default::default())
+            .collect();
+        for (layer, module, a, b) in pairs {
+            let name = format!("model.layers.{layer}.{}.{}", module.parent(), module.name());
+            let slot = layers
+                .get_mut(layer)
+                .ok_or_else(|| ModelError::AdapterShapeMismatch {
+                    name: name.clone(),
+                    found: vec![layer as i64],
+                    expected: vec![model.num_hidden_layers],
+                })?;
+            let (fan_in, fan_out) = model.projection_shape(module);
+            let expect_a = vec![config.r, fan_in];
+            let expect_b = vec![fan_out, config.r];
+            if a.size() != expect_a {
+                return Err(ModelError::AdapterShapeMismatch {
+                    name: format!("{name}.lora_A.weight"),
+                    found: a.size(),
+                    expected: expect_a,
+                });
+            }
+            if b.size() != expect_b {
+                return Err(ModelError::AdapterShapeMismatch {
+                    name: format!("{name}.lora_B.weight"),
+                    found: b.size(),
+                    expected: expect_b,
+                });
+            }
+            slot[module.index()] = Some(LoraPair { a, b, scaling });
+        }
+        Ok(Self { config, layers })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn pair(&self, layer: usize, module: TargetModule) -> Option<&LoraPair> {
+        self.layers.get(layer)?.get(module.index())?.as_ref()
+    }
+
+    /// Every (layer, module, pair) in a stable order (layer, then module order).
+    pub fn pairs(&self) -> impl Iterator<Item = (usize, TargetModule, &LoraPair)> {
+        self.layers.iter().enumerate().flat_map(|(i, mods)| {
+            TargetModule::ALL
+                .into_iter()
+                .filter_map(move |m| mods[m.index()].as_ref().map(|p| (i, m, p)))
+        })
+    }
+
+    /// The trainable tensors in a stable order: for each pair, A then B.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        self.pairs().flat_map(|(_, _, p)| [&p.a, &p.b]).collect()
+    }
+
+    /// Marks every adapter tensor as requiring gradients (training) or not (serving).
+    pub fn set_requires_grad(&mut self, on: bool) {
+        for mods in &mut self.layers {
+            for p in mods.iter_mut().flatten() {
+                p.a = p.a.detach().set_requires_grad(on);
+                p.b = p.b.detach().set_requires_grad(on);
+            }
+        }
+    }
+
+    /// Moves the adapter to a device (values keep their kind, fp32 by default).
+    pub fn to_device(&mut self, device: Device) {
+        for mods in &mut self.layers {
+            for p in mods.iter_mut().flatten() {
+                p.a = p.a.to_device(device);
+                p.b = p.b.to_device(device);
+            }
+        }
+    }
+
+    /// A deep copy with the same values, detached from any graph.
+    pub fn clone_detached(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|mods| {
+                    let mut out: [Option<LoraPair>; 7] = Default::default();
+                    for (i, p) in mods.iter().enumerate() {
+                        out[i] = p.as_ref().map(|p| LoraPair {
+                            a: p.a.detach().copy(),
+                            b: p.b.detach().copy(),
+                            scaling: p.scaling,
+                        });
+                    }
+                    out
+                })
+                .collect(),
+        }
+    }
+
+    /// `(B · A · dropout(x)) · scaling` for one projection, computed in the adapter's kind and
+    /// returned in `x`'s kind.
+    pub(crate) fn delta(
+        &self,
+        layer: usize,
+        module: TargetModule,
+        x: &Tensor,
+        train: bool,
+    ) -> Option<Tensor> {
+        let p = self.pair(layer, module)?;
+        let x_in = if x.kind() == p.a.kind() {
+            x.shallow_clone()
+        } else {
+            x.to_kind(p.a.kind())
+        };
+        let x_in = if train && self.config.dropout > 0.0 {
+            x_in.dropout(self.config.dropout, true)
+        } else {
+            x_in
+        };
+        let d = x_in
+            .linear::<Tensor>(&p.a, None)
+            .linear::<Tensor>(&p.b, None)
+            * p.scaling;
+        Some(if d.kind() == x.kind() {
+            d
+        } else {
+            d.to_kind(x.kind())
+        })
+    }
+}
+
+/// Which adapter each batch row uses.
+#[derive(Clone, Copy)]
+pub enum Adapters<'a> {
+    /// The base model alone.
+    None,
+    /// One adapter for every row (training, single-adapter serving).
+    All(&'a LoraAdapter),
+    /// One entry per batch row: rows with different adapters share one forward pass.
+    PerRow(&'a [Option<&'a LoraAdapter>]),
+}
+
+impl Adapters<'_> {
+    /// Adds the LoRA contribution(s) of `module` in `layer` to `base` (the frozen projection's
+    /// output for `x`).
+    pub(crate) fn apply(
+        &self,
+        layer: usize,
+        module: TargetModule,
+        x: &Tensor,
+        base: Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Adapters::None => Ok(base),
+            Adapters::All(a) => Ok(match a.delta(layer, module, x, train) {
+                Some(d) => base + d,
+                None => base,
+            }),
+            Adapters::PerRow(rows) => {
+                let batch = x.size().first().copied().unwrap_or(0);
+                if rows.len() as i64 != batch {
+                    return Err(ModelError::InvalidInput(format!(
+                        "{} adapter selections for a batch of {batch} rows",
+                        rows.len()
+                    )));
+                }
+                let mut out = base;
+                let mut seen: Vec<*const LoraAdapter> = Vec::new();
+                for adapter in rows.iter().flatten() {
+                    let ptr: *const LoraAdapter = *adapter;
+                    if seen.contains(&ptr) {
+                        continue;
+                    }
+                    seen.push(ptr);
+                    let idx: Vec<i64> = rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.is_some_and(|r| std::ptr::eq(r, ptr)))
+                        .map(|(i, _)| i as i64)
+                        .collect();
+                    let idx = Tensor::from_slice(&idx).to_device(x.device());
+                    let xs = x.index_select(0, &idx);
+                    if let Some(d) = adapter.delta(layer, module, &xs, train) {
+                        out = out.index_add(0, &idx, &d);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}

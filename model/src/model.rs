@@ -1,0 +1,330 @@
+//! The causal language model: loading from a Hugging Face directory and the forward pass.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::SafetensorsFiles;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::attention::{Attention, AttentionInput, AttentionMask};
+use crate::layers::linear::Linear;
+use crate::layers::mlp::Mlp;
+use crate::layers::norm::RmsNorm;
+use crate::layers::rope::Rope;
+use crate::lora::Adapters;
+
+/// One transformer block (`model.layers.{i}`).
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The `model.*` part of the checkpoint.
+#[derive(Debug)]
+pub struct LlamaModel {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+/// A Llama-family causal LM. Base weights are frozen (`requires_grad = false`); adapters are
+/// passed into each forward call.
+#[derive(Debug)]
+pub struct CausalLm {
+    pub config: ModelConfig,
+    pub model: LlamaModel,
+    /// `[vocab, hidden]`; the same tensor as `embed_tokens` when embeddings are tied.
+    pub lm_head: Tensor,
+    rope: Rope,
+    kind: Kind,
+    device: Device,
+}
+
+/// The KV cache of a batch of sequences, owned by the caller and passed to each forward call.
+///
+/// Keys and values are stored per layer as `[B, kv_heads, S, head_dim]` (after RoPE) together
+/// with a `[B, S]` mask of which columns hold real tokens, so rows of different lengths (ragged
+/// prefill, padding) share one tensor.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    valid: Option<Tensor>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| None).collect(),
+            valid: None,
+        }
+    }
+
+    /// Columns held (the longest row, padding included).
+    pub fn columns(&self) -> i64 {
+        self.valid.as_ref().map_or(0, |v| v.size()[1])
+    }
+
+    /// Real tokens held per row.
+    pub fn lengths(&self) -> Vec<i64> {
+        match &self.valid {
+            None => Vec::new(),
+            Some(v) => {
+                Vec::<i64>::try_from(v.sum_dim_intlist(1, false, Kind::Int64)).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Keeps only `rows` (in that order), e.g. to drop finished sequences from a batch.
+    pub fn select_rows(&mut self, rows: &[i64]) {
+        let Some(valid) = &self.valid else { return };
+        let idx = Tensor::from_slice(rows).to_device(valid.device());
+        self.valid = Some(valid.index_select(0, &idx));
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(0, &idx);
+            *v = v.index_select(0, &idx);
+        }
+    }
+}
+
+/// One forward call's input.
+pub struct ForwardInput<'a> {
+    /// Token ids `[B, T]` (int64).
+    pub input_ids: &'a Tensor,
+    /// `[B, T]` bool, false on padding; `None` when every token is real. Positions count only
+    /// real tokens, so both left and right padding work.
+    pub valid: Option<&'a Tensor>,
+    /// The adapter(s) to apply.
+    pub adapters: Adapters<'a>,
+    /// Enables LoRA dropout.
+    pub train: bool,
+}
+
+impl<'a> ForwardInput<'a> {
+    /// Every token real, no adapter, inference mode.
+    pub fn new(input_ids: &'a Tensor) -> Self {
+        Self {
+            input_ids,
+            valid: None,
+            adapters: Adapters::None,
+            train: false,
+        }
+    }
+}
+
+impl CausalLm {
+    /// Loads `DIR/config.json` and the safetensors weights in `kind` on `device`.
+    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let files = SafetensorsFiles::open_model_dir(dir)?;
+        Self::from_files(config, &files, kind, device)
+    }
+
+    pub fn from_files(
+        config: ModelConfig,
+        files: &SafetensorsFiles,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let c = &config;
+        let h = c.hidden_size;
+        let q_dim = c.num_attention_heads * c.head_dim;
+        let kv_dim = c.num_key_value_heads * c.head_dim;
+        let embed_tokens = files.tensor_with_shape(
+            "model.embed_tokens.weight",
+            &[c.vocab_size, h],
+            kind,
+            device,
+        )?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let lin = |name: &str, i_f: i64, o_f: i64, bias: bool| {
+                Linear::load(files, &format!("{p}.{name}"), i_f, o_f, bias, kind, device)
+            };
+            let norm = |name: &str, dim: i64| {
+                RmsNorm::load(
+                    files,
+                    &format!("{p}.{name}"),
+                    dim,
+                    c.rms_norm_eps,
+                    kind,
+                    device,
+                )
+            };
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(norm("self_attn.q_norm", c.head_dim)?),
+                    Some(norm("self_attn.k_norm", c.head_dim)?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(DecoderLayer {
+                self_attn: Attention {
+                    q_proj: lin("self_attn.q_proj", h, q_dim, c.qkv_bias)?,
+                    k_proj: lin("self_attn.k_proj", h, kv_dim, c.qkv_bias)?,
+                    v_proj: lin("self_attn.v_proj", h, kv_dim, c.qkv_bias)?,
+                    o_proj: lin("self_attn.o_proj", q_dim, h, c.o_bias)?,
+                    q_norm,
+                    k_norm,
+                    num_heads: c.num_attention_heads,
+                    num_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                },
+                mlp: Mlp {
+                    gate_proj: lin("mlp.gate_proj", h, c.intermediate_size, c.mlp_bias)?,
+                    up_proj: lin("mlp.up_proj", h, c.intermediate_size, c.mlp_bias)?,
+                    down_proj: lin("mlp.down_proj", c.intermediate_size, h, c.mlp_bias)?,
+                },
+                input_layernorm: norm("input_layernorm", h)?,
+                post_attention_layernorm: norm("post_attention_layernorm", h)?,
+            });
+        }
+        let norm = RmsNorm::load(files, "model.norm", h, c.rms_norm_eps, kind, device)?;
+        let lm_head = if c.tie_word_embeddings || !files.contains("lm_head.weight") {
+            if !c.tie_word_embeddings {
+                return Err(ModelError::MissingTensor {
+                    name: "lm_head.weight".into(),
+                });
+            }
+            embed_tokens.shallow_clone()
+        } else {
+            files.tensor_with_shape("lm_head.weight", &[c.vocab_size, h], kind, device)?
+        };
+        let rope = Rope::new(c, device);
+        Ok(Self {
+            model: LlamaModel {
+                embed_tokens,
+                layers,
+                norm,
+            },
+            lm_head,
+            rope,
+            kind,
+            device,
+            config,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// A cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.model.layers.len())
+    }
+
+    /// Final hidden states `[B, T, hidden]` (after the last norm). With a cache, the new tokens
+    /// continue each row's cached sequence and are appended to the cache.
+    pub fn hidden_states(
+        &self,
+        input: &ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let size = input.input_ids.size();
+        let [b, t] = size[..] else {
+            return Err(ModelError::InvalidInput(format!(
+                "input_ids must be [batch, seq], got {size:?}"
+            )));
+        };
+        if let Some(v) = input.valid
+            && v.size() != size
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "valid mask has shape {:?}, input_ids {size:?}",
+                v.size()
+            )));
+        }
+        if let Some(c) = cache.as_deref()
+            && c.layers.len() != self.model.layers.len()
+        {
+            return Err(ModelError::InvalidInput(
+                "KV cache built for another model".into(),
+            ));
+        }
+        let dev = self.device;
+        let prev_valid = cache
+            .as_deref()
+            .and_then(|c| c.valid.as_ref().map(|v| v.shallow_clone()));
+        if let Some(pv) = &prev_valid
+            && pv.size()[0] != b
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "batch of {b} rows but the KV cache holds {}",
+                pv.size()[0]
+            )));
+        }
+        let (positions, mask) = if cache.is_none() && input.valid.is_none() {
+            let pos = Tensor::arange(t, (Kind::Int64, dev))
+                .unsqueeze(0)
+                .expand([b, t], true);
+            (pos, AttentionMask::Causal)
+        } else {
+            let new_valid = match input.valid {
+                Some(v) => v.to_device(dev).to_kind(Kind::Bool),
+                None => Tensor::ones([b, t], (Kind::Bool, dev)),
+            };
+            let s = prev_valid.as_ref().map_or(0, |v| v.size()[1]);
+            let prev_count = match &prev_valid {
+                Some(v) => v.sum_dim_intlist(1, true, Kind::Int64),
+                None => Tensor::zeros([b, 1], (Kind::Int64, dev)),
+            };
+            let pos = (prev_count + new_valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+            let key_valid = match &prev_valid {
+                Some(v) => Tensor::cat(&[v, &new_valid], 1),
+                None => new_valid,
+            };
+            let cols = Tensor::arange(s + t, (Kind::Int64, dev)).unsqueeze(0);
+            let rows = (Tensor::arange(t, (Kind::Int64, dev)) + s).unsqueeze(1);
+            let causal = cols.le_tensor(&rows);
+            let own = cols.eq_tensor(&rows);
+            let m = causal
+                .unsqueeze(0)
+                .logical_and(&key_valid.unsqueeze(1).logical_or(&own.unsqueeze(0)));
+            if let Some(c) = cache.as_deref_mut() {
+                c.valid = Some(key_valid);
+            }
+            (pos, AttentionMask::Explicit(m.unsqueeze(1)))
+        };
+        let (cos, sin) = self.rope.cos_sin(&positions, self.kind);
+        let ctx = AttentionInput {
+            cos: &cos,
+            sin: &sin,
+            mask: &mask,
+        };
+        let ids = input.input_ids.to_device(dev);
+        let mut x = Tensor::embedding(&self.model.embed_tokens, &ids, -1, false, false);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let h = layer.input_layernorm.forward(&x);
+            let a = layer
+                .self_attn
+                .forward(i, &h, &ctx, slot, &input.adapters, input.train)?;
+            // Out of place: the norm above needs `x` unchanged for backward.
+            x = &x + a;
+            let h = layer.post_attention_layernorm.forward(&x);
+            x = &x + layer.mlp.forward(i, &h, &input.adapters, input.train)?;
+        }
+        Ok(self.model.norm.forward(&x))
+    }
+
+    /// Logits for hidden states of any leading shape (`[..., hidden] -> [..., vocab]`).
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None)
+    }
+
+    /// Logits `[B, T, vocab]` for every input position.
+    pub fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden_states(input, cache)?;
+        Ok(self.logits(&h))
+    }
+}

@@ -1,0 +1,322 @@
+//! tailor-model against Hugging Face `transformers` and `peft` (tests/reference.py) on tiny
+//! random checkpoints: logits, PEFT adapters both ways, KV cache and per-row adapters.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use tailor_model::{Adapters, CausalLm, ForwardInput, LoraAdapter, ModelError, peft};
+use tch::{Device, Kind, Tensor};
+
+const MODELS: [&str; 3] = ["llama_gqa", "qwen2", "qwen3"];
+
+fn python() -> String {
+    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference.py")
+}
+
+/// The fixtures are built once per test binary.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(python())
+            .arg(script())
+            .arg("fixtures")
+            .arg(dir.path())
+            .output()
+            .expect("run reference.py (is the setup script's venv on PATH?)");
+        assert!(
+            out.status.success(),
+            "reference.py fixtures failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+fn reference(model_dir: &Path, name: &str) -> Tensor {
+    let all = tailor_model::checkpoint::read_safetensors(
+        &model_dir.join("reference.safetensors"),
+        Device::Cpu,
+    )
+    .expect("reference.safetensors");
+    all.into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("no {name} in reference"))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+fn load(name: &str) -> (PathBuf, CausalLm) {
+    let dir = fixtures().join(name);
+    let model = CausalLm::load(&dir, Kind::Float, Device::Cpu).expect("load model");
+    (dir, model)
+}
+
+#[test]
+fn logits_match_transformers() {
+    for name in MODELS {
+        let (dir, model) = load(name);
+        let ids = reference(&dir, "input_ids");
+        let logits =
+            tch::no_grad(|| model.forward(&ForwardInput::new(&ids), None)).expect("forward");
+        let diff = max_abs_diff(&logits, &reference(&dir, "logits"));
+        assert!(diff <= 1e-4, "{name}: max abs diff {diff}");
+    }
+}
+
+#[test]
+fn peft_adapter_loads_and_matches_peft_logits() {
+    for name in MODELS {
+        let (dir, model) = load(name);
+        let adapter = peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu)
+            .expect("load adapter");
+        assert_eq!(
+            adapter.pairs().count(),
+            7 * model.config.num_hidden_layers as usize
+        );
+        let ids = reference(&dir, "input_ids");
+        let input = ForwardInput {
+            adapters: Adapters::All(&adapter),
+            ..ForwardInput::new(&ids)
+        };
+        let logits = tch::no_grad(|| model.forward(&input, None)).expect("forward");
+        let diff = max_abs_diff(&logits, &reference(&dir, "peft_logits"));
+        assert!(diff <= 1e-4, "{name}: max abs diff {diff}");
+        // The base model alone must differ, or the adapter test proves nothing.
+        assert!(max_abs_diff(&logits, &reference(&dir, "logits")) > 1e-3);
+    }
+}
+
+#[test]
+fn tailor_adapter_loads_in_peft_with_equal_logits() {
+    for name in MODELS {
+        let (dir, model) = load(name);
+        tch::manual_seed(7);
+        let config = tailor_model::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: tailor_model::TargetModule::parse_list(&[
+                "q_proj",
+                "v_proj",
+                "down_proj",
+            ])
+            .expect("targets"),
+            use_rslora: false,
+        };
+        let mut adapter = LoraAdapter::init(&model.config, config, Device::Cpu).expect("init");
+        // Non-zero B so the adapter changes the logits.
+        let pairs: Vec<_> = adapter
+            .pairs()
+            .map(|(l, m, p)| {
+                (
+                    l,
+                    m,
+                    p.a.copy(),
+                    Tensor::randn(p.b.size(), (Kind::Float, Device::Cpu)) * 0.1,
+                )
+            })
+            .collect();
+        adapter =
+            LoraAdapter::from_pairs(&model.config, adapter.config.clone(), pairs).expect("pairs");
+        let out = tempfile::tempdir().expect("tempdir");
+        peft::save_adapter(&adapter, out.path(), "tiny").expect("save");
+        let logits_file = out.path().join("peft_logits.safetensors");
+        let run = Command::new(python())
+            .arg(script())
+            .arg("peft-load")
+            .arg(&dir)
+            .arg(out.path())
+            .arg(&logits_file)
+            .output()
+            .expect("run reference.py");
+        assert!(
+            run.status.success(),
+            "{name}: PEFT rejected the adapter: {}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let peft_logits = tailor_model::checkpoint::read_safetensors(&logits_file, Device::Cpu)
+            .expect("logits")[0]
+            .1
+            .shallow_clone();
+        let ids = reference(&dir, "input_ids");
+        let input = ForwardInput {
+            adapters: Adapters::All(&adapter),
+            ..ForwardInput::new(&ids)
+        };
+        let logits = tch::no_grad(|| model.forward(&input, None)).expect("forward");
+        let diff = max_abs_diff(&logits, &peft_logits);
+        assert!(diff <= 1e-4, "{name}: max abs diff {diff}");
+    }
+}
+
+#[test]
+fn kv_cache_decode_equals_full_forward() {
+    let (dir, model) = load("llama_gqa");
+    let ids = reference(&dir, "input_ids");
+    let adapter =
+        peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu).expect("adapter");
+    let adapters = Adapters::All(&adapter);
+    let full = tch::no_grad(|| {
+        model.forward(
+            &ForwardInput {
+                adapters,
+                ..ForwardInput::new(&ids)
+            },
+            None,
+        )
+    })
+    .expect("full");
+    let t = ids.size()[1];
+    let mut cache = model.new_cache();
+    let prefix = 5;
+    let mut parts = vec![
+        tch::no_grad(|| {
+            model.forward(
+                &ForwardInput {
+                    adapters,
+                    ..ForwardInput::new(&ids.narrow(1, 0, prefix))
+                },
+                Some(&mut cache),
+            )
+        })
+        .expect("prefill"),
+    ];
+    for i in prefix..t {
+        let step = ids.narrow(1, i, 1);
+        parts.push(
+            tch::no_grad(|| {
+                model.forward(
+                    &ForwardInput {
+                        adapters,
+                        ..ForwardInput::new(&step)
+                    },
+                    Some(&mut cache),
+                )
+            })
+            .expect("decode"),
+        );
+    }
+    assert_eq!(cache.lengths(), vec![t, t]);
+    let inc = Tensor::cat(&parts, 1);
+    let diff = max_abs_diff(&inc, &full);
+    assert!(diff <= 1e-4, "incremental vs full: {diff}");
+}
+
+#[test]
+fn ragged_batch_with_per_row_adapters() {
+    let (dir, model) = load("qwen3");
+    let ids = reference(&dir, "input_ids");
+    let adapter =
+        peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu).expect("adapter");
+    let row0 = ids.narrow(0, 0, 1);
+    let row1 = ids.narrow(0, 1, 1).narrow(1, 0, 9);
+    let alone0 = tch::no_grad(|| {
+        model.forward(
+            &ForwardInput {
+                adapters: Adapters::All(&adapter),
+                ..ForwardInput::new(&row0)
+            },
+            None,
+        )
+    })
+    .expect("row0");
+    let alone1 = tch::no_grad(|| model.forward(&ForwardInput::new(&row1), None)).expect("row1");
+    // Row 1 is left-padded by 4 tokens; row 0 uses the adapter, row 1 the base model.
+    let pad = Tensor::zeros([1, 4], (Kind::Int64, Device::Cpu));
+    let batch = Tensor::cat(
+        &[
+            row0.shallow_clone(),
+            Tensor::cat(&[pad, row1.shallow_clone()], 1),
+        ],
+        0,
+    );
+    let valid = Tensor::ones([2, 13], (Kind::Bool, Device::Cpu));
+    let _ = valid.narrow(1, 0, 4).get(1).fill_(0);
+    let rows = [Some(&adapter), None];
+    let mut cache = model.new_cache();
+    let out = tch::no_grad(|| {
+        model.forward(
+            &ForwardInput {
+                input_ids: &batch,
+                valid: Some(&valid),
+                adapters: Adapters::PerRow(&rows),
+                train: false,
+            },
+            Some(&mut cache),
+        )
+    })
+    .expect("batch");
+    assert!(max_abs_diff(&out.get(0), &alone0.get(0)) <= 1e-4);
+    assert!(max_abs_diff(&out.get(1).narrow(0, 4, 9), &alone1.get(0)) <= 1e-4);
+    assert_eq!(cache.lengths(), vec![13, 9]);
+}
+
+#[test]
+fn tokenizer_and_chat_template() {
+    let dir = fixtures().join("llama_gqa");
+    let tok = tailor_model::Tokenizer::from_dir(&dir).expect("tokenizer");
+    let tmpl = tok
+        .chat_template()
+        .expect("template")
+        .expect("has template");
+    let text = tmpl
+        .render(
+            &[tailor_model::ChatMessage::new("user", "hello world")],
+            true,
+        )
+        .expect("render");
+    assert_eq!(
+        text,
+        "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let ids = tok.encode(&text, false).expect("encode");
+    assert_eq!(ids[0], tok.token_to_id("<|im_start|>").expect("special"));
+    assert_eq!(tok.decode(&ids, false).expect("decode"), text);
+    assert_eq!(tok.eos_token_id(), tok.token_to_id("<|im_end|>"));
+}
+
+#[test]
+fn bad_checkpoints_give_clear_errors() {
+    let src = fixtures().join("llama_gqa");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).expect("copy");
+    let err = CausalLm::load(dir.path(), Kind::Float, Device::Cpu).expect_err("no weights");
+    assert!(matches!(err, ModelError::MissingCheckpoint { .. }), "{err}");
+    let bytes = std::fs::read(src.join("model.safetensors")).expect("read");
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .expect("write");
+    let err = CausalLm::load(dir.path(), Kind::Float, Device::Cpu).expect_err("truncated");
+    assert!(matches!(err, ModelError::CorruptCheckpoint { .. }), "{err}");
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\xff\xfe not a safetensors file",
+    )
+    .expect("write");
+    let err = CausalLm::load(dir.path(), Kind::Float, Device::Cpu).expect_err("garbage");
+    assert!(matches!(err, ModelError::CorruptCheckpoint { .. }), "{err}");
+    // An adapter for another base model (other shapes) is refused with the tensor named.
+    let other = fixtures().join("qwen3");
+    let model = CausalLm::load(&src, Kind::Float, Device::Cpu).expect("load");
+    let err = peft::load_adapter(&other.join("peft_adapter"), &model.config, Device::Cpu)
+        .expect_err("shapes");
+    assert!(
+        matches!(err, ModelError::AdapterShapeMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("different base model"));
+}
