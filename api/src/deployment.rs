@@ -1,0 +1,504 @@
+//! `ModelDeployment`: a base model and its adapters served behind an OpenAI-compatible
+//! endpoint, changed by canary rollouts that roll themselves back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{KeyRef, LocalRef, Resources};
+
+/// Go-style durations as Kubernetes writes them (`30s`, `1m30s`, `2h`).
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// A served model: one base model in memory, each adapter a model name in the OpenAI API.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tailor.dev",
+    version = "v1alpha1",
+    kind = "ModelDeployment",
+    namespaced,
+    status = "ModelDeploymentStatus",
+    shortname = "mdep",
+    category = "tailor",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stableRevision"}"#,
+    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canaryRevision"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.adapters) || self.adapters.all(a, a.name != self.baseModel.servedName)").message("an adapter name may not equal baseModel.servedName"))]
+pub struct ModelDeploymentSpec {
+    /// The base model and the name it is served under.
+    pub base_model: ServedBaseModel,
+    /// Adapters served on the base model; each `name` is a model name in the OpenAI API.
+    /// Changing only the adapter a name points to rolls out as an adapter canary (no new pods).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("adapter names must be unique"))]
+    pub adapters: Vec<ServedAdapter>,
+    /// Serving pods per revision. Changing only this rolls nothing out.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 256))]
+    pub replicas: i32,
+    /// Compute per serving pod.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Node labels serving pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for tainted (e.g. GPU) nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Inference server settings. Changing them rolls out as a pod canary.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// API keys required at the endpoint. Unset: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    /// How changes roll out.
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// The base model of a deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedBaseModel {
+    /// Where the Hugging Face checkpoint lives (`pvc://`, `file://`, `s3://`, `gs://`, `hf://`).
+    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|hf)://.+"))]
+    pub uri: String,
+    /// The model name clients use for the base model.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"), length(max = 128))]
+    pub served_name: String,
+}
+
+/// One adapter, served as its own model name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedAdapter {
+    /// The model name clients use for this adapter.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"), length(max = 128))]
+    pub name: String,
+    /// The LoraAdapter (same namespace) to serve under that name.
+    pub adapter_ref: LocalRef,
+}
+
+/// Inference server settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSettings {
+    /// Most sequences decoded together in one forward pass.
+    #[serde(default = "default_batch")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_batch_size: u32,
+    /// Longest prompt + completion, in tokens.
+    #[serde(default = "default_seq")]
+    #[schemars(range(min = 16, max = 1048576))]
+    pub max_seq_length: u32,
+    /// Adapters held in memory per pod (least recently used evicted beyond).
+    #[serde(default = "default_loaded")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_loaded_adapters: u32,
+    /// Weight and compute type.
+    #[serde(default)]
+    pub dtype: Dtype,
+}
+
+fn default_batch() -> u32 {
+    16
+}
+fn default_seq() -> u32 {
+    2048
+}
+fn default_loaded() -> u32 {
+    8
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_size: default_batch(),
+            max_seq_length: default_seq(),
+            max_loaded_adapters: default_loaded(),
+            dtype: Dtype::default(),
+        }
+    }
+}
+
+/// Weight and compute type of the server.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Dtype {
+    /// bfloat16 on GPU, float32 on CPU.
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    Float32,
+    /// bfloat16.
+    Bfloat16,
+    /// IEEE half precision.
+    Float16,
+}
+
+/// Endpoint authentication.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// A Secret key holding accepted API keys, one per line.
+    pub api_key_secret_ref: KeyRef,
+}
+
+/// How a new revision rolls out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Canary steps: traffic weight, then a pause during which analysis runs. After the last
+    /// step the canary is promoted.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.map(s, s.weight).isSorted() && self.all(s, self.exists_one(t, t.weight == s.weight))").message("step weights must be strictly increasing"))]
+    pub steps: Vec<RolloutStep>,
+    /// When to roll back.
+    #[serde(default)]
+    pub analysis: Analysis,
+    /// Roll back automatically when analysis fails (otherwise pause for a human).
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+    /// Require the adapter's validation loss (recorded by its FineTuneJob) to be below the
+    /// base model's before it takes any traffic.
+    #[serde(default)]
+    pub require_better_than_base: bool,
+    /// Seconds a pod canary's pods may take to become ready before it is rolled back.
+    #[serde(default = "default_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_deadline() -> u32 {
+    600
+}
+fn default_steps() -> Vec<RolloutStep> {
+    vec![
+        RolloutStep {
+            weight: 10,
+            pause: default_pause(),
+        },
+        RolloutStep {
+            weight: 50,
+            pause: default_pause(),
+        },
+    ]
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            analysis: Analysis::default(),
+            auto_rollback: true,
+            require_better_than_base: false,
+            progress_deadline_seconds: default_deadline(),
+        }
+    }
+}
+
+/// One canary step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStep {
+    /// Percent of users sent to the canary.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: u32,
+    /// How long to hold this weight (analysing all along) before the next step.
+    #[serde(default = "default_pause")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub pause: Duration,
+}
+
+fn default_pause() -> Duration {
+    std::time::Duration::from_secs(60).into()
+}
+
+/// Canary analysis: compare canary and stable over the same window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.metricsSource != 'prometheus' || has(self.prometheus)").message("metricsSource prometheus needs prometheus.address"))]
+pub struct Analysis {
+    /// How often to analyse (and the window each analysis covers).
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Duration,
+    /// Below this many canary requests in a window the verdict is inconclusive: low traffic is
+    /// not evidence either way.
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub min_requests: u64,
+    /// Roll back when the canary's error rate exceeds this.
+    #[serde(default = "default_max_error_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: f64,
+    /// Roll back when the canary's error rate exceeds the stable's by more than this, and the
+    /// difference is statistically significant.
+    #[serde(default = "default_increase")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate_increase: f64,
+    /// Roll back when the canary's p95 latency exceeds this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_latency_p95: Option<Duration>,
+    /// Failed analyses in a row before rolling back.
+    #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: u32,
+    /// Where request counts come from.
+    #[serde(default)]
+    pub metrics_source: MetricsSource,
+    /// Prometheus to query when `metricsSource` is `prometheus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
+}
+
+fn default_interval() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+fn default_min_requests() -> u64 {
+    20
+}
+fn default_max_error_rate() -> f64 {
+    0.05
+}
+fn default_increase() -> f64 {
+    0.02
+}
+fn default_failure_limit() -> u32 {
+    2
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            min_requests: default_min_requests(),
+            max_error_rate: default_max_error_rate(),
+            max_error_rate_increase: default_increase(),
+            max_latency_p95: None,
+            failure_limit: default_failure_limit(),
+            metrics_source: MetricsSource::default(),
+            prometheus: None,
+        }
+    }
+}
+
+/// Where analysis reads request counts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricsSource {
+    /// The deployment's own router (`/stats`).
+    #[default]
+    Router,
+    /// A Prometheus server scraping the router.
+    Prometheus,
+}
+
+/// A Prometheus server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSource {
+    /// Base URL, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(regex(pattern = r"^https?://.+"))]
+    pub address: String,
+}
+
+/// Overall state of a deployment.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelDeploymentPhase {
+    /// Serving the spec's revision with nothing in flight.
+    Healthy,
+    /// Creating pods or stepping a canary.
+    #[default]
+    Progressing,
+    /// A canary is held (analysis failed without autoRollback, or inconclusive for long).
+    Paused,
+    /// The last canary was rolled back; the stable revision serves.
+    RolledBack,
+    /// Serving is impaired (pods not ready, adapters failing to load).
+    Degraded,
+}
+
+/// Observed state of a deployment and its rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    /// Overall state.
+    #[serde(default)]
+    pub phase: ModelDeploymentPhase,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded, RolledBack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The revision taking all traffic outside a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// The revision being rolled out, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// Percent of users currently sent to the canary.
+    #[serde(default)]
+    pub canary_weight: u32,
+    /// Index of the rollout step in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<u32>,
+    /// When the current step began (its pause counts from here, across operator restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Failed analyses in a row for the current canary.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// The most recent analysis and its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisResult>,
+    /// Past revisions with their outcome, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionRecord>,
+    /// The OpenAI-compatible base URL (the router's Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Adapters each serving pod has actually loaded, and those that failed to load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodAdapters>,
+}
+
+/// One analysis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisResult {
+    /// When it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// What it decided.
+    pub verdict: Verdict,
+    /// Why, in words.
+    #[serde(default)]
+    pub message: String,
+    /// The stable revision's numbers over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<RevisionMetrics>,
+    /// The canary's numbers over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<RevisionMetrics>,
+    /// The Prometheus query used, when metricsSource is prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// What analysis decided.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// The canary is no worse than allowed.
+    Pass,
+    /// The canary breached a threshold.
+    Fail,
+    /// Too little traffic to judge.
+    #[default]
+    Inconclusive,
+}
+
+/// Request numbers of one revision over an analysis window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionMetrics {
+    /// The revision (or adapter) measured.
+    pub revision: String,
+    /// Requests in the window.
+    pub requests: u64,
+    /// 5xx responses and timeouts in the window.
+    pub errors: u64,
+    /// errors / requests.
+    pub error_rate: f64,
+    /// 95th percentile latency in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_seconds: Option<f64>,
+}
+
+/// A revision that was rolled out, and how it ended.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// Revision hash.
+    pub revision: String,
+    /// `adapter` (same pods, new adapter) or `pod` (new pods).
+    pub kind: RolloutKind,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// Kind of rollout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RolloutKind {
+    /// New adapter on the same pods.
+    #[default]
+    Adapter,
+    /// New Deployment.
+    Pod,
+}
+
+/// How a revision's rollout ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Became stable.
+    #[default]
+    Promoted,
+    /// Rolled back; not retried until the spec changes again.
+    RolledBack,
+    /// Replaced by a newer spec before finishing.
+    Superseded,
+}
+
+/// Adapters one serving pod holds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAdapters {
+    /// Pod name.
+    pub pod: String,
+    /// Revision the pod serves.
+    pub revision: String,
+    /// Adapter names loaded.
+    #[serde(default)]
+    pub loaded: Vec<String>,
+    /// Adapters that failed to load, with why (retried).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<AdapterLoadFailure>,
+}
+
+/// An adapter that failed to load on a pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterLoadFailure {
+    /// Adapter name.
+    pub adapter: String,
+    /// Error from the server.
+    pub message: String,
+}

@@ -1,0 +1,343 @@
+//! `FineTuneJob`: trains a LoRA adapter on a Dataset, on GPUs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{LocalRef, ModelRef, Resources};
+
+/// A LoRA fine-tuning run. Immutable in effect: a changed spec after the run started is
+/// reported, not applied; create a new job instead (as hosted fine-tuning APIs do).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tailor.dev",
+    version = "v1alpha1",
+    kind = "FineTuneJob",
+    namespaced,
+    status = "FineTuneJobStatus",
+    shortname = "ftj",
+    category = "tailor",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.progress.step"}"#,
+    printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.progress.totalSteps"}"#,
+    printcolumn = r#"{"name":"Train-Loss","type":"number","jsonPath":".status.progress.trainLoss"}"#,
+    printcolumn = r#"{"name":"Val-Loss","type":"number","jsonPath":".status.validationLoss"}"#,
+    printcolumn = r#"{"name":"Adapter","type":"string","jsonPath":".status.adapterRef.name","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FineTuneJobSpec {
+    /// The model to adapt: a Hugging Face checkpoint of the Llama family.
+    pub base_model: ModelRef,
+    /// The Dataset (same namespace) to train on; the job waits until it is Ready.
+    pub dataset_ref: LocalRef,
+    /// Fine-tuning method.
+    #[serde(default)]
+    pub method: Method,
+    /// LoRA settings, with PEFT's meaning.
+    #[serde(default)]
+    pub lora: LoraConfig,
+    /// Optimisation settings.
+    #[serde(default)]
+    pub hyperparameters: Hyperparameters,
+    /// Compute per trainer pod.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Node labels the trainer pod must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for tainted (e.g. GPU) nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// PriorityClass of the trainer pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Hold the job (Kueue-style): no pod runs while true; a running pod is stopped and resumes
+    /// from its checkpoint when unsuspended.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Retries of a failed trainer pod; each retry resumes from the last checkpoint.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub backoff_limit: i32,
+    /// Wall-clock limit for the whole run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Save a resumable checkpoint every this many optimizer steps.
+    #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub checkpoint_every_steps: u32,
+    /// What to call the result.
+    #[serde(default)]
+    pub output: Output,
+}
+
+fn default_backoff_limit() -> i32 {
+    3
+}
+fn default_checkpoint_every() -> u32 {
+    50
+}
+
+/// Fine-tuning method.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Method {
+    /// Low-rank adapters on the target modules; the base model stays frozen.
+    #[default]
+    Lora,
+}
+
+/// LoRA settings (PEFT semantics: scaling = alpha / rank, dropout on the input of A).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoraConfig {
+    /// Rank r of the update B·A.
+    #[serde(default = "default_rank")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub rank: u32,
+    /// Alpha; the update is scaled by alpha / rank.
+    #[serde(default = "default_alpha")]
+    #[schemars(range(min = 0.0, max = 100000.0))]
+    #[x_kube(validation = Rule::new("self > 0.0").message("alpha must be greater than 0"))]
+    pub alpha: f64,
+    /// Dropout probability on the LoRA input path during training.
+    #[serde(default = "default_dropout")]
+    #[schemars(range(min = 0.0, max = 0.9))]
+    pub dropout: f64,
+    /// Module names (as in the checkpoint, e.g. `q_proj`, `down_proj`) that get adapters.
+    #[serde(default = "default_target_modules")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(m, m in ['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj'])").message("targetModules may only name q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"))]
+    pub target_modules: Vec<String>,
+}
+
+fn default_rank() -> u32 {
+    8
+}
+fn default_alpha() -> f64 {
+    16.0
+}
+fn default_dropout() -> f64 {
+    0.05
+}
+fn default_target_modules() -> Vec<String> {
+    vec!["q_proj".into(), "v_proj".into()]
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: default_rank(),
+            alpha: default_alpha(),
+            dropout: default_dropout(),
+            target_modules: default_target_modules(),
+        }
+    }
+}
+
+/// Learning-rate schedule after warmup.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Scheduler {
+    /// Cosine decay to zero.
+    #[default]
+    Cosine,
+    /// Linear decay to zero.
+    Linear,
+    /// Constant after warmup.
+    Constant,
+}
+
+/// Optimisation settings (AdamW).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Hyperparameters {
+    /// Passes over the train split.
+    #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub epochs: u32,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    #[schemars(range(max = 1.0))]
+    #[x_kube(validation = Rule::new("self > 0.0").message("learningRate must be greater than 0"))]
+    pub learning_rate: f64,
+    /// Examples per micro-batch.
+    #[serde(default = "default_batch")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub batch_size: u32,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub gradient_accumulation_steps: u32,
+    /// Examples are truncated to this many tokens.
+    #[serde(default = "default_seq")]
+    #[schemars(range(min = 16, max = 1048576))]
+    pub max_seq_length: u32,
+    /// Fraction of steps spent warming the learning rate up linearly from 0.
+    #[serde(default = "default_warmup")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub warmup_ratio: f64,
+    /// Schedule after warmup.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Seed for adapter initialisation, data order and dropout.
+    #[serde(default = "default_seed")]
+    #[schemars(range(min = 0))]
+    pub seed: u64,
+}
+
+fn default_epochs() -> u32 {
+    3
+}
+fn default_lr() -> f64 {
+    2e-4
+}
+fn default_batch() -> u32 {
+    4
+}
+fn one() -> u32 {
+    1
+}
+fn default_seq() -> u32 {
+    1024
+}
+fn default_warmup() -> f64 {
+    0.03
+}
+fn default_seed() -> u64 {
+    42
+}
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            learning_rate: default_lr(),
+            batch_size: default_batch(),
+            gradient_accumulation_steps: one(),
+            max_seq_length: default_seq(),
+            warmup_ratio: default_warmup(),
+            scheduler: Scheduler::default(),
+            seed: default_seed(),
+        }
+    }
+}
+
+/// What the job produces.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// Name of the LoraAdapter to create. Default: the job's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub adapter_name: Option<String>,
+}
+
+/// The OpenAI fine-tuning lifecycle.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FineTuneJobPhase {
+    /// Not looked at yet.
+    #[default]
+    Pending,
+    /// Waiting for the Dataset to be Ready.
+    ValidatingData,
+    /// The trainer Job exists but its pod is not scheduled (or the job is suspended).
+    Queued,
+    /// Training.
+    Running,
+    /// The adapter was produced and recorded.
+    Succeeded,
+    /// Training failed after all retries; see conditions.
+    Failed,
+    /// Stopped by the user (deleted or suspended mid-run).
+    Cancelled,
+}
+
+/// Observed state of a fine-tuning run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FineTuneJobStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: FineTuneJobPhase,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded, DatasetReady, Scheduled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Live training progress, refreshed while Running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Validation loss of the untouched base model, measured before training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_validation_loss: Option<f64>,
+    /// Validation loss of the final adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    /// Trainer pods started so far (a retry resumes from the last checkpoint).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Most recent resumable checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<Checkpoint>,
+    /// The LoraAdapter this job produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_ref: Option<crate::common::LocalRef>,
+    /// Name of the trainer Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Content hash of the Dataset trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_content_hash: Option<String>,
+    /// Tokens trained on (all epochs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_tokens: Option<u64>,
+    /// When the first trainer pod started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job reached a final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// Live training progress, as served by the trainer's `/progress`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Fractional epoch.
+    pub epoch: f64,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Optimizer steps in the whole run.
+    pub total_steps: u64,
+    /// Mean train loss over the last logging window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
+    /// Most recent validation loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    /// Training throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+    /// Estimated seconds until done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+}
+
+/// A resumable checkpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Optimizer step it was taken at.
+    pub step: u64,
+    /// Where it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
