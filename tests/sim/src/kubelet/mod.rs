@@ -1,0 +1,1151 @@
+//! The kubelet: runs each container of a bound pod as a local process of the binary its image
+//! maps to, in the pod's own mount namespace with its volumes, ServiceAccount token and
+//! termination-message file at their real paths; a loopback IP per pod; probes; restart policy;
+//! graceful termination; logs; status.
+
+pub mod probes;
+pub mod volumes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::cluster::{Cluster, WriteOpts, now};
+use crate::scheduler::GPU_ANNOTATION;
+use volumes::{Mount, SA_DIR};
+
+pub fn log_path(state: &Path, uid: &str, container: &str, previous: bool) -> PathBuf {
+    let f = if previous {
+        format!("{container}.previous.log")
+    } else {
+        format!("{container}.log")
+    };
+    volumes::pod_dir(state, uid).join("logs").join(f)
+}
+
+#[derive(Clone, Debug)]
+struct CState {
+    name: String,
+    image: String,
+    state: Value,
+    last_state: Value,
+    restart_count: i64,
+    ready: bool,
+    started: bool,
+    /// True once the container will not run again (terminated under its restart policy).
+    done: bool,
+}
+
+struct PodRt {
+    uid: String,
+    ip: String,
+    start_time: String,
+    containers: Mutex<Vec<CState>>,
+    init: Mutex<Vec<CState>>,
+    initialized: AtomicBool,
+    failed_init: AtomicBool,
+    finished: AtomicBool,
+    stop: watch::Sender<Option<i64>>,
+    stopping: AtomicBool,
+}
+
+pub struct Kubelet {
+    cluster: Arc<Cluster>,
+    pods: Mutex<HashMap<String, Arc<PodRt>>>,
+    namespaces: bool,
+}
+
+fn waiting(reason: &str, message: &str) -> Value {
+    if message.is_empty() {
+        json!({"waiting": {"reason": reason}})
+    } else {
+        json!({"waiting": {"reason": reason, "message": message}})
+    }
+}
+
+fn node_index(node: &str) -> u32 {
+    node.rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// `$(VAR)` references in command, args and env values, as the kubelet expands them.
+fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Kubelet {
+    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
+        let root = nix::unistd::geteuid().is_root();
+        let has_unshare = std::process::Command::new("unshare")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !(root && has_unshare) {
+            tracing::warn!(
+                "not root or no unshare(1): pods run without their own mount namespace; volumes are not at their mountPath"
+            );
+        }
+        Arc::new(Self {
+            cluster,
+            pods: Mutex::new(HashMap::new()),
+            namespaces: root && has_unshare,
+        })
+    }
+
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        crate::controllers::spawn_loop(
+            self.cluster.clone(),
+            "kubelet",
+            Duration::from_millis(300),
+            move |_| me.sync(),
+        );
+    }
+
+    /// The binary an image runs as, from the `--image` mappings (exact, then without tag or
+    /// digest, then by last path component).
+    fn resolve_image(&self, image: &str) -> Option<PathBuf> {
+        let imgs = &self.cluster.cfg.images;
+        if let Some(p) = imgs.get(image) {
+            return Some(p.clone());
+        }
+        let no_digest = image.split('@').next().unwrap_or(image);
+        let no_tag = match no_digest.rsplit_once(':') {
+            Some((a, b)) if !b.contains('/') => a,
+            _ => no_digest,
+        };
+        if let Some(p) = imgs.get(no_tag) {
+            return Some(p.clone());
+        }
+        let last = no_tag.rsplit('/').next().unwrap_or(no_tag);
+        imgs.get(last).cloned()
+    }
+
+    fn allocate_ip(&self, pod: &Value, taken: &[String]) -> String {
+        if let Some(ip) = pod["status"]["podIP"].as_str()
+            && !taken.iter().any(|t| t == ip)
+        {
+            return ip.to_string();
+        }
+        let n = node_index(pod["spec"]["nodeName"].as_str().unwrap_or(""));
+        for host in 2..255 {
+            let ip = format!("127.0.{}.{host}", n.min(255));
+            if !taken.contains(&ip) {
+                return ip;
+            }
+        }
+        format!("127.0.{n}.254")
+    }
+
+    fn sync(self: &Arc<Self>) {
+        let Ok(pod_rt) = self.cluster.rt("", "pods") else {
+            return;
+        };
+        let (pods, _) = self.cluster.store.list(&pod_rt.gr(), None);
+        let mut map = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        // Pods that vanished from the API (force-deleted) are killed at once.
+        let live: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+            .collect();
+        map.retain(|uid, rt| {
+            let keep = live.contains(uid);
+            if !keep {
+                let _ = rt.stop.send(Some(0));
+            }
+            keep
+        });
+        let taken: Vec<String> = map.values().map(|r| r.ip.clone()).collect();
+        let mut taken = taken;
+        for pod in &pods {
+            if pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+                continue;
+            }
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            let ns = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let terminal = matches!(
+                pod["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            );
+            let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+            let rt = map.get(&uid).cloned();
+            match (rt, deleting) {
+                (None, true) => {
+                    self.cluster.force_remove(&pod_rt, &ns, &name, Some(&uid));
+                }
+                (None, false) if !terminal => {
+                    let ip = self.allocate_ip(pod, &taken);
+                    taken.push(ip.clone());
+                    let (tx, _) = watch::channel(None);
+                    let mk = |c: &Value| CState {
+                        name: c["name"].as_str().unwrap_or("").into(),
+                        image: c["image"].as_str().unwrap_or("").into(),
+                        state: waiting("ContainerCreating", ""),
+                        last_state: json!({}),
+                        restart_count: 0,
+                        ready: false,
+                        started: false,
+                        done: false,
+                    };
+                    let rt = Arc::new(PodRt {
+                        uid: uid.clone(),
+                        ip,
+                        start_time: pod["status"]["startTime"]
+                            .as_str()
+                            .map(String::from)
+                            .unwrap_or_else(now),
+                        containers: Mutex::new(
+                            pod["spec"]["containers"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(mk)
+                                .collect(),
+                        ),
+                        init: Mutex::new(
+                            pod["spec"]["initContainers"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|c| {
+                                    let mut s = mk(c);
+                                    s.state = waiting("PodInitializing", "");
+                                    s
+                                })
+                                .collect(),
+                        ),
+                        initialized: AtomicBool::new(
+                            pod["spec"]["initContainers"]
+                                .as_array()
+                                .is_none_or(|a| a.is_empty()),
+                        ),
+                        failed_init: AtomicBool::new(false),
+                        finished: AtomicBool::new(false),
+                        stop: tx,
+                        stopping: AtomicBool::new(false),
+                    });
+                    map.insert(uid.clone(), rt.clone());
+                    let me = self.clone();
+                    let mut p = (**pod).clone();
+                    p["status"]["podIP"] = json!(rt.ip);
+                    tokio::spawn(async move {
+                        me.run_pod(rt.clone(), p).await;
+                        rt.finished.store(true, Ordering::SeqCst);
+                    });
+                }
+                (None, false) => {}
+                (Some(rt), true) => {
+                    if !rt.stopping.swap(true, Ordering::SeqCst) {
+                        let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+                            .as_i64()
+                            .unwrap_or(30);
+                        let _ = rt.stop.send(Some(grace));
+                    }
+                    if rt.finished.load(Ordering::SeqCst) {
+                        self.write_status(pod, &rt);
+                        self.cluster.force_remove(&pod_rt, &ns, &name, Some(&uid));
+                        map.remove(&uid);
+                    } else {
+                        self.write_status(pod, &rt);
+                    }
+                }
+                (Some(rt), false) => self.write_status(pod, &rt),
+            }
+        }
+    }
+
+    fn write_status(&self, pod: &Value, rt: &PodRt) {
+        let Ok(pod_rt) = self.cluster.rt("", "pods") else {
+            return;
+        };
+        let cs = rt
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let init = rt.init.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let render = |c: &CState| {
+            json!({"name": c.name, "image": c.image, "imageID": format!("tailor-sim://{}", c.image), "containerID": format!("tailor-sim://{}-{}", rt.uid, c.name),
+                "ready": c.ready, "started": c.started, "restartCount": c.restart_count, "state": c.state, "lastState": c.last_state})
+        };
+        let initialized = rt.initialized.load(Ordering::SeqCst);
+        let any_running = cs.iter().any(|c| c.state.get("running").is_some());
+        let all_done = !cs.is_empty() && cs.iter().all(|c| c.done);
+        let phase = if rt.failed_init.load(Ordering::SeqCst) {
+            "Failed"
+        } else if all_done {
+            let ok = cs
+                .iter()
+                .all(|c| c.state["terminated"]["exitCode"].as_i64() == Some(0));
+            if ok { "Succeeded" } else { "Failed" }
+        } else if any_running || cs.iter().any(|c| c.started || c.restart_count > 0) {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let all_ready = !cs.is_empty() && cs.iter().all(|c| c.ready) && phase == "Running";
+        let mut status = pod["status"].clone();
+        let mut conds: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
+        let mut set = |t: &str, ok: bool, reason: &str| {
+            let st = if ok { "True" } else { "False" };
+            match conds.iter_mut().find(|c| c["type"] == t) {
+                Some(c) => {
+                    if c["status"] != st {
+                        c["lastTransitionTime"] = json!(now());
+                    }
+                    c["status"] = json!(st);
+                    match (ok, reason.is_empty()) {
+                        (false, false) => c["reason"] = json!(reason),
+                        _ => {
+                            if let Some(m) = c.as_object_mut() {
+                                m.remove("reason");
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let mut c = json!({"type": t, "status": st, "lastTransitionTime": now(), "lastProbeTime": null});
+                    if !ok && !reason.is_empty() {
+                        c["reason"] = json!(reason);
+                    }
+                    conds.push(c);
+                }
+            }
+        };
+        let terminal = matches!(phase, "Succeeded" | "Failed");
+        set("PodReadyToStartContainers", !terminal, "");
+        set("Initialized", initialized, "ContainersNotInitialized");
+        set(
+            "Ready",
+            all_ready,
+            if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            },
+        );
+        set(
+            "ContainersReady",
+            all_ready,
+            if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            },
+        );
+        // Conditions in the kubelet's order.
+        let order = [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ];
+        conds.sort_by_key(|c| order.iter().position(|o| c["type"] == *o).unwrap_or(9));
+        status["conditions"] = Value::Array(conds);
+        status["phase"] = json!(phase);
+        status["hostIP"] = json!("127.0.0.1");
+        status["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
+        status["podIP"] = json!(rt.ip);
+        status["podIPs"] = json!([{"ip": rt.ip}]);
+        status["startTime"] = json!(rt.start_time);
+        status["containerStatuses"] = Value::Array(cs.iter().map(render).collect());
+        if !init.is_empty() {
+            status["initContainerStatuses"] = Value::Array(init.iter().map(render).collect());
+        }
+        if status != pod["status"] {
+            let mut n = pod.clone();
+            n["status"] = status;
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = pod["metadata"]["name"].as_str().unwrap_or("");
+            let _ = self
+                .cluster
+                .update(&pod_rt, ns, name, n, &WriteOpts::status("kubelet"));
+        }
+    }
+
+    fn set_state(rt: &PodRt, init: bool, idx: usize, f: impl FnOnce(&mut CState)) {
+        let m = if init { &rt.init } else { &rt.containers };
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = g.get_mut(idx) {
+            f(c);
+        }
+    }
+
+    async fn run_pod(self: Arc<Self>, rt: Arc<PodRt>, pod: Value) {
+        let mut stop = rt.stop.subscribe();
+        let ns = pod["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let dir = volumes::pod_dir(&self.cluster.cfg.state_dir, &rt.uid);
+        let _ = std::fs::create_dir_all(dir.join("logs"));
+        let _ = std::fs::create_dir_all(dir.join("termination"));
+        let _ = std::fs::create_dir_all(dir.join("home"));
+        // ServiceAccount token bound to this pod.
+        let sa_name = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let mut vols;
+        loop {
+            let token = match self.cluster.store.get("/serviceaccounts", &ns, &sa_name) {
+                Some(sa) => {
+                    let (t, _) = crate::auth::issue_token(
+                        &self.cluster,
+                        &ns,
+                        &sa_name,
+                        sa["metadata"]["uid"].as_str().unwrap_or(""),
+                        3607 * 24,
+                        Some((pod["metadata"]["name"].as_str().unwrap_or(""), &rt.uid)),
+                        &[],
+                    );
+                    Some(t)
+                }
+                None => None,
+            };
+            let result = match &token {
+                None => Err(format!("serviceaccount \"{sa_name}\" not found")),
+                Some(t) => volumes::sync(&self.cluster, &pod, t).map(|v| (v, t.clone())),
+            };
+            match result {
+                Ok((v, t)) => {
+                    let sa_dir = dir.join("serviceaccount");
+                    let _ = std::fs::create_dir_all(&sa_dir);
+                    let _ = std::fs::write(sa_dir.join("token"), &t);
+                    let _ = std::fs::write(sa_dir.join("ca.crt"), &self.cluster.ca_pem);
+                    let _ = std::fs::write(sa_dir.join("namespace"), &ns);
+                    vols = v;
+                    break;
+                }
+                Err(msg) => {
+                    for i in 0..rt
+                        .containers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .len()
+                    {
+                        Self::set_state(&rt, false, i, |c| {
+                            c.state = waiting(
+                                "ContainerCreating",
+                                &format!("MountVolume.SetUp failed: {msg}"),
+                            )
+                        });
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+        // Keep ConfigMap/Secret volumes current while the pod runs.
+        {
+            let me = self.clone();
+            let pod = pod.clone();
+            let mut stop = rt.stop.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    let _ = volumes::sync(&me.cluster, &pod, "");
+                }
+            });
+        }
+        let automount = pod["spec"]["automountServiceAccountToken"].as_bool() != Some(false);
+        if automount {
+            vols.push(("__sa".into(), dir.join("serviceaccount")));
+        }
+        let init_specs: Vec<Value> = pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, c) in init_specs.iter().enumerate() {
+            loop {
+                let code = self
+                    .clone()
+                    .run_container(&rt, &pod, c, i, true, &vols, automount)
+                    .await;
+                match code {
+                    None => return,
+                    Some(0) => break,
+                    Some(_) if pod["spec"]["restartPolicy"].as_str() == Some("Never") => {
+                        rt.failed_init.store(true, Ordering::SeqCst);
+                        for j in 0..rt
+                            .containers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .len()
+                        {
+                            Self::set_state(&rt, false, j, |s| s.done = true);
+                        }
+                        return;
+                    }
+                    Some(_) => {
+                        Self::set_state(&rt, true, i, |s| s.restart_count += 1);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                }
+            }
+        }
+        rt.initialized.store(true, Ordering::SeqCst);
+        let specs: Vec<Value> = pod["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut handles = vec![];
+        for (i, c) in specs.into_iter().enumerate() {
+            let me = self.clone();
+            let rt = rt.clone();
+            let pod = pod.clone();
+            let vols = vols.clone();
+            handles.push(tokio::spawn(async move {
+                me.supervise(&rt, &pod, &c, i, &vols, automount).await
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Run one container under the pod's restart policy until it is done or the pod stops.
+    async fn supervise(
+        self: Arc<Self>,
+        rt: &Arc<PodRt>,
+        pod: &Value,
+        c: &Value,
+        idx: usize,
+        vols: &[(String, PathBuf)],
+        automount: bool,
+    ) {
+        let policy = pod["spec"]["restartPolicy"]
+            .as_str()
+            .unwrap_or("Always")
+            .to_string();
+        let mut stop = rt.stop.subscribe();
+        let mut backoff = 1u64;
+        loop {
+            let Some(code) = self
+                .clone()
+                .run_container(rt, pod, c, idx, false, vols, automount)
+                .await
+            else {
+                Self::set_state(rt, false, idx, |s| s.done = true);
+                return;
+            };
+            let restart = match policy.as_str() {
+                "Always" => true,
+                "OnFailure" => code != 0,
+                _ => false,
+            };
+            if !restart {
+                Self::set_state(rt, false, idx, |s| s.done = true);
+                return;
+            }
+            let name = c["name"].as_str().unwrap_or("");
+            let pod_name = pod["metadata"]["name"].as_str().unwrap_or("");
+            Self::set_state(rt, false, idx, |s| {
+                s.last_state = s.state.clone();
+                s.state = waiting(
+                    "CrashLoopBackOff",
+                    &format!(
+                        "back-off {backoff}s restarting failed container={name} pod={pod_name}_{}({})",
+                        pod["metadata"]["namespace"].as_str().unwrap_or(""),
+                        rt.uid
+                    ),
+                );
+                s.restart_count += 1;
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(backoff)) => {}
+                _ = stop.changed() => {
+                    Self::set_state(rt, false, idx, |s| s.done = true);
+                    return;
+                }
+            }
+            backoff = (backoff * 2).min(10);
+        }
+    }
+
+    fn build_env(
+        &self,
+        pod: &Value,
+        c: &Value,
+        ip: &str,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        let mut pod = pod.clone();
+        pod["status"]["podIP"] = json!(ip);
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        let host = self.cluster.cfg.host.to_string();
+        let port = self.cluster.cfg.port.to_string();
+        env.insert("KUBERNETES_SERVICE_HOST".into(), host.clone());
+        env.insert("KUBERNETES_SERVICE_PORT".into(), port.clone());
+        env.insert("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.clone());
+        env.insert("KUBERNETES_PORT".into(), format!("tcp://{host}:{port}"));
+        env.insert(
+            "KUBERNETES_PORT_443_TCP".into(),
+            format!("tcp://{host}:{port}"),
+        );
+        env.insert("KUBERNETES_PORT_443_TCP_PROTO".into(), "tcp".into());
+        env.insert("KUBERNETES_PORT_443_TCP_ADDR".into(), host.clone());
+        env.insert("KUBERNETES_PORT_443_TCP_PORT".into(), port.clone());
+        env.insert(
+            "HOSTNAME".into(),
+            pod["metadata"]["name"].as_str().unwrap_or("").into(),
+        );
+        if pod["spec"]["enableServiceLinks"].as_bool() != Some(false) {
+            let (svcs, _) = self.cluster.store.list("/services", Some(ns));
+            for s in svcs {
+                let (Some(n), Some(ip)) = (
+                    s["metadata"]["name"].as_str(),
+                    s["spec"]["clusterIP"].as_str(),
+                ) else {
+                    continue;
+                };
+                if n == "kubernetes" {
+                    continue;
+                }
+                let pfx = n.to_uppercase().replace('-', "_");
+                env.insert(format!("{pfx}_SERVICE_HOST"), ip.into());
+                if let Some(p) = s["spec"]["ports"][0]["port"].as_i64() {
+                    env.insert(format!("{pfx}_SERVICE_PORT"), p.to_string());
+                    env.insert(format!("{pfx}_PORT"), format!("tcp://{ip}:{p}"));
+                }
+            }
+        }
+        if let Some(ids) = pod["metadata"]["annotations"][GPU_ANNOTATION].as_str() {
+            env.insert("NVIDIA_VISIBLE_DEVICES".into(), ids.into());
+        }
+        for ef in c["envFrom"].as_array().into_iter().flatten() {
+            let prefix = ef["prefix"].as_str().unwrap_or("");
+            if let Some(n) = ef["configMapRef"]["name"].as_str() {
+                match self.cluster.store.get("/configmaps", ns, n) {
+                    Some(cm) => {
+                        for (k, v) in cm["data"].as_object().into_iter().flatten() {
+                            env.insert(format!("{prefix}{k}"), v.as_str().unwrap_or("").into());
+                        }
+                    }
+                    None if ef["configMapRef"]["optional"].as_bool() == Some(true) => {}
+                    None => return Err(format!("configmap \"{n}\" not found")),
+                }
+            }
+            if let Some(n) = ef["secretRef"]["name"].as_str() {
+                match self.cluster.store.get("/secrets", ns, n) {
+                    Some(s) => {
+                        for (k, v) in s["data"].as_object().into_iter().flatten() {
+                            use base64::Engine;
+                            let d = base64::engine::general_purpose::STANDARD
+                                .decode(v.as_str().unwrap_or(""))
+                                .unwrap_or_default();
+                            env.insert(
+                                format!("{prefix}{k}"),
+                                String::from_utf8_lossy(&d).into_owned(),
+                            );
+                        }
+                    }
+                    None if ef["secretRef"]["optional"].as_bool() == Some(true) => {}
+                    None => return Err(format!("secret \"{n}\" not found")),
+                }
+            }
+        }
+        for e in c["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap_or("").to_string();
+            let vf = &e["valueFrom"];
+            let value = if let Some(v) = e["value"].as_str() {
+                expand(v, &env)
+            } else if let Some(fp) = vf["fieldRef"]["fieldPath"].as_str() {
+                volumes::field_ref(&pod, fp)
+            } else if let Some(r) = vf["resourceFieldRef"]["resource"].as_str() {
+                let q = c["resources"][if r.starts_with("limits") {
+                    "limits"
+                } else {
+                    "requests"
+                }][r.split('.').nth(1).unwrap_or("")]
+                .clone();
+                let milli = crate::scheduler::parse_quantity(&q);
+                let div = match r {
+                    "limits.cpu" | "requests.cpu" => 1000,
+                    _ => 1000,
+                };
+                ((milli + div - 1) / div).to_string()
+            } else if let Some(k) = vf["configMapKeyRef"].as_object() {
+                let n = k.get("name").and_then(Value::as_str).unwrap_or("");
+                let key = k.get("key").and_then(Value::as_str).unwrap_or("");
+                let optional = k.get("optional").and_then(Value::as_bool) == Some(true);
+                match self
+                    .cluster
+                    .store
+                    .get("/configmaps", ns, n)
+                    .and_then(|cm| cm["data"][key].as_str().map(String::from))
+                {
+                    Some(v) => v,
+                    None if optional => continue,
+                    None => return Err(format!("couldn't find key {key} in ConfigMap {ns}/{n}")),
+                }
+            } else if let Some(k) = vf["secretKeyRef"].as_object() {
+                let n = k.get("name").and_then(Value::as_str).unwrap_or("");
+                let key = k.get("key").and_then(Value::as_str).unwrap_or("");
+                let optional = k.get("optional").and_then(Value::as_bool) == Some(true);
+                use base64::Engine;
+                match self
+                    .cluster
+                    .store
+                    .get("/secrets", ns, n)
+                    .and_then(|s| s["data"][key].as_str().map(String::from))
+                {
+                    Some(v) => String::from_utf8_lossy(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(v)
+                            .unwrap_or_default(),
+                    )
+                    .into_owned(),
+                    None if optional => continue,
+                    None => return Err(format!("couldn't find key {key} in Secret {ns}/{n}")),
+                }
+            } else {
+                String::new()
+            };
+            env.insert(name, value);
+        }
+        Ok(env)
+    }
+
+    /// Start the container process once and wait for it; None when the pod is being stopped.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_container(
+        self: Arc<Self>,
+        rt: &Arc<PodRt>,
+        pod: &Value,
+        c: &Value,
+        idx: usize,
+        init: bool,
+        vols: &[(String, PathBuf)],
+        automount: bool,
+    ) -> Option<i32> {
+        let mut stop = rt.stop.subscribe();
+        if stop.borrow().is_some() {
+            return None;
+        }
+        let image = c["image"].as_str().unwrap_or("").to_string();
+        let cname = c["name"].as_str().unwrap_or("").to_string();
+        let Some(bin) = self.resolve_image(&image) else {
+            Self::set_state(rt, init, idx, |s| {
+                s.state = waiting(
+                    "ErrImagePull",
+                    &format!(
+                        "failed to pull and unpack image \"{image}\": tailor-sim has no --image mapping for \"{image}\""
+                    ),
+                )
+            });
+            crate::events::record(
+                &self.cluster,
+                pod,
+                "Warning",
+                "Failed",
+                &format!(
+                    "Failed to pull image \"{image}\": no --image mapping for it in tailor-sim"
+                ),
+                "kubelet",
+            );
+            let _ = stop.changed().await;
+            return None;
+        };
+        let env = loop {
+            match self.build_env(pod, c, &rt.ip) {
+                Ok(e) => break e,
+                Err(msg) => {
+                    Self::set_state(rt, init, idx, |s| {
+                        s.state = waiting("CreateContainerConfigError", &msg)
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return None,
+                    }
+                }
+            }
+        };
+        let dir = volumes::pod_dir(&self.cluster.cfg.state_dir, &rt.uid);
+        // Command: the image's binary unless the command names another program on this host.
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(|s| expand(s, &env)))
+                .collect()
+        };
+        let command = strs(&c["command"]);
+        let args = strs(&c["args"]);
+        let mut argv: Vec<String> = if command.is_empty() {
+            let mut a = vec![bin.to_string_lossy().into_owned()];
+            a.extend(args);
+            a
+        } else {
+            let first = &command[0];
+            let same_name = Path::new(first).file_name() == bin.file_name();
+            let on_host = Path::new(first).is_absolute() && Path::new(first).exists()
+                || (!first.contains('/') && which(first));
+            let head = if same_name || !on_host {
+                bin.to_string_lossy().into_owned()
+            } else {
+                first.clone()
+            };
+            let mut a = vec![head];
+            a.extend(command[1..].iter().cloned());
+            a.extend(args);
+            a
+        };
+        // Mounts: volumes, the ServiceAccount token, the termination-message file.
+        let mut mounts: Vec<Mount> = vec![];
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let vname = m["name"].as_str().unwrap_or("");
+            let Some((_, src)) = vols.iter().find(|(n, _)| n == vname) else {
+                continue;
+            };
+            let mut source = src.clone();
+            if let Some(sp) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                source = source.join(sp);
+                if !source.exists() {
+                    let _ = std::fs::create_dir_all(&source);
+                }
+            }
+            mounts.push(Mount {
+                source,
+                target: m["mountPath"].as_str().unwrap_or("").into(),
+                read_only: m["readOnly"].as_bool() == Some(true),
+            });
+        }
+        if automount
+            && !mounts
+                .iter()
+                .any(|m| m.target.trim_end_matches('/') == SA_DIR)
+            && let Some((_, src)) = vols.iter().find(|(n, _)| n == "__sa")
+        {
+            {
+                mounts.push(Mount {
+                    source: src.clone(),
+                    target: SA_DIR.into(),
+                    read_only: true,
+                });
+            }
+        }
+        let term_file = dir.join("termination").join(&cname);
+        let _ = std::fs::write(&term_file, b"");
+        let term_path = c["terminationMessagePath"]
+            .as_str()
+            .unwrap_or("/dev/termination-log")
+            .to_string();
+        mounts.push(Mount {
+            source: term_file.clone(),
+            target: term_path,
+            read_only: false,
+        });
+        let log = log_path(&self.cluster.cfg.state_dir, &rt.uid, &cname, false);
+        let restarted = Self::get_state(rt, init, idx)
+            .is_some_and(|s| s.restart_count > 0 || s.last_state.get("terminated").is_some());
+        if restarted && log.exists() {
+            let _ = std::fs::rename(
+                &log,
+                log_path(&self.cluster.cfg.state_dir, &rt.uid, &cname, true),
+            );
+        }
+        let Ok(out) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        else {
+            return None;
+        };
+        let Ok(err) = out.try_clone() else {
+            return None;
+        };
+        let workdir = c["workingDir"].as_str().map(String::from);
+        let mut cmd = if self.namespaces {
+            let script = volumes::mount_script(&mounts, workdir.as_deref());
+            let mut cmd = tokio::process::Command::new("unshare");
+            cmd.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+            ]);
+            cmd.args(&argv);
+            cmd
+        } else {
+            // No mount namespace: paths are passed through env instead (see the crate docs).
+            let mut cmd = tokio::process::Command::new(argv.remove(0));
+            cmd.args(&argv);
+            if let Some(w) = &workdir {
+                let _ = std::fs::create_dir_all(w);
+                cmd.current_dir(w);
+            }
+            cmd
+        };
+        cmd.env_clear();
+        for (k, v) in std::env::vars() {
+            if k != "KUBECONFIG" && k != "HOME" && !k.starts_with("KUBERNETES_") {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("HOME", dir.join("home"));
+        cmd.envs(&env);
+        cmd.stdout(out)
+            .stderr(err)
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(ch) => ch,
+            Err(e) => {
+                Self::set_state(rt, init, idx, |s| {
+                    s.state = json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": format!("failed to start {}: {e}", bin.display()), "startedAt": now(), "finishedAt": now()}});
+                });
+                return Some(128);
+            }
+        };
+        let pid = child.id().unwrap_or(0) as i32;
+        let started_at = now();
+        let has_readiness = c["readinessProbe"].is_object();
+        Self::set_state(rt, init, idx, |s| {
+            s.state = json!({"running": {"startedAt": started_at}});
+            s.started = true;
+            s.ready = !has_readiness && !init;
+        });
+        crate::events::record(
+            &self.cluster,
+            pod,
+            "Normal",
+            "Started",
+            &format!("Started container {cname}"),
+            "kubelet",
+        );
+        // Probes while it runs.
+        let (probe_stop_tx, probe_stop) = watch::channel(false);
+        let (liveness_fail_tx, mut liveness_fail) = tokio::sync::mpsc::channel::<()>(1);
+        if !init {
+            for (kind, probe) in [
+                ("readiness", c["readinessProbe"].clone()),
+                ("liveness", c["livenessProbe"].clone()),
+            ] {
+                if !probe.is_object() {
+                    continue;
+                }
+                let rt2 = rt.clone();
+                let c2 = c.clone();
+                let mut ps = probe_stop.clone();
+                let lf = liveness_fail_tx.clone();
+                tokio::spawn(async move {
+                    let delay = probe["initialDelaySeconds"].as_u64().unwrap_or(0);
+                    let period = Duration::from_millis(
+                        (probe["periodSeconds"].as_f64().unwrap_or(10.0) * 1000.0) as u64,
+                    )
+                    .max(Duration::from_millis(100));
+                    let fail_thr = probe["failureThreshold"].as_u64().unwrap_or(3);
+                    let ok_thr = probe["successThreshold"].as_u64().unwrap_or(1);
+                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(delay)) => {}, _ = ps.changed() => return }
+                    let (mut fails, mut oks) = (0u64, 0u64);
+                    // Readiness is probed quickly until the first success, so pods become
+                    // Ready soon after they listen (the first real probe is immediate too).
+                    let mut first = true;
+                    loop {
+                        let ok = probes::run(&probe, &c2, &rt2.ip).await;
+                        if ok {
+                            oks += 1;
+                            fails = 0;
+                        } else {
+                            fails += 1;
+                            oks = 0;
+                        }
+                        if kind == "readiness" {
+                            if ok && oks >= ok_thr {
+                                Self::set_state(&rt2, false, idx, |s| s.ready = true);
+                                first = false;
+                            }
+                            if !ok && fails >= fail_thr {
+                                Self::set_state(&rt2, false, idx, |s| s.ready = false);
+                            }
+                        } else if !ok && fails >= fail_thr {
+                            let _ = lf.send(()).await;
+                            return;
+                        }
+                        let wait = if kind == "readiness" && first {
+                            period.min(Duration::from_millis(250))
+                        } else {
+                            period
+                        };
+                        tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = ps.changed() => return }
+                    }
+                });
+            }
+        }
+        drop(liveness_fail_tx);
+        let grace_default = pod["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
+        let mut stopped = false;
+        let mut liveness_killed = false;
+        let status = tokio::select! {
+            s = child.wait() => s.ok(),
+            g = stop.changed() => {
+                let grace = if g.is_ok() { (*stop.borrow()).unwrap_or(grace_default) } else { 0 };
+                stopped = true;
+                terminate(&mut child, pid, grace).await
+            }
+            Some(()) = liveness_fail.recv() => {
+                liveness_killed = true;
+                crate::events::record(&self.cluster, pod, "Normal", "Killing", &format!("Container {cname} failed liveness probe, will be restarted"), "kubelet");
+                terminate(&mut child, pid, grace_default).await
+            }
+        };
+        let _ = probe_stop_tx.send(true);
+        let code = status
+            .and_then(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().or_else(|| s.signal().map(|sig| 128 + sig))
+            })
+            .unwrap_or(137);
+        let mut message = std::fs::read(&term_file)
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+            .unwrap_or_default();
+        if message.is_empty()
+            && code != 0
+            && c["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError")
+        {
+            let logs = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = logs.lines().collect();
+            message = lines[lines.len().saturating_sub(80)..].join("\n");
+            if message.len() > 2048 {
+                message = message[message.len() - 2048..].to_string();
+            }
+        }
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        let finished = now();
+        Self::set_state(rt, init, idx, |s| {
+            let mut t = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished, "containerID": format!("tailor-sim://{}-{cname}", rt.uid)});
+            if !message.is_empty() {
+                t["message"] = json!(message);
+            }
+            s.state = json!({"terminated": t});
+            s.ready = false;
+        });
+        if stopped {
+            return None;
+        }
+        let _ = liveness_killed;
+        Some(code)
+    }
+
+    fn get_state(rt: &PodRt, init: bool, idx: usize) -> Option<CState> {
+        let m = if init { &rt.init } else { &rt.containers };
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(idx)
+            .cloned()
+    }
+}
+
+fn which(prog: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join(prog).exists())
+}
+
+/// SIGTERM the container's process group, SIGKILL after the grace period.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: i32,
+    grace: i64,
+) -> Option<std::process::ExitStatus> {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    if pid > 0 {
+        let _ = killpg(
+            Pid::from_raw(pid),
+            if grace <= 0 {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            },
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), child.wait()).await {
+        Ok(s) => {
+            if pid > 0 {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            s.ok()
+        }
+        Err(_) => {
+            if pid > 0 {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            child.wait().await.ok()
+        }
+    }
+}
+
+impl Kubelet {
+    /// Stop every pod's processes (as a node shutdown would), briefly waiting for them.
+    pub async fn shutdown(&self) {
+        let pods: Vec<Arc<PodRt>> = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for p in &pods {
+            let _ = p.stop.send(Some(2));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        while tokio::time::Instant::now() < deadline
+            && pods.iter().any(|p| !p.finished.load(Ordering::SeqCst))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

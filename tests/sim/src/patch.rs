@@ -1,0 +1,339 @@
+//! JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch for built-in kinds.
+
+use serde_json::{Map, Value};
+
+use crate::status::{ApiError, ApiResult};
+
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn unescape(tok: &str) -> String {
+    tok.replace("~1", "/").replace("~0", "~")
+}
+
+fn pointer_parts(path: &str) -> ApiResult<Vec<String>> {
+    if path.is_empty() {
+        return Ok(vec![]);
+    }
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| ApiError::bad_request(format!("invalid JSON pointer {path:?}")))?;
+    Ok(rest.split('/').map(unescape).collect())
+}
+
+fn parent_mut<'a>(doc: &'a mut Value, parts: &[String]) -> ApiResult<&'a mut Value> {
+    let mut cur = doc;
+    for p in parts {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(p).ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("jsonpatch: missing path element {p:?}"),
+                )
+            })?,
+            Value::Array(a) => {
+                let i: usize = p.parse().map_err(|_| {
+                    ApiError::new(422, "Invalid", format!("jsonpatch: bad index {p:?}"))
+                })?;
+                a.get_mut(i).ok_or_else(|| {
+                    ApiError::new(422, "Invalid", format!("jsonpatch: index {i} out of range"))
+                })?
+            }
+            _ => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "jsonpatch: path through a scalar",
+                ));
+            }
+        };
+    }
+    Ok(cur)
+}
+
+fn op_remove(doc: &mut Value, path: &str) -> ApiResult<Value> {
+    let parts = pointer_parts(path)?;
+    let Some((last, parent)) = parts.split_last() else {
+        return Ok(std::mem::take(doc));
+    };
+    let target = parent_mut(doc, parent)?;
+    let err = || {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("jsonpatch remove operation does not apply: doc is missing path: {path:?}"),
+        )
+    };
+    match target {
+        Value::Object(m) => m.shift_remove(last).ok_or_else(err),
+        Value::Array(a) => {
+            let i: usize = last.parse().map_err(|_| err())?;
+            if i < a.len() {
+                Ok(a.remove(i))
+            } else {
+                Err(err())
+            }
+        }
+        _ => Err(err()),
+    }
+}
+
+fn op_add(doc: &mut Value, path: &str, value: Value, replace: bool) -> ApiResult<()> {
+    let parts = pointer_parts(path)?;
+    let Some((last, parent)) = parts.split_last() else {
+        *doc = value;
+        return Ok(());
+    };
+    let target = parent_mut(doc, parent)?;
+    let err = || {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("jsonpatch: doc is missing path: {path:?}"),
+        )
+    };
+    match target {
+        Value::Object(m) => {
+            if replace && !m.contains_key(last) {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "jsonpatch replace operation does not apply: doc is missing key: {path}"
+                    ),
+                ));
+            }
+            m.insert(last.clone(), value);
+            Ok(())
+        }
+        Value::Array(a) => {
+            if last == "-" {
+                a.push(value);
+                return Ok(());
+            }
+            let i: usize = last.parse().map_err(|_| err())?;
+            if replace {
+                *a.get_mut(i).ok_or_else(err)? = value;
+            } else if i <= a.len() {
+                a.insert(i, value);
+            } else {
+                return Err(err());
+            }
+            Ok(())
+        }
+        _ => Err(err()),
+    }
+}
+
+pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("json patch must be an array of operations"))?;
+    for op in ops {
+        let path = op["path"].as_str().unwrap_or("");
+        match op["op"].as_str().unwrap_or("") {
+            "add" => op_add(doc, path, op["value"].clone(), false)?,
+            "replace" => op_add(doc, path, op["value"].clone(), true)?,
+            "remove" => {
+                op_remove(doc, path)?;
+            }
+            "move" => {
+                let v = op_remove(doc, op["from"].as_str().unwrap_or(""))?;
+                op_add(doc, path, v, false)?;
+            }
+            "copy" => {
+                let v = doc
+                    .pointer(op["from"].as_str().unwrap_or(""))
+                    .cloned()
+                    .ok_or_else(|| ApiError::new(422, "Invalid", "jsonpatch copy: missing from"))?;
+                op_add(doc, path, v, false)?;
+            }
+            "test" => {
+                if doc.pointer(path) != Some(&op["value"]) {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("testing value {path} failed"),
+                    ));
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!("Unexpected kind: {other}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The merge key of a list field in the built-in types, by field name (the few lists the
+/// simulator's users patch; everything else is replaced atomically, as a `+listType=atomic`).
+pub fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+    match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "containerStatuses"
+        | "initContainerStatuses" => Some("name"),
+        "volumeMounts" | "volumeDevices" => Some("mountPath"),
+        "conditions" => Some("type"),
+        "ownerReferences" => Some("uid"),
+        "ports" => match sample {
+            Some(s) if s.get("containerPort").is_some() => Some("containerPort"),
+            _ => Some("port"),
+        },
+        _ => None,
+    }
+}
+
+/// Lists of scalars merged as sets.
+fn is_set_list(field: &str) -> bool {
+    matches!(field, "finalizers")
+}
+
+pub fn strategic_merge(target: &mut Value, patch: &Value) -> ApiResult<()> {
+    let (Value::Object(t), Value::Object(p)) = (&mut *target, patch) else {
+        *target = patch.clone();
+        return Ok(());
+    };
+    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut np = p.clone();
+        np.remove("$patch");
+        *t = np;
+        return Ok(());
+    }
+    if let Some(keys) = p.get("$retainKeys").and_then(Value::as_array) {
+        let keep: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
+        t.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, v) in p {
+        if k.starts_with('$') {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(cur)), Some(del)) = (t.get_mut(field), v.as_array()) {
+                cur.retain(|x| !del.contains(x));
+            }
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        match v {
+            Value::Object(_) => {
+                let e = t.entry(k.clone()).or_insert(Value::Object(Map::new()));
+                if v.get("$patch").and_then(Value::as_str) == Some("delete") {
+                    t.remove(k);
+                } else {
+                    strategic_merge(e, v)?;
+                }
+            }
+            Value::Array(items) => {
+                let cur = t
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let merged = if is_set_list(k) {
+                    let mut out = cur;
+                    for i in items {
+                        if !out.contains(i) {
+                            out.push(i.clone());
+                        }
+                    }
+                    out
+                } else if let Some(mk) = merge_key(k, items.first().or(cur.first())) {
+                    merge_list(cur, items, mk)?
+                } else {
+                    items.clone()
+                };
+                t.insert(k.clone(), Value::Array(merged));
+            }
+            _ => {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn merge_list(mut cur: Vec<Value>, items: &[Value], key: &str) -> ApiResult<Vec<Value>> {
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return Ok(items
+            .iter()
+            .filter(|i| i.get("$patch").is_none())
+            .cloned()
+            .collect());
+    }
+    for item in items {
+        let kv = item.get(key).cloned().unwrap_or(Value::Null);
+        let pos = cur
+            .iter()
+            .position(|c| c.get(key) == Some(&kv) && !kv.is_null());
+        if item.get("$patch").and_then(Value::as_str) == Some("delete") {
+            if let Some(p) = pos {
+                cur.remove(p);
+            }
+            continue;
+        }
+        match pos {
+            Some(p) => strategic_merge(&mut cur[p], item)?,
+            None => cur.push(item.clone()),
+        }
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strategic_merges_containers_by_name() -> Result<(), ApiError> {
+        let mut t = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
+        strategic_merge(
+            &mut t,
+            &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+        )?;
+        assert_eq!(t["spec"]["containers"][1]["image"], "z");
+        assert_eq!(t["spec"]["containers"][0]["image"], "x");
+        Ok(())
+    }
+
+    #[test]
+    fn json_patch_ops() -> Result<(), ApiError> {
+        let mut t = json!({"a": [1, 2], "b": {"c": 1}});
+        json_patch(
+            &mut t,
+            &json!([{"op": "add", "path": "/a/-", "value": 3}, {"op": "remove", "path": "/b/c"}, {"op": "replace", "path": "/a/0", "value": 9}]),
+        )?;
+        assert_eq!(t, json!({"a": [9, 2, 3], "b": {}}));
+        assert!(json_patch(&mut t, &json!([{"op": "test", "path": "/a/0", "value": 1}])).is_err());
+        Ok(())
+    }
+}
