@@ -78,6 +78,76 @@ impl KvCache {
         }
     }
 
+    /// Rows held (0 for an empty cache).
+    pub fn rows(&self) -> i64 {
+        self.valid.as_ref().map_or(0, |v| v.size()[0])
+    }
+
+    /// Appends the rows of `other` after this cache's rows (continuous batching: a newly
+    /// prefilled sequence joins a running batch). Rows stay right-aligned: the side with fewer
+    /// columns is left-padded with invalid columns, which attention masks out and positions skip.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+        if other.layers.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput(
+                "KV caches of different models".into(),
+            ));
+        }
+        let Some(ov) = other.valid else { return Ok(()) };
+        let Some(sv) = self.valid.take() else {
+            *self = Self {
+                layers: other.layers,
+                valid: Some(ov),
+            };
+            return Ok(());
+        };
+        let (s_cols, o_cols) = (sv.size()[1], ov.size()[1]);
+        let cols = s_cols.max(o_cols);
+        let pad = |t: &Tensor, dim: i64| -> Tensor {
+            let have = t.size()[dim as usize];
+            if have == cols {
+                return t.shallow_clone();
+            }
+            let mut shape = t.size();
+            shape[dim as usize] = cols - have;
+            Tensor::cat(&[&Tensor::zeros(&shape, (t.kind(), t.device())), t], dim)
+        };
+        self.valid = Some(Tensor::cat(&[pad(&sv, 1), pad(&ov, 1)], 0));
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            *mine = match (mine.take(), theirs) {
+                (Some((sk, sv)), Some((ok, ov))) => Some((
+                    Tensor::cat(&[pad(&sk, 2), pad(&ok, 2)], 0),
+                    Tensor::cat(&[pad(&sv, 2), pad(&ov, 2)], 0),
+                )),
+                _ => {
+                    return Err(ModelError::InvalidInput(
+                        "KV cache layers missing: both caches must have run a forward pass".into(),
+                    ));
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Drops leading columns no row uses (left after the longest rows left the batch).
+    pub fn trim(&mut self) {
+        let Some(valid) = &self.valid else { return };
+        let cols = valid.size()[1];
+        let used = Vec::<i64>::try_from(valid.sum_dim_intlist(1, false, Kind::Int64))
+            .unwrap_or_default()
+            .into_iter()
+            .max()
+            .unwrap_or(cols);
+        let drop = cols - used;
+        if drop <= 0 {
+            return;
+        }
+        self.valid = Some(valid.narrow(1, drop, used));
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, drop, used);
+            *v = v.narrow(2, drop, used);
+        }
+    }
+
     /// Keeps only `rows` (in that order), e.g. to drop finished sequences from a batch.
     pub fn select_rows(&mut self, rows: &[i64]) {
         let Some(valid) = &self.valid else { return };

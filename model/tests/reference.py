@@ -9,6 +9,10 @@ and `peft` here. Subcommands:
   peft-load MODEL ADAPTER OUT
                       loads a tailor-written adapter with PeftModel.from_pretrained, checks there
                       are no missing/unexpected keys, writes logits for MODEL/reference input_ids.
+  base-model OUT DATA VOCAB HIDDEN LAYERS HEADS KV_HEADS INTERMEDIATE
+                      a random Llama with a tokenizer trained on the chat JSONL DATA.
+  peft-init MODEL OUT TARGETS R ALPHA SEED
+                      a fresh PEFT adapter (PEFT's initialisation), saved.
   train MODEL ADAPTER BATCHES OUT
                       PyTorch + PEFT training on the batches tailor-trainer dumped, from the given
                       initial adapter; writes per-step losses (JSON) and the final adapter.
@@ -18,6 +22,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 
@@ -167,6 +172,42 @@ def fixtures(out):
     print(json.dumps({"vocab": vocab}))
 
 
+def base_model(out, data, vocab, hidden, layers, heads, kv_heads, intermediate):
+    """A random Llama whose byte-level BPE tokenizer is trained on the texts of a chat JSONL."""
+    from transformers import LlamaConfig
+
+    texts = []
+    with open(data, encoding="utf-8") as f:
+        for line in f:
+            try:
+                texts.extend(m["content"] for m in json.loads(line)["messages"])
+            except (ValueError, KeyError, TypeError):
+                continue  # the example datasets include deliberately invalid lines
+    tok = build_tokenizer(out, texts, int(vocab))
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=int(hidden),
+        intermediate_size=int(intermediate),
+        num_hidden_layers=int(layers),
+        num_attention_heads=int(heads),
+        num_key_value_heads=int(kv_heads),
+        max_position_embeddings=2048,
+        initializer_range=0.02,
+        tie_word_embeddings=False,
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        pad_token_id=0,
+        bos_token_id=None,
+    )
+    make_model(cfg, 1).save_pretrained(out, safe_serialization=True)
+    print(json.dumps({"vocab": tok.get_vocab_size()}))
+
+
+def peft_init(model_dir, out, targets, r, alpha, seed):
+    """PEFT's own initialisation of a fresh adapter (A kaiming-uniform, B zero), saved."""
+    pm = peft_model(load_base(model_dir), int(seed), nonzero_b=False, targets=targets.split(","), r=int(r), alpha=float(alpha))
+    pm.save_pretrained(out)
+
+
 def load_base(model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -221,6 +262,8 @@ def train(model_dir, adapter_dir, batches_path, out_dir):
         "constant": lambda: get_constant_schedule_with_warmup(opt, warmup),
     }[hp["scheduler"]]()
     losses = []
+    tokens = 0
+    started = time.perf_counter()
     for step in dump["steps"]:
         opt.zero_grad(set_to_none=True)
         n_tokens = sum(sum(1 for l in row if l != -100) for mb in step for row in mb["labels"])
@@ -228,9 +271,11 @@ def train(model_dir, adapter_dir, batches_path, out_dir):
         for mb in step:
             ids = torch.tensor(mb["input_ids"])
             labels = torch.tensor(mb["labels"])
-            logits = pm(ids).logits.float()
+            tokens += mb.get("tokens", 0)
+            logits = pm(ids).logits.float()[:, :-1]
+            targets = labels[:, 1:]
             loss_sum = torch.nn.functional.cross_entropy(
-                logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100, reduction="sum"
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
             )
             (loss_sum / n_tokens).backward()
             total_loss += loss_sum.item()
@@ -238,13 +283,14 @@ def train(model_dir, adapter_dir, batches_path, out_dir):
         opt.step()
         sched.step()
         losses.append(total_loss / n_tokens)
+    seconds = time.perf_counter() - started
     pm.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "losses.json"), "w") as f:
         json.dump(losses, f)
-    print(json.dumps(losses))
+    print(json.dumps({"losses": losses, "tokens": tokens, "seconds": seconds, "tokensPerSecond": tokens / seconds}))
 
 
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("REFERENCE_THREADS", "1")))
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"fixtures": fixtures, "peft-load": peft_load, "train": train}[cmd](*args)
+    {"fixtures": fixtures, "peft-load": peft_load, "train": train, "base-model": base_model, "peft-init": peft_init}[cmd](*args)

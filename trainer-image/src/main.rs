@@ -1,1 +1,313 @@
-fn main() {}
+//! `tailor-trainer`: `prepare` a dataset and `train` a LoRA adapter (see `--help`).
+//!
+//! Every setting is a flag (with a `TAILOR_*` environment fallback) or a key of the JSON file
+//! given with `--config`, in camelCase (the form the operator mounts into pods); flags win.
+//! On failure the process exits non-zero with the error chain on stderr and, with
+//! `--termination-message-path`, a JSON summary `{status: "Failed", message}` there.
+
+mod examples;
+mod optim;
+mod prepare;
+mod progress;
+mod redact;
+mod run_state;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::examples::Format;
+use crate::optim::Scheduler;
+use crate::redact::RedactKind;
+
+#[derive(Parser)]
+#[command(
+    name = "tailor-trainer",
+    version,
+    about = "Prepare datasets and train LoRA adapters for tailor"
+)]
+struct Cli {
+    /// Log as JSON lines (for pods).
+    #[arg(long, global = true, env = "TAILOR_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate, redact, dedupe and split a JSONL dataset into train/validation/test.
+    Prepare(PrepareArgs),
+    /// Train a LoRA adapter on prepared data.
+    Train(Box<TrainArgs>),
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// JSON file with the settings below in camelCase; flags override it.
+    #[arg(long, env = "TAILOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    input: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Drop examples whose normalised content repeats an earlier one.
+    #[arg(long)]
+    dedupe: bool,
+    /// Comma-separated: email, phone.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    redact: Vec<RedactKind>,
+    #[arg(long)]
+    validation_fraction: Option<f64>,
+    #[arg(long)]
+    test_fraction: Option<f64>,
+    #[arg(long)]
+    min_examples: Option<usize>,
+    /// A model directory whose tokenizer counts tokens for the stats.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, env = "TAILOR_TERMINATION_MESSAGE_PATH")]
+    termination_message_path: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// JSON file with the settings below in camelCase; flags override it.
+    #[arg(long, env = "TAILOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    base_model: Option<PathBuf>,
+    /// Prepared training JSONL.
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Prepared validation JSONL.
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    /// Output directory: the PEFT adapter, metrics.json and checkpoints/.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    rank: Option<i64>,
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Comma-separated module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear.
+    #[arg(long, value_delimiter = ',')]
+    target_modules: Vec<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    max_seq_length: Option<usize>,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    #[arg(long, value_enum)]
+    scheduler: Option<Scheduler>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Serve GET /progress and GET /metrics on this HOST:PORT while training.
+    #[arg(long, env = "TAILOR_PROGRESS_LISTEN")]
+    progress_listen: Option<String>,
+    #[arg(long, env = "TAILOR_TERMINATION_MESSAGE_PATH")]
+    termination_message_path: Option<PathBuf>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Stop after N optimizer steps (the LR schedule still spans the whole run).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Start from this PEFT adapter directory instead of a fresh one.
+    #[arg(long)]
+    init_adapter: Option<PathBuf>,
+    /// Write each step's micro-batches as JSON (cross-checks against PEFT).
+    #[arg(long, hide = true)]
+    dump_batches: Option<PathBuf>,
+    /// CPU threads for libtorch.
+    #[arg(long, env = "TAILOR_THREADS")]
+    threads: Option<i32>,
+    /// auto, cpu or cuda.
+    #[arg(long, env = "TAILOR_DEVICE")]
+    device: Option<String>,
+}
+
+fn put<T: serde::Serialize>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        m.insert(key.to_string(), json!(v));
+    }
+}
+
+/// The `--config` file's object with the given flags laid over it.
+fn merged(config: Option<&PathBuf>, flags: Map<String, Value>) -> anyhow::Result<Value> {
+    let mut base = match config {
+        Some(p) => {
+            let bytes =
+                std::fs::read(p).with_context(|| format!("reading --config {}", p.display()))?;
+            match serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: invalid JSON", p.display()))?
+            {
+                Value::Object(m) => m,
+                _ => anyhow::bail!("{}: expected a JSON object", p.display()),
+            }
+        }
+        None => Map::new(),
+    };
+    base.extend(flags);
+    Ok(Value::Object(base))
+}
+
+fn prepare_config(a: &PrepareArgs) -> anyhow::Result<prepare::PrepareConfig> {
+    let mut m = Map::new();
+    put(&mut m, "input", a.input.as_ref());
+    put(&mut m, "format", a.format);
+    put(&mut m, "output", a.output.as_ref());
+    if a.dedupe {
+        m.insert("dedupe".into(), json!(true));
+    }
+    if !a.redact.is_empty() {
+        m.insert("redact".into(), json!(a.redact));
+    }
+    put(&mut m, "validationFraction", a.validation_fraction);
+    put(&mut m, "testFraction", a.test_fraction);
+    put(&mut m, "minExamples", a.min_examples);
+    put(&mut m, "tokenizer", a.tokenizer.as_ref());
+    let mut v = merged(a.config.as_ref(), m)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("terminationMessagePath");
+    }
+    serde_json::from_value(v).context("invalid prepare settings (flags or --config)")
+}
+
+fn train_config(a: &TrainArgs) -> anyhow::Result<train::TrainConfig> {
+    let mut m = Map::new();
+    put(&mut m, "baseModel", a.base_model.as_ref());
+    put(&mut m, "train", a.train.as_ref());
+    put(&mut m, "validation", a.validation.as_ref());
+    put(&mut m, "output", a.output.as_ref());
+    put(&mut m, "rank", a.rank);
+    put(&mut m, "alpha", a.alpha);
+    put(&mut m, "dropout", a.dropout);
+    if !a.target_modules.is_empty() {
+        m.insert("targetModules".into(), json!(a.target_modules));
+    }
+    put(&mut m, "epochs", a.epochs);
+    put(&mut m, "learningRate", a.learning_rate);
+    put(&mut m, "batchSize", a.batch_size);
+    put(&mut m, "gradAccum", a.grad_accum);
+    put(&mut m, "maxSeqLength", a.max_seq_length);
+    put(&mut m, "warmupRatio", a.warmup_ratio);
+    put(&mut m, "scheduler", a.scheduler);
+    put(&mut m, "seed", a.seed);
+    put(&mut m, "checkpointEvery", a.checkpoint_every);
+    put(&mut m, "progressListen", a.progress_listen.as_ref());
+    put(
+        &mut m,
+        "terminationMessagePath",
+        a.termination_message_path.as_ref(),
+    );
+    put(&mut m, "weightDecay", a.weight_decay);
+    put(&mut m, "maxGradNorm", a.max_grad_norm);
+    put(&mut m, "maxSteps", a.max_steps);
+    put(&mut m, "initAdapter", a.init_adapter.as_ref());
+    put(&mut m, "dumpBatches", a.dump_batches.as_ref());
+    put(&mut m, "threads", a.threads);
+    put(&mut m, "device", a.device.as_ref());
+    let v = merged(a.config.as_ref(), m)?;
+    // The aliases the FineTuneJob spec uses map onto the flag names.
+    serde_json::from_value(v).context("invalid train settings (flags or --config)")
+}
+
+fn write_termination(path: Option<&PathBuf>, value: &Value) {
+    if let Some(p) = path
+        && let Err(e) = std::fs::write(p, value.to_string())
+    {
+        tracing::warn!(path = %p.display(), error = %e, "cannot write termination message");
+    }
+}
+
+fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
+    match &cli.command {
+        Command::Prepare(a) => {
+            let path = a.termination_message_path.clone();
+            let r = prepare_config(a)
+                .and_then(|c| prepare::run(&c))
+                .and_then(|s| {
+                    let mut v = serde_json::to_value(&s)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("status".into(), json!("Succeeded"));
+                    }
+                    Ok(v)
+                });
+            (r, path)
+        }
+        Command::Train(a) => {
+            let cfg = match train_config(a) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), a.termination_message_path.clone()),
+            };
+            let path = cfg.termination_message_path.clone();
+            let handle = progress::ProgressHandle::new();
+            if let Some(addr) = &cfg.progress_listen {
+                match progress::serve(addr, handle.clone()) {
+                    Ok(local) => tracing::info!(%local, "serving /progress and /metrics"),
+                    Err(e) => return (Err(e), path),
+                }
+            }
+            let r = train::run(&cfg, &handle).and_then(|s| Ok(serde_json::to_value(&s)?));
+            if r.is_err() {
+                handle.update(|p| p.phase = "Failed".into());
+            }
+            (r, path)
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let (result, termination) = run(&cli);
+    match result {
+        Ok(summary) => {
+            write_termination(termination.as_ref(), &summary);
+            println!("{summary}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("error: {message}");
+            write_termination(
+                termination.as_ref(),
+                &json!({"status": "Failed", "message": message}),
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

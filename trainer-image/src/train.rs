@@ -1,0 +1,678 @@
+//! `tailor-trainer train`: LoRA fine-tuning of a Hugging Face base model.
+//!
+//! One optimizer step = `gradAccum` micro-batches of `batchSize` examples. Its loss is the mean
+//! token cross-entropy over every counted token of the step (see `examples` for which tokens
+//! count): each micro-batch contributes `sum(CE) / counted_tokens_of_the_step`, so the gradient is
+//! that of the token mean over the whole accumulated batch. Then gradients are clipped to
+//! `maxGradNorm`, AdamW updates, and the learning-rate schedule advances.
+//!
+//! Data order is a seeded shuffle per epoch, so a step number fixes exactly which examples it
+//! sees; that, the saved optimizer state and a per-step dropout seed make a resumed run equal an
+//! uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tailor_model::{
+    Adapters, CausalLm, ForwardInput, LoraAdapter, LoraConfig, TargetModule, Tokenizer, peft,
+};
+use tch::{Device, Kind, Tensor};
+
+use crate::examples::{Example, Sample, tokenize};
+use crate::optim::{AdamW, Scheduler, clip_grad_norm, lr_factor, warmup_steps, zero_grad};
+use crate::progress::ProgressHandle;
+use crate::run_state::{self, RunState, StepRecord};
+
+fn targets_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Csv(s) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+    })
+}
+
+/// Settings of one training run (flags, or `--config` JSON with these camelCase keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrainConfig {
+    pub base_model: PathBuf,
+    pub train: PathBuf,
+    #[serde(default)]
+    pub validation: Option<PathBuf>,
+    pub output: PathBuf,
+    #[serde(default = "d_rank")]
+    pub rank: i64,
+    #[serde(default = "d_alpha")]
+    pub alpha: f64,
+    #[serde(default = "d_dropout")]
+    pub dropout: f64,
+    #[serde(default = "d_targets", deserialize_with = "targets_de")]
+    pub target_modules: Vec<String>,
+    #[serde(default = "d_one")]
+    pub epochs: usize,
+    #[serde(default = "d_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    #[serde(default = "d_one", alias = "gradientAccumulationSteps")]
+    pub grad_accum: usize,
+    #[serde(default = "d_seq")]
+    pub max_seq_length: usize,
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    #[serde(default = "d_sched")]
+    pub scheduler: Scheduler,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[serde(default = "d_ckpt", alias = "checkpointEverySteps")]
+    pub checkpoint_every: usize,
+    #[serde(default)]
+    pub progress_listen: Option<String>,
+    #[serde(default)]
+    pub termination_message_path: Option<PathBuf>,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// Stop after this many optimizer steps (the schedule still spans the full run).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Start from this PEFT adapter instead of a fresh initialisation.
+    #[serde(default)]
+    pub init_adapter: Option<PathBuf>,
+    /// Write every step's micro-batches as JSON (for cross-checks against PEFT).
+    #[serde(default)]
+    pub dump_batches: Option<PathBuf>,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[serde(default)]
+    pub threads: Option<i32>,
+    /// `auto` (CUDA when present), `cpu` or `cuda`.
+    #[serde(default = "d_device")]
+    pub device: String,
+}
+
+fn d_rank() -> i64 {
+    8
+}
+fn d_alpha() -> f64 {
+    16.0
+}
+fn d_dropout() -> f64 {
+    0.05
+}
+fn d_targets() -> Vec<String> {
+    vec!["q_proj".into(), "v_proj".into()]
+}
+fn d_one() -> usize {
+    1
+}
+fn d_lr() -> f64 {
+    2e-4
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_seq() -> usize {
+    512
+}
+fn d_sched() -> Scheduler {
+    Scheduler::Linear
+}
+fn d_seed() -> u64 {
+    42
+}
+fn d_ckpt() -> usize {
+    50
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_device() -> String {
+    "auto".into()
+}
+
+/// `metrics.json` and the termination message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub status: String,
+    pub base_validation_loss: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub steps: usize,
+    pub total_steps: usize,
+    pub epochs: usize,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+    pub wall_seconds: f64,
+    pub train_examples: usize,
+    pub skipped_examples: usize,
+    pub resumed_from_step: Option<usize>,
+    pub adapter: PathBuf,
+    pub history: Vec<StepRecord>,
+}
+
+/// Reads a prepared JSONL file; any bad line is an error naming file and line.
+fn load_examples(path: &Path) -> anyhow::Result<Vec<Example>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let line = std::str::from_utf8(raw)
+            .map_err(|_| anyhow::anyhow!("{}:{}: not valid UTF-8", path.display(), i + 1))?;
+        let ex = Example::parse_any(line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        out.push(ex);
+    }
+    Ok(out)
+}
+
+fn tokenize_all(
+    examples: &[Example],
+    tok: &Tokenizer,
+    template: Option<&tailor_model::ChatTemplate>,
+    max_len: usize,
+    path: &Path,
+) -> anyhow::Result<(Vec<Sample>, usize)> {
+    let mut out = Vec::with_capacity(examples.len());
+    let mut skipped = 0;
+    for (i, e) in examples.iter().enumerate() {
+        let s = tokenize(e, tok, template, max_len)
+            .map_err(|err| anyhow::anyhow!("{}: example {}: {err}", path.display(), i + 1))?;
+        if s.target_count() == 0 {
+            skipped += 1;
+        } else {
+            out.push(s);
+        }
+    }
+    Ok((out, skipped))
+}
+
+/// SplitMix64: a tiny, fully specified PRNG so the data order never depends on a library version.
+struct SplitMix(u64);
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = SplitMix(seed ^ (epoch as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx
+}
+
+/// A padded micro-batch with the flat positions whose next token counts.
+struct Batch {
+    input_ids: Tensor,
+    positions: Tensor,
+    targets: Tensor,
+    counted: usize,
+    tokens: usize,
+    dump: serde_json::Value,
+}
+
+fn make_batch(samples: &[&Sample], pad: i64, device: Device) -> Batch {
+    let t = samples
+        .iter()
+        .map(|s| s.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let b = samples.len();
+    let mut ids = vec![pad; b * t];
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    let mut tokens = 0;
+    let mut dump_ids = Vec::with_capacity(b);
+    let mut dump_labels = Vec::with_capacity(b);
+    for (r, s) in samples.iter().enumerate() {
+        ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
+        tokens += s.ids.len();
+        let mut labels = vec![-100i64; t];
+        for (p, (&id, &counted)) in s.ids.iter().zip(&s.counted).enumerate().skip(1) {
+            if counted {
+                positions.push((r * t + p - 1) as i64);
+                targets.push(id);
+                labels[p] = id;
+            }
+        }
+        dump_ids.push(ids[r * t..(r + 1) * t].to_vec());
+        dump_labels.push(labels);
+    }
+    Batch {
+        input_ids: Tensor::from_slice(&ids)
+            .view([b as i64, t as i64])
+            .to_device(device),
+        counted: targets.len(),
+        positions: Tensor::from_slice(&positions).to_device(device),
+        targets: Tensor::from_slice(&targets).to_device(device),
+        tokens,
+        dump: serde_json::json!({"input_ids": dump_ids, "labels": dump_labels, "tokens": tokens}),
+    }
+}
+
+/// Summed token cross-entropy of a micro-batch (logits only where a token counts).
+fn batch_loss_sum(
+    model: &CausalLm,
+    adapter: Option<&LoraAdapter>,
+    batch: &Batch,
+    train: bool,
+) -> anyhow::Result<Tensor> {
+    let input = ForwardInput {
+        input_ids: &batch.input_ids,
+        valid: None,
+        adapters: adapter.map_or(Adapters::None, Adapters::All),
+        train,
+    };
+    let h = model.hidden_states(&input, None)?;
+    let hidden = *h.size().last().unwrap_or(&1);
+    let h = h.view([-1, hidden]).index_select(0, &batch.positions);
+    let logits = model.logits(&h).to_kind(Kind::Float);
+    Ok(logits.cross_entropy_loss::<Tensor>(&batch.targets, None, tch::Reduction::Sum, -100, 0.0))
+}
+
+fn eval_loss(
+    model: &CausalLm,
+    adapter: Option<&LoraAdapter>,
+    samples: &[Sample],
+    batch_size: usize,
+    pad: i64,
+) -> anyhow::Result<Option<f64>> {
+    if samples.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = 0.0;
+    let mut n = 0usize;
+    for chunk in samples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        let b = make_batch(&refs, pad, model.device());
+        let l = tch::no_grad(|| batch_loss_sum(model, adapter, &b, false))?;
+        sum += l.double_value(&[]);
+        n += b.counted;
+    }
+    Ok(Some(sum / n.max(1) as f64))
+}
+
+fn choose_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                bail!("device \"cuda\" requested but no CUDA device is available")
+            }
+        }
+        other => bail!("device must be auto, cpu or cuda, got {other:?}"),
+    }
+}
+
+fn validate(cfg: &TrainConfig) -> anyhow::Result<()> {
+    let positive = [
+        ("epochs", cfg.epochs),
+        ("batchSize", cfg.batch_size),
+        ("gradAccum", cfg.grad_accum),
+        ("maxSeqLength", cfg.max_seq_length),
+    ];
+    for (name, v) in positive {
+        if v == 0 {
+            bail!("{name} must be at least 1");
+        }
+    }
+    if cfg.max_seq_length < 2 {
+        bail!("maxSeqLength must be at least 2");
+    }
+    if !(cfg.learning_rate > 0.0 && cfg.learning_rate.is_finite()) {
+        bail!(
+            "learningRate must be a positive number, got {}",
+            cfg.learning_rate
+        );
+    }
+    if !(0.0..1.0).contains(&cfg.warmup_ratio) {
+        bail!("warmupRatio must be in [0, 1), got {}", cfg.warmup_ratio);
+    }
+    Ok(())
+}
+
+pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    validate(cfg)?;
+    if let Some(n) = cfg.threads {
+        tch::set_num_threads(n);
+    }
+    let device = choose_device(&cfg.device)?;
+    let kind = if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    progress.update(|p| p.phase = "Loading".into());
+    let model = CausalLm::load(&cfg.base_model, kind, device)
+        .with_context(|| format!("loading base model {}", cfg.base_model.display()))?;
+    let tokenizer = Tokenizer::from_dir(&cfg.base_model)
+        .with_context(|| format!("loading tokenizer of {}", cfg.base_model.display()))?;
+    let template = tokenizer.chat_template()?;
+    let lora_config = LoraConfig {
+        r: cfg.rank,
+        alpha: cfg.alpha,
+        dropout: cfg.dropout,
+        target_modules: TargetModule::parse_list(&cfg.target_modules)?,
+        use_rslora: false,
+    };
+    lora_config.validate()?;
+
+    let train_examples = load_examples(&cfg.train)?;
+    let (train, skipped) = tokenize_all(
+        &train_examples,
+        &tokenizer,
+        template.as_ref(),
+        cfg.max_seq_length,
+        &cfg.train,
+    )?;
+    if train.is_empty() {
+        bail!(
+            "{}: no training examples with tokens to learn from ({} lines, {} left without counted tokens after truncation to {} tokens)",
+            cfg.train.display(),
+            train_examples.len(),
+            skipped,
+            cfg.max_seq_length
+        );
+    }
+    let validation = match &cfg.validation {
+        Some(p) => {
+            tokenize_all(
+                &load_examples(p)?,
+                &tokenizer,
+                template.as_ref(),
+                cfg.max_seq_length,
+                p,
+            )?
+            .0
+        }
+        None => Vec::new(),
+    };
+    let pad = tokenizer
+        .pad_token
+        .as_deref()
+        .and_then(|t| tokenizer.token_to_id(t))
+        .or_else(|| tokenizer.eos_token_id())
+        .map_or(0, i64::from);
+
+    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let warmup = warmup_steps(total_steps, cfg.warmup_ratio);
+    let last_step = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
+
+    // Resume, or start from the given/fresh adapter.
+    let ckpt_dir = cfg.output.join("checkpoints");
+    let resumed = run_state::latest(&ckpt_dir)?;
+    let (mut adapter, mut optim, mut state) = match &resumed {
+        Some(dir) => {
+            let (adapter, optim, state) =
+                run_state::load(dir, &model.config, device, cfg.weight_decay)
+                    .with_context(|| format!("resuming from {}", dir.display()))?;
+            if adapter.config.target_modules != lora_config.target_modules
+                || adapter.config.r != lora_config.r
+            {
+                bail!(
+                    "checkpoint {} was written with another rank or target modules than this run asks for",
+                    dir.display()
+                );
+            }
+            tracing::info!(step = state.step, checkpoint = %dir.display(), "resuming");
+            (adapter, optim, state)
+        }
+        None => {
+            let mut adapter = match &cfg.init_adapter {
+                Some(dir) => {
+                    let a = peft::load_adapter(dir, &model.config, device)
+                        .with_context(|| format!("loading initial adapter {}", dir.display()))?;
+                    if a.config.target_modules != lora_config.target_modules
+                        || a.config.r != lora_config.r
+                    {
+                        bail!(
+                            "initial adapter {} has rank {} and targets {:?}, the run asks for rank {} and {:?}",
+                            dir.display(),
+                            a.config.r,
+                            a.config.target_modules,
+                            lora_config.r,
+                            lora_config.target_modules
+                        );
+                    }
+                    LoraAdapter::from_pairs(
+                        &model.config,
+                        lora_config.clone(),
+                        a.pairs()
+                            .map(|(l, m, p)| (l, m, p.a.copy(), p.b.copy()))
+                            .collect(),
+                    )?
+                }
+                None => {
+                    tch::manual_seed(cfg.seed as i64);
+                    LoraAdapter::init(&model.config, lora_config.clone(), device)?
+                }
+            };
+            adapter.set_requires_grad(true);
+            let optim = AdamW::new(&adapter.parameters(), cfg.weight_decay);
+            progress.update(|p| p.phase = "BaseValidation".into());
+            let base = eval_loss(&model, None, &validation, cfg.batch_size, pad)?;
+            (adapter, optim, RunState::new(base))
+        }
+    };
+    adapter.set_requires_grad(true);
+    let resumed_from = resumed.as_ref().map(|_| state.step);
+    progress.update(|p| {
+        p.phase = "Running".into();
+        p.total_steps = total_steps;
+        p.step = state.step;
+        p.base_validation_loss = state.base_validation_loss;
+    });
+
+    let mut dump_steps = Vec::new();
+    let loop_start = Instant::now();
+    let mut loop_tokens = 0u64;
+    let mut order_epoch = usize::MAX;
+    let mut order = Vec::new();
+    let mut last_ckpt_step = state.step;
+    while state.step < last_step {
+        let step = state.step;
+        let epoch = step / steps_per_epoch;
+        if epoch != order_epoch {
+            order = epoch_order(train.len(), cfg.seed, epoch);
+            order_epoch = epoch;
+        }
+        let first_micro = (step % steps_per_epoch) * cfg.grad_accum;
+        let micro_end = (first_micro + cfg.grad_accum).min(micro_per_epoch);
+        let batches: Vec<Batch> = (first_micro..micro_end)
+            .map(|m| {
+                let start = m * cfg.batch_size;
+                let end = (start + cfg.batch_size).min(train.len());
+                let refs: Vec<&Sample> = order[start..end].iter().map(|&i| &train[i]).collect();
+                make_batch(&refs, pad, device)
+            })
+            .collect();
+        let counted: usize = batches.iter().map(|b| b.counted).sum();
+        tch::manual_seed((cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9)) as i64);
+        let params = adapter.parameters();
+        let mut loss_sum = 0.0;
+        for b in &batches {
+            let l = batch_loss_sum(&model, Some(&adapter), b, true)?;
+            (&l / counted as f64).backward();
+            loss_sum += l.double_value(&[]);
+        }
+        clip_grad_norm(&params, cfg.max_grad_norm);
+        let lr = cfg.learning_rate * lr_factor(cfg.scheduler, step, total_steps, warmup);
+        optim.update(&params, lr);
+        zero_grad(&params);
+        let loss = loss_sum / counted.max(1) as f64;
+        if !loss.is_finite() {
+            bail!("training diverged: loss is {loss} at step {}", step + 1);
+        }
+        let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        loop_tokens += tokens as u64;
+        state.tokens += tokens as u64;
+        state.step += 1;
+        state.epoch = epoch;
+        state.micro_batch = micro_end % micro_per_epoch;
+        state.history.push(StepRecord {
+            step: state.step,
+            loss,
+            lr,
+        });
+        if cfg.dump_batches.is_some() {
+            dump_steps.push(serde_json::Value::Array(
+                batches.iter().map(|b| b.dump.clone()).collect(),
+            ));
+        }
+        let elapsed = loop_start.elapsed().as_secs_f64().max(1e-9);
+        let tps = loop_tokens as f64 / elapsed;
+        let secs_per_step = elapsed / (state.step - resumed_from.unwrap_or(0)).max(1) as f64;
+        progress.add_tokens(tokens as u64);
+        progress.update(|p| {
+            p.step = state.step;
+            p.epoch = epoch;
+            p.train_loss = Some(loss);
+            p.tokens_per_second = tps;
+            p.eta = Some(secs_per_step * (last_step - state.step) as f64);
+        });
+        tracing::info!(
+            step = state.step,
+            total_steps,
+            loss,
+            lr,
+            tokens_per_second = tps,
+            "step"
+        );
+        if cfg.checkpoint_every > 0
+            && state.step % cfg.checkpoint_every == 0
+            && state.step < last_step
+        {
+            state.wall_seconds += started.elapsed().as_secs_f64();
+            run_state::save(
+                &ckpt_dir,
+                &adapter,
+                &optim,
+                &state,
+                &cfg.base_model.display().to_string(),
+            )?;
+            last_ckpt_step = state.step;
+        }
+    }
+    progress.update(|p| p.phase = "Validation".into());
+    let validation_loss = eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?;
+    if last_ckpt_step != state.step {
+        run_state::save(
+            &ckpt_dir,
+            &adapter,
+            &optim,
+            &state,
+            &cfg.base_model.display().to_string(),
+        )?;
+    }
+    peft::save_adapter(&adapter, &cfg.output, &cfg.base_model.display().to_string())?;
+    if let Some(path) = &cfg.dump_batches {
+        let dump = serde_json::json!({
+            "hyperparameters": {
+                "learningRate": cfg.learning_rate,
+                "weightDecay": cfg.weight_decay,
+                "scheduler": cfg.scheduler,
+                "maxGradNorm": cfg.max_grad_norm,
+            },
+            "totalSteps": total_steps,
+            "warmupSteps": warmup,
+            "steps": dump_steps,
+        });
+        std::fs::write(path, serde_json::to_vec(&dump)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let elapsed = loop_start.elapsed().as_secs_f64();
+    let summary = Summary {
+        status: "Succeeded".into(),
+        base_validation_loss: state.base_validation_loss,
+        validation_loss,
+        train_loss: state.history.last().map(|h| h.loss),
+        steps: state.step,
+        total_steps,
+        epochs: cfg.epochs,
+        tokens: state.tokens,
+        tokens_per_second: if elapsed > 0.0 {
+            loop_tokens as f64 / elapsed
+        } else {
+            0.0
+        },
+        wall_seconds: state.wall_seconds + started.elapsed().as_secs_f64(),
+        train_examples: train.len(),
+        skipped_examples: skipped,
+        resumed_from_step: resumed_from,
+        adapter: cfg.output.clone(),
+        history: state.history.clone(),
+    };
+    std::fs::write(
+        cfg.output.join("metrics.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )
+    .with_context(|| format!("writing {}", cfg.output.join("metrics.json").display()))?;
+    progress.update(|p| {
+        p.phase = "Succeeded".into();
+        p.validation_loss = validation_loss;
+        p.eta = Some(0.0);
+    });
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_order_is_a_stable_permutation() {
+        let a = epoch_order(10, 1, 0);
+        assert_eq!(a, epoch_order(10, 1, 0));
+        assert_ne!(a, epoch_order(10, 1, 1));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn config_accepts_camel_case_and_aliases() {
+        let c: TrainConfig = serde_json::from_str(
+            r#"{"baseModel":"/m","train":"/t.jsonl","output":"/o","targetModules":"q_proj, v_proj",
+                "gradientAccumulationSteps":4,"checkpointEverySteps":10,"scheduler":"cosine"}"#,
+        )
+        .expect("config");
+        assert_eq!(c.target_modules, ["q_proj", "v_proj"]);
+        assert_eq!((c.grad_accum, c.checkpoint_every), (4, 10));
+        assert!(
+            serde_json::from_str::<TrainConfig>(
+                r#"{"baseModel":"/m","train":"/t","output":"/o","lerningRate":1}"#
+            )
+            .is_err()
+        );
+    }
+}

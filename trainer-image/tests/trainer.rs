@@ -1,0 +1,657 @@
+//! tailor-trainer as a process: prepare, train against PyTorch + PEFT, progress endpoints,
+//! resume after SIGKILL, and bad input.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tch::{Device, Tensor};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
+
+fn python() -> String {
+    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn reference(args: &[&str]) -> Output {
+    let out = Command::new(python())
+        .arg(repo().join("model/tests/reference.py"))
+        .args(args)
+        .output()
+        .expect("run reference.py (is the setup script's venv on PATH?)");
+    assert!(
+        out.status.success(),
+        "reference.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn examples_jsonl() -> PathBuf {
+    repo().join("examples/quickstart/support-chat.jsonl")
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    prepared: PathBuf,
+}
+
+/// A tiny random Llama whose tokenizer is trained on the examples dataset, and that dataset
+/// prepared; built once per test binary.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("base");
+        let data = examples_jsonl();
+        reference(&[
+            "base-model",
+            model.to_str().expect("utf8"),
+            data.to_str().expect("utf8"),
+            "1000",
+            "64",
+            "2",
+            "4",
+            "2",
+            "128",
+        ]);
+        let prepared = dir.path().join("prepared");
+        let out = trainer(&[
+            "prepare",
+            "--input",
+            data.to_str().expect("utf8"),
+            "--format",
+            "chat",
+            "--output",
+            prepared.to_str().expect("utf8"),
+            "--dedupe",
+            "--validation-fraction",
+            "0.2",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Fixture {
+            _dir: dir,
+            model,
+            prepared,
+        }
+    })
+}
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run tailor-trainer")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+fn json_file(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .expect("json")
+}
+
+fn read_jsonl(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .expect("read")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn prepare_validates_redacts_dedupes_and_splits_stably() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let chat = |u: &str, a: &str| {
+        format!(
+            r#"{{"messages":[{{"role":"user","content":"{u}"}},{{"role":"assistant","content":"{a}"}}]}}"#
+        )
+    };
+    let mut data = Vec::new();
+    for i in 0..40 {
+        data.extend_from_slice(chat(&format!("question {i}"), &format!("answer {i}")).as_bytes());
+        data.push(b'\n');
+    }
+    data.extend_from_slice(chat("Question 0", "answer   0").as_bytes()); // duplicate after normalisation
+    data.extend_from_slice(b"\n{\"messages\": [\n");
+    data.extend_from_slice(b"{\"text\": \"caf\xff\xfe\"}\n");
+    data.extend_from_slice(chat("mail me at a.b@example.com", "call +1 555 123 4567").as_bytes());
+    data.extend_from_slice(b"\n\n");
+    std::fs::write(&input, &data).expect("write");
+    let out_dir = dir.path().join("out");
+    let config = dir.path().join("prepare.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"input": input, "format": "chat", "output": out_dir, "dedupe": true,
+            "redact": ["email", "phone"], "validationFraction": 0.25, "testFraction": 0.1})
+        .to_string(),
+    )
+    .expect("write config");
+    let out = trainer(&["prepare", "--config", s(&config)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = json_file(&out_dir.join("stats.json"));
+    assert_eq!(stats["examples"], 41);
+    assert_eq!(stats["invalid"], 2);
+    assert_eq!(stats["duplicatesRemoved"], 1);
+    assert_eq!(stats["redactions"], 2);
+    let sum = ["train", "validation", "test"]
+        .iter()
+        .map(|k| stats[k].as_u64().expect("count"))
+        .sum::<u64>();
+    assert_eq!(sum, 41);
+    assert!(stats["validation"].as_u64().expect("v") > 0 && stats["test"].as_u64().expect("t") > 0);
+    let samples = stats["invalidSamples"].as_array().expect("samples");
+    assert_eq!(samples[0]["line"], 42);
+    assert!(
+        samples[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("invalid JSON")
+    );
+    assert_eq!(samples[1]["line"], 43);
+    assert!(
+        samples[1]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("UTF-8")
+    );
+    let all: String = ["train", "validation", "test"]
+        .iter()
+        .flat_map(|k| read_jsonl(&out_dir.join(format!("{k}.jsonl"))))
+        .collect();
+    assert!(all.contains("[EMAIL]") && all.contains("[PHONE]") && !all.contains("example.com"));
+    assert_eq!(stats["contentHash"].as_str().expect("hash").len(), 64);
+
+    // Adding data never moves an old example to another split.
+    let mut more = data.clone();
+    for i in 100..130 {
+        more.extend_from_slice(chat(&format!("new {i}"), "ok").as_bytes());
+        more.push(b'\n');
+    }
+    std::fs::write(&input, &more).expect("write");
+    let out_dir2 = dir.path().join("out2");
+    let out = trainer(&["prepare", "--config", s(&config), "--output", s(&out_dir2)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for split in ["train", "validation", "test"] {
+        let new = read_jsonl(&out_dir2.join(format!("{split}.jsonl")));
+        for line in read_jsonl(&out_dir.join(format!("{split}.jsonl"))) {
+            assert!(new.contains(&line), "{line} left {split}");
+        }
+    }
+}
+
+#[test]
+fn prepare_rejects_empty_and_all_invalid_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content) in [
+        ("empty", &b""[..]),
+        ("invalid", &b"{\"prompt\": 1}\nnot json\n\xc3\x28\n"[..]),
+    ] {
+        let input = dir.path().join(format!("{name}.jsonl"));
+        std::fs::write(&input, content).expect("write");
+        let term = dir.path().join(format!("{name}.termination"));
+        let out = trainer(&[
+            "prepare",
+            "--input",
+            s(&input),
+            "--format",
+            "completion",
+            "--output",
+            s(&dir.path().join(name)),
+            "--termination-message-path",
+            s(&term),
+        ]);
+        assert!(!out.status.success(), "{name} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("only 0 valid examples"), "{name}: {err}");
+        assert_eq!(json_file(&term)["status"], "Failed");
+        if name == "invalid" {
+            assert!(err.contains("first invalid line 1"), "{err}");
+            assert_eq!(
+                json_file(&dir.path().join(name).join("stats.json"))["invalid"],
+                3
+            );
+        }
+    }
+}
+
+fn adapter_tensors(dir: &Path) -> Vec<(String, Tensor)> {
+    tailor_model::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors"), Device::Cpu)
+        .expect("adapter")
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn training_matches_pytorch_peft_step_for_step() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let init = dir.path().join("init");
+    reference(&[
+        "peft-init",
+        s(&f.model),
+        s(&init),
+        "q_proj,v_proj,down_proj",
+        "4",
+        "8",
+        "3",
+    ]);
+    let out = dir.path().join("tailor");
+    let batches = dir.path().join("batches.json");
+    let run = trainer(&[
+        "train",
+        "--base-model",
+        s(&f.model),
+        "--train",
+        s(&f.prepared.join("train.jsonl")),
+        "--output",
+        s(&out),
+        "--init-adapter",
+        s(&init),
+        "--target-modules",
+        "q_proj,v_proj,down_proj",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--dropout",
+        "0",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--learning-rate",
+        "0.01",
+        "--warmup-ratio",
+        "0.1",
+        "--scheduler",
+        "cosine",
+        "--weight-decay",
+        "0.01",
+        "--max-steps",
+        "20",
+        "--dump-batches",
+        s(&batches),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let metrics = json_file(&out.join("metrics.json"));
+    let ours: Vec<f64> = metrics["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["loss"].as_f64().expect("loss"))
+        .collect();
+    assert_eq!(ours.len(), 20);
+    let peft_out = dir.path().join("peft");
+    reference(&["train", s(&f.model), s(&init), s(&batches), s(&peft_out)]);
+    let theirs: Vec<f64> =
+        serde_json::from_slice(&std::fs::read(peft_out.join("losses.json")).expect("losses"))
+            .expect("json");
+    assert_eq!(theirs.len(), 20);
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        let rel = (a - b).abs() / b.abs();
+        assert!(
+            rel <= 1e-4,
+            "step {}: tailor {a} vs PEFT {b} (relative {rel})",
+            i + 1
+        );
+    }
+    assert!(ours[19] < ours[0] - 0.01, "loss did not fall: {ours:?}");
+    // And the adapters they end with agree.
+    let d = max_diff(&adapter_tensors(&out), &adapter_tensors(&peft_out));
+    assert!(d <= 1e-4, "final adapters differ by {d}");
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+#[test]
+fn training_on_examples_lowers_validation_loss_and_reports_progress() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.path().join("train.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "baseModel": f.model, "train": f.prepared.join("train.jsonl"),
+            "validation": f.prepared.join("validation.jsonl"), "output": out,
+            "rank": 8, "alpha": 16, "dropout": 0.05, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "epochs": 3, "learningRate": 0.003, "batchSize": 8, "gradientAccumulationSteps": 1,
+            "maxSeqLength": 256, "warmupRatio": 0.05, "scheduler": "cosine", "seed": 42,
+            "checkpointEverySteps": 20, "progressListen": addr,
+            "terminationMessagePath": dir.path().join("termination")
+        })
+        .to_string(),
+    )
+    .expect("config");
+    let mut child = Command::new(BIN)
+        .args(["train", "--config", s(&config)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let progress = loop {
+        if let Some((200, body)) = http_get(&addr, "/progress") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no /progress");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "trainer exited before /progress answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let p: Value = serde_json::from_str(&progress).expect("progress json");
+    for key in [
+        "epoch",
+        "step",
+        "totalSteps",
+        "trainLoss",
+        "validationLoss",
+        "tokensPerSecond",
+        "eta",
+    ] {
+        assert!(p.get(key).is_some(), "/progress lacks {key}: {p}");
+    }
+    let (status, metrics) = http_get(&addr, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tailor_trainer_step")
+            && metrics.contains("tailor_trainer_tokens_per_second"),
+        "{metrics}"
+    );
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    assert!(status.success(), "{err}");
+    let m = json_file(&out.join("metrics.json"));
+    let base = m["baseValidationLoss"].as_f64().expect("base");
+    let tuned = m["validationLoss"].as_f64().expect("tuned");
+    assert!(
+        tuned < base,
+        "validation loss {tuned} not below base {base}"
+    );
+    for key in [
+        "trainLoss",
+        "steps",
+        "tokens",
+        "tokensPerSecond",
+        "wallSeconds",
+    ] {
+        assert!(
+            m.get(key).is_some_and(|v| !v.is_null()),
+            "metrics.json lacks {key}"
+        );
+    }
+    assert_eq!(
+        json_file(&dir.path().join("termination"))["status"],
+        "Succeeded"
+    );
+    assert!(
+        out.join("adapter_config.json").exists() && out.join("adapter_model.safetensors").exists()
+    );
+    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .expect("checkpoints")
+        .collect();
+    assert!(!ckpts.is_empty());
+}
+
+fn resume_args<'a>(f: &'a Fixture, out: &'a Path) -> Vec<String> {
+    [
+        "train",
+        "--base-model",
+        s(&f.model),
+        "--train",
+        s(&f.prepared.join("train.jsonl")),
+        "--output",
+        s(out),
+        "--target-modules",
+        "q_proj,v_proj,gate_proj",
+        "--dropout",
+        "0",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--learning-rate",
+        "0.005",
+        "--checkpoint-every",
+        "4",
+        "--max-steps",
+        "30",
+        "--seed",
+        "7",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+#[test]
+fn resumes_after_sigkill_and_ends_where_an_uninterrupted_run_ends() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let straight = dir.path().join("straight");
+    let run = Command::new(BIN)
+        .args(resume_args(f, &straight))
+        .output()
+        .expect("run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(BIN)
+        .args(resume_args(f, &killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first_ckpt = killed.join("checkpoints/step-00000004/state.json");
+    while !first_ckpt.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "trainer exited early"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(
+        !killed.join("metrics.json").exists(),
+        "run finished before the kill"
+    );
+
+    let run = Command::new(BIN)
+        .args(resume_args(f, &killed))
+        .output()
+        .expect("rerun");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let m = json_file(&killed.join("metrics.json"));
+    let from = m["resumedFromStep"].as_u64().expect("resumed");
+    assert!((4..30).contains(&from), "resumed from {from}");
+    assert_eq!(m["steps"], 30);
+    let d = max_diff(&adapter_tensors(&straight), &adapter_tensors(&killed));
+    assert!(d <= 1e-5, "resumed adapter differs by {d}");
+    let a = json_file(&straight.join("metrics.json"));
+    assert_eq!(
+        a["history"].as_array().map(Vec::len),
+        m["history"].as_array().map(Vec::len)
+    );
+}
+
+fn train_fails(args: &[&str], expect: &str) {
+    let out = trainer(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    assert!(
+        err.contains(expect),
+        "error for {args:?} lacks {expect:?}: {err}"
+    );
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_error() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let train = f.prepared.join("train.jsonl");
+    let out = dir.path().join("out");
+    let base = |model: &Path| {
+        vec![
+            "train".to_string(),
+            "--base-model".into(),
+            s(model).into(),
+            "--train".into(),
+            s(&train).into(),
+            "--output".into(),
+            s(&out).into(),
+            "--max-steps".into(),
+            "1".into(),
+        ]
+    };
+    let run = |model: &Path, extra: &[&str], expect: &str| {
+        let mut a = base(model);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        train_fails(&refs, expect);
+    };
+    // Missing model directory / checkpoint files.
+    run(&dir.path().join("nope"), &[], "config.json");
+    let copy = dir.path().join("model");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(f.model.join(file), copy.join(file)).expect("copy");
+    }
+    run(&copy, &[], "no checkpoint");
+    // Corrupt weights.
+    let weights = std::fs::read(f.model.join("model.safetensors")).expect("read");
+    std::fs::write(
+        copy.join("model.safetensors"),
+        &weights[..weights.len() - 100],
+    )
+    .expect("write");
+    run(&copy, &[], "corrupt safetensors");
+    std::fs::write(copy.join("model.safetensors"), &weights).expect("write");
+    // Unsupported architecture.
+    let mut cfg = json_file(&f.model.join("config.json"));
+    cfg["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+    std::fs::write(copy.join("config.json"), cfg.to_string()).expect("write");
+    run(&copy, &[], "unsupported architecture \"GPT2LMHeadModel\"");
+    // Target modules that do not exist.
+    run(
+        &f.model,
+        &["--target-modules", "q_proj,attn_proj"],
+        "unknown LoRA target module \"attn_proj\"",
+    );
+    // An initial adapter for a base model with other shapes.
+    let other = dir.path().join("other-adapter");
+    let mut mc = tailor_model::ModelConfig::from_dir(&f.model).expect("config");
+    mc.hidden_size = 32;
+    let lc = tailor_model::LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: tailor_model::TargetModule::parse_list(&["q_proj", "v_proj"])
+            .expect("targets"),
+        use_rslora: false,
+    };
+    let adapter = tailor_model::LoraAdapter::init(&mc, lc, Device::Cpu).expect("init");
+    tailor_model::peft::save_adapter(&adapter, &other, "other").expect("save");
+    run(
+        &f.model,
+        &["--init-adapter", s(&other)],
+        "trained for a different base model",
+    );
+    // Empty and non-UTF-8 training data.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").expect("write");
+    let mut a = base(&f.model);
+    a[4] = s(&empty).into();
+    train_fails(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        "no training examples",
+    );
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n").expect("write");
+    a[4] = s(&bad).into();
+    train_fails(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        "bad.jsonl:2: not valid UTF-8",
+    );
+    // Unknown keys in --config are refused, with the key named.
+    let config = dir.path().join("c.json");
+    std::fs::write(
+        &config,
+        r#"{"baseModel": "/m", "train": "/t", "output": "/o", "learningrate": 1}"#,
+    )
+    .expect("write");
+    train_fails(&["train", "--config", s(&config)], "learningrate");
+}
