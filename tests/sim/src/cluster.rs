@@ -28,6 +28,9 @@ pub struct Config {
     pub images: BTreeMap<String, PathBuf>,
     pub host: Ipv4Addr,
     pub port: u16,
+    /// Second octet of this cluster's loopback range: pods get 127.N.<node>.<n>, Services
+    /// 127.N.200+.<n>, so several simulators can run side by side.
+    pub net: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,15 +214,16 @@ impl Cluster {
             .iter()
             .filter_map(|s| s["spec"]["clusterIP"].as_str())
             .collect();
-        // Services live in 127.1.0.0/16, pods in 127.0.0.0/16 (below): both loopback, so they
-        // are reachable from every process here without any routing setup.
-        for i in 1..65000u32 {
-            let ip = format!("127.1.{}.{}", i / 250, i % 250 + 1);
+        // Services live in 127.N.200.0-127.N.254.255, pods in 127.N.<node>.x: all loopback, so
+        // they are reachable from every process here without any routing setup.
+        let net = self.cfg.net;
+        for i in 0..(54 * 250u32) {
+            let ip = format!("127.{net}.{}.{}", 200 + i / 250, i % 250 + 1);
             if !used.contains(&ip.as_str()) {
                 return ip;
             }
         }
-        "127.1.255.254".into()
+        format!("127.{net}.254.254")
     }
 
     fn admit(

@@ -16,6 +16,7 @@ pub mod kubelet;
 pub mod logs;
 pub mod openapi;
 pub mod patch;
+pub mod proto;
 pub mod rbac;
 pub mod resources;
 pub mod scheduler;

@@ -62,6 +62,9 @@ pub struct UpArgs {
     /// How many recent changes a watch can resume from before it gets 410 Gone.
     #[arg(long, default_value_t = 10000)]
     watch_window: usize,
+    /// Second octet of the loopback range for pod and Service IPs (default: random, kept in the state dir).
+    #[arg(long)]
+    net: Option<u8>,
 }
 
 fn read_or_create(path: &std::path::Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
@@ -71,6 +74,42 @@ fn read_or_create(path: &std::path::Path, make: impl FnOnce() -> String) -> anyh
     let v = make();
     std::fs::write(path, &v)?;
     Ok(v)
+}
+
+/// A random 127.N.0.0/16 range that no listening socket on this machine uses yet, so several
+/// simulators (parallel tests) do not hand out the same pod and Service IPs.
+fn free_net_octet() -> String {
+    let mut used = std::collections::BTreeSet::new();
+    for f in ["/proc/net/tcp", "/proc/net/udp"] {
+        for line in std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let Some(local) = line.split_whitespace().nth(1) else {
+                continue;
+            };
+            let Some(ip) = local
+                .split(':')
+                .next()
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            // /proc/net/tcp shows IPv4 addresses in host (little-endian) order.
+            let b = ip.to_le_bytes();
+            if b[0] == 127 {
+                used.insert(b[1]);
+            }
+        }
+    }
+    for _ in 0..1000 {
+        let n = 2 + rand::random::<u8>() % 250;
+        if !used.contains(&n) {
+            return n.to_string();
+        }
+    }
+    (2 + rand::random::<u8>() % 250).to_string()
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -112,6 +151,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let key = read_or_create(&state_dir.join("token.key"), || {
         hex::encode(rand::random::<[u8; 32]>())
     })?;
+    let net: u8 = match args.net {
+        Some(n) => n,
+        None => read_or_create(&state_dir.join("net"), free_net_octet)?
+            .parse()
+            .context("state dir net file")?,
+    };
     let store = store::Store::new(Some(state_dir.join("objects.json")), args.watch_window)?;
     let cfg = Config {
         state_dir: state_dir.clone(),
@@ -122,6 +167,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         images,
         host: args.host,
         port,
+        net,
     };
     let cluster = Arc::new(Cluster::new(
         resources::Registry::new(),

@@ -175,6 +175,12 @@ impl Req {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
+        if self
+            .content_type()
+            .starts_with("application/vnd.kubernetes.protobuf")
+        {
+            return crate::proto::decode(&self.body);
+        }
         if let Ok(v) = serde_json::from_slice(&self.body) {
             return Ok(v);
         }
@@ -242,6 +248,10 @@ pub async fn handle(
         },
         None => return Ok(error_response(&ApiError::unauthorized())),
     };
+    let user = match impersonate(&cluster, user, &parts.headers) {
+        Ok(u) => u,
+        Err(e) => return Ok(error_response(&e)),
+    };
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -262,6 +272,48 @@ pub async fn handle(
     let resp = resp.unwrap_or_else(|e| error_response(&e));
     tracing::debug!(method = %req.method, path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     Ok(resp)
+}
+
+/// `Impersonate-User`/`Impersonate-Group` (kubectl --as/--as-group), allowed by RBAC's
+/// `impersonate` verb as in the apiserver.
+fn impersonate(cluster: &Cluster, user: User, headers: &HeaderMap) -> ApiResult<User> {
+    let Some(name) = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(user);
+    };
+    let attrs = Attributes {
+        verb: "impersonate".into(),
+        group: String::new(),
+        resource: "users".into(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: name.to_string(),
+    };
+    if !rbac::allowed(cluster, &user, &attrs) {
+        return Err(ApiError::forbidden(format!(
+            "users \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+            user.name
+        )));
+    }
+    let mut groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(String::from))
+        .collect();
+    if let Some(rest) = name.strip_prefix("system:serviceaccount:")
+        && let Some((ns, _)) = rest.split_once(':')
+    {
+        groups.push("system:serviceaccounts".into());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    groups.push("system:authenticated".into());
+    Ok(User {
+        name: name.to_string(),
+        groups,
+        uid: String::new(),
+    })
 }
 
 async fn route(cluster: &Arc<Cluster>, path: &str, req: &Req) -> ApiResult<Response<Body>> {

@@ -77,6 +77,9 @@ impl Store {
         {
             let data: Value = serde_json::from_slice(&std::fs::read(f)?)?;
             inner.rv = data["resourceVersion"].as_u64().unwrap_or(1);
+            // The watch history is not persisted: a restart compacts it, so every watch resuming
+            // from before the restart gets 410 Gone and re-lists (always safe for clients).
+            inner.rv += 1;
             inner.compacted = inner.rv;
             if let Some(objs) = data["objects"].as_object() {
                 for (gr, items) in objs {

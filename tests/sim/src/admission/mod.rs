@@ -67,7 +67,14 @@ impl CrdSchema {
                 }
                 o
             });
-            if let Err(errs) = validator.validate(&root, &body, old_body.as_ref()) {
+            let mut cel_body = kube_cel::apply_defaults(&root, &body);
+            schema::coerce_numbers(&mut cel_body, &root);
+            let old_body = old_body.map(|o| {
+                let mut o = kube_cel::apply_defaults(&root, &o);
+                schema::coerce_numbers(&mut o, &root);
+                o
+            });
+            if let Err(errs) = validator.validate(&root, &cel_body, old_body.as_ref()) {
                 for e in errs.into_vec() {
                     let ty = schema::type_at(&root, &e.field_path);
                     let (reason, message) = match e.reason.as_deref() {

@@ -387,6 +387,36 @@ pub fn validate(v: &Value, schema: &Value, path: &str, causes: &mut Vec<Cause>) 
     }
 }
 
+/// Integers where the schema says `number` become doubles, as the apiserver's CEL typing does.
+pub fn coerce_numbers(v: &mut Value, schema: &Value) {
+    match v {
+        Value::Number(n)
+            if schema.get("type").and_then(Value::as_str) == Some("number") && !n.is_f64() =>
+        {
+            if let Some(f) = n.as_f64().and_then(serde_json::Number::from_f64) {
+                *v = Value::Number(f);
+            }
+        }
+        Value::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let addl = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, child) in m.iter_mut() {
+                if let Some(s) = props.and_then(|p| p.get(k)).or(addl) {
+                    coerce_numbers(child, s);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for it in items.iter_mut() {
+                    coerce_numbers(it, s);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,7 +55,7 @@ pub fn bootstrap(cluster: &Arc<Cluster>) {
             "nodes",
             "",
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            "spec": {"podCIDR": format!("127.0.{i}.0/24")},
+            "spec": {"podCIDR": format!("127.{}.{i}.0/24", cluster.cfg.net)},
             "status": {"capacity": cap, "allocatable": cap,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
@@ -120,6 +120,24 @@ pub fn bootstrap(cluster: &Arc<Cluster>) {
         "default",
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": cluster.cfg.host.to_string(), "ports": [{"name": "https", "port": cluster.cfg.port, "protocol": "TCP", "targetPort": cluster.cfg.port}]}}),
+    );
+    // Every authenticated user may ask what it is allowed to do (system:basic-user).
+    ensure(
+        cluster,
+        rbac,
+        "clusterroles",
+        "",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "system:basic-user"},
+        "rules": [{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
+                  {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]}),
+    );
+    ensure(
+        cluster,
+        rbac,
+        "clusterrolebindings",
+        "",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "system:basic-user"},
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "system:basic-user"}, "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:authenticated"}]}),
     );
     per_namespace(cluster);
 }

@@ -157,7 +157,7 @@ pub fn reconcile(cluster: &Arc<Cluster>) {
         upsert(cluster, "discovery.k8s.io", "endpointslices", &ns, slice);
         let Some(cip) = svc["spec"]["clusterIP"]
             .as_str()
-            .filter(|c| c.starts_with("127.1."))
+            .filter(|c| c.starts_with(&format!("127.{}.", cluster.cfg.net)))
         else {
             continue;
         };

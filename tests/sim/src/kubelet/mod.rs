@@ -159,12 +159,12 @@ impl Kubelet {
         }
         let n = node_index(pod["spec"]["nodeName"].as_str().unwrap_or(""));
         for host in 2..255 {
-            let ip = format!("127.0.{}.{host}", n.min(255));
+            let ip = format!("127.{}.{}.{host}", self.cluster.cfg.net, n.min(199));
             if !taken.contains(&ip) {
                 return ip;
             }
         }
-        format!("127.0.{n}.254")
+        format!("127.{}.{}.254", self.cluster.cfg.net, n.min(199))
     }
 
     fn sync(self: &Arc<Self>) {

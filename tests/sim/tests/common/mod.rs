@@ -1,0 +1,192 @@
+//! Start a real tailor-sim process for a test and drive it with the real kubectl.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Sim {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn testpod() -> String {
+    env!("CARGO_BIN_EXE_tailor-sim-testpod").to_string()
+}
+
+/// Poll until `f` returns Some, failing the test with `what` at the deadline.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Sim {
+    pub fn start(extra: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut sim = Sim {
+            dir,
+            kubeconfig,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        sim.spawn();
+        sim
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let state = self.dir.path().join("state");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailor-sim"));
+        cmd.arg("up")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig);
+        cmd.args(["--image", &format!("testpod={}", testpod())]);
+        cmd.args(["--image", "busybox=/bin/sh"]);
+        if let Some(k) = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("kubectl"))
+                .find(|k| k.exists())
+        }) {
+            cmd.arg("--image")
+                .arg(format!("bitnami/kubectl={}", k.display()));
+        }
+        cmd.args(&self.extra);
+        cmd.stdout(Stdio::null());
+        cmd.stderr(Stdio::from(
+            std::fs::File::create(self.dir.path().join("sim.log")).expect("log file"),
+        ));
+        self.child = Some(cmd.spawn().expect("start tailor-sim"));
+        let kc = self.kubeconfig.clone();
+        wait_for(
+            "tailor-sim to write its kubeconfig",
+            Duration::from_secs(60),
+            || kc.exists().then_some(()),
+        );
+        wait_for("tailor-sim to serve", Duration::from_secs(30), || {
+            self.kubectl(&["get", "--raw", "/readyz"])
+                .status
+                .success()
+                .then_some(())
+        });
+        // The bootstrap controllers create the default ServiceAccount shortly after start.
+        wait_for("default serviceaccount", Duration::from_secs(30), || {
+            self.kubectl(&["get", "sa", "default"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// Stop with SIGTERM (as an operator would) and start again on the same state dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sim.log")).unwrap_or_default()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(repo_root())
+            .output()
+            .expect("run kubectl")
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(repo_root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n--- sim log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log())
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let jp = format!("jsonpath={path}");
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["-o", &jp]);
+        let out = self.kubectl(&a);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
