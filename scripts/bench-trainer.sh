@@ -10,7 +10,8 @@
 # Both sides see identical work: tailor-trainer dumps the micro-batches it trained on, the PEFT
 # loop replays exactly those (model/tests/reference.py train). tokens/s counts non-padding tokens
 # over the training loop only (model loading excluded on both sides). Peak RSS is the whole
-# process's maximum resident set (GNU time).
+# process's maximum resident set (GNU time). tokens/CPU-s divides by the loop's CPU time (all
+# threads), which stays meaningful when other work shares the machine; wall tokens/s does not.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 eval "$("$root/scripts/setup-libtorch.sh")"
@@ -22,7 +23,8 @@ layers="${BENCH_LAYERS:-4}"
 heads="${BENCH_HEADS:-8}"
 kv_heads="${BENCH_KV_HEADS:-4}"
 intermediate="${BENCH_INTERMEDIATE:-688}"
-vocab="${BENCH_VOCAB:-4000}"
+vocab="${BENCH_VOCAB:-4000}"             # tokenizer merges (the data allows ~2300)
+model_vocab="${BENCH_MODEL_VOCAB:-32000}" # embedding/LM-head rows, as Llama 2 / TinyLlama / Mistral
 batch="${BENCH_BATCH:-8}"
 seq="${BENCH_SEQ:-256}"
 targets="${BENCH_TARGETS:-q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj}"
@@ -39,7 +41,7 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 "$root/model/tests/reference.py" base-model "$work/base" "$data" "$vocab" "$hidden" "$layers" \
-  "$heads" "$kv_heads" "$intermediate" >/dev/null 2>&1
+  "$heads" "$kv_heads" "$intermediate" "$model_vocab" >/dev/null 2>&1
 "$bin" prepare --input "$data" --format chat --output "$work/prepared" --validation-fraction 0 >/dev/null 2>&1
 python3 "$root/model/tests/reference.py" peft-init "$work/base" "$work/init" "$targets" 16 32 1 >/dev/null 2>&1
 
@@ -62,7 +64,9 @@ p = json.loads(open(f"{work}/peft.json").read().strip().splitlines()[-1])
 cfg = json.load(open(f"{work}/base/config.json"))
 print(f"model: Llama {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}; "
       f"{t['steps']} steps, {t['tokens']} tokens; threads {threads}")
-print(f"tailor-trainer : {t['tokensPerSecond']:10.1f} tokens/s   peak RSS {rss_t / 1024:8.1f} MiB   final loss {t['trainLoss']:.6f}")
-print(f"PyTorch + PEFT : {p['tokensPerSecond']:10.1f} tokens/s   peak RSS {rss_p / 1024:8.1f} MiB   final loss {p['losses'][-1]:.6f}")
-print(f"ratio          : {t['tokensPerSecond'] / p['tokensPerSecond']:10.2f}x tokens/s   {rss_t / rss_p:8.2f}x peak RSS")
+tc = t["tokens"] / max(t["trainCpuSeconds"], 1e-9)
+pc = p["tokens"] / max(p["trainCpuSeconds"], 1e-9)
+print(f"tailor-trainer : {t['tokensPerSecond']:10.1f} tokens/s  {tc:10.1f} tokens/CPU-s   peak RSS {rss_t / 1024:8.1f} MiB   final loss {t['trainLoss']:.6f}")
+print(f"PyTorch + PEFT : {p['tokensPerSecond']:10.1f} tokens/s  {pc:10.1f} tokens/CPU-s   peak RSS {rss_p / 1024:8.1f} MiB   final loss {p['losses'][-1]:.6f}")
+print(f"ratio          : {t['tokensPerSecond'] / p['tokensPerSecond']:10.2f}x tokens/s  {tc / pc:10.2f}x tokens/CPU-s   {rss_t / rss_p:8.2f}x peak RSS")
 PY

@@ -24,7 +24,7 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, HfConfig, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use lora::{Adapters, LoraAdapter, LoraConfig, TargetModule};
+pub use lora::{Adapters, LoraAdapter, LoraConfig, StackedAdapters, TargetModule};
 pub use model::{CausalLm, ForwardInput, KvCache};
 pub use tokenizer::Tokenizer;
 

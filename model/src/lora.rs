@@ -262,6 +262,29 @@ impl LoraAdapter {
         }
     }
 
+    /// A handle sharing this adapter's tensors (no copy). `Tensor` is `Send` but not `Sync`, so
+    /// a server keeps one adapter in a registry and hands each request its own handle.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|mods| {
+                    let mut out: [Option<LoraPair>; 7] = Default::default();
+                    for (i, p) in mods.iter().enumerate() {
+                        out[i] = p.as_ref().map(|p| LoraPair {
+                            a: p.a.shallow_clone(),
+                            b: p.b.shallow_clone(),
+                            scaling: p.scaling,
+                        });
+                    }
+                    out
+                })
+                .collect(),
+        }
+    }
+
     /// A deep copy with the same values, detached from any graph.
     pub fn clone_detached(&self) -> Self {
         Self {
@@ -316,6 +339,109 @@ impl LoraAdapter {
     }
 }
 
+/// One adapted projection packed for a batch: row `i` holds its adapter's `Aᵀ` (`[in, r]`) and
+/// `Bᵀ` (`[r, out]`), zero-padded to the batch's largest rank (zeros where a row has no pair).
+#[derive(Debug)]
+struct StackedPair {
+    /// `[B, in, r]`
+    at: Tensor,
+    /// `[B, r, out]`
+    bt: Tensor,
+    /// `[B, 1, 1]`: each row's scaling (0 where the row has no pair).
+    scale: Tensor,
+}
+
+/// Per-row adapters packed once for a batch composition, so a forward pass with many distinct
+/// adapters costs two batched matmuls per projection, whatever the number of adapters
+/// (serving). Zero padding adds exact zeros, so each row's result is its adapter's.
+#[derive(Debug)]
+pub struct StackedAdapters {
+    rows: usize,
+    layers: Vec<[Option<StackedPair>; 7]>,
+}
+
+impl StackedAdapters {
+    /// Packs `rows` (one entry per batch row; `None`: base model) on `device`.
+    pub fn new(rows: &[Option<&LoraAdapter>], device: Device) -> Result<Self> {
+        let num_layers = rows
+            .iter()
+            .flatten()
+            .map(|a| a.num_layers())
+            .max()
+            .unwrap_or(0);
+        let mut layers = Vec::with_capacity(num_layers);
+        for layer in 0..num_layers {
+            let mut mods: [Option<StackedPair>; 7] = Default::default();
+            for m in TargetModule::ALL {
+                let pairs: Vec<Option<&LoraPair>> = rows
+                    .iter()
+                    .map(|r| r.and_then(|a| a.pair(layer, m)))
+                    .collect();
+                let Some(any) = pairs.iter().flatten().next() else {
+                    continue;
+                };
+                let r_max = pairs
+                    .iter()
+                    .flatten()
+                    .map(|p| p.a.size()[0])
+                    .max()
+                    .unwrap_or(0);
+                let (fan_in, fan_out) = (any.a.size()[1], any.b.size()[0]);
+                let kind = any.a.kind();
+                let mut ats = Vec::with_capacity(rows.len());
+                let mut bts = Vec::with_capacity(rows.len());
+                let mut scales = Vec::with_capacity(rows.len());
+                for p in &pairs {
+                    let at = Tensor::f_zeros([fan_in, r_max], (kind, device))?;
+                    let bt = Tensor::f_zeros([r_max, fan_out], (kind, device))?;
+                    if let Some(p) = p {
+                        let r = p.a.size()[0];
+                        at.narrow(1, 0, r)
+                            .copy_(&p.a.to_device(device).to_kind(kind).tr());
+                        bt.narrow(0, 0, r)
+                            .copy_(&p.b.to_device(device).to_kind(kind).tr());
+                    }
+                    ats.push(at);
+                    bts.push(bt);
+                    scales.push(p.map_or(0.0, |p| p.scaling));
+                }
+                mods[m.index()] = Some(StackedPair {
+                    at: Tensor::f_stack(&ats, 0)?,
+                    bt: Tensor::f_stack(&bts, 0)?,
+                    scale: Tensor::from_slice(&scales)
+                        .to_kind(kind)
+                        .to_device(device)
+                        .view([-1, 1, 1]),
+                });
+            }
+            layers.push(mods);
+        }
+        Ok(Self {
+            rows: rows.len(),
+            layers,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn delta(&self, layer: usize, module: TargetModule, x: &Tensor) -> Option<Tensor> {
+        let p = self.layers.get(layer)?.get(module.index())?.as_ref()?;
+        let x_in = if x.kind() == p.at.kind() {
+            x.shallow_clone()
+        } else {
+            x.to_kind(p.at.kind())
+        };
+        let d = x_in.matmul(&p.at).matmul(&p.bt) * &p.scale;
+        Some(if d.kind() == x.kind() {
+            d
+        } else {
+            d.to_kind(x.kind())
+        })
+    }
+}
+
 /// Which adapter each batch row uses.
 #[derive(Clone, Copy)]
 pub enum Adapters<'a> {
@@ -325,6 +451,8 @@ pub enum Adapters<'a> {
     All(&'a LoraAdapter),
     /// One entry per batch row: rows with different adapters share one forward pass.
     PerRow(&'a [Option<&'a LoraAdapter>]),
+    /// Per-row adapters packed by [`StackedAdapters::new`] (inference only; no dropout).
+    Stacked(&'a StackedAdapters),
 }
 
 impl Adapters<'_> {
@@ -344,6 +472,19 @@ impl Adapters<'_> {
                 Some(d) => base + d,
                 None => base,
             }),
+            Adapters::Stacked(st) => {
+                let batch = x.size().first().copied().unwrap_or(0);
+                if st.rows as i64 != batch {
+                    return Err(ModelError::InvalidInput(format!(
+                        "adapters stacked for {} rows, batch of {batch} rows",
+                        st.rows
+                    )));
+                }
+                Ok(match st.delta(layer, module, x) {
+                    Some(d) => base + d,
+                    None => base,
+                })
+            }
             Adapters::PerRow(rows) => {
                 let batch = x.size().first().copied().unwrap_or(0);
                 if rows.len() as i64 != batch {

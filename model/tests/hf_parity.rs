@@ -320,3 +320,60 @@ fn bad_checkpoints_give_clear_errors() {
     );
     assert!(err.to_string().contains("different base model"));
 }
+
+/// Serving helpers: rows prefilled alone and joined with `KvCache::append_rows`, then decoded
+/// together with `StackedAdapters`, equal each row decoded alone.
+#[test]
+fn appended_rows_with_stacked_adapters_equal_alone() {
+    let (dir, model) = load("qwen3");
+    let ids = reference(&dir, "input_ids");
+    let adapter =
+        peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu).expect("adapter");
+    let prompts = [ids.narrow(0, 0, 1), ids.narrow(0, 1, 1).narrow(1, 0, 7)];
+    let choice = [Some(&adapter), None];
+    let step = Tensor::from_slice(&[5i64, 9]).view([2, 1]);
+    let mut alone = Vec::new();
+    let mut batch_cache = model.new_cache();
+    for (i, p) in prompts.iter().enumerate() {
+        let adapters = match choice[i] {
+            Some(a) => Adapters::All(a),
+            None => Adapters::None,
+        };
+        let mut cache = model.new_cache();
+        let input = ForwardInput {
+            adapters,
+            ..ForwardInput::new(p)
+        };
+        let _ = tch::no_grad(|| model.forward(&input, Some(&mut cache))).expect("prefill");
+        let mut joined = model.new_cache();
+        let _ = tch::no_grad(|| model.forward(&input, Some(&mut joined))).expect("prefill");
+        batch_cache.append_rows(joined).expect("append");
+        let next = step.narrow(0, i as i64, 1);
+        let input = ForwardInput {
+            adapters,
+            ..ForwardInput::new(&next)
+        };
+        alone.push(tch::no_grad(|| model.forward(&input, Some(&mut cache))).expect("decode"));
+    }
+    assert_eq!(batch_cache.lengths(), vec![13, 7]);
+    let stacked = tailor_model::StackedAdapters::new(&choice, Device::Cpu).expect("stack");
+    let out = tch::no_grad(|| {
+        model.forward(
+            &ForwardInput {
+                adapters: Adapters::Stacked(&stacked),
+                ..ForwardInput::new(&step)
+            },
+            Some(&mut batch_cache),
+        )
+    })
+    .expect("batch decode");
+    for (i, a) in alone.iter().enumerate() {
+        assert!(
+            max_abs_diff(&out.get(i as i64), &a.get(0)) <= 1e-4,
+            "row {i}"
+        );
+    }
+    batch_cache.select_rows(&[1]);
+    batch_cache.trim();
+    assert_eq!(batch_cache.columns(), 8);
+}

@@ -9,7 +9,7 @@ and `peft` here. Subcommands:
   peft-load MODEL ADAPTER OUT
                       loads a tailor-written adapter with PeftModel.from_pretrained, checks there
                       are no missing/unexpected keys, writes logits for MODEL/reference input_ids.
-  base-model OUT DATA VOCAB HIDDEN LAYERS HEADS KV_HEADS INTERMEDIATE
+  base-model OUT DATA VOCAB HIDDEN LAYERS HEADS KV_HEADS INTERMEDIATE [MODEL_VOCAB]
                       a random Llama with a tokenizer trained on the chat JSONL DATA.
   peft-init MODEL OUT TARGETS R ALPHA SEED
                       a fresh PEFT adapter (PEFT's initialisation), saved.
@@ -172,8 +172,10 @@ def fixtures(out):
     print(json.dumps({"vocab": vocab}))
 
 
-def base_model(out, data, vocab, hidden, layers, heads, kv_heads, intermediate):
-    """A random Llama whose byte-level BPE tokenizer is trained on the texts of a chat JSONL."""
+def base_model(out, data, vocab, hidden, layers, heads, kv_heads, intermediate, model_vocab="0"):
+    """A random Llama whose byte-level BPE tokenizer is trained on the texts of a chat JSONL.
+    MODEL_VOCAB pads the embedding/LM-head rows beyond the tokenizer's vocabulary, as released
+    models often do (Llama 2 has 32000 rows)."""
     from transformers import LlamaConfig
 
     texts = []
@@ -185,7 +187,7 @@ def base_model(out, data, vocab, hidden, layers, heads, kv_heads, intermediate):
                 continue  # the example datasets include deliberately invalid lines
     tok = build_tokenizer(out, texts, int(vocab))
     cfg = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
+        vocab_size=max(tok.get_vocab_size(), int(model_vocab)),
         hidden_size=int(hidden),
         intermediate_size=int(intermediate),
         num_hidden_layers=int(layers),
@@ -264,6 +266,7 @@ def train(model_dir, adapter_dir, batches_path, out_dir):
     losses = []
     tokens = 0
     started = time.perf_counter()
+    cpu_started = time.process_time()
     for step in dump["steps"]:
         opt.zero_grad(set_to_none=True)
         n_tokens = sum(sum(1 for l in row if l != -100) for mb in step for row in mb["labels"])
@@ -284,10 +287,11 @@ def train(model_dir, adapter_dir, batches_path, out_dir):
         sched.step()
         losses.append(total_loss / n_tokens)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     pm.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "losses.json"), "w") as f:
         json.dump(losses, f)
-    print(json.dumps({"losses": losses, "tokens": tokens, "seconds": seconds, "tokensPerSecond": tokens / seconds}))
+    print(json.dumps({"losses": losses, "tokens": tokens, "seconds": seconds, "tokensPerSecond": tokens / seconds, "trainCpuSeconds": cpu_seconds}))
 
 
 if __name__ == "__main__":

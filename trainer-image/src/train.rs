@@ -156,6 +156,8 @@ pub struct Summary {
     pub epochs: usize,
     pub tokens: u64,
     pub tokens_per_second: f64,
+    /// CPU time (all threads) of the training loop: comparable across runs on a busy machine.
+    pub train_cpu_seconds: f64,
     pub wall_seconds: f64,
     pub train_examples: usize,
     pub skipped_examples: usize,
@@ -200,6 +202,21 @@ fn tokenize_all(
         }
     }
     Ok((out, skipped))
+}
+
+/// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat`
+/// (whose unit, USER_HZ, is 100 on Linux); 0 where that file does not exist.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// SplitMix64: a tiny, fully specified PRNG so the data order never depends on a library version.
@@ -495,6 +512,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
 
     let mut dump_steps = Vec::new();
     let loop_start = Instant::now();
+    let loop_cpu_start = process_cpu_seconds();
     let mut loop_tokens = 0u64;
     let mut order_epoch = usize::MAX;
     let mut order = Vec::new();
@@ -611,6 +629,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let elapsed = loop_start.elapsed().as_secs_f64();
+    let train_cpu_seconds = process_cpu_seconds() - loop_cpu_start;
     let summary = Summary {
         status: "Succeeded".into(),
         base_validation_loss: state.base_validation_loss,
@@ -625,6 +644,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
         } else {
             0.0
         },
+        train_cpu_seconds,
         wall_seconds: state.wall_seconds + started.elapsed().as_secs_f64(),
         train_examples: train.len(),
         skipped_examples: skipped,
