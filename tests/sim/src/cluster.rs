@@ -829,6 +829,13 @@ impl Cluster {
             if let Some(refs) = n["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"].as_str() != Some(uid));
             }
+            if n["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|r| r.is_empty())
+                && let Some(m) = n["metadata"].as_object_mut()
+            {
+                m.remove("ownerReferences");
+            }
             let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
             let name = o["metadata"]["name"].as_str().unwrap_or("");
             let _ = self.update(&rt, ns, name, n, &WriteOpts::system("garbage-collector"));

@@ -270,3 +270,69 @@ async fn thousand_objects_with_five_watchers_list_and_watch_correctly() {
     let table = sim.ok(&["get", "widgets", "--no-headers"]);
     assert_eq!(table.lines().count(), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_events_show_up_in_kubectl_get_events() {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let sim = Sim::start(&[]);
+    let c = client(&sim).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(c.clone());
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "subject"}, "data": {"a": "b"}}))
+            .expect("cm");
+    let cm = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    let recorder = Recorder::new(
+        c.clone(),
+        Reporter {
+            controller: "tailor-test".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "DatasetNotFound".into(),
+        note: Some("dataset \"d\" not found".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&ev, &cm.object_ref(&()))
+        .await
+        .expect("publish");
+    recorder
+        .publish(&ev, &cm.object_ref(&()))
+        .await
+        .expect("publish again");
+    let s = &sim;
+    let line = wait_for("core/v1 view of the event", Duration::from_secs(20), || {
+        let out = s.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=subject",
+        ]);
+        out.lines()
+            .find(|l| l.contains("DatasetNotFound"))
+            .map(String::from)
+    });
+    assert!(
+        line.contains("Warning")
+            && line.contains("configmap/subject")
+            && line.contains("dataset \"d\" not found"),
+        "{line}"
+    );
+    let count = sim.jsonpath(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=DatasetNotFound",
+        ],
+        "{.items[0].count}",
+    );
+    assert_eq!(count, "2", "the series count is the core count");
+}

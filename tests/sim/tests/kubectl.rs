@@ -744,3 +744,91 @@ fn state_survives_a_restart_and_pods_are_recreated() {
     );
     assert!(body.contains("hello from server"), "{body}");
 }
+
+#[test]
+fn pods_get_sigterm_and_deletion_cascades() {
+    let sim = Sim::start(&[]);
+    sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: graceful}\nspec:\n  terminationGracePeriodSeconds: 20\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'trap \"echo got SIGTERM; exit 0\" TERM; echo started; while true; do sleep 0.1; done']\n");
+    sim.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=60s",
+        "pod/graceful",
+    ]);
+    wait_for("first log line", Duration::from_secs(20), || {
+        sim.ok(&["logs", "graceful"])
+            .contains("started")
+            .then_some(())
+    });
+    let follower = Command::new("kubectl")
+        .args(["logs", "-f", "graceful"])
+        .env("KUBECONFIG", &sim.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    std::thread::sleep(Duration::from_millis(300));
+    sim.ok(&["delete", "pod", "graceful", "--timeout=30s"]);
+    let out = follower
+        .wait_with_output()
+        .expect("kubectl logs -f ends with the pod");
+    let followed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        followed.contains("started") && followed.contains("got SIGTERM"),
+        "{followed}"
+    );
+    // Owner references: background, foreground and orphan deletion of a Deployment.
+    let dep = |name: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      terminationGracePeriodSeconds: 5\n      containers: [{{name: c, image: busybox, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.1; done']}}]\n"
+        )
+    };
+    for name in ["bg", "fg", "orphan"] {
+        sim.apply(&dep(name));
+    }
+    for name in ["bg", "fg", "orphan"] {
+        sim.ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=60s",
+        ]);
+    }
+    sim.ok(&["delete", "deployment", "bg"]);
+    sim.ok(&["delete", "deployment", "fg", "--cascade=foreground"]);
+    sim.ok(&["delete", "deployment", "orphan", "--cascade=orphan"]);
+    for name in ["bg", "fg"] {
+        wait_for(
+            "dependents to be collected",
+            Duration::from_secs(60),
+            || {
+                let left = sim.ok(&["get", "rs,pods", "-l", &format!("app={name}"), "-o", "name"]);
+                left.trim().is_empty().then_some(())
+            },
+        );
+    }
+    let owners = sim.jsonpath(
+        &["get", "rs", "-l", "app=orphan"],
+        "{.items[0].metadata.name} {.items[0].metadata.ownerReferences}",
+    );
+    assert!(
+        owners.starts_with("orphan-") && owners.trim_end().split(' ').count() == 1,
+        "orphaned ReplicaSet keeps running without an owner: {owners}"
+    );
+    // Namespace deletion removes its content, then the namespace.
+    sim.ok(&["create", "namespace", "doomed"]);
+    sim.ok(&[
+        "create",
+        "configmap",
+        "x",
+        "-n",
+        "doomed",
+        "--from-literal=a=b",
+    ]);
+    sim.ok(&["delete", "namespace", "doomed", "--timeout=60s"]);
+    assert!(
+        !sim.kubectl(&["get", "namespace", "doomed"])
+            .status
+            .success()
+    );
+}

@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod crd;
 pub mod deployment;
+pub mod events_mirror;
 pub mod gc;
 pub mod job;
 pub mod service;
@@ -89,6 +90,12 @@ pub fn start(cluster: &Arc<Cluster>) {
         "pvc",
         Duration::from_secs(1),
         bootstrap::bind_pvcs,
+    );
+    spawn_loop(
+        cluster.clone(),
+        "event-mirror",
+        Duration::from_secs(1),
+        events_mirror::reconcile,
     );
 }
 
