@@ -234,22 +234,22 @@ impl CausalLm {
                 (None, None)
             };
             layers.push(DecoderLayer {
-                self_attn: Attention {
-                    q_proj: lin("self_attn.q_proj", h, q_dim, c.qkv_bias)?,
-                    k_proj: lin("self_attn.k_proj", h, kv_dim, c.qkv_bias)?,
-                    v_proj: lin("self_attn.v_proj", h, kv_dim, c.qkv_bias)?,
-                    o_proj: lin("self_attn.o_proj", q_dim, h, c.o_bias)?,
+                self_attn: Attention::new(
+                    lin("self_attn.q_proj", h, q_dim, c.qkv_bias)?,
+                    lin("self_attn.k_proj", h, kv_dim, c.qkv_bias)?,
+                    lin("self_attn.v_proj", h, kv_dim, c.qkv_bias)?,
+                    lin("self_attn.o_proj", q_dim, h, c.o_bias)?,
                     q_norm,
                     k_norm,
-                    num_heads: c.num_attention_heads,
-                    num_kv_heads: c.num_key_value_heads,
-                    head_dim: c.head_dim,
-                },
-                mlp: Mlp {
-                    gate_proj: lin("mlp.gate_proj", h, c.intermediate_size, c.mlp_bias)?,
-                    up_proj: lin("mlp.up_proj", h, c.intermediate_size, c.mlp_bias)?,
-                    down_proj: lin("mlp.down_proj", c.intermediate_size, h, c.mlp_bias)?,
-                },
+                    c.num_attention_heads,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                ),
+                mlp: Mlp::new(
+                    lin("mlp.gate_proj", h, c.intermediate_size, c.mlp_bias)?,
+                    lin("mlp.up_proj", h, c.intermediate_size, c.mlp_bias)?,
+                    lin("mlp.down_proj", c.intermediate_size, h, c.mlp_bias)?,
+                ),
                 input_layernorm: norm("input_layernorm", h)?,
                 post_attention_layernorm: norm("post_attention_layernorm", h)?,
             });
@@ -298,7 +298,16 @@ impl CausalLm {
     pub fn hidden_states(
         &self,
         input: &ForwardInput<'_>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run(input, cache, None)
+    }
+
+    fn run(
+        &self,
+        input: &ForwardInput<'_>,
         mut cache: Option<&mut KvCache>,
+        keep: Option<&Tensor>,
     ) -> Result<Tensor> {
         let size = input.input_ids.size();
         let [b, t] = size[..] else {
@@ -373,9 +382,30 @@ impl CausalLm {
         };
         let ids = input.input_ids.to_device(dev);
         let mut x = Tensor::embedding(&self.model.embed_tokens, &ids, -1, false, false);
+        let last = self.model.layers.len().saturating_sub(1);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(&x);
+            if i == last
+                && let Some(pos) = keep
+            {
+                // Every position is still a key/value, but only the kept ones need the
+                // attention output, o_proj, the MLP and the final norm.
+                let y = layer
+                    .self_attn
+                    .attend(i, &h, &ctx, slot, &input.adapters, input.train)?;
+                let width = y.size()[2];
+                let y = y.view([-1, width]).index_select(0, pos);
+                let hidden = x.size()[2];
+                let xs = x.view([-1, hidden]).index_select(0, pos);
+                let xs = &xs
+                    + layer
+                        .self_attn
+                        .project_out(i, &y, &input.adapters, input.train)?;
+                let h = layer.post_attention_layernorm.forward(&xs);
+                let xs = &xs + layer.mlp.forward(i, &h, &input.adapters, input.train)?;
+                return Ok(self.model.norm.forward(&xs));
+            }
             let a = layer
                 .self_attn
                 .forward(i, &h, &ctx, slot, &input.adapters, input.train)?;
@@ -384,7 +414,30 @@ impl CausalLm {
             let h = layer.post_attention_layernorm.forward(&x);
             x = &x + layer.mlp.forward(i, &h, &input.adapters, input.train)?;
         }
-        Ok(self.model.norm.forward(&x))
+        let out = self.model.norm.forward(&x);
+        Ok(match keep {
+            Some(pos) => {
+                let hidden = out.size()[2];
+                out.view([-1, hidden]).index_select(0, pos)
+            }
+            None => out,
+        })
+    }
+
+    /// Final hidden states `[N, hidden]` at flat positions `b * T + t` only (training: the
+    /// positions whose next token counts in the loss). Equal to gathering from
+    /// [`Self::hidden_states`], but the last layer's o_proj, MLP and norm run only there.
+    pub fn hidden_states_at(&self, input: &ForwardInput<'_>, positions: &Tensor) -> Result<Tensor> {
+        let positions = positions.to_device(self.device).to_kind(Kind::Int64);
+        // Per-row adapters need whole rows; gather after the full pass instead.
+        let prune = !matches!(input.adapters, Adapters::PerRow(_));
+        if prune {
+            self.run(input, None, Some(&positions))
+        } else {
+            let h = self.run(input, None, None)?;
+            let hidden = h.size()[2];
+            Ok(h.view([-1, hidden]).index_select(0, &positions))
+        }
     }
 
     /// Logits for hidden states of any leading shape (`[..., hidden] -> [..., vocab]`).

@@ -377,3 +377,31 @@ fn appended_rows_with_stacked_adapters_equal_alone() {
     batch_cache.trim();
     assert_eq!(batch_cache.columns(), 8);
 }
+
+#[test]
+fn hidden_states_at_equals_gathered_full_pass() {
+    let (dir, model) = load("qwen2");
+    let ids = reference(&dir, "input_ids");
+    let adapter =
+        peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu).expect("adapter");
+    let positions = Tensor::from_slice(&[0i64, 3, 12, 13, 20, 25]);
+    let rows = [None, Some(&adapter)];
+    for adapters in [
+        Adapters::None,
+        Adapters::All(&adapter),
+        Adapters::PerRow(&rows),
+    ] {
+        let input = ForwardInput {
+            adapters,
+            ..ForwardInput::new(&ids)
+        };
+        let (full, at) = tch::no_grad(|| {
+            let full = model.hidden_states(&input, None).expect("full");
+            (
+                full.view([-1, 64]).index_select(0, &positions),
+                model.hidden_states_at(&input, &positions).expect("at"),
+            )
+        });
+        assert!(max_abs_diff(&full, &at) <= 1e-5);
+    }
+}

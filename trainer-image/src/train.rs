@@ -304,9 +304,7 @@ fn batch_loss_sum(
         adapters: adapter.map_or(Adapters::None, Adapters::All),
         train,
     };
-    let h = model.hidden_states(&input, None)?;
-    let hidden = *h.size().last().unwrap_or(&1);
-    let h = h.view([-1, hidden]).index_select(0, &batch.positions);
+    let h = model.hidden_states_at(&input, &batch.positions)?;
     let logits = model.logits(&h).to_kind(Kind::Float);
     Ok(logits.cross_entropy_loss::<Tensor>(&batch.targets, None, tch::Reduction::Sum, -100, 0.0))
 }

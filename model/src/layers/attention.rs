@@ -10,10 +10,13 @@ use crate::lora::{Adapters, TargetModule};
 
 #[derive(Debug)]
 pub struct Attention {
+    /// Views into `qkv` (the HF tensors, kept addressable by name).
     pub q_proj: Linear,
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// q, k and v weights (and biases) concatenated: one GEMM instead of three, forward and back.
+    pub qkv: Linear,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub num_heads: i64,
@@ -38,7 +41,45 @@ pub struct AttentionInput<'a> {
 }
 
 impl Attention {
+    /// Fuses the three loaded projections; `q_proj`/`k_proj`/`v_proj` become views of the fused
+    /// tensor, so no weight is held twice.
     #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        o_proj: Linear,
+        q_norm: Option<RmsNorm>,
+        k_norm: Option<RmsNorm>,
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_dim: i64,
+    ) -> Self {
+        let qkv = Linear::concat(&[&q_proj, &k_proj, &v_proj]);
+        let parts = qkv.split(&[
+            num_heads * head_dim,
+            num_kv_heads * head_dim,
+            num_kv_heads * head_dim,
+        ]);
+        let mut parts = parts.into_iter();
+        let (Some(q_proj), Some(k_proj), Some(v_proj)) = (parts.next(), parts.next(), parts.next())
+        else {
+            unreachable!("split returns three parts")
+        };
+        Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            qkv,
+            q_norm,
+            k_norm,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        }
+    }
+
     pub fn forward(
         &self,
         layer: usize,
@@ -48,10 +89,45 @@ impl Attention {
         adapters: &Adapters<'_>,
         train: bool,
     ) -> Result<Tensor> {
+        let y = self.attend(layer, x, ctx, cache, adapters, train)?;
+        self.project_out(layer, &y, adapters, train)
+    }
+
+    /// Attention up to (not including) `o_proj`: `[B, T, heads * head_dim]`.
+    pub fn attend(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &AttentionInput<'_>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        adapters: &Adapters<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = adapters.apply(layer, TargetModule::QProj, x, self.q_proj.forward(x), train)?;
-        let k = adapters.apply(layer, TargetModule::KProj, x, self.k_proj.forward(x), train)?;
-        let v = adapters.apply(layer, TargetModule::VProj, x, self.v_proj.forward(x), train)?;
+        let q_dim = self.num_heads * self.head_dim;
+        let kv_dim = self.num_kv_heads * self.head_dim;
+        let qkv = self.qkv.forward(x);
+        let q = adapters.apply(
+            layer,
+            TargetModule::QProj,
+            x,
+            qkv.narrow(-1, 0, q_dim),
+            train,
+        )?;
+        let k = adapters.apply(
+            layer,
+            TargetModule::KProj,
+            x,
+            qkv.narrow(-1, q_dim, kv_dim),
+            train,
+        )?;
+        let v = adapters.apply(
+            layer,
+            TargetModule::VProj,
+            x,
+            qkv.narrow(-1, q_dim + kv_dim, kv_dim),
+            train,
+        )?;
         let mut q = q.view([b, t, self.num_heads, self.head_dim]);
         let mut k = k.view([b, t, self.num_kv_heads, self.head_dim]);
         if let Some(n) = &self.q_norm {
@@ -81,15 +157,17 @@ impl Attention {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
             }
         };
-        let y = y
-            .transpose(1, 2)
-            .reshape([b, t, self.num_heads * self.head_dim]);
-        adapters.apply(
-            layer,
-            TargetModule::OProj,
-            &y,
-            self.o_proj.forward(&y),
-            train,
-        )
+        Ok(y.transpose(1, 2).reshape([b, t, q_dim]))
+    }
+
+    /// `o_proj` (with its adapter) over attention outputs of any leading shape.
+    pub fn project_out(
+        &self,
+        layer: usize,
+        y: &Tensor,
+        adapters: &Adapters<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
+        adapters.apply(layer, TargetModule::OProj, y, self.o_proj.forward(y), train)
     }
 }

@@ -40,6 +40,48 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// Stacks projections of the same input along the output dimension.
+    pub fn concat(parts: &[&Linear]) -> Linear {
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let bias = if parts.iter().all(|l| l.bias.is_some()) {
+            let b: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+            Some(Tensor::cat(&b, 0))
+        } else if parts.iter().any(|l| l.bias.is_some()) {
+            let b: Vec<Tensor> = parts
+                .iter()
+                .map(|l| match &l.bias {
+                    Some(b) => b.shallow_clone(),
+                    None => l
+                        .weight
+                        .new_zeros([l.weight.size()[0]], (l.weight.kind(), l.weight.device())),
+                })
+                .collect();
+            Some(Tensor::cat(&b, 0))
+        } else {
+            None
+        };
+        Linear {
+            weight: Tensor::cat(&weights, 0),
+            bias,
+        }
+    }
+
+    /// Views of consecutive output rows (the inverse of [`Linear::concat`], sharing storage).
+    pub fn split(&self, sizes: &[i64]) -> Vec<Linear> {
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let l = Linear {
+                    weight: self.weight.narrow(0, start, n),
+                    bias: self.bias.as_ref().map(|b| b.narrow(0, start, n)),
+                };
+                start += n;
+                l
+            })
+            .collect()
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
