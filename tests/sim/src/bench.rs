@@ -62,6 +62,14 @@ impl Conn {
     }
 }
 
+async fn send(
+    c: &mut http1::SendRequest<Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    c.ready().await?;
+    Ok(c.send_request(req).await?)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -130,13 +138,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object",
                     "x-kubernetes-validations": [{"rule": "self.size <= 1000", "message": "too big"}],
                     "properties": {"size": {"type": "integer", "minimum": 1}, "color": {"type": "string", "default": "red"}}}}}}}]}});
-    let r = c
-        .send_request(conn.req(
+    let r = send(
+        &mut c,
+        conn.req(
             "POST",
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
             Some(&crd),
-        )?)
-        .await?;
+        )?,
+    )
+    .await?;
     if !r.status().is_success() {
         bail!("creating CRD: {}", r.status());
     }
@@ -149,13 +159,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     for s in &seen {
         let mut w = conn.open().await?;
         let s = s.clone();
-        let resp = w
-            .send_request(conn.req(
+        let resp = send(
+            &mut w,
+            conn.req(
                 "GET",
                 &format!("{base}?watch=true&allowWatchBookmarks=true"),
                 None,
-            )?)
-            .await?;
+            )?,
+        )
+        .await?;
         tokio::spawn(async move {
             let mut body = resp.into_body();
             let mut buf = Vec::new();
@@ -177,7 +189,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     for i in 0..a.objects {
         let obj = json!({"apiVersion": "example.tailor.dev/v1", "kind": "Bench", "metadata": {"name": format!("b{i:05}"), "labels": {"n": (i % 10).to_string()}}, "spec": {"size": i % 1000 + 1}});
         let t = Instant::now();
-        let r = c.send_request(conn.req("POST", base, Some(&obj))?).await?;
+        let r = send(&mut c, conn.req("POST", base, Some(&obj))?).await?;
         let status = r.status();
         let _ = r.into_body().collect().await?;
         lat.push(t.elapsed());
@@ -195,9 +207,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut get_lat = vec![];
     for i in (0..a.objects).step_by((a.objects / 200).max(1)) {
         let t = Instant::now();
-        let r = c
-            .send_request(conn.req("GET", &format!("{base}/b{i:05}"), None)?)
-            .await?;
+        let r = send(&mut c, conn.req("GET", &format!("{base}/b{i:05}"), None)?).await?;
         let _ = r.into_body().collect().await?;
         get_lat.push(t.elapsed());
     }
@@ -205,7 +215,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut listed = 0;
     for _ in 0..10 {
         let t = Instant::now();
-        let r = c.send_request(conn.req("GET", base, None)?).await?;
+        let r = send(&mut c, conn.req("GET", base, None)?).await?;
         let body = r.into_body().collect().await?.to_bytes();
         list_lat.push(t.elapsed());
         let v: Value = serde_json::from_slice(&body)?;

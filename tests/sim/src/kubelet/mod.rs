@@ -106,8 +106,17 @@ fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
 impl Kubelet {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
         let root = nix::unistd::geteuid().is_root();
+        // Probe the real thing: a private mount namespace with a bind mount in it.
         let has_unshare = std::process::Command::new("unshare")
-            .arg("--version")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                "mount --bind / /mnt 2>/dev/null || mount --bind /tmp /tmp",
+            ])
             .output()
             .is_ok_and(|o| o.status.success());
         if !(root && has_unshare) {
@@ -931,6 +940,20 @@ impl Kubelet {
             }
         }
         cmd.env("HOME", dir.join("home"));
+        if !self.namespaces {
+            // Without a mount namespace the token cannot be at its in-cluster path: hand the
+            // pod a kubeconfig with the same credentials instead.
+            let kc = dir.join("kubeconfig");
+            let token = std::fs::read_to_string(dir.join("serviceaccount").join("token"))
+                .unwrap_or_default();
+            let server = format!(
+                "https://{}:{}",
+                self.cluster.cfg.host, self.cluster.cfg.port
+            );
+            if crate::kubeconfig::write(&kc, &server, &self.cluster.ca_pem, &token).is_ok() {
+                cmd.env("KUBECONFIG", &kc);
+            }
+        }
         cmd.envs(&env);
         cmd.stdout(out)
             .stderr(err)
