@@ -501,6 +501,8 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
     };
     adapter.set_requires_grad(true);
     let resumed_from = resumed.as_ref().map(|_| state.step);
+    // Wall time of earlier attempts (a resumed run's metrics cover the whole job).
+    let wall_before = state.wall_seconds;
     progress.update(|p| {
         p.phase = "Running".into();
         p.total_steps = total_steps;
@@ -588,7 +590,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
             && state.step % cfg.checkpoint_every == 0
             && state.step < last_step
         {
-            state.wall_seconds += started.elapsed().as_secs_f64();
+            state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             run_state::save(
                 &ckpt_dir,
                 &adapter,
@@ -597,10 +599,17 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
                 &cfg.base_model.display().to_string(),
             )?;
             last_ckpt_step = state.step;
+            // Periodic validation, so /progress shows it while the run goes on.
+            if !validation.is_empty() {
+                let v = eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?;
+                tracing::info!(step = state.step, validation_loss = v, "validation");
+                progress.update(|p| p.validation_loss = v);
+            }
         }
     }
     progress.update(|p| p.phase = "Validation".into());
     let validation_loss = eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?;
+    state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
     if last_ckpt_step != state.step {
         run_state::save(
             &ckpt_dir,
@@ -643,7 +652,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
             0.0
         },
         train_cpu_seconds,
-        wall_seconds: state.wall_seconds + started.elapsed().as_secs_f64(),
+        wall_seconds: wall_before + started.elapsed().as_secs_f64(),
         train_examples: train.len(),
         skipped_examples: skipped,
         resumed_from_step: resumed_from,
