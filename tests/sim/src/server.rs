@@ -441,6 +441,13 @@ async fn route(cluster: &Arc<Cluster>, path: &str, req: &Req) -> ApiResult<Respo
     let ns = rp.namespace.clone().unwrap_or_default();
     if let Some(sub) = &rp.sub {
         let name = rp.name.clone().unwrap_or_default();
+        if rt.plural == "pods"
+            && matches!(sub.as_str(), "exec" | "attach" | "portforward" | "proxy")
+        {
+            return Err(ApiError::not_implemented(format!(
+                "pods/{sub} is not supported by tailor-sim (pods are local processes: reach them at their pod IP)"
+            )));
+        }
         if !rt.subresources.contains(&sub.as_str()) {
             return Err(ApiError::new(
                 404,

@@ -46,7 +46,7 @@ fn install(sim: &Sim) {
         "wait",
         "--for",
         "condition=established",
-        "--timeout=30s",
+        "--timeout=120s",
         "crd/widgets.example.tailor.dev",
     ]);
 }
@@ -130,7 +130,7 @@ async fn watcher_and_controller_survive_a_410_relist() {
             .await;
     });
     let seen_w = |n: &str| seen.lock().unwrap_or_else(|e| e.into_inner()).contains(n);
-    for _ in 0..200 {
+    for _ in 0..900 {
         if seen_w("w1") {
             break;
         }
@@ -141,7 +141,7 @@ async fn watcher_and_controller_survive_a_410_relist() {
     let s = &sim;
     wait_for(
         "controller to reconcile w1",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || (phase(s, "w1") == "Reconciled").then_some(()),
     );
     // Restart the simulator: its watch log starts empty, so every client's resume version is
@@ -169,7 +169,7 @@ async fn watcher_and_controller_survive_a_410_relist() {
     api.create(&PostParams::default(), &widget("w2", 2))
         .await
         .expect("create w2");
-    for _ in 0..300 {
+    for _ in 0..1200 {
         if seen_w("w2") {
             break;
         }
@@ -226,7 +226,7 @@ async fn thousand_objects_with_five_watchers_list_and_watch_correctly() {
         .try_collect::<Vec<_>>()
         .await
         .expect("create 1000 widgets");
-    for _ in 0..600 {
+    for _ in 0..1800 {
         if counters
             .iter()
             .all(|c| c.lock().unwrap_or_else(|e| e.into_inner()).len() == n)
@@ -308,7 +308,7 @@ async fn recorder_events_show_up_in_kubectl_get_events() {
         .await
         .expect("publish again");
     let s = &sim;
-    let line = wait_for("core/v1 view of the event", Duration::from_secs(20), || {
+    let line = wait_for("core/v1 view of the event", Duration::from_secs(60), || {
         let out = s.ok(&[
             "get",
             "events",

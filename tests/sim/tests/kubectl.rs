@@ -18,7 +18,7 @@ fn install_widgets(sim: &Sim) {
         "wait",
         "--for",
         "condition=established",
-        "--timeout=30s",
+        "--timeout=120s",
         "crd/widgets.example.tailor.dev",
     ]);
 }
@@ -32,7 +32,7 @@ fn crds_and_every_example_apply_client_and_server_side() {
         "wait",
         "--for",
         "condition=established",
-        "--timeout=30s",
+        "--timeout=120s",
         "crd",
         "--all",
     ]);
@@ -134,7 +134,7 @@ fn invalid_manifests_are_rejected_by_kubectl_apply_naming_the_field() {
         "wait",
         "--for",
         "condition=established",
-        "--timeout=30s",
+        "--timeout=120s",
         "crd",
         "--all",
     ]);
@@ -395,7 +395,7 @@ fn widget_lifecycle_get_watch_patch_wait_finalizers() {
     );
     assert_eq!(sim.jsonpath(&["get", "widget", "w1"], "{.spec.size}"), "8");
     // The watch saw w1 (and not w2) change.
-    let lines: Vec<String> = wait_for("watch output", Duration::from_secs(20), || {
+    let lines: Vec<String> = wait_for("watch output", Duration::from_secs(120), || {
         let got: Vec<String> = rx.try_iter().collect();
         let n = got.iter().filter(|l| l.contains("w1")).count();
         if n >= 2 { Some(got) } else { None }
@@ -420,7 +420,7 @@ fn widget_lifecycle_get_watch_patch_wait_finalizers() {
         "deletionTimestamp set while the finalizer holds it"
     );
     let mut waiter = Command::new("kubectl")
-        .args(["delete", "widget", "w2", "--timeout=30s"])
+        .args(["delete", "widget", "w2", "--timeout=120s"])
         .env("KUBECONFIG", &sim.kubeconfig)
         .stdout(Stdio::piped())
         .spawn()
@@ -528,7 +528,7 @@ fn gpu_jobs_schedule_run_and_report_termination_messages() {
     sim.ok(&[
         "wait",
         "--for=condition=complete",
-        "--timeout=60s",
+        "--timeout=180s",
         "job/fits",
     ]);
     let msg = sim.jsonpath(
@@ -559,7 +559,7 @@ fn gpu_jobs_schedule_run_and_report_termination_messages() {
         "{labels}"
     );
     // The 3-GPU job stays Pending with the scheduler's reason.
-    let cond = wait_for("Unschedulable condition", Duration::from_secs(30), || {
+    let cond = wait_for("Unschedulable condition", Duration::from_secs(90), || {
         let c = sim.jsonpath(
             &["get", "pods", "-l", "job-name=too-big"],
             r#"{.items[0].status.conditions[?(@.type=="PodScheduled")].message}"#,
@@ -587,7 +587,7 @@ fn gpu_jobs_schedule_run_and_report_termination_messages() {
     sim.ok(&[
         "wait",
         "--for=condition=failed",
-        "--timeout=60s",
+        "--timeout=180s",
         "job/fails",
     ]);
     assert_eq!(
@@ -599,7 +599,7 @@ fn gpu_jobs_schedule_run_and_report_termination_messages() {
     );
     // An unmapped image is ErrImagePull.
     sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: nope}\nspec:\n  containers: [{name: c, image: ghcr.io/unknown/thing:1}]\n");
-    wait_for("ErrImagePull", Duration::from_secs(30), || {
+    wait_for("ErrImagePull", Duration::from_secs(90), || {
         (sim.jsonpath(
             &["get", "pod", "nope"],
             "{.status.containerStatuses[0].state.waiting.reason}",
@@ -619,7 +619,7 @@ fn deployment_pods_become_ready_by_probe_and_service_forwards() {
     sim.ok(&["create", "configmap", "web-cfg", "--from-literal=mode=one"]);
     sim.apply(&dep("1"));
     sim.apply("apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n");
-    sim.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=180s"]);
     assert_eq!(
         sim.jsonpath(
             &["get", "deploy", "web"],
@@ -634,7 +634,7 @@ fn deployment_pods_become_ready_by_probe_and_service_forwards() {
     assert!(!hash.is_empty());
     // The Service's ClusterIP forwards to a ready pod.
     let ip = sim.jsonpath(&["get", "svc", "web"], "{.spec.clusterIP}");
-    let body = wait_for("service to answer", Duration::from_secs(20), || {
+    let body = wait_for("service to answer", Duration::from_secs(120), || {
         http_get(&format!("{ip}:80"), "/hello")
     });
     assert!(
@@ -653,8 +653,8 @@ fn deployment_pods_become_ready_by_probe_and_service_forwards() {
     assert_eq!(slices, "true true");
     // Rolling replacement: a template change makes a new ReplicaSet and replaces every pod.
     sim.apply(&dep("2"));
-    sim.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
-    wait_for("old pods to go", Duration::from_secs(60), || {
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    wait_for("old pods to go", Duration::from_secs(120), || {
         let hashes = sim.jsonpath(
             &["get", "pods", "-l", "app=web"],
             "{.items[*].metadata.labels.pod-template-hash}",
@@ -684,7 +684,7 @@ fn deployment_pods_become_ready_by_probe_and_service_forwards() {
     sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: files}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: testpod\n    args: [cat, /etc/web/mode, /var/run/secrets/kubernetes.io/serviceaccount/namespace]\n    volumeMounts: [{name: cfg, mountPath: /etc/web}]\n  volumes: [{name: cfg, configMap: {name: web-cfg}}]\n");
     sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: incluster}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: bitnami/kubectl:1.32\n    command: [kubectl, get, pods, -o, name]\n");
     for p in ["files", "incluster"] {
-        wait_for("pod to finish", Duration::from_secs(60), || {
+        wait_for("pod to finish", Duration::from_secs(120), || {
             (sim.jsonpath(&["get", "pod", p], "{.status.phase}") == "Succeeded").then_some(())
         });
     }
@@ -721,7 +721,7 @@ fn state_survives_a_restart_and_pods_are_recreated() {
     sim.ok(&[
         "wait",
         "--for=condition=Ready",
-        "--timeout=60s",
+        "--timeout=180s",
         "pod/server",
     ]);
     let uid = sim.jsonpath(&["get", "widget", "keep"], "{.metadata.uid}");
@@ -733,13 +733,13 @@ fn state_survives_a_restart_and_pods_are_recreated() {
     sim.ok(&[
         "wait",
         "--for=condition=Ready",
-        "--timeout=60s",
+        "--timeout=180s",
         "pod/server",
     ]);
     let ip = sim.jsonpath(&["get", "pod", "server"], "{.status.podIP}");
     let body = wait_for(
         "pod to answer after restart",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || http_get(&format!("{ip}:8081"), "/"),
     );
     assert!(body.contains("hello from server"), "{body}");
@@ -752,31 +752,46 @@ fn pods_get_sigterm_and_deletion_cascades() {
     sim.ok(&[
         "wait",
         "--for=condition=Ready",
-        "--timeout=60s",
+        "--timeout=180s",
         "pod/graceful",
     ]);
-    wait_for("first log line", Duration::from_secs(20), || {
+    wait_for("first log line", Duration::from_secs(120), || {
         sim.ok(&["logs", "graceful"])
             .contains("started")
             .then_some(())
     });
-    let follower = Command::new("kubectl")
+    let mut follower = Command::new("kubectl")
         .args(["logs", "-f", "graceful"])
         .env("KUBECONFIG", &sim.kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("kubectl logs -f");
-    std::thread::sleep(Duration::from_millis(300));
-    sim.ok(&["delete", "pod", "graceful", "--timeout=30s"]);
-    let out = follower
-        .wait_with_output()
-        .expect("kubectl logs -f ends with the pod");
-    let followed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        followed.contains("started") && followed.contains("got SIGTERM"),
-        "{followed}"
-    );
+    let stdout = follower.stdout.take().expect("follower stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Once the follower has printed the existing log it is attached.
+    let mut followed: Vec<String> = vec![];
+    wait_for("kubectl logs -f to attach", Duration::from_secs(60), || {
+        followed.extend(rx.try_iter());
+        followed.iter().any(|l| l.contains("started")).then_some(())
+    });
+    sim.ok(&["delete", "pod", "graceful", "--timeout=120s"]);
+    let status = follower.wait().expect("kubectl logs -f ends with the pod");
+    assert!(status.success());
+    wait_for("the SIGTERM trap's output", Duration::from_secs(30), || {
+        followed.extend(rx.try_iter());
+        followed
+            .iter()
+            .any(|l| l.contains("got SIGTERM"))
+            .then_some(())
+    });
     // Owner references: background, foreground and orphan deletion of a Deployment.
     let dep = |name: &str| {
         format!(
@@ -791,7 +806,7 @@ fn pods_get_sigterm_and_deletion_cascades() {
             "rollout",
             "status",
             &format!("deployment/{name}"),
-            "--timeout=60s",
+            "--timeout=180s",
         ]);
     }
     sim.ok(&["delete", "deployment", "bg"]);
@@ -825,7 +840,7 @@ fn pods_get_sigterm_and_deletion_cascades() {
         "doomed",
         "--from-literal=a=b",
     ]);
-    sim.ok(&["delete", "namespace", "doomed", "--timeout=60s"]);
+    sim.ok(&["delete", "namespace", "doomed", "--timeout=180s"]);
     assert!(
         !sim.kubectl(&["get", "namespace", "doomed"])
             .status
