@@ -950,7 +950,15 @@ impl Kubelet {
                 "https://{}:{}",
                 self.cluster.cfg.host, self.cluster.cfg.port
             );
-            if crate::kubeconfig::write(&kc, &server, &self.cluster.ca_pem, &token).is_ok() {
+            if crate::kubeconfig::write_ns(
+                &kc,
+                &server,
+                &self.cluster.ca_pem,
+                &token,
+                pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+            )
+            .is_ok()
+            {
                 cmd.env("KUBECONFIG", &kc);
             }
         }

@@ -285,13 +285,15 @@ pub fn mount_script(mounts: &[Mount], workdir: Option<&str>) -> String {
         let src = sh_quote(&m.source.to_string_lossy());
         let dst = sh_quote(&m.target);
         if m.source.is_file() {
+            // A file target (the termination-message file) that cannot be placed is reported,
+            // not fatal: the container still runs, as its message is optional.
             s.push_str(&format!(
-                "mkdir -p \"$(dirname {dst})\"; [ -e {dst} ] || touch {dst}\n"
+                "if mkdir -p \"$(dirname {dst})\" 2>/dev/null && {{ [ -e {dst} ] || touch {dst}; }} 2>/dev/null; then mount --bind {src} {dst}; else echo \"tailor-sim: cannot place {dst}\" >&2; fi\n"
             ));
         } else {
             s.push_str(&format!("mkdir -p {dst}\n"));
+            s.push_str(&format!("mount --bind {src} {dst}\n"));
         }
-        s.push_str(&format!("mount --bind {src} {dst}\n"));
         if m.read_only {
             s.push_str(&format!("mount -o remount,bind,ro {dst} || true\n"));
         }
