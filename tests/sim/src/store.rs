@@ -35,6 +35,9 @@ pub struct Event {
     pub namespace: String,
     pub etype: EventType,
     pub object: Arc<Value>,
+    /// The object before a modification (selectors need it to turn a change that leaves or
+    /// enters the selection into DELETED/ADDED, as the apiserver's watch cache does).
+    pub old: Option<Arc<Value>>,
 }
 
 type Key = (String, String);
@@ -147,13 +150,22 @@ impl Store {
         self.lock().objects.keys().cloned().collect()
     }
 
-    fn record(&self, g: &mut Inner, gr: &str, ns: &str, etype: EventType, obj: Arc<Value>) {
+    fn record(
+        &self,
+        g: &mut Inner,
+        gr: &str,
+        ns: &str,
+        etype: EventType,
+        obj: Arc<Value>,
+        old: Option<Arc<Value>>,
+    ) {
         let ev = Arc::new(Event {
             rv: g.rv,
             gr: gr.to_string(),
             namespace: ns.to_string(),
             etype,
             object: obj,
+            old,
         });
         g.log.push_back(ev.clone());
         while g.log.len() > self.window {
@@ -210,7 +222,7 @@ impl Store {
         } else {
             EventType::Modified
         };
-        self.record(&mut g, gr, &ns, et, obj.clone());
+        self.record(&mut g, gr, &ns, et, obj.clone(), cur);
         Ok(obj)
     }
 
@@ -235,7 +247,7 @@ impl Store {
         let mut obj = (*cur).clone();
         obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
         let obj = Arc::new(obj);
-        self.record(&mut g, gr, ns, EventType::Deleted, obj.clone());
+        self.record(&mut g, gr, ns, EventType::Deleted, obj.clone(), None);
         Some(obj)
     }
 

@@ -35,10 +35,25 @@ impl Filter {
                 .is_none_or(|n| o["metadata"]["name"].as_str() == Some(n))
     }
 
-    fn matches(&self, e: &Event) -> bool {
-        e.gr == self.gr
-            && self.ns.as_ref().is_none_or(|n| *n == e.namespace)
-            && self.matches_obj(&e.object)
+    /// The event type this watch reports for `e`, if any: a modification that moves the
+    /// object into the selection is ADDED, out of it DELETED.
+    fn classify(&self, e: &Event) -> Option<&'static str> {
+        if e.gr != self.gr || self.ns.as_ref().is_some_and(|n| *n != e.namespace) {
+            return None;
+        }
+        let now = self.matches_obj(&e.object);
+        match e.etype {
+            EventType::Modified => {
+                let before = e.old.as_ref().is_some_and(|o| self.matches_obj(o));
+                match (before, now) {
+                    (true, true) => Some("MODIFIED"),
+                    (false, true) => Some("ADDED"),
+                    (true, false) => Some("DELETED"),
+                    (false, false) => None,
+                }
+            }
+            other => now.then_some(other.as_str()),
+        }
     }
 }
 
@@ -145,10 +160,13 @@ pub fn serve(
             }
         }
         for e in backlog {
-            if e.rv > last_rv && filter.matches(&e) {
+            let Some(et) = filter.classify(&e) else {
+                continue;
+            };
+            if e.rv > last_rv {
                 last_rv = e.rv;
                 if tx
-                    .send(line(e.etype.as_str(), render(&rt, fmt, &e.object)))
+                    .send(line(et, render(&rt, fmt, &e.object)))
                     .await
                     .is_err()
                 {
@@ -171,9 +189,9 @@ pub fn serve(
                 }
                 ev = live.recv() => match ev {
                     Ok(e) => {
-                        if e.rv <= last_rv || !filter.matches(&e) { continue; }
+                        if e.rv <= last_rv { continue; }
+                        let Some(et) = filter.classify(&e) else { continue };
                         last_rv = e.rv;
-                        let et = if e.etype == EventType::Deleted { "DELETED" } else { e.etype.as_str() };
                         if tx.send(line(et, render(&rt, fmt, &e.object))).await.is_err() { return; }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {

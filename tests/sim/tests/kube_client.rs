@@ -336,3 +336,58 @@ async fn recorder_events_show_up_in_kubectl_get_events() {
     );
     assert_eq!(count, "2", "the series count is the core count");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_watch_reports_objects_leaving_and_entering_as_deleted_and_added() {
+    let sim = Sim::start(&[]);
+    let c = client(&sim).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(c.clone());
+    let mk = |team: &str| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": "moving", "labels": {"team": team}}}))
+            .expect("cm")
+    };
+    let created = cms
+        .create(&PostParams::default(), &mk("a"))
+        .await
+        .expect("create");
+    let rv = created
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    let mut events = cms
+        .watch(&WatchParams::default().labels("team=a"), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let relabel = |team: &'static str| {
+        let cms = cms.clone();
+        async move {
+            cms.patch(
+                "moving",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"team": team}}})),
+            )
+            .await
+            .expect("relabel");
+        }
+    };
+    relabel("b").await;
+    relabel("a").await;
+    let mut kinds = vec![];
+    while kinds.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(60), events.try_next())
+            .await
+            .expect("event in time")
+            .expect("watch ok");
+        match ev {
+            Some(WatchEvent::Deleted(_)) => kinds.push("DELETED"),
+            Some(WatchEvent::Added(_)) => kinds.push("ADDED"),
+            Some(WatchEvent::Modified(_)) => kinds.push("MODIFIED"),
+            Some(WatchEvent::Bookmark(_)) => {}
+            Some(WatchEvent::Error(e)) => panic!("watch error {e:?}"),
+            None => break,
+        }
+    }
+    assert_eq!(kinds, vec!["DELETED", "ADDED"]);
+}
