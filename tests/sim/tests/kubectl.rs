@@ -847,3 +847,70 @@ fn pods_get_sigterm_and_deletion_cascades() {
             .success()
     );
 }
+
+#[test]
+fn jobs_suspend_resume_and_hit_their_deadline() {
+    let sim = Sim::start(&[]);
+    let job = |name: &str, extra: &str, cmd: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{extra}  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: 2\n      containers: [{{name: c, image: busybox, command: [sh, -c, '{cmd}']}}]\n"
+        )
+    };
+    // Suspended: no pods until resumed, then it runs to completion.
+    sim.apply(&job("held", "  suspend: true\n", "echo ran"));
+    wait_for("Suspended condition", Duration::from_secs(90), || {
+        (sim.jsonpath(
+            &["get", "job", "held"],
+            r#"{.status.conditions[?(@.type=="Suspended")].status}"#,
+        ) == "True")
+            .then_some(())
+    });
+    assert!(
+        sim.ok(&["get", "pods", "-l", "job-name=held", "-o", "name"])
+            .trim()
+            .is_empty(),
+        "a suspended job has no pods"
+    );
+    sim.ok(&[
+        "patch",
+        "job",
+        "held",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    sim.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "--timeout=180s",
+        "job/held",
+    ]);
+    assert_eq!(sim.ok(&["logs", "job/held"]).trim(), "ran");
+    // activeDeadlineSeconds: the running pod is terminated and the job fails.
+    sim.apply(&job(
+        "slow",
+        "  activeDeadlineSeconds: 2\n",
+        "while true; do sleep 0.2; done",
+    ));
+    sim.ok(&[
+        "wait",
+        "--for=condition=failed",
+        "--timeout=180s",
+        "job/slow",
+    ]);
+    assert_eq!(
+        sim.jsonpath(
+            &["get", "job", "slow"],
+            r#"{.status.conditions[?(@.type=="Failed")].reason}"#
+        ),
+        "DeadlineExceeded"
+    );
+    wait_for("the job's pod to stop", Duration::from_secs(90), || {
+        let phases = sim.jsonpath(
+            &["get", "pods", "-l", "job-name=slow"],
+            "{.items[*].status.phase}",
+        );
+        (!phases.contains("Running")).then_some(())
+    });
+}
