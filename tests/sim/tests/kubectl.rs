@@ -887,6 +887,15 @@ fn jobs_suspend_resume_and_hit_their_deadline() {
         "job/held",
     ]);
     assert_eq!(sim.ok(&["logs", "job/held"]).trim(), "ran");
+    // A running Job's pod template is immutable.
+    let out = sim.kubectl(&["patch", "job", "held", "--type", "json", "-p", r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command/2","value":"echo other"}]"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("spec.template")
+            && err.contains("field is immutable"),
+        "{err}"
+    );
     // activeDeadlineSeconds: the running pod is terminated and the job fails.
     sim.apply(&job(
         "slow",

@@ -276,10 +276,42 @@ pub fn admit_update(plural: &str, obj: &mut Value, old: &Value) -> Result<(), Ap
                     field: "spec.selector".into(),
                 });
             }
+            // The pod template may only change while the Job is suspended.
+            let suspended = old["spec"]["suspend"].as_bool() == Some(true);
+            if !suspended && obj["spec"]["template"] != old["spec"]["template"] {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!(
+                        "Invalid value: {}: field is immutable",
+                        obj["spec"]["template"]
+                    ),
+                    field: "spec.template".into(),
+                });
+            }
+            if obj["spec"]["completions"] != old["spec"]["completions"] {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!(
+                        "Invalid value: {}: field is immutable",
+                        obj["spec"]["completions"]
+                    ),
+                    field: "spec.completions".into(),
+                });
+            }
         }
         "deployments" | "replicasets" => {
             default_pod_spec(&mut obj["spec"]["template"]["spec"]);
             validate_selector(&obj["spec"], &mut causes);
+            if plural == "deployments" && obj["spec"]["selector"] != old["spec"]["selector"] {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!(
+                        "Invalid value: {}: field is immutable",
+                        obj["spec"]["selector"]
+                    ),
+                    field: "spec.selector".into(),
+                });
+            }
         }
         "services" => {
             if obj["spec"]["clusterIP"].is_null() {
