@@ -923,3 +923,39 @@ fn jobs_suspend_resume_and_hit_their_deadline() {
         (!phases.contains("Running")).then_some(())
     });
 }
+
+#[test]
+fn liveness_failures_restart_containers_and_pvc_data_outlives_pods() {
+    let sim = Sim::start(&[]);
+    // Nothing listens on 9999: the liveness probe fails and the kubelet restarts the container.
+    sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: sick}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.1; done']\n    livenessProbe: {tcpSocket: {port: 9999}, periodSeconds: 1, failureThreshold: 1}\n");
+    wait_for("a liveness restart", Duration::from_secs(120), || {
+        let n: i64 = sim
+            .jsonpath(
+                &["get", "pod", "sick"],
+                "{.status.containerStatuses[0].restartCount}",
+            )
+            .parse()
+            .unwrap_or(0);
+        (n >= 1).then_some(())
+    });
+    // A claim is bound to a directory; what one pod writes, the next one reads.
+    sim.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n");
+    wait_for("claim bound", Duration::from_secs(60), || {
+        (sim.jsonpath(&["get", "pvc", "data"], "{.status.phase}") == "Bound").then_some(())
+    });
+    let pod = |name: &str, cmd: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, '{cmd}']\n    volumeMounts: [{{name: d, mountPath: /data}}]\n  volumes: [{{name: d, persistentVolumeClaim: {{claimName: data}}}}]\n"
+        )
+    };
+    sim.apply(&pod("writer", "echo kept > /data/file"));
+    wait_for("writer done", Duration::from_secs(120), || {
+        (sim.jsonpath(&["get", "pod", "writer"], "{.status.phase}") == "Succeeded").then_some(())
+    });
+    sim.apply(&pod("reader", "cat /data/file"));
+    wait_for("reader done", Duration::from_secs(120), || {
+        (sim.jsonpath(&["get", "pod", "reader"], "{.status.phase}") == "Succeeded").then_some(())
+    });
+    assert_eq!(sim.ok(&["logs", "reader"]).trim(), "kept");
+}
