@@ -374,14 +374,78 @@ impl CausalLm {
             }
             (pos, AttentionMask::Explicit(m.unsqueeze(1)))
         };
-        let (cos, sin) = self.rope.cos_sin(&positions, self.kind);
+        self.layers_pass(
+            &input.input_ids.to_device(dev),
+            &positions,
+            &mask,
+            cache,
+            keep,
+            &input.adapters,
+            input.train,
+        )
+    }
+
+    /// Training without padding: `lengths` sequences packed back to back in `input_ids` (`[N]`,
+    /// `N = sum(lengths)`), each attending causally to itself only, with its own positions.
+    /// Returns final hidden states `[K, hidden]` at the packed indices `keep` (`[K]`). Equal to
+    /// running the sequences padded in a batch, without computing the padding.
+    pub fn hidden_states_packed(
+        &self,
+        input_ids: &Tensor,
+        lengths: &[i64],
+        adapters: &Adapters<'_>,
+        train: bool,
+        keep: &Tensor,
+    ) -> Result<Tensor> {
+        if matches!(adapters, Adapters::PerRow(_)) {
+            return Err(ModelError::InvalidInput(
+                "packed sequences take one adapter for all (Adapters::None or Adapters::All)"
+                    .into(),
+            ));
+        }
+        let n = input_ids.size().first().copied().unwrap_or(0);
+        if input_ids.dim() != 1
+            || lengths.iter().sum::<i64>() != n
+            || lengths.iter().any(|&l| l <= 0)
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "packed input_ids must be [sum(lengths)] with positive lengths, got {:?} and {lengths:?}",
+                input_ids.size()
+            )));
+        }
+        let pos: Vec<i64> = lengths.iter().flat_map(|&l| 0..l).collect();
+        let positions = Tensor::from_slice(&pos).to_device(self.device).unsqueeze(0);
+        let ids = input_ids.to_device(self.device).unsqueeze(0);
+        let keep = keep.to_device(self.device).to_kind(Kind::Int64);
+        self.layers_pass(
+            &ids,
+            &positions,
+            &AttentionMask::Segments(lengths.to_vec()),
+            None,
+            Some(&keep),
+            adapters,
+            train,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layers_pass(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttentionMask,
+        mut cache: Option<&mut KvCache>,
+        keep: Option<&Tensor>,
+        adapters: &Adapters<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (cos, sin) = self.rope.cos_sin(positions, self.kind);
         let ctx = AttentionInput {
             cos: &cos,
             sin: &sin,
-            mask: &mask,
+            mask,
         };
-        let ids = input.input_ids.to_device(dev);
-        let mut x = Tensor::embedding(&self.model.embed_tokens, &ids, -1, false, false);
+        let mut x = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
         let last = self.model.layers.len().saturating_sub(1);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -391,28 +455,23 @@ impl CausalLm {
             {
                 // Every position is still a key/value, but only the kept ones need the
                 // attention output, o_proj, the MLP and the final norm.
-                let y = layer
-                    .self_attn
-                    .attend(i, &h, &ctx, slot, &input.adapters, input.train)?;
+                let y = layer.self_attn.attend(i, &h, &ctx, slot, adapters, train)?;
                 let width = y.size()[2];
                 let y = y.view([-1, width]).index_select(0, pos);
                 let hidden = x.size()[2];
                 let xs = x.view([-1, hidden]).index_select(0, pos);
-                let xs = &xs
-                    + layer
-                        .self_attn
-                        .project_out(i, &y, &input.adapters, input.train)?;
+                let xs = &xs + layer.self_attn.project_out(i, &y, adapters, train)?;
                 let h = layer.post_attention_layernorm.forward(&xs);
-                let xs = &xs + layer.mlp.forward(i, &h, &input.adapters, input.train)?;
+                let xs = &xs + layer.mlp.forward(i, &h, adapters, train)?;
                 return Ok(self.model.norm.forward(&xs));
             }
             let a = layer
                 .self_attn
-                .forward(i, &h, &ctx, slot, &input.adapters, input.train)?;
+                .forward(i, &h, &ctx, slot, adapters, train)?;
             // Out of place: the norm above needs `x` unchanged for backward.
             x = &x + a;
             let h = layer.post_attention_layernorm.forward(&x);
-            x = &x + layer.mlp.forward(i, &h, &input.adapters, input.train)?;
+            x = &x + layer.mlp.forward(i, &h, adapters, train)?;
         }
         let out = self.model.norm.forward(&x);
         Ok(match keep {

@@ -405,3 +405,35 @@ fn hidden_states_at_equals_gathered_full_pass() {
         assert!(max_abs_diff(&full, &at) <= 1e-5);
     }
 }
+
+#[test]
+fn packed_sequences_equal_the_padded_batch() {
+    let (dir, model) = load("llama_gqa");
+    let ids = reference(&dir, "input_ids");
+    let adapter =
+        peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu).expect("adapter");
+    let (l0, l1) = (13i64, 8i64);
+    let packed = Tensor::cat(&[ids.get(0), ids.get(1).narrow(0, 0, l1)], 0);
+    // Packed index of row 0 position 5 and 12, row 1 positions 0 and 7.
+    let keep = Tensor::from_slice(&[5i64, 12, l0, l0 + 7]);
+    let padded_keep = Tensor::from_slice(&[5i64, 12, 13, 13 + 7]);
+    let adapters = Adapters::All(&adapter);
+    let (a, b) = tch::no_grad(|| {
+        let a = model
+            .hidden_states_packed(&packed, &[l0, l1], &adapters, false, &keep)
+            .expect("packed");
+        let input = ForwardInput {
+            adapters,
+            ..ForwardInput::new(&ids)
+        };
+        (
+            a,
+            model
+                .hidden_states_at(&input, &padded_keep)
+                .expect("padded"),
+        )
+    });
+    assert!(max_abs_diff(&a, &b) <= 1e-5);
+    let err = model.hidden_states_packed(&packed, &[l0, l1 + 1], &adapters, false, &keep);
+    assert!(matches!(err, Err(ModelError::InvalidInput(_))));
+}

@@ -15,9 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use tailor_model::{
-    Adapters, CausalLm, ForwardInput, LoraAdapter, LoraConfig, TargetModule, Tokenizer, peft,
-};
+use tailor_model::{Adapters, CausalLm, LoraAdapter, LoraConfig, TargetModule, Tokenizer, peft};
 use tch::{Device, Kind, Tensor};
 
 use crate::examples::{Example, Sample, tokenize};
@@ -241,53 +239,69 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     idx
 }
 
-/// A padded micro-batch with the flat positions whose next token counts.
+/// A micro-batch packed without padding: the sequences back to back, and the packed indices
+/// whose next token counts.
 struct Batch {
     input_ids: Tensor,
+    lengths: Vec<i64>,
     positions: Tensor,
     targets: Tensor,
     counted: usize,
     tokens: usize,
-    dump: serde_json::Value,
+    /// The same batch right-padded, in `transformers`' label convention (for `--dump-batches`).
+    dump: Option<serde_json::Value>,
 }
 
-fn make_batch(samples: &[&Sample], pad: i64, device: Device) -> Batch {
-    let t = samples
-        .iter()
-        .map(|s| s.ids.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let b = samples.len();
-    let mut ids = vec![pad; b * t];
+fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bool) -> Batch {
+    let mut ids = Vec::new();
+    let mut lengths = Vec::with_capacity(samples.len());
     let mut positions = Vec::new();
     let mut targets = Vec::new();
-    let mut tokens = 0;
-    let mut dump_ids = Vec::with_capacity(b);
-    let mut dump_labels = Vec::with_capacity(b);
-    for (r, s) in samples.iter().enumerate() {
-        ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
-        tokens += s.ids.len();
-        let mut labels = vec![-100i64; t];
+    for s in samples {
+        let offset = ids.len();
+        ids.extend_from_slice(&s.ids);
+        lengths.push(s.ids.len() as i64);
         for (p, (&id, &counted)) in s.ids.iter().zip(&s.counted).enumerate().skip(1) {
             if counted {
-                positions.push((r * t + p - 1) as i64);
+                positions.push((offset + p - 1) as i64);
                 targets.push(id);
-                labels[p] = id;
             }
         }
-        dump_ids.push(ids[r * t..(r + 1) * t].to_vec());
-        dump_labels.push(labels);
     }
+    let dump = dump.then(|| {
+        let t = samples.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+        let rows: Vec<Vec<i64>> = samples
+            .iter()
+            .map(|s| {
+                let mut r = s.ids.clone();
+                r.resize(t, pad);
+                r
+            })
+            .collect();
+        let labels: Vec<Vec<i64>> = samples
+            .iter()
+            .map(|s| {
+                let mut l: Vec<i64> = s
+                    .ids
+                    .iter()
+                    .zip(&s.counted)
+                    .enumerate()
+                    .map(|(p, (&id, &c))| if c && p > 0 { id } else { -100 })
+                    .collect();
+                l.resize(t, -100);
+                l
+            })
+            .collect();
+        serde_json::json!({"input_ids": rows, "labels": labels, "tokens": ids.len()})
+    });
     Batch {
-        input_ids: Tensor::from_slice(&ids)
-            .view([b as i64, t as i64])
-            .to_device(device),
+        tokens: ids.len(),
+        input_ids: Tensor::from_slice(&ids).to_device(device),
+        lengths,
         counted: targets.len(),
         positions: Tensor::from_slice(&positions).to_device(device),
         targets: Tensor::from_slice(&targets).to_device(device),
-        tokens,
-        dump: serde_json::json!({"input_ids": dump_ids, "labels": dump_labels, "tokens": tokens}),
+        dump,
     }
 }
 
@@ -298,13 +312,14 @@ fn batch_loss_sum(
     batch: &Batch,
     train: bool,
 ) -> anyhow::Result<Tensor> {
-    let input = ForwardInput {
-        input_ids: &batch.input_ids,
-        valid: None,
-        adapters: adapter.map_or(Adapters::None, Adapters::All),
+    let adapters = adapter.map_or(Adapters::None, Adapters::All);
+    let h = model.hidden_states_packed(
+        &batch.input_ids,
+        &batch.lengths,
+        &adapters,
         train,
-    };
-    let h = model.hidden_states_at(&input, &batch.positions)?;
+        &batch.positions,
+    )?;
     let logits = model.logits(&h).to_kind(Kind::Float);
     Ok(logits.cross_entropy_loss::<Tensor>(&batch.targets, None, tch::Reduction::Sum, -100, 0.0))
 }
@@ -323,7 +338,7 @@ fn eval_loss(
     let mut n = 0usize;
     for chunk in samples.chunks(batch_size.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().collect();
-        let b = make_batch(&refs, pad, model.device());
+        let b = make_batch(&refs, pad, model.device(), false);
         let l = tch::no_grad(|| batch_loss_sum(model, adapter, &b, false))?;
         sum += l.double_value(&[]);
         n += b.counted;
@@ -531,7 +546,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
                 let start = m * cfg.batch_size;
                 let end = (start + cfg.batch_size).min(train.len());
                 let refs: Vec<&Sample> = order[start..end].iter().map(|&i| &train[i]).collect();
-                make_batch(&refs, pad, device)
+                make_batch(&refs, pad, device, cfg.dump_batches.is_some())
             })
             .collect();
         let counted: usize = batches.iter().map(|b| b.counted).sum();
@@ -564,7 +579,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
         });
         if cfg.dump_batches.is_some() {
             dump_steps.push(serde_json::Value::Array(
-                batches.iter().map(|b| b.dump.clone()).collect(),
+                batches.iter().filter_map(|b| b.dump.clone()).collect(),
             ));
         }
         let elapsed = loop_start.elapsed().as_secs_f64().max(1e-9);

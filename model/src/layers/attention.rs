@@ -31,6 +31,9 @@ pub enum AttentionMask {
     Causal,
     /// Explicit boolean mask `[B, 1, T, S]`, true where a query may attend to a key.
     Explicit(Tensor),
+    /// One row holding several sequences of these lengths back to back (packed training):
+    /// causal attention within each, none across.
+    Segments(Vec<i64>),
 }
 
 /// Per-layer context shared by every layer of one forward pass.
@@ -155,6 +158,24 @@ impl Attention {
             ),
             AttentionMask::Explicit(mask) => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
+            }
+            AttentionMask::Segments(lengths) => {
+                let mut start = 0;
+                let parts: Vec<Tensor> = lengths
+                    .iter()
+                    .map(|&l| {
+                        let (qs, ks, vs) = (
+                            q.narrow(2, start, l),
+                            k.narrow(2, start, l),
+                            v.narrow(2, start, l),
+                        );
+                        start += l;
+                        Tensor::scaled_dot_product_attention::<Tensor>(
+                            &qs, &ks, &vs, None, 0.0, true, None, gqa,
+                        )
+                    })
+                    .collect();
+                Tensor::cat(&parts, 2)
             }
         };
         Ok(y.transpose(1, 2).reshape([b, t, q_dim]))
