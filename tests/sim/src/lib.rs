@@ -27,4 +27,5 @@ pub mod store;
 pub mod subresources;
 pub mod table;
 pub mod tls;
+pub mod up;
 pub mod watch;
