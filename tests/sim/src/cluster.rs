@@ -248,6 +248,43 @@ impl Cluster {
         Ok(warnings)
     }
 
+    /// The Priority admission plugin: a pod's priorityClassName must exist (its value becomes
+    /// spec.priority); without one the global default class applies, else 0.
+    fn admit_priority(&self, pod: &mut Value, name: &str) -> ApiResult<()> {
+        let (classes, _) = self.store.list("scheduling.k8s.io/priorityclasses", None);
+        let class = match pod["spec"]["priorityClassName"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        {
+            Some(c) => Some(
+                classes
+                    .iter()
+                    .find(|p| p["metadata"]["name"].as_str() == Some(c))
+                    .ok_or_else(|| {
+                        ApiError::forbidden(format!(
+                            "pods \"{name}\" is forbidden: no PriorityClass with name {c} was found"
+                        ))
+                    })?
+                    .clone(),
+            ),
+            None => classes
+                .iter()
+                .find(|p| p["globalDefault"].as_bool() == Some(true))
+                .cloned(),
+        };
+        match class {
+            Some(c) => {
+                pod["spec"]["priorityClassName"] = c["metadata"]["name"].clone();
+                pod["spec"]["priority"] = json!(c["value"].as_i64().unwrap_or(0));
+                if let Some(p) = c["preemptionPolicy"].as_str() {
+                    pod["spec"]["preemptionPolicy"] = json!(p);
+                }
+            }
+            None => pod["spec"]["priority"] = json!(0),
+        }
+        Ok(())
+    }
+
     fn check_namespace(&self, rt: &ResourceType, ns: &str) -> ApiResult<()> {
         if !rt.namespaced {
             return Ok(());
@@ -354,6 +391,9 @@ impl Cluster {
             }
         }
         let warnings = self.admit(rt, &mut obj, None, opts)?;
+        if rt.group.is_empty() && rt.plural == "pods" {
+            self.admit_priority(&mut obj, &name)?;
+        }
         if opts.manager != "-" {
             apply::track_update(
                 None,

@@ -597,6 +597,19 @@ fn gpu_jobs_schedule_run_and_report_termination_messages() {
         ),
         "BackoffLimitExceeded"
     );
+    // Pods name an existing PriorityClass (the Priority admission plugin).
+    let out = sim.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: urgent}\nspec:\n  priorityClassName: high\n  containers: [{name: c, image: busybox, command: [sh, -c, 'true']}]\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no PriorityClass with name high was found"),
+        "{err}"
+    );
+    sim.apply("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n");
+    sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: urgent}\nspec:\n  priorityClassName: high\n  containers: [{name: c, image: busybox, command: [sh, -c, 'true']}]\n");
+    assert_eq!(
+        sim.jsonpath(&["get", "pod", "urgent"], "{.spec.priority}"),
+        "1000"
+    );
     // An unmapped image is ErrImagePull.
     sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: nope}\nspec:\n  containers: [{name: c, image: ghcr.io/unknown/thing:1}]\n");
     wait_for("ErrImagePull", Duration::from_secs(90), || {

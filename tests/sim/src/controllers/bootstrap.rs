@@ -121,6 +121,19 @@ pub fn bootstrap(cluster: &Arc<Cluster>) {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": cluster.cfg.host.to_string(), "ports": [{"name": "https", "port": cluster.cfg.port, "protocol": "TCP", "targetPort": cluster.cfg.port}]}}),
     );
+    for (name, value) in [
+        ("system-cluster-critical", 2000000000),
+        ("system-node-critical", 2000001000),
+    ] {
+        ensure(
+            cluster,
+            "scheduling.k8s.io",
+            "priorityclasses",
+            "",
+            json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": value, "preemptionPolicy": "PreemptLowerPriority", "description": "Built-in priority class."}),
+        );
+    }
     // Every authenticated user may ask what it is allowed to do (system:basic-user).
     ensure(
         cluster,
