@@ -183,7 +183,28 @@ fn sync(cluster: &Cluster, from_gr: &str, to_group: &str, convert: fn(&Value) ->
     }
 }
 
+/// Events live an hour (the apiserver's default --event-ttl).
+fn expire(cluster: &Cluster, group: &str) {
+    let Ok(rt) = cluster.rt(group, "events") else {
+        return;
+    };
+    let (events, _) = cluster.store.list(&rt.gr(), None);
+    let now = chrono::Utc::now();
+    for e in events {
+        let ts = e["metadata"]["creationTimestamp"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+        if ts.is_some_and(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() > 3600) {
+            let ns = e["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = e["metadata"]["name"].as_str().unwrap_or("");
+            let _ = cluster.delete(&rt, ns, name, &DeleteOpts::default());
+        }
+    }
+}
+
 pub fn reconcile(cluster: &Arc<Cluster>) {
+    expire(cluster, "");
+    expire(cluster, "events.k8s.io");
     sync(cluster, "/events", "events.k8s.io", core_to_new);
     sync(cluster, "events.k8s.io/events", "", new_to_core);
 }
