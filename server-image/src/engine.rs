@@ -1,0 +1,371 @@
+//! The scheduler: one thread owns the model and the running batch's KV cache. New requests are
+//! prefilled alone and join the batch between decode steps (continuous batching); each decode
+//! step runs every row in one forward pass, with per-row adapter selection. A request whose
+//! receiver is gone (client disconnect, stop string found) leaves the batch at the next step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tailor_model::{Adapters, CausalLm, ForwardInput, KvCache, LoraAdapter, StackedAdapters};
+use tch::{Kind, Tensor};
+use tokio::sync::mpsc;
+
+/// How to pick each next token.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: Option<u64>,
+}
+
+/// One generation job.
+pub struct GenRequest {
+    pub prompt: Vec<i64>,
+    /// The adapter (a handle sharing the registry's tensors) and its load id.
+    pub adapter: Option<(u64, LoraAdapter)>,
+    /// At least 1.
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// `Some(k)`: report each chosen token's logprob and the top `k` alternatives.
+    pub logprobs: Option<usize>,
+    /// Keep generating past end-of-sequence tokens (benchmarks; vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
+    pub tx: mpsc::UnboundedSender<Event>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenOut {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-sequence token.
+    Stop,
+    /// `max_tokens` or the context limit.
+    Length,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Token(TokenOut),
+    Done(Finish),
+    Error(String),
+}
+
+/// Counters the engine publishes.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub running: AtomicUsize,
+    pub ready: AtomicBool,
+    /// Batched decode forward passes, and the rows they decoded (rows / steps = mean batch).
+    pub decode_steps: AtomicU64,
+    pub decoded_rows: AtomicU64,
+}
+
+struct Row {
+    req: GenRequest,
+    rng: StdRng,
+    generated: usize,
+    total: usize,
+    last: i64,
+}
+
+pub struct Engine {
+    pub model: CausalLm,
+    pub eos: Vec<i64>,
+    pub max_batch: usize,
+    pub max_seq: usize,
+    pub stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Runs until every sender of `rx` is gone.
+    pub fn run(self, mut rx: mpsc::Receiver<GenRequest>) {
+        let _guard = tch::no_grad_guard();
+        let mut rows: Vec<Row> = Vec::new();
+        let mut cache = self.model.new_cache();
+        let mut pending: Vec<GenRequest> = Vec::new();
+        // Adapters packed for the current batch composition; `epoch` changes with it.
+        let mut stacked: Option<(u64, StackedAdapters)> = None;
+        let mut epoch: u64 = 0;
+        loop {
+            self.stats.running.store(rows.len(), Ordering::Relaxed);
+            if rows.is_empty() && pending.is_empty() {
+                match rx.blocking_recv() {
+                    Some(r) => pending.push(r),
+                    None => return,
+                }
+            }
+            while rows.len() + pending.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => pending.push(r),
+                    Err(_) => break,
+                }
+            }
+            // Rows whose client is gone leave the batch.
+            let keep: Vec<usize> = (0..rows.len())
+                .filter(|&i| !rows[i].req.tx.is_closed())
+                .collect();
+            if keep.len() != rows.len() {
+                self.keep_rows(&mut rows, &mut cache, &keep);
+                epoch += 1;
+            }
+            if !pending.is_empty() {
+                epoch += 1;
+            }
+            for req in pending.drain(..) {
+                if req.tx.is_closed() {
+                    continue;
+                }
+                match self.prefill(req) {
+                    Some((row, row_cache)) => {
+                        if let Err(e) = cache.append_rows(row_cache) {
+                            let _ = row.req.tx.send(Event::Error(e.to_string()));
+                            continue;
+                        }
+                        rows.push(row);
+                    }
+                    None => continue,
+                }
+            }
+            self.stats.running.store(rows.len(), Ordering::Relaxed);
+            if rows.is_empty() {
+                cache = self.model.new_cache();
+                stacked = None;
+                continue;
+            }
+            self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .decoded_rows
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            let before = rows.len();
+            let result = self.decode(&mut rows, &mut cache, &mut stacked, epoch);
+            if rows.len() != before {
+                epoch += 1;
+            }
+            if let Err(e) = result {
+                for r in rows.drain(..) {
+                    let _ = r.req.tx.send(Event::Error(e.clone()));
+                }
+                cache = self.model.new_cache();
+            }
+        }
+    }
+
+    fn keep_rows(&self, rows: &mut Vec<Row>, cache: &mut KvCache, keep: &[usize]) {
+        if keep.is_empty() {
+            rows.clear();
+            *cache = self.model.new_cache();
+            return;
+        }
+        let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+        cache.select_rows(&idx);
+        cache.trim();
+        let mut old: Vec<Option<Row>> = rows.drain(..).map(Some).collect();
+        for &i in keep {
+            if let Some(r) = old[i].take() {
+                rows.push(r);
+            }
+        }
+    }
+
+    /// Prefills one request alone; sends its first token. `None` when it is already finished.
+    fn prefill(&self, req: GenRequest) -> Option<(Row, KvCache)> {
+        let mut c = self.model.new_cache();
+        let ids = Tensor::from_slice(&req.prompt).view([1, -1]);
+        let adapters = match &req.adapter {
+            Some((_, a)) => Adapters::All(a),
+            None => Adapters::None,
+        };
+        let input = ForwardInput {
+            adapters,
+            ..ForwardInput::new(&ids)
+        };
+        let logits = match self.model.forward(&input, Some(&mut c)) {
+            Ok(l) => l.select(1, -1),
+            Err(e) => {
+                let _ = req.tx.send(Event::Error(e.to_string()));
+                return None;
+            }
+        };
+        let rng = match req.sampling.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_rng(&mut rand::rng()),
+        };
+        let total = req.prompt.len();
+        let mut row = Row {
+            req,
+            rng,
+            generated: 0,
+            total,
+            last: 0,
+        };
+        let argmax = Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap_or_default();
+        let lp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        if self.emit(&mut row, &lp, 0, argmax.first().copied().unwrap_or(0)) {
+            Some((row, c))
+        } else {
+            None
+        }
+    }
+
+    fn decode(
+        &self,
+        rows: &mut Vec<Row>,
+        cache: &mut KvCache,
+        stacked: &mut Option<(u64, StackedAdapters)>,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let last: Vec<i64> = rows.iter().map(|r| r.last).collect();
+        let ids = Tensor::from_slice(&last).view([-1, 1]);
+        let sel: Vec<Option<&LoraAdapter>> = rows
+            .iter()
+            .map(|r| r.req.adapter.as_ref().map(|a| &a.1))
+            .collect();
+        let key: Vec<u64> = rows
+            .iter()
+            .map(|r| r.req.adapter.as_ref().map_or(0, |a| a.0))
+            .collect();
+        let same = key.iter().all(|k| *k == key[0]);
+        let adapters = match (same, sel[0]) {
+            (true, None) => Adapters::None,
+            (true, Some(a)) => Adapters::All(a),
+            (false, _) => {
+                // Packed once per batch composition, reused by every decode step until it changes.
+                if stacked.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    *stacked = None;
+                    let st = StackedAdapters::new(&sel, self.model.device())
+                        .map_err(|e| e.to_string())?;
+                    *stacked = Some((epoch, st));
+                }
+                match stacked.as_ref() {
+                    Some((_, st)) => Adapters::Stacked(st),
+                    None => Adapters::PerRow(&sel),
+                }
+            }
+        };
+        let input = ForwardInput {
+            adapters,
+            ..ForwardInput::new(&ids)
+        };
+        let logits = self
+            .model
+            .forward(&input, Some(cache))
+            .map_err(|e| e.to_string())?
+            .select(1, -1);
+        let argmax = Vec::<i64>::try_from(logits.argmax(-1, false)).map_err(|e| e.to_string())?;
+        let lp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        let mut keep = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter_mut().enumerate() {
+            if self.emit(row, &lp, i as i64, argmax[i]) {
+                keep.push(i);
+            }
+        }
+        if keep.len() != rows.len() {
+            self.keep_rows(rows, cache, &keep);
+        }
+        Ok(())
+    }
+
+    /// Picks and sends row `i`'s next token; false when the row is finished.
+    fn emit(&self, row: &mut Row, lp: &Tensor, i: i64, argmax: i64) -> bool {
+        let s = row.req.sampling;
+        let need_row = s.temperature > 0.0 || row.req.logprobs.is_some();
+        let values: Vec<f32> = if need_row {
+            Vec::<f32>::try_from(lp.get(i).to_device(tch::Device::Cpu)).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let token = if s.temperature > 0.0 && !values.is_empty() {
+            sample(&values, s.temperature, s.top_p, &mut row.rng)
+        } else {
+            argmax
+        };
+        let (logprob, top) = match row.req.logprobs {
+            Some(k) if !values.is_empty() => {
+                let chosen = values
+                    .get(token as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY);
+                (chosen, top_k(&values, k))
+            }
+            _ => (0.0, Vec::new()),
+        };
+        row.generated += 1;
+        row.total += 1;
+        row.last = token;
+        let sent = row.req.tx.send(Event::Token(TokenOut {
+            id: token as u32,
+            logprob,
+            top,
+        }));
+        if sent.is_err() {
+            return false;
+        }
+        let finish = if !row.req.ignore_eos && self.eos.contains(&token) {
+            Some(Finish::Stop)
+        } else if row.generated >= row.req.max_tokens || row.total >= self.max_seq {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        if let Some(f) = finish {
+            let _ = row.req.tx.send(Event::Done(f));
+            return false;
+        }
+        true
+    }
+}
+
+/// The `k` most likely tokens, most likely first (ties: lower id first, as torch.topk on CPU).
+pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k)
+        .map(|i| (i as u32, values[i]))
+        .collect()
+}
+
+/// Samples from `softmax(logprobs / temperature)` restricted to the top-p nucleus.
+fn sample(logprobs: &[f32], temperature: f64, top_p: f64, rng: &mut StdRng) -> i64 {
+    let scaled: Vec<f64> = logprobs.iter().map(|&l| l as f64 / temperature).collect();
+    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut probs: Vec<(usize, f64)> = scaled
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i, (l - max).exp()))
+        .collect();
+    let sum: f64 = probs.iter().map(|p| p.1).sum();
+    for p in &mut probs {
+        p.1 /= sum;
+    }
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = Vec::new();
+    let mut cum = 0.0;
+    for p in probs {
+        kept.push(p);
+        cum += p.1;
+        if cum >= top_p {
+            break;
+        }
+    }
+    let total: f64 = kept.iter().map(|p| p.1).sum();
+    let mut r = rng.random::<f64>() * total;
+    for (i, p) in &kept {
+        r -= p;
+        if r <= 0.0 {
+            return *i as i64;
+        }
+    }
+    kept.last().map_or(0, |p| p.0 as i64)
+}

@@ -1,0 +1,888 @@
+//! The real `tailor-server` binary on tiny random checkpoints (tests/server_reference.py), with
+//! real clients: the official `openai` Python client, Hugging Face `transformers` + `peft` as the
+//! numerical reference, and a real Prometheus server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+// ------------------------------------------------------------------ harness
+
+fn python() -> PathBuf {
+    let has = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import openai, transformers, peft"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut c: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("TAILOR_PYTHON") {
+        c.push(p.into());
+    }
+    c.push("python3".into());
+    c.push(
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/tailor/venv/bin/python3"),
+    );
+    c.into_iter().find(has).expect(
+        "no python3 with openai/transformers/peft: run `eval \"$(scripts/setup-libtorch.sh)\"`",
+    )
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name)
+}
+
+/// Tiny checkpoints, built once per test binary.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(python())
+            .arg(script("server_reference.py"))
+            .arg("fixtures")
+            .arg(dir.path())
+            .output()
+            .expect("run server_reference.py");
+        assert!(
+            out.status.success(),
+            "fixtures failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+fn adapter_arg(name: &str) -> String {
+    format!("{name}={}", fixtures().join(name).display())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Server {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Server {
+    async fn start(args: &[String]) -> Server {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tailor-server"))
+            .arg("--model")
+            .arg(fixtures().join("base"))
+            .args([
+                "--served-model-name",
+                "base",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+            ])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start tailor-server");
+        let mut server = Server {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let end = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", server.url)).send().await
+                && r.status() == 200
+            {
+                return server;
+            }
+            if let Some(c) = &mut server.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("tailor-server exited during startup: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "tailor-server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("{}{path}", self.url))
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+/// Polls `f` until it returns Some, or panics after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client() {
+    let server = Server::start(&["--adapter".into(), adapter_arg("a0")]).await;
+    let base = format!("{}/v1", server.url);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script("openai_client.py"))
+            .args([base.as_str(), "base", "a0"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openai client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("JSON line");
+    assert_eq!(seen["models"], json!(["a0", "base"]));
+}
+
+/// Greedy generations and top logprobs against transformers (+ peft), chat and completions,
+/// base model and two adapters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_and_logprobs_match_transformers() {
+    let server = Server::start(&[
+        "--adapter".into(),
+        adapter_arg("a0"),
+        "--adapter".into(),
+        adapter_arg("a1"),
+    ])
+    .await;
+    let requests = json!([
+        {"chat": true, "prompt": "hello world", "max_tokens": 12, "top_logprobs": 5},
+        {"chat": false, "prompt": "the quick brown fox", "max_tokens": 12, "top_logprobs": 5},
+        {"chat": false, "prompt": "How do I reset", "max_tokens": 8, "top_logprobs": 3},
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let req_path = dir.path().join("requests.json");
+    std::fs::write(&req_path, requests.to_string()).expect("write");
+    for model in ["base", "a0", "a1"] {
+        let adapter = if model == "base" {
+            "-".to_string()
+        } else {
+            fixtures().join(model).display().to_string()
+        };
+        let out = Command::new(python())
+            .arg(script("server_reference.py"))
+            .arg("generate")
+            .arg(fixtures().join("base"))
+            .arg(&adapter)
+            .arg(&req_path)
+            .output()
+            .expect("run reference");
+        assert!(
+            out.status.success(),
+            "reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected: Vec<Value> = serde_json::from_slice(&out.stdout).expect("reference JSON");
+        for (req, exp) in requests.as_array().expect("array").iter().zip(&expected) {
+            let k = req["top_logprobs"].as_u64().unwrap_or(0) as usize;
+            let (got_text, got_lps, got_tops, usage) = if req["chat"] == true {
+                let (status, body) = server
+                    .post(
+                        "/v1/chat/completions",
+                        &json!({"model": model, "messages": [{"role": "user", "content": req["prompt"]}],
+                                "temperature": 0, "max_tokens": req["max_tokens"], "logprobs": true, "top_logprobs": k}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                let c = &body["choices"][0];
+                let content = c["logprobs"]["content"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let lps: Vec<f64> = content
+                    .iter()
+                    .map(|t| t["logprob"].as_f64().unwrap_or(1.0))
+                    .collect();
+                let tops: Vec<Vec<f64>> = content
+                    .iter()
+                    .map(|t| {
+                        t["top_logprobs"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|x| x["logprob"].as_f64().unwrap_or(1.0))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (
+                    c["message"]["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    lps,
+                    tops,
+                    body["usage"].clone(),
+                )
+            } else {
+                let (status, body) = server
+                    .post(
+                        "/v1/completions",
+                        &json!({"model": model, "prompt": req["prompt"], "temperature": 0,
+                                "max_tokens": req["max_tokens"], "logprobs": k}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                let c = &body["choices"][0];
+                let lps: Vec<f64> = c["logprobs"]["token_logprobs"]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(1.0)).collect())
+                    .unwrap_or_default();
+                let tops: Vec<Vec<f64>> = c["logprobs"]["top_logprobs"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|m| {
+                                let mut v: Vec<f64> = m
+                                    .as_object()
+                                    .map(|o| o.values().filter_map(Value::as_f64).collect())
+                                    .unwrap_or_default();
+                                v.sort_by(|a, b| b.total_cmp(a));
+                                v
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    c["text"].as_str().unwrap_or_default().to_string(),
+                    lps,
+                    tops,
+                    body["usage"].clone(),
+                )
+            };
+            let ctx = format!("model {model}, request {req}");
+            assert_eq!(got_text, exp["text"].as_str().unwrap_or_default(), "{ctx}");
+            let exp_ids = exp["ids"].as_array().map_or(0, Vec::len);
+            assert_eq!(
+                usage["completion_tokens"].as_u64(),
+                Some(exp_ids as u64),
+                "{ctx}"
+            );
+            assert_eq!(usage["prompt_tokens"], exp["prompt_tokens"], "{ctx}");
+            let exp_lps: Vec<f64> = exp["logprobs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            assert_eq!(got_lps.len(), exp_lps.len(), "{ctx}");
+            for (g, e) in got_lps.iter().zip(&exp_lps) {
+                assert!(close(*g, *e, 1e-3), "{ctx}: logprob {g} vs {e}");
+            }
+            for (step, (g, e)) in got_tops
+                .iter()
+                .zip(exp["top"].as_array().expect("top"))
+                .enumerate()
+            {
+                let e: Vec<f64> = e
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p[1].as_f64()).collect())
+                    .unwrap_or_default();
+                if req["chat"] == true {
+                    assert_eq!(g.len(), k, "{ctx} step {step}");
+                    for (gv, ev) in g.iter().zip(&e) {
+                        assert!(
+                            close(*gv, *ev, 1e-3),
+                            "{ctx} step {step}: top {g:?} vs {e:?}"
+                        );
+                    }
+                } else {
+                    // Completions key top logprobs by token text, and byte tokens of partial
+                    // UTF-8 all read U+FFFD: colliding entries collapse into one.
+                    assert!(!g.is_empty() && g.len() <= k, "{ctx} step {step}");
+                    assert!(
+                        close(g[0], e[0], 1e-3),
+                        "{ctx} step {step}: top {g:?} vs {e:?}"
+                    );
+                    for gv in g {
+                        assert!(
+                            e.iter().any(|ev| close(*gv, *ev, 1e-3)),
+                            "{ctx} step {step}: top {g:?} vs {e:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn greedy(server: &Server, model: &str, prompt: &str, max_tokens: u64) -> (String, Vec<f64>) {
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            &json!({"model": model, "prompt": prompt, "temperature": 0, "max_tokens": max_tokens, "logprobs": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let c = &body["choices"][0];
+    let lps = c["logprobs"]["token_logprobs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    (c["text"].as_str().unwrap_or_default().to_string(), lps)
+}
+
+/// 16 concurrent requests across 4 adapters (plus rows of different lengths) return exactly what
+/// each returns alone, and were really decoded together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_across_adapters_equal_alone() {
+    let mut args = Vec::new();
+    for a in ["a0", "a1", "a2", "a3"] {
+        args.push("--adapter".to_string());
+        args.push(adapter_arg(a));
+    }
+    let server = Server::start(&args).await;
+    let prompts = [
+        "hello world",
+        "the quick brown fox jumps over",
+        "How do I reset my password? Go to",
+        "Thank you!",
+    ];
+    let jobs: Vec<(String, String, u64)> = (0..16)
+        .map(|i| {
+            (
+                format!("a{}", i % 4),
+                prompts[(i / 4 + i) % 4].to_string(),
+                12 + (i as u64 % 5) * 3,
+            )
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for (m, p, n) in &jobs {
+        alone.push(greedy(&server, m, p, *n).await);
+    }
+    let steps0 = server.metric("tailor_server_decode_steps").await;
+    let rows0 = server.metric("tailor_server_decoded_rows").await;
+    let together =
+        futures::future::join_all(jobs.iter().map(|(m, p, n)| greedy(&server, m, p, *n))).await;
+    let steps = server.metric("tailor_server_decode_steps").await - steps0;
+    let rows = server.metric("tailor_server_decoded_rows").await - rows0;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.0, t.0, "request {i} ({:?}) text differs", jobs[i]);
+        assert_eq!(a.1.len(), t.1.len(), "request {i}");
+        for (x, y) in a.1.iter().zip(&t.1) {
+            assert!(close(*x, *y, 1e-4), "request {i}: logprob {x} vs {y}");
+        }
+    }
+    // The adapters differ from each other (else the test proves little).
+    let distinct: std::collections::HashSet<&String> = alone.iter().map(|a| &a.0).collect();
+    assert!(distinct.len() >= 8, "{alone:?}");
+    assert!(
+        steps > 0.0 && rows / steps > 2.0,
+        "mean decode batch {rows}/{steps}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_rejected_in_openai_shape() {
+    let server = Server::start(&[
+        "--max-seq-length".into(),
+        "64".into(),
+        "--max-body-bytes".into(),
+        "4096".into(),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let raw = |path: &str, body: String, ct: &str| {
+        client
+            .post(format!("{}{path}", server.url))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let check = |status: u16, body: &Value, want: u16, param: Option<&str>, code: Option<&str>| {
+        assert_eq!(status, want, "{body}");
+        let e = &body["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(e["type"].is_string(), "{body}");
+        assert!(
+            e.get("param").is_some() && e.get("code").is_some(),
+            "{body}"
+        );
+        if let Some(p) = param {
+            assert_eq!(e["param"], p, "{body}");
+        }
+        if let Some(c) = code {
+            assert_eq!(e["code"], c, "{body}");
+        }
+    };
+    let r = raw(
+        "/v1/chat/completions",
+        "{not json".into(),
+        "application/json",
+    )
+    .await
+    .expect("send");
+    let status = r.status().as_u16();
+    check(status, &r.json().await.expect("json"), 400, None, None);
+
+    let (s, b) = server
+        .post("/v1/chat/completions", &json!({"model": "base"}))
+        .await;
+    check(s, &b, 400, Some("messages"), None);
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "base", "messages": "hi"}),
+        )
+        .await;
+    check(s, &b, 400, Some("messages"), None);
+
+    let long = "the quick brown fox jumps over the lazy dog. ".repeat(20);
+    let (s, b) = server
+        .post(
+            "/v1/completions",
+            &json!({"model": "base", "prompt": long, "max_tokens": 4}),
+        )
+        .await;
+    check(s, &b, 400, None, Some("context_length_exceeded"));
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("64")),
+        "{b}"
+    );
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "base", "messages": [{"role": "user", "content": long}]}),
+        )
+        .await;
+    check(s, &b, 400, None, Some("context_length_exceeded"));
+
+    for m in [0, -3] {
+        let (s, b) = server
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": m}),
+            )
+            .await;
+        check(s, &b, 400, Some("max_tokens"), None);
+    }
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "base", "messages": [{"role": "user", "content": "hi"}], "temperature": 7}),
+        )
+        .await;
+    check(s, &b, 400, Some("temperature"), None);
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "no-such-adapter", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    check(s, &b, 404, Some("model"), Some("model_not_found"));
+
+    // An adapter trained for another base model is refused at load, and stays unknown.
+    let (s, b) = server
+        .post(
+            "/admin/adapters",
+            &json!({"name": "other", "path": fixtures().join("other")}),
+        )
+        .await;
+    check(s, &b, 400, None, Some("adapter_load_failed"));
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("different base model")),
+        "{b}"
+    );
+    let (_, list) = server.get("/admin/adapters").await;
+    assert_eq!(list.trim(), "[]");
+
+    let big = json!({"model": "base", "prompt": "x".repeat(10_000)}).to_string();
+    let r = raw("/v1/completions", big, "application/json")
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    check(
+        status,
+        &r.json().await.expect("json"),
+        413,
+        None,
+        Some("request_too_large"),
+    );
+
+    let r = raw("/v1/completions", "{}".into(), "text/plain")
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    check(status, &r.json().await.expect("json"), 415, None, None);
+
+    let (s, b) = server.post("/v1/nothing", &json!({})).await;
+    check(s, &b, 404, None, None);
+
+    // The failures are counted by model and status code.
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("tailor_server_requests_total{model=\"base\",status=\"400\"}"),
+        "{metrics}"
+    );
+}
+
+/// Adapters: on-demand loading from the config file, LRU eviction, admin load/unload, and a
+/// config change (ConfigMap-style `..data` symlink swap) picked up without restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_load_evict_and_follow_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write_version = |v: &str, adapters: &[&str]| {
+        let d = dir.path().join(v);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let map: serde_json::Map<String, Value> = adapters
+            .iter()
+            .map(|a| (a.to_string(), json!(fixtures().join(a))))
+            .collect();
+        std::fs::write(
+            d.join("config.json"),
+            json!({"adapters": map, "maxLoadedAdapters": 2}).to_string(),
+        )
+        .expect("write");
+        let tmp = dir.path().join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(v, &tmp).expect("symlink");
+        std::fs::rename(&tmp, dir.path().join("..data")).expect("swap");
+    };
+    write_version("v1", &["a0"]);
+    std::os::unix::fs::symlink("..data/config.json", dir.path().join("config.json")).expect("link");
+    let config = dir.path().join("config.json");
+    let server = Server::start(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--config-poll-ms".into(),
+        "100".into(),
+    ])
+    .await;
+    let status = |server: &Server| {
+        let url = format!("{}/admin/adapters", server.url);
+        async move {
+            let v: Value = reqwest::get(url)
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            v
+        }
+    };
+    let v = eventually(60, "a0 preloaded", || async {
+        let v = status(&server).await;
+        (v[0]["loaded"] == true).then_some(v)
+    })
+    .await;
+    assert_eq!(v[0]["name"], "a0");
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    let hi = |m: &str| json!({"model": m, "prompt": "hello", "max_tokens": 2, "temperature": 0});
+    assert_eq!(server.post("/v1/completions", &hi("a1")).await.0, 404);
+
+    write_version("v2", &["a0", "a1", "a2"]);
+    // The new config's adapters are preloaded up to the limit (a0 already, then a1).
+    eventually(60, "config v2 preloaded", || async {
+        let v = status(&server).await;
+        let a1 = v.as_array()?.iter().find(|a| a["name"] == "a1")?.clone();
+        (a1["loaded"] == true && v.as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    for m in ["a1", "a2", "a0"] {
+        let (s, b) = server.post("/v1/completions", &hi(m)).await;
+        assert_eq!(s, 200, "{m}: {b}");
+        assert_eq!(b["model"], m);
+    }
+    let v = status(&server).await;
+    let loaded: Vec<&str> = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|a| a["loaded"] == true)
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(loaded, ["a0", "a2"], "a1 is least recently used: {v}");
+    assert_eq!(server.metric("tailor_server_loaded_adapters").await, 2.0);
+
+    // Admin API.
+    let (s, b) = server
+        .post(
+            "/admin/adapters",
+            &json!({"name": "extra", "path": fixtures().join("a3")}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["loaded"], true);
+    let (s, _) = server.post("/v1/completions", &hi("extra")).await;
+    assert_eq!(s, 200);
+    let client = reqwest::Client::new();
+    let del = |name: &str| {
+        client
+            .delete(format!("{}/admin/adapters/{name}", server.url))
+            .send()
+    };
+    assert_eq!(del("extra").await.expect("delete").status(), 200);
+    assert_eq!(del("extra").await.expect("delete").status(), 404);
+    assert_eq!(server.post("/v1/completions", &hi("extra")).await.0, 404);
+
+    // Dropping an adapter from the config unloads it; an invalid file keeps the last good config.
+    write_version("v3", &["a2"]);
+    eventually(60, "config v3", || async {
+        let (_, m) = server.get("/v1/models").await;
+        (!m.contains("\"a0\"")).then_some(())
+    })
+    .await;
+    std::fs::create_dir_all(dir.path().join("v4")).expect("mkdir");
+    std::fs::write(dir.path().join("v4/config.json"), "{broken").expect("write");
+    let tmp = dir.path().join("..data_tmp");
+    std::os::unix::fs::symlink("v4", &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.path().join("..data")).expect("swap");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, _) = server.post("/v1/completions", &hi("a2")).await;
+    assert_eq!(s, 200);
+}
+
+/// TEST-ONLY fault injection fails about the configured fraction of one adapter's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_fails_a_fraction_of_one_adapters_requests() {
+    let server = Server::start(&[
+        "--adapter".into(),
+        adapter_arg("a0"),
+        "--adapter".into(),
+        adapter_arg("a1"),
+        "--fault-error-rate".into(),
+        "0.5".into(),
+        "--fault-adapters".into(),
+        "a1".into(),
+    ])
+    .await;
+    let hi = |m: &str| json!({"model": m, "prompt": "hello", "max_tokens": 1, "temperature": 0});
+    let mut failed = 0;
+    for _ in 0..60 {
+        let (s, b) = server.post("/v1/completions", &hi("a1")).await;
+        if s == 500 {
+            assert_eq!(b["error"]["code"], "fault_injected");
+            failed += 1;
+        } else {
+            assert_eq!(s, 200, "{b}");
+        }
+        let (s, b) = server.post("/v1/completions", &hi("a0")).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    assert!((10..=50).contains(&failed), "{failed} of 60 failed");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "tailor_server_requests_total{{model=\"a1\",status=\"500\"}} {failed}"
+        )),
+        "{metrics}"
+    );
+}
+
+async fn open_stream(server: &Server, max_tokens: u64) -> reqwest::Response {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(
+            &json!({"model": "base", "messages": [{"role": "user", "content": "hello world"}],
+                      "max_tokens": max_tokens, "stream": true, "temperature": 1.0, "seed": 5,
+                      "ignore_eos": true}),
+        )
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status(), 200);
+    r
+}
+
+/// A client that goes away stops its generation; SIGTERM lets in-flight streams finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_stops_generation_and_sigterm_drains() {
+    let mut server = Server::start(&["--max-seq-length".into(), "4096".into()]).await;
+    let r = open_stream(&server, 3000).await;
+    let mut body = r.bytes_stream();
+    let first = body.next().await.expect("first chunk").expect("chunk");
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    drop(body);
+    eventually(30, "generation stopped", || async {
+        let running = server.metric("tailor_server_running_sequences").await;
+        let in_flight = server.metric("tailor_server_in_flight_requests").await;
+        (running == 0.0 && in_flight == 0.0).then_some(())
+    })
+    .await;
+    let rows = server.metric("tailor_server_decoded_rows").await;
+    assert!(
+        rows < 2900.0,
+        "generation ran on after the client left: {rows} rows"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.metric("tailor_server_decoded_rows").await, rows);
+
+    // SIGTERM mid-stream: the stream still completes with [DONE], then the process exits 0.
+    let r = open_stream(&server, 60).await;
+    let mut body = r.bytes_stream();
+    let first = body.next().await.expect("first chunk").expect("chunk");
+    let mut text = String::from_utf8_lossy(&first).to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let mut child = server.child.take().expect("child");
+    let status = eventually(30, "exit", || {
+        let s = child.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+}
+
+fn prometheus_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("prometheus"))
+        .find(|p| p.is_file())
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_server_metrics() {
+    let Some(prometheus) = prometheus_binary() else {
+        eprintln!("SKIPPED: no `prometheus` binary on PATH (Debian package `prometheus`)");
+        return;
+    };
+    let server = Server::start(&["--adapter".into(), adapter_arg("a0")]).await;
+    for _ in 0..3 {
+        let (s, _) = server
+            .post(
+                "/v1/completions",
+                &json!({"model": "a0", "prompt": "hello", "max_tokens": 2}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = server.url.trim_start_matches("http://").to_string();
+    let prom_config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: tailor-server\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .expect("prometheus config");
+    let port = free_port();
+    let child = Command::new(prometheus)
+        .arg(format!("--config.file={}", prom_config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let _prometheus = Killed(child);
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query=tailor_server_requests_total%7Bmodel%3D%22a0%22%2Cstatus%3D%22200%22%7D"
+    );
+    let (metric, value) = eventually(120, "series in prometheus", || {
+        let q = query.clone();
+        async move {
+            let v: Value = reqwest::get(q).await.ok()?.json().await.ok()?;
+            let r = &v["data"]["result"][0];
+            Some((r["metric"].clone(), r["value"][1].as_str()?.to_string()))
+        }
+    })
+    .await;
+    assert_eq!(value, "3");
+    assert_eq!(metric["job"], "tailor-server");
+}
