@@ -397,7 +397,7 @@ impl CausalLm {
         train: bool,
         keep: &Tensor,
     ) -> Result<Tensor> {
-        if matches!(adapters, Adapters::PerRow(_)) {
+        if !matches!(adapters, Adapters::None | Adapters::All(_)) {
             return Err(ModelError::InvalidInput(
                 "packed sequences take one adapter for all (Adapters::None or Adapters::All)"
                     .into(),
@@ -488,8 +488,8 @@ impl CausalLm {
     /// [`Self::hidden_states`], but the last layer's o_proj, MLP and norm run only there.
     pub fn hidden_states_at(&self, input: &ForwardInput<'_>, positions: &Tensor) -> Result<Tensor> {
         let positions = positions.to_device(self.device).to_kind(Kind::Int64);
-        // Per-row adapters need whole rows; gather after the full pass instead.
-        let prune = !matches!(input.adapters, Adapters::PerRow(_));
+        // Per-row adapters (PerRow, Stacked) need whole rows; gather after the full pass instead.
+        let prune = matches!(input.adapters, Adapters::None | Adapters::All(_));
         if prune {
             self.run(input, None, Some(&positions))
         } else {
