@@ -1,0 +1,111 @@
+//! The operator's own configuration: the JSON file mounted from the `tailor-operator-config`
+//! ConfigMap (`--config /etc/tailor/operator.json`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `operator.json`, camelCase as in the install manifests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorConfig {
+    /// Image of the `tailor-trainer` pods (prepare and train Jobs).
+    pub trainer_image: String,
+    /// Image of the serving pods (ModelDeployment).
+    #[serde(default)]
+    pub server_image: String,
+    /// Image of the router pods (ModelDeployment).
+    #[serde(default)]
+    pub router_image: String,
+    /// Where the artifact claim is mounted, in the operator's pod and in every pod it creates.
+    #[serde(default = "default_mount")]
+    pub artifacts_mount: PathBuf,
+    /// Name of the artifact claim in each namespace that prepared data and adapters go to.
+    #[serde(default = "default_claim")]
+    pub artifacts_claim: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Port the trainer serves `/progress` on, on its pod IP.
+    #[serde(default = "default_progress_port")]
+    pub progress_port: u16,
+    /// Seconds between two `/progress` polls of a running trainer (at most 15).
+    #[serde(default = "default_progress_interval")]
+    pub progress_interval_seconds: u64,
+}
+
+fn default_mount() -> PathBuf {
+    PathBuf::from("/artifacts")
+}
+fn default_claim() -> String {
+    "tailor-artifacts".into()
+}
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_progress_port() -> u16 {
+    9090
+}
+fn default_progress_interval() -> u64 {
+    5
+}
+
+impl OperatorConfig {
+    /// Reads and checks the JSON file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Self = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a valid operator config", path.display()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.trainer_image.is_empty() {
+            anyhow::bail!("trainerImage must be set");
+        }
+        if !self.artifacts_mount.is_absolute() {
+            anyhow::bail!(
+                "artifactsMount must be an absolute path, got {}",
+                self.artifacts_mount.display()
+            );
+        }
+        if !(1..=15).contains(&self.progress_interval_seconds) {
+            anyhow::bail!(
+                "progressIntervalSeconds must be between 1 and 15, got {}",
+                self.progress_interval_seconds
+            );
+        }
+        Ok(())
+    }
+
+    /// A config for unit tests.
+    pub fn for_tests() -> Self {
+        serde_json::from_value(serde_json::json!({"trainerImage": "tailor-trainer:test"}))
+            .unwrap_or_else(|_| unreachable!("static config parses"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_config_parses_with_defaults() {
+        let cfg: OperatorConfig = serde_json::from_str(
+            r#"{"trainerImage":"t:1","serverImage":"s:1","routerImage":"r:1","artifactsMount":"/artifacts","listen":"0.0.0.0:8080"}"#,
+        )
+        .expect("parses");
+        assert_eq!(cfg.artifacts_claim, "tailor-artifacts");
+        assert_eq!(cfg.progress_port, 9090);
+        assert!(cfg.check().is_ok());
+    }
+
+    #[test]
+    fn relative_mount_is_rejected() {
+        let mut cfg = OperatorConfig::for_tests();
+        cfg.artifacts_mount = "artifacts".into();
+        assert!(cfg.check().is_err());
+    }
+}

@@ -1,0 +1,607 @@
+//! Pure part of the Dataset pipeline: validate the spec, build the prepare Job and its config
+//! ConfigMap, and compute the status from what was observed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PodSpec, PodTemplateSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use tailor_api::conditions::{self, DEGRADED, PROGRESSING, READY};
+use tailor_api::{Dataset, DatasetPhase, DatasetStats, DatasetStatus, InvalidSample};
+
+use crate::artifacts::{self, Location};
+use crate::config::OperatorConfig;
+use crate::error::{Category, Error};
+use crate::jobs::{self, CONFIG_DIR, JOB_LABEL, PodState, PodVolumes, SPEC_HASH, TERMINATION_PATH};
+
+/// Label on the prepare Job and ConfigMap naming their Dataset.
+pub const DATASET_LABEL: &str = "tailor.dev/dataset";
+/// How many invalid lines status shows.
+pub const MAX_INVALID_SAMPLES: usize = 10;
+
+/// Where the prepare pod reads the raw JSONL from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    ConfigMap { name: String, key: String },
+    Location(Location),
+    Inline(String),
+}
+
+/// A Dataset spec checked and resolved into what the prepare Job needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Hash of the source and preparation settings: a change prepares again.
+    pub hash: String,
+    pub job_name: String,
+    /// Path of the prepared splits on the artifact claim.
+    pub output_path: String,
+    pub prepared_uri: String,
+    pub input: Input,
+    pub prepare_config: serde_json::Value,
+}
+
+/// Checks the spec. `source_fingerprint` identifies the current content of a ConfigMap source
+/// (so an edited ConfigMap prepares again).
+pub fn validate(
+    ds: &Dataset,
+    cfg: &OperatorConfig,
+    source_fingerprint: Option<&str>,
+) -> Result<Validated, Error> {
+    let src = &ds.spec.source;
+    let set = [
+        src.config_map.is_some(),
+        src.pvc.is_some(),
+        src.uri.is_some(),
+        src.inline.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        return Err(Error::InvalidSpec(
+            "spec.source: exactly one of configMap, pvc, uri or inline must be set".into(),
+        ));
+    }
+    let input = if let Some(cm) = &src.config_map {
+        Input::ConfigMap {
+            name: cm.name.clone(),
+            key: cm.key.clone(),
+        }
+    } else if let Some(p) = &src.pvc {
+        let loc = artifacts::parse(&artifacts::pvc_uri(&p.claim_name, &p.path))
+            .map_err(|e| Error::InvalidSpec(format!("spec.source.pvc: {e}")))?;
+        Input::Location(loc)
+    } else if let Some(uri) = &src.uri {
+        let loc = artifacts::parse(uri)
+            .map_err(|e| Error::InvalidSpec(format!("spec.source.uri: {e}")))?;
+        if matches!(loc, Location::Remote(_)) {
+            return Err(Error::InvalidSpec(format!(
+                "spec.source.uri: {uri} is in an object store, which prepare pods cannot read yet; use pvc://, file://, a configMap or inline"
+            )));
+        }
+        Input::Location(loc)
+    } else {
+        Input::Inline(src.inline.clone().unwrap_or_default())
+    };
+    let prep = &ds.spec.preparation;
+    let ns = ds.namespace().unwrap_or_default();
+    let name = ds.name_any();
+    let identity = json!({
+        "source": src,
+        "format": ds.spec.format,
+        "preparation": prep,
+        "sourceContent": source_fingerprint,
+    });
+    let hash = jobs::hash_json(&identity)[..16].to_string();
+    let output_path = format!("datasets/{ns}/{name}/{hash}");
+    let prepared_uri = artifacts::pvc_uri(&cfg.artifacts_claim, &output_path);
+    let mut vols = PodVolumes::new(cfg, "unused");
+    let input_path = match &input {
+        Input::ConfigMap { .. } => format!("{SOURCE_DIR}/data.jsonl"),
+        Input::Inline(_) => format!("{CONFIG_DIR}/{INLINE_KEY}"),
+        Input::Location(loc) => vols
+            .add(cfg, loc, false)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let output = artifacts::pod_path(
+        cfg,
+        &Location::Pvc {
+            claim: cfg.artifacts_claim.clone(),
+            path: output_path.clone(),
+        },
+    )
+    .unwrap_or_default();
+    let prepare_config = json!({
+        "input": input_path,
+        "format": ds.spec.format,
+        "output": output,
+        "dedupe": prep.dedupe,
+        "redact": prep.redact,
+        "validationFraction": prep.split.validation,
+        "testFraction": prep.split.test,
+        "minExamples": prep.min_examples,
+    });
+    Ok(Validated {
+        job_name: jobs::child_name(&name, &format!("prepare-{}", &hash[..8])),
+        hash,
+        output_path,
+        prepared_uri,
+        input,
+        prepare_config,
+    })
+}
+
+const SOURCE_DIR: &str = "/data/source";
+const CONFIG_KEY: &str = "prepare.json";
+const INLINE_KEY: &str = "source.jsonl";
+
+fn meta(ds: &Dataset, name: &str, hash: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: ds.namespace(),
+        labels: Some(jobs::managed_labels(DATASET_LABEL, &ds.name_any())),
+        annotations: Some(BTreeMap::from([(SPEC_HASH.to_string(), hash.to_string())])),
+        owner_references: ds.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The prepare pod's mounted config (and the inline source, if any). Owned by the Dataset.
+pub fn config_map(ds: &Dataset, v: &Validated) -> ConfigMap {
+    let mut data = BTreeMap::from([(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string_pretty(&v.prepare_config).unwrap_or_default(),
+    )]);
+    if let Input::Inline(s) = &v.input {
+        data.insert(INLINE_KEY.to_string(), s.clone());
+    }
+    ConfigMap {
+        metadata: meta(ds, &v.job_name, &v.hash),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// The prepare Job. Owned by the Dataset, so deleting it cascades.
+pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
+    let mut vols = PodVolumes::new(cfg, &v.job_name);
+    match &v.input {
+        Input::ConfigMap { name, key } => {
+            vols.volumes.push(Volume {
+                name: "source".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: key.clone(),
+                        path: "data.jsonl".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            vols.mounts.push(VolumeMount {
+                name: "source".into(),
+                mount_path: SOURCE_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        Input::Location(loc) => {
+            vols.add(cfg, loc, false);
+        }
+        Input::Inline(_) => {}
+    }
+    let mut labels = jobs::managed_labels(DATASET_LABEL, &ds.name_any());
+    labels.insert(JOB_LABEL.into(), v.job_name.clone());
+    Job {
+        metadata: meta(ds, &v.job_name, &v.hash),
+        spec: Some(JobSpec {
+            // Preparation is deterministic: a retry helps only against a lost node.
+            backoff_limit: Some(1),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    containers: vec![Container {
+                        name: "prepare".into(),
+                        image: Some(cfg.trainer_image.clone()),
+                        args: Some(
+                            [
+                                "--log-json",
+                                "prepare",
+                                "--config",
+                                &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                                "--termination-message-path",
+                                TERMINATION_PATH,
+                            ]
+                            .map(String::from)
+                            .to_vec(),
+                        ),
+                        termination_message_path: Some(TERMINATION_PATH.into()),
+                        volume_mounts: Some(vols.mounts),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vols.volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// `stats.json` / the prepare pod's termination message.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub examples: u64,
+    pub invalid: u64,
+    pub duplicates_removed: u64,
+    pub redactions: u64,
+    pub train: u64,
+    pub validation: u64,
+    pub test: u64,
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    pub content_hash: String,
+    #[serde(default)]
+    pub invalid_samples: Vec<InvalidSample>,
+}
+
+/// What the I/O steps found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// The spec cannot be prepared (or its source is missing).
+    Blocked {
+        category: Category,
+        message: String,
+    },
+    /// The prepare Job runs (or waits for its pod).
+    Preparing {
+        pod: Option<PodState>,
+    },
+    Prepared(Summary),
+    Failed {
+        message: String,
+        stats: Option<Summary>,
+    },
+}
+
+/// The failure message of a prepare pod's termination message (`{status: "Failed", message}`).
+pub fn failure_message(termination: Option<&str>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(termination?).ok()?;
+    v["message"].as_str().map(String::from)
+}
+
+fn stats_of(s: &Summary) -> DatasetStats {
+    DatasetStats {
+        examples: s.examples,
+        invalid: s.invalid,
+        duplicates_removed: s.duplicates_removed,
+        redactions: s.redactions,
+        train: s.train,
+        validation: s.validation,
+        test: s.test,
+        tokens: s.tokens,
+    }
+}
+
+/// The whole new status.
+pub fn status(
+    ds: &Dataset,
+    v: Option<&Validated>,
+    obs: &Observation,
+    now: Timestamp,
+) -> DatasetStatus {
+    let prev = ds.status.clone().unwrap_or_default();
+    let generation = ds.metadata.generation;
+    let mut st = DatasetStatus {
+        observed_generation: generation,
+        job_name: v.map(|v| v.job_name.clone()).or(prev.job_name.clone()),
+        ..prev.clone()
+    };
+    let mut conds = prev.conditions.clone();
+    let mut set = |t: &str, s: bool, reason: &str, msg: &str| {
+        conditions::set(
+            &mut conds,
+            conditions::new(t, Some(s), reason, msg, generation),
+            now,
+        );
+    };
+    match obs {
+        Observation::Blocked { category, message } => {
+            st.phase = if *category == Category::InvalidSpec {
+                DatasetPhase::Failed
+            } else {
+                DatasetPhase::Pending
+            };
+            set(READY, false, category.as_str(), message);
+            set(PROGRESSING, false, category.as_str(), message);
+            set(
+                DEGRADED,
+                *category == Category::InvalidSpec,
+                category.as_str(),
+                message,
+            );
+        }
+        Observation::Preparing { pod } => {
+            st.phase = DatasetPhase::Preparing;
+            let msg = match pod {
+                Some(p) => format!("prepare pod {} is {}", p.name, p.phase),
+                None => "waiting for the prepare pod".into(),
+            };
+            set(READY, false, "Preparing", &msg);
+            set(PROGRESSING, true, "Preparing", &msg);
+            set(DEGRADED, false, "AsExpected", "");
+        }
+        Observation::Prepared(s) => {
+            st.phase = DatasetPhase::Ready;
+            st.stats = Some(stats_of(s));
+            st.content_hash = Some(s.content_hash.clone());
+            st.prepared_uri = v.map(|v| v.prepared_uri.clone());
+            st.invalid_samples = s
+                .invalid_samples
+                .iter()
+                .take(MAX_INVALID_SAMPLES)
+                .cloned()
+                .collect();
+            let msg = format!(
+                "{} examples ({} train, {} validation, {} test); {} invalid lines, {} duplicates removed, {} redactions",
+                s.examples,
+                s.train,
+                s.validation,
+                s.test,
+                s.invalid,
+                s.duplicates_removed,
+                s.redactions
+            );
+            set(READY, true, "Prepared", &msg);
+            set(PROGRESSING, false, "Prepared", &msg);
+            set(DEGRADED, false, "AsExpected", "");
+        }
+        Observation::Failed { message, stats } => {
+            st.phase = DatasetPhase::Failed;
+            if let Some(s) = stats {
+                st.stats = Some(stats_of(s));
+                st.invalid_samples = s
+                    .invalid_samples
+                    .iter()
+                    .take(MAX_INVALID_SAMPLES)
+                    .cloned()
+                    .collect();
+            }
+            st.content_hash = None;
+            st.prepared_uri = None;
+            let reason = Category::JobFailed.as_str();
+            set(READY, false, reason, message);
+            set(PROGRESSING, false, reason, message);
+            set(DEGRADED, true, reason, message);
+        }
+    }
+    st.conditions = conds;
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(yaml: &str) -> Dataset {
+        let mut ds: Dataset = serde_saphyr::from_str(yaml).expect("fixture parses");
+        ds.metadata.generation = Some(2);
+        ds.metadata.uid = Some("uid-1".into());
+        ds
+    }
+
+    const QUICKSTART: &str = r#"
+apiVersion: tailor.dev/v1alpha1
+kind: Dataset
+metadata: {name: support-chat, namespace: tailor-demo}
+spec:
+  source:
+    configMap: {name: support-chat-data, key: support-chat.jsonl}
+  format: chat
+  preparation:
+    dedupe: true
+    redact: [email, phone]
+    minExamples: 100
+    split: {validation: 0.1, seed: 0}
+"#;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000).expect("valid")
+    }
+
+    #[test]
+    fn configmap_source_builds_a_job_mounting_it() {
+        let ds = fixture(QUICKSTART);
+        let cfg = OperatorConfig::for_tests();
+        let v = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert!(v.job_name.starts_with("support-chat-prepare-"));
+        assert!(
+            v.prepared_uri
+                .starts_with("pvc://tailor-artifacts/datasets/tailor-demo/support-chat/")
+        );
+        assert_eq!(v.prepare_config["input"], "/data/source/data.jsonl");
+        assert_eq!(v.prepare_config["format"], "chat");
+        assert_eq!(v.prepare_config["redact"], json!(["email", "phone"]));
+        assert_eq!(v.prepare_config["minExamples"], 100);
+        assert_eq!(
+            v.prepare_config["output"],
+            format!("/artifacts/{}", v.output_path)
+        );
+        let job = job(&ds, &v, &cfg);
+        let spec = job.spec.as_ref().expect("spec");
+        let pod = spec.template.spec.as_ref().expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("tailor-trainer:test"));
+        assert!(
+            c.args
+                .as_ref()
+                .expect("args")
+                .contains(&"prepare".to_string())
+        );
+        let vols = pod.volumes.as_ref().expect("volumes");
+        let src = vols
+            .iter()
+            .find(|v| v.name == "source")
+            .expect("source volume");
+        assert_eq!(
+            src.config_map.as_ref().map(|c| c.name.as_str()),
+            Some("support-chat-data")
+        );
+        assert!(vols.iter().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|p| p.claim_name == "tailor-artifacts")
+        }));
+        let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "Dataset");
+        assert_eq!(owner.controller, Some(true));
+        let cm = config_map(&ds, &v);
+        let cfg_json: serde_json::Value =
+            serde_json::from_str(&cm.data.as_ref().expect("data")["prepare.json"]).expect("json");
+        assert_eq!(cfg_json, v.prepare_config);
+    }
+
+    #[test]
+    fn changed_source_or_preparation_changes_the_job() {
+        let ds = fixture(QUICKSTART);
+        let cfg = OperatorConfig::for_tests();
+        let a = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert_eq!(a, validate(&ds, &cfg, Some("abc")).expect("valid"));
+        let b = validate(&ds, &cfg, Some("changed")).expect("valid");
+        assert_ne!(a.job_name, b.job_name);
+        let mut ds2 = ds.clone();
+        ds2.spec.preparation.min_examples = 5;
+        let c = validate(&ds2, &cfg, Some("abc")).expect("valid");
+        assert_ne!(a.prepared_uri, c.prepared_uri);
+    }
+
+    #[test]
+    fn inline_and_uri_sources() {
+        let cfg = OperatorConfig::for_tests();
+        let mut ds = fixture(QUICKSTART);
+        ds.spec.source.config_map = None;
+        ds.spec.source.inline = Some("{\"text\":\"hi\"}\n".into());
+        let v = validate(&ds, &cfg, None).expect("valid");
+        assert_eq!(v.prepare_config["input"], "/etc/tailor/source.jsonl");
+        assert!(
+            config_map(&ds, &v)
+                .data
+                .expect("data")
+                .contains_key("source.jsonl")
+        );
+        ds.spec.source.inline = None;
+        ds.spec.source.uri = Some("s3://bucket/x.jsonl".into());
+        assert!(matches!(
+            validate(&ds, &cfg, None),
+            Err(Error::InvalidSpec(_))
+        ));
+        ds.spec.source.uri = Some("pvc://raw-data/in/x.jsonl".into());
+        let v = validate(&ds, &cfg, None).expect("valid");
+        assert_eq!(v.prepare_config["input"], "/mnt/raw-data/in/x.jsonl");
+        let job = job(&ds, &v, &cfg);
+        let pod = job.spec.expect("spec").template.spec.expect("pod");
+        assert!(pod.volumes.expect("vols").iter().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|p| p.claim_name == "raw-data")
+        }));
+    }
+
+    #[test]
+    fn two_sources_are_invalid() {
+        let cfg = OperatorConfig::for_tests();
+        let mut ds = fixture(QUICKSTART);
+        ds.spec.source.inline = Some("x".into());
+        let err = validate(&ds, &cfg, None).expect_err("invalid");
+        assert_eq!(err.category(), Category::InvalidSpec);
+    }
+
+    #[test]
+    fn prepared_summary_becomes_ready_status() {
+        let ds = fixture(QUICKSTART);
+        let cfg = OperatorConfig::for_tests();
+        let v = validate(&ds, &cfg, Some("abc")).expect("valid");
+        let summary: Summary = serde_json::from_str(
+            r#"{"status":"Succeeded","examples":200,"invalid":2,"duplicatesRemoved":4,"redactions":7,"train":181,"validation":19,"test":0,"contentHash":"ff00","invalidSamples":[{"line":17,"reason":"not JSON"},{"line":90,"reason":"no assistant message"}]}"#,
+        )
+        .expect("summary");
+        let st = status(&ds, Some(&v), &Observation::Prepared(summary), now());
+        assert_eq!(st.phase, DatasetPhase::Ready);
+        assert_eq!(st.observed_generation, Some(2));
+        let stats = st.stats.expect("stats");
+        assert_eq!(
+            (
+                stats.examples,
+                stats.invalid,
+                stats.duplicates_removed,
+                stats.redactions
+            ),
+            (200, 2, 4, 7)
+        );
+        assert_eq!(st.content_hash.as_deref(), Some("ff00"));
+        assert_eq!(st.prepared_uri.as_deref(), Some(v.prepared_uri.as_str()));
+        assert_eq!(st.invalid_samples.len(), 2);
+        assert!(conditions::is_true(&st.conditions, READY));
+        assert!(!conditions::is_true(&st.conditions, PROGRESSING));
+        assert_eq!(
+            conditions::get(&st.conditions, READY)
+                .expect("ready")
+                .observed_generation,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn failure_and_blocked_states() {
+        let ds = fixture(QUICKSTART);
+        let st = status(
+            &ds,
+            None,
+            &Observation::Failed {
+                message: "only 3 valid examples".into(),
+                stats: None,
+            },
+            now(),
+        );
+        assert_eq!(st.phase, DatasetPhase::Failed);
+        assert!(conditions::is_true(&st.conditions, DEGRADED));
+        assert_eq!(
+            conditions::get(&st.conditions, READY).expect("c").reason,
+            "JobFailed"
+        );
+        assert_eq!(
+            failure_message(Some(
+                r#"{"status":"Failed","message":"only 3 valid examples"}"#
+            ))
+            .as_deref(),
+            Some("only 3 valid examples")
+        );
+        let st = status(
+            &ds,
+            None,
+            &Observation::Blocked {
+                category: Category::SourceNotFound,
+                message: "configmap x not found".into(),
+            },
+            now(),
+        );
+        assert_eq!(st.phase, DatasetPhase::Pending);
+        assert_eq!(
+            conditions::get(&st.conditions, READY).expect("c").reason,
+            "SourceNotFound"
+        );
+    }
+}

@@ -1,0 +1,640 @@
+//! Pure part of the FineTuneJob pipeline: the dataset gate, the train Job and its config, the
+//! phase state machine (ValidatingData → Queued → Running → Succeeded | Failed | Cancelled), and
+//! the LoraAdapter a successful run records.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use tailor_api::conditions::{self, DATASET_READY, DEGRADED, PROGRESSING, READY, SCHEDULED};
+use tailor_api::{
+    Checkpoint, Dataset, DatasetPhase, DeletionPolicy, FineTuneJob, FineTuneJobPhase,
+    FineTuneJobStatus, Lineage, LocalRef, LoraAdapter, LoraAdapterSpec, Progress,
+};
+
+use crate::artifacts::{self, Location};
+use crate::config::OperatorConfig;
+use crate::error::{Category, Error};
+use crate::jobs::{
+    self, CONFIG_DIR, JOB_LABEL, JobState, PodState, PodVolumes, SPEC_HASH, TERMINATION_PATH,
+};
+
+/// Label on the train Job, its ConfigMap and pods, and the LoraAdapter, naming the FineTuneJob.
+pub const FTJ_LABEL: &str = "tailor.dev/finetunejob";
+/// Annotation on a LoraAdapter with its lineage (JSON), which its controller copies to status.
+pub const LINEAGE_ANNOTATION: &str = "tailor.dev/lineage";
+const CONFIG_KEY: &str = "train.json";
+
+/// What the Dataset says about being trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatasetGate {
+    Ready {
+        content_hash: String,
+        prepared_uri: String,
+        validation_examples: u64,
+    },
+    Missing(String),
+    NotReady(String),
+}
+
+pub fn dataset_gate(ftj: &FineTuneJob, ds: Option<&Dataset>) -> DatasetGate {
+    let name = &ftj.spec.dataset_ref.name;
+    let Some(ds) = ds else {
+        return DatasetGate::Missing(format!(
+            "Dataset {name:?} does not exist in {}; waiting for it",
+            ftj.namespace().unwrap_or_default()
+        ));
+    };
+    let st = ds.status.clone().unwrap_or_default();
+    let current = st.observed_generation == ds.metadata.generation;
+    match (st.phase, st.content_hash, st.prepared_uri) {
+        (DatasetPhase::Ready, Some(content_hash), Some(prepared_uri))
+            if current && conditions::is_true(&st.conditions, READY) =>
+        {
+            DatasetGate::Ready {
+                content_hash,
+                prepared_uri,
+                validation_examples: st.stats.map_or(0, |s| s.validation),
+            }
+        }
+        (phase, ..) => {
+            let why = conditions::get(&st.conditions, READY)
+                .map(|c| c.message.clone())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("phase {phase:?}"));
+            DatasetGate::NotReady(format!("Dataset {name:?} is not Ready: {why}"))
+        }
+    }
+}
+
+/// Where a job's outputs go: fixed by the job's identity, so retries and a recreated Job
+/// resume from the same checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    pub output_path: String,
+    pub adapter_uri: String,
+    pub adapter_name: String,
+}
+
+pub fn outputs(ftj: &FineTuneJob, cfg: &OperatorConfig) -> Outputs {
+    let ns = ftj.namespace().unwrap_or_default();
+    let name = ftj.name_any();
+    let uid: String = ftj.uid().unwrap_or_default().chars().take(8).collect();
+    let output_path = format!("finetune/{ns}/{name}-{uid}");
+    Outputs {
+        adapter_uri: artifacts::pvc_uri(&cfg.artifacts_claim, &output_path),
+        output_path,
+        adapter_name: ftj.spec.output.adapter_name.clone().unwrap_or(name),
+    }
+}
+
+/// The train Job's inputs, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub hash: String,
+    pub job_name: String,
+    pub train_config: serde_json::Value,
+    pub outputs: Outputs,
+    base: Location,
+}
+
+pub fn validate(
+    ftj: &FineTuneJob,
+    cfg: &OperatorConfig,
+    gate: &DatasetGate,
+) -> Result<Validated, Error> {
+    let DatasetGate::Ready {
+        prepared_uri,
+        validation_examples,
+        ..
+    } = gate
+    else {
+        return Err(Error::InvalidSpec("dataset is not Ready".into()));
+    };
+    let base = artifacts::parse(&ftj.spec.base_model.uri)
+        .map_err(|e| Error::InvalidSpec(format!("spec.baseModel.uri: {e}")))?;
+    if matches!(base, Location::Remote(_)) {
+        return Err(Error::InvalidSpec(format!(
+            "spec.baseModel.uri: {} cannot be mounted into the trainer pod; put the checkpoint on a claim (pvc://) or a node path (file://)",
+            ftj.spec.base_model.uri
+        )));
+    }
+    let mut vols = PodVolumes::new(cfg, "unused");
+    let base_path = vols.add(cfg, &base, true).unwrap_or_default();
+    let prepared = artifacts::parse(prepared_uri)
+        .map_err(|e| Error::InvalidSpec(format!("dataset preparedUri: {e}")))?;
+    let prepared_path = vols.add(cfg, &prepared, true).unwrap_or_default();
+    let outputs = outputs(ftj, cfg);
+    let output = artifacts::pod_path(
+        cfg,
+        &Location::Pvc {
+            claim: cfg.artifacts_claim.clone(),
+            path: outputs.output_path.clone(),
+        },
+    )
+    .unwrap_or_default();
+    let h = &ftj.spec.hyperparameters;
+    let l = &ftj.spec.lora;
+    let mut train_config = json!({
+        "baseModel": base_path,
+        "train": prepared_path.join("train.jsonl"),
+        "output": output,
+        "rank": l.rank,
+        "alpha": l.alpha,
+        "dropout": l.dropout,
+        "targetModules": l.target_modules,
+        "epochs": h.epochs,
+        "learningRate": h.learning_rate,
+        "batchSize": h.batch_size,
+        "gradAccum": h.gradient_accumulation_steps,
+        "maxSeqLength": h.max_seq_length,
+        "warmupRatio": h.warmup_ratio,
+        "scheduler": h.scheduler,
+        "seed": h.seed,
+        "checkpointEvery": ftj.spec.checkpoint_every_steps,
+    });
+    if *validation_examples > 0 {
+        train_config["validation"] = json!(prepared_path.join("validation.jsonl"));
+    }
+    let identity = json!({
+        "trainConfig": train_config,
+        "image": cfg.trainer_image,
+        "resources": ftj.spec.resources,
+        "nodeSelector": ftj.spec.node_selector,
+        "tolerations": ftj.spec.tolerations,
+        "priorityClassName": ftj.spec.priority_class_name,
+        "backoffLimit": ftj.spec.backoff_limit,
+        "activeDeadlineSeconds": ftj.spec.active_deadline_seconds,
+    });
+    let hash = jobs::hash_json(&identity)[..16].to_string();
+    Ok(Validated {
+        job_name: jobs::child_name(&ftj.name_any(), &format!("train-{}", &hash[..8])),
+        hash,
+        train_config,
+        outputs,
+        base,
+    })
+}
+
+fn meta(ftj: &FineTuneJob, name: &str, hash: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: ftj.namespace(),
+        labels: Some(jobs::managed_labels(FTJ_LABEL, &ftj.name_any())),
+        annotations: Some(BTreeMap::from([(SPEC_HASH.to_string(), hash.to_string())])),
+        owner_references: ftj.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The trainer's mounted config. Owned by the FineTuneJob.
+pub fn config_map(ftj: &FineTuneJob, v: &Validated) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(ftj, &v.job_name, &v.hash),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_string(),
+            serde_json::to_string_pretty(&v.train_config).unwrap_or_default(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The train Job. Owned by the FineTuneJob; `suspend` follows the spec.
+pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
+    let mut vols = PodVolumes::new(cfg, &v.job_name);
+    vols.add(cfg, &v.base, true);
+    let mut limits = BTreeMap::new();
+    let r = &ftj.spec.resources;
+    if r.gpus > 0 {
+        limits.insert("nvidia.com/gpu".to_string(), Quantity(r.gpus.to_string()));
+    }
+    if let Some(c) = &r.cpu {
+        limits.insert("cpu".to_string(), c.clone());
+    }
+    if let Some(m) = &r.memory {
+        limits.insert("memory".to_string(), m.clone());
+    }
+    let mut labels = jobs::managed_labels(FTJ_LABEL, &ftj.name_any());
+    labels.insert(JOB_LABEL.into(), v.job_name.clone());
+    let port = cfg.progress_port;
+    Job {
+        metadata: meta(ftj, &v.job_name, &v.hash),
+        spec: Some(JobSpec {
+            suspend: Some(ftj.spec.suspend),
+            backoff_limit: Some(ftj.spec.backoff_limit),
+            active_deadline_seconds: ftj.spec.active_deadline_seconds,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    node_selector: (!ftj.spec.node_selector.is_empty())
+                        .then(|| ftj.spec.node_selector.clone()),
+                    tolerations: (!ftj.spec.tolerations.is_empty())
+                        .then(|| ftj.spec.tolerations.clone()),
+                    priority_class_name: ftj.spec.priority_class_name.clone(),
+                    containers: vec![Container {
+                        name: "train".into(),
+                        image: Some(cfg.trainer_image.clone()),
+                        args: Some(vec![
+                            "--log-json".into(),
+                            "train".into(),
+                            "--config".into(),
+                            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                            // The pod IP is only known at run time: the kubelet expands it.
+                            "--progress-listen".into(),
+                            format!("$(POD_IP):{port}"),
+                            "--termination-message-path".into(),
+                            TERMINATION_PATH.into(),
+                        ]),
+                        env: Some(vec![EnvVar {
+                            name: "POD_IP".into(),
+                            value_from: Some(EnvVarSource {
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "status.podIP".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("progress".into()),
+                            container_port: i32::from(port),
+                            ..Default::default()
+                        }]),
+                        resources: (!limits.is_empty()).then(|| ResourceRequirements {
+                            limits: Some(limits.clone()),
+                            requests: Some(limits),
+                            ..Default::default()
+                        }),
+                        termination_message_path: Some(TERMINATION_PATH.into()),
+                        volume_mounts: Some(vols.mounts),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vols.volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The trainer's `/progress`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrainerProgress {
+    pub phase: String,
+    pub epoch: f64,
+    pub step: u64,
+    pub total_steps: u64,
+    pub train_loss: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub base_validation_loss: Option<f64>,
+    pub tokens_per_second: Option<f64>,
+    pub eta: Option<f64>,
+}
+
+/// The trainer's final summary (termination message, `metrics.json`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrainSummary {
+    pub status: String,
+    pub message: Option<String>,
+    pub base_validation_loss: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub steps: u64,
+    pub total_steps: u64,
+    pub epochs: u64,
+    pub tokens: Option<u64>,
+    pub tokens_per_second: Option<f64>,
+    pub resumed_from_step: Option<u64>,
+}
+
+/// The adapter artifact as found after a successful run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterArtifact {
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// What the I/O steps found about the run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observed {
+    pub job: Option<JobState>,
+    pub pod: Option<PodState>,
+    pub pods_seen: u32,
+    pub progress: Option<TrainerProgress>,
+    pub checkpoint: Option<Checkpoint>,
+    pub summary: Option<TrainSummary>,
+    /// The LoraAdapter recorded after success.
+    pub adapter: Option<String>,
+    /// Why the run failed, from the trainer's termination message.
+    pub failure: Option<String>,
+}
+
+fn progress_of(p: &TrainerProgress) -> Progress {
+    Progress {
+        epoch: p.epoch,
+        step: p.step,
+        total_steps: p.total_steps,
+        train_loss: p.train_loss,
+        validation_loss: p.validation_loss,
+        tokens_per_second: p.tokens_per_second,
+        eta_seconds: p.eta,
+    }
+}
+
+/// The phase state machine and the whole new status.
+pub fn status(
+    ftj: &FineTuneJob,
+    gate: &DatasetGate,
+    v: Option<&Validated>,
+    obs: &Observed,
+    now: Timestamp,
+) -> FineTuneJobStatus {
+    use FineTuneJobPhase as P;
+    let prev = ftj.status.clone().unwrap_or_default();
+    let generation = ftj.metadata.generation;
+    let mut st = FineTuneJobStatus {
+        observed_generation: generation,
+        ..prev.clone()
+    };
+    let mut conds = prev.conditions.clone();
+    let mut set = |t: &str, s: Option<bool>, reason: &str, msg: &str| {
+        conditions::set(
+            &mut conds,
+            conditions::new(t, s, reason, msg, generation),
+            now,
+        );
+    };
+    match gate {
+        DatasetGate::Ready { content_hash, .. } => {
+            set(
+                DATASET_READY,
+                Some(true),
+                "DatasetReady",
+                &format!("Dataset {:?} is Ready", ftj.spec.dataset_ref.name),
+            );
+            if st.dataset_content_hash.is_none() || obs.job.is_none() {
+                st.dataset_content_hash = Some(content_hash.clone());
+            }
+        }
+        DatasetGate::Missing(m) => set(
+            DATASET_READY,
+            Some(false),
+            Category::DatasetNotFound.as_str(),
+            m,
+        ),
+        DatasetGate::NotReady(m) => set(
+            DATASET_READY,
+            Some(false),
+            Category::DatasetNotReady.as_str(),
+            m,
+        ),
+    }
+    if let Some(v) = v {
+        st.job_name = Some(v.job_name.clone());
+    }
+    if let Some(p) = &obs.progress {
+        st.progress = Some(progress_of(p));
+        if p.base_validation_loss.is_some() {
+            st.base_validation_loss = p.base_validation_loss;
+        }
+    }
+    if let Some(c) = &obs.checkpoint {
+        st.last_checkpoint = Some(c.clone());
+    }
+    let job_attempts = obs.job.as_ref().map_or(0, |j| {
+        (j.active + j.failed_pods + j.succeeded_pods).max(0) as u32
+    });
+    st.attempts = prev.attempts.max(job_attempts).max(obs.pods_seen);
+
+    let (phase, reason, message): (P, String, String) = match (&obs.job, gate) {
+        (None, DatasetGate::Missing(m)) => (
+            P::ValidatingData,
+            Category::DatasetNotFound.as_str().into(),
+            m.clone(),
+        ),
+        (None, DatasetGate::NotReady(m)) => (
+            P::ValidatingData,
+            Category::DatasetNotReady.as_str().into(),
+            m.clone(),
+        ),
+        (None, DatasetGate::Ready { .. }) => (
+            P::Queued,
+            "Creating".into(),
+            "creating the train Job".into(),
+        ),
+        (Some(j), _) if j.complete && obs.adapter.is_some() => {
+            let name = obs.adapter.clone().unwrap_or_default();
+            (
+                P::Succeeded,
+                "Succeeded".into(),
+                format!("adapter recorded as LoraAdapter {name:?}"),
+            )
+        }
+        (Some(j), _) if j.complete => (
+            P::Running,
+            "Recording".into(),
+            "recording the adapter".into(),
+        ),
+        (Some(j), _) if j.failed.is_some() => {
+            let (r, m) = j.failed.clone().unwrap_or_default();
+            let msg = match &obs.failure {
+                Some(f) => format!("{r}: {f}"),
+                None => format!("{r}: {m}"),
+            };
+            (P::Failed, Category::JobFailed.as_str().into(), msg)
+        }
+        (Some(j), _) if j.suspended => {
+            if prev.start_time.is_some() {
+                (
+                    P::Cancelled,
+                    "Suspended".into(),
+                    "suspended mid-run; unsuspend to resume from the last checkpoint".into(),
+                )
+            } else {
+                (
+                    P::Queued,
+                    "Suspended".into(),
+                    "suspended; no pod runs until spec.suspend is false".into(),
+                )
+            }
+        }
+        (Some(_), _) => match &obs.pod {
+            None => (
+                P::Queued,
+                "Pending".into(),
+                "waiting for the trainer pod".into(),
+            ),
+            Some(p) if p.phase == "Running" => (
+                P::Running,
+                "Training".into(),
+                format!("trainer pod {} is running", p.name),
+            ),
+            Some(p) => match &p.scheduled {
+                Some((false, r, m)) => (
+                    P::Queued,
+                    if r.is_empty() {
+                        "Unschedulable".into()
+                    } else {
+                        r.clone()
+                    },
+                    m.clone(),
+                ),
+                Some((true, ..)) if p.phase == "Pending" => (
+                    P::Running,
+                    "Starting".into(),
+                    format!("trainer pod {} is starting", p.name),
+                ),
+                Some((true, ..)) => (
+                    P::Running,
+                    "Retrying".into(),
+                    format!(
+                        "trainer pod {} ended ({}); the Job retries from the last checkpoint",
+                        p.name, p.phase
+                    ),
+                ),
+                None => (
+                    P::Queued,
+                    "Pending".into(),
+                    format!("trainer pod {} is not scheduled yet", p.name),
+                ),
+            },
+        },
+    };
+    // Scheduling, as the scheduler reported it.
+    match (&obs.pod, &obs.job) {
+        (_, Some(j)) if j.suspended => {
+            set(SCHEDULED, Some(false), "Suspended", "the Job is suspended")
+        }
+        (Some(p), _) => match &p.scheduled {
+            Some((true, ..)) => set(
+                SCHEDULED,
+                Some(true),
+                "Scheduled",
+                &format!("trainer pod {} is scheduled", p.name),
+            ),
+            Some((false, r, m)) => set(
+                SCHEDULED,
+                Some(false),
+                if r.is_empty() { "Unschedulable" } else { r },
+                m,
+            ),
+            None => {}
+        },
+        _ => {}
+    }
+    if phase == P::Running && st.start_time.is_none() {
+        st.start_time = Some(Time(now));
+    }
+    let terminal = matches!(phase, P::Succeeded | P::Failed);
+    if terminal && st.completion_time.is_none() {
+        st.completion_time = Some(Time(now));
+    }
+    if phase == P::Succeeded {
+        if let Some(s) = &obs.summary {
+            st.validation_loss = s.validation_loss;
+            if s.base_validation_loss.is_some() {
+                st.base_validation_loss = s.base_validation_loss;
+            }
+            st.trained_tokens = s.tokens;
+            if let Some(p) = st.progress.as_mut() {
+                p.step = s.steps.max(p.step);
+                p.total_steps = s.total_steps.max(p.total_steps);
+                p.train_loss = s.train_loss.or(p.train_loss);
+                p.validation_loss = s.validation_loss.or(p.validation_loss);
+                p.eta_seconds = Some(0.0);
+            } else {
+                st.progress = Some(Progress {
+                    epoch: s.epochs as f64,
+                    step: s.steps,
+                    total_steps: s.total_steps,
+                    train_loss: s.train_loss,
+                    validation_loss: s.validation_loss,
+                    tokens_per_second: s.tokens_per_second,
+                    eta_seconds: Some(0.0),
+                });
+            }
+        }
+        st.adapter_ref = obs.adapter.clone().map(|name| LocalRef { name });
+    }
+    st.phase = phase;
+    let progressing = matches!(
+        phase,
+        P::ValidatingData | P::Queued | P::Running | P::Pending
+    );
+    set(READY, Some(phase == P::Succeeded), &reason, &message);
+    set(PROGRESSING, Some(progressing), &reason, &message);
+    set(
+        DEGRADED,
+        Some(phase == P::Failed),
+        if phase == P::Failed {
+            &reason
+        } else {
+            "AsExpected"
+        },
+        if phase == P::Failed { &message } else { "" },
+    );
+    st.conditions = conds;
+    st
+}
+
+/// The LoraAdapter a successful run records; not owned by the job, so it outlives it.
+pub fn adapter(
+    ftj: &FineTuneJob,
+    outputs: &Outputs,
+    status: &FineTuneJobStatus,
+    summary: Option<&TrainSummary>,
+    artifact: &AdapterArtifact,
+) -> LoraAdapter {
+    let lineage = Lineage {
+        dataset: Some(ftj.spec.dataset_ref.name.clone()),
+        dataset_content_hash: status.dataset_content_hash.clone(),
+        hyperparameters: Some(ftj.spec.hyperparameters.clone()),
+        base_validation_loss: summary
+            .and_then(|s| s.base_validation_loss)
+            .or(status.base_validation_loss),
+        validation_loss: summary.and_then(|s| s.validation_loss),
+        trained_tokens: summary.and_then(|s| s.tokens),
+    };
+    let mut la = LoraAdapter::new(
+        &outputs.adapter_name,
+        LoraAdapterSpec {
+            base_model: ftj.spec.base_model.clone(),
+            uri: outputs.adapter_uri.clone(),
+            rank: ftj.spec.lora.rank,
+            alpha: ftj.spec.lora.alpha,
+            target_modules: ftj.spec.lora.target_modules.clone(),
+            sha256: Some(artifact.sha256.clone()),
+            size_bytes: Some(artifact.size_bytes),
+            source_job: Some(ftj.name_any()),
+            deletion_policy: DeletionPolicy::Retain,
+        },
+    );
+    la.metadata.namespace = ftj.namespace();
+    la.metadata.labels = Some(jobs::managed_labels(FTJ_LABEL, &ftj.name_any()));
+    la.metadata.annotations = Some(BTreeMap::from([(
+        LINEAGE_ANNOTATION.to_string(),
+        serde_json::to_string(&lineage).unwrap_or_default(),
+    )]));
+    la
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+use super::*;
+use crate::jobs::{JobState, PodState};
+use tailor_api::{DatasetStatus, FineTuneJobPhase as P};
+
+const QUICKSTART: &str = include_str!("../../../../examples/quickstart/finetunejob.yaml");
+
+fn ftj() -> FineTuneJob {
+    let mut f: FineTuneJob = serde_saphyr::from_str(QUICKSTART).expect("fixture parses");
+    f.metadata.namespace = Some("tailor-demo".into());
+    f.metadata.uid = Some("0123456789abcdef".into());
+    f.metadata.generation = Some(1);
+    f
+}
+
+fn ready_gate() -> DatasetGate {
+    DatasetGate::Ready {
+        content_hash: "c0ffee".into(),
+        prepared_uri: "pvc://tailor-artifacts/datasets/tailor-demo/support-chat/abcd".into(),
+        validation_examples: 19,
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_000).expect("valid")
+}
+
+fn running_job() -> JobState {
+    JobState {
+        active: 1,
+        ..JobState::default()
+    }
+}
+
+fn pod(phase: &str, scheduled: Option<(bool, &str, &str)>) -> PodState {
+    PodState {
+        name: "support-v1-train-x-abc".into(),
+        phase: phase.into(),
+        scheduled: scheduled.map(|(s, r, m)| (s, r.to_string(), m.to_string())),
+        ip: Some("10.0.0.5".into()),
+        termination_message: None,
+    }
+}
+
+#[test]
+fn dataset_gate_waits_for_a_current_ready_dataset() {
+    let f = ftj();
+    assert!(matches!(dataset_gate(&f, None), DatasetGate::Missing(_)));
+    let mut ds: Dataset =
+        serde_saphyr::from_str(include_str!("../../../../examples/quickstart/dataset.yaml"))
+            .expect("dataset fixture");
+    ds.metadata.generation = Some(2);
+    assert!(matches!(
+        dataset_gate(&f, Some(&ds)),
+        DatasetGate::NotReady(_)
+    ));
+    let mut st = DatasetStatus {
+        phase: DatasetPhase::Ready,
+        observed_generation: Some(2),
+        content_hash: Some("h".into()),
+        prepared_uri: Some("pvc://tailor-artifacts/datasets/x".into()),
+        ..DatasetStatus::default()
+    };
+    conditions::set(
+        &mut st.conditions,
+        conditions::new(READY, Some(true), "Prepared", "", Some(2)),
+        now(),
+    );
+    ds.status = Some(st.clone());
+    assert!(matches!(
+        dataset_gate(&f, Some(&ds)),
+        DatasetGate::Ready { .. }
+    ));
+    // A status of an older generation is not evidence.
+    ds.metadata.generation = Some(3);
+    assert!(matches!(
+        dataset_gate(&f, Some(&ds)),
+        DatasetGate::NotReady(_)
+    ));
+}
+
+#[test]
+fn train_job_carries_gpus_scheduling_and_config() {
+    let mut f = ftj();
+    f.spec.node_selector.insert("gpu".into(), "a100".into());
+    f.spec.priority_class_name = Some("training".into());
+    f.spec.active_deadline_seconds = Some(3600);
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    assert!(v.job_name.starts_with("support-v1-train-"));
+    assert_eq!(v.train_config["baseModel"], "/artifacts/models/base");
+    assert_eq!(
+        v.train_config["train"],
+        "/artifacts/datasets/tailor-demo/support-chat/abcd/train.jsonl"
+    );
+    assert_eq!(
+        v.train_config["output"],
+        "/artifacts/finetune/tailor-demo/support-v1-01234567"
+    );
+    assert_eq!(v.train_config["rank"], 8);
+    assert_eq!(
+        v.train_config["targetModules"],
+        json!(["q_proj", "k_proj", "v_proj", "o_proj"])
+    );
+    assert_eq!(v.train_config["scheduler"], "cosine");
+    assert_eq!(v.train_config["checkpointEvery"], 20);
+    assert_eq!(v.outputs.adapter_name, "support-v1");
+    let job = job(&f, &v, &cfg);
+    let spec = job.spec.as_ref().expect("spec");
+    assert_eq!(spec.backoff_limit, Some(3));
+    assert_eq!(spec.active_deadline_seconds, Some(3600));
+    assert_eq!(spec.suspend, Some(false));
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.priority_class_name.as_deref(), Some("training"));
+    assert_eq!(pod.node_selector.as_ref().expect("sel")["gpu"], "a100");
+    assert_eq!(
+        pod.tolerations.as_ref().expect("tol")[0].key.as_deref(),
+        Some("nvidia.com/gpu")
+    );
+    let c = &pod.containers[0];
+    let limits = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .expect("limits");
+    assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+    let args = c.args.as_ref().expect("args");
+    assert!(args.contains(&"$(POD_IP):9090".to_string()));
+    let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("FineTuneJob", Some(true))
+    );
+}
+
+#[test]
+fn job_name_is_stable_and_follows_the_spec_but_not_suspend() {
+    let cfg = OperatorConfig::for_tests();
+    let f = ftj();
+    let a = validate(&f, &cfg, &ready_gate()).expect("valid");
+    assert_eq!(
+        a.job_name,
+        validate(&f, &cfg, &ready_gate()).expect("valid").job_name
+    );
+    let mut s = f.clone();
+    s.spec.suspend = true;
+    assert_eq!(
+        a.job_name,
+        validate(&s, &cfg, &ready_gate()).expect("valid").job_name
+    );
+    let mut g = f.clone();
+    g.spec.resources.gpus = 4;
+    assert_ne!(
+        a.job_name,
+        validate(&g, &cfg, &ready_gate()).expect("valid").job_name
+    );
+}
+
+#[test]
+fn remote_base_model_is_an_invalid_spec() {
+    let mut f = ftj();
+    f.spec.base_model.uri = "hf://org/model".into();
+    let err = validate(&f, &OperatorConfig::for_tests(), &ready_gate()).expect_err("invalid");
+    assert_eq!(err.category(), Category::InvalidSpec);
+}
+
+#[test]
+fn phases_follow_dataset_job_and_pod() {
+    let f = ftj();
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let missing = DatasetGate::Missing("Dataset \"support-chat\" does not exist".into());
+    let st = status(&f, &missing, None, &Observed::default(), now());
+    assert_eq!(st.phase, P::ValidatingData);
+    let c = conditions::get(&st.conditions, DATASET_READY).expect("cond");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "DatasetNotFound")
+    );
+
+    let queued = Observed {
+        job: Some(running_job()),
+        pod: Some(pod(
+            "Pending",
+            Some((
+                false,
+                "Unschedulable",
+                "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+            )),
+        )),
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &queued, now());
+    assert_eq!(st.phase, P::Queued);
+    let c = conditions::get(&st.conditions, SCHEDULED).expect("cond");
+    assert_eq!(c.reason, "Unschedulable");
+    assert!(c.message.contains("Insufficient nvidia.com/gpu"));
+    assert!(conditions::is_true(&st.conditions, DATASET_READY));
+    assert_eq!(st.job_name.as_deref(), Some(v.job_name.as_str()));
+
+    let running = Observed {
+        job: Some(running_job()),
+        pod: Some(pod("Running", Some((true, "", "")))),
+        progress: Some(TrainerProgress {
+            step: 5,
+            total_steps: 60,
+            epoch: 0.0,
+            train_loss: Some(2.5),
+            base_validation_loss: Some(3.1),
+            ..TrainerProgress::default()
+        }),
+        pods_seen: 1,
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &running, now());
+    assert_eq!(st.phase, P::Running);
+    assert_eq!(st.progress.as_ref().map(|p| p.step), Some(5));
+    assert_eq!(st.base_validation_loss, Some(3.1));
+    assert_eq!(st.attempts, 1);
+    assert!(st.start_time.is_some());
+    assert!(conditions::is_true(&st.conditions, PROGRESSING));
+}
+
+#[test]
+fn success_needs_the_adapter_and_records_final_metrics() {
+    let mut f = ftj();
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let mut done = Observed {
+        job: Some(JobState {
+            complete: true,
+            succeeded_pods: 1,
+            failed_pods: 1,
+            ..JobState::default()
+        }),
+        summary: Some(TrainSummary {
+            status: "Succeeded".into(),
+            validation_loss: Some(1.2),
+            base_validation_loss: Some(3.0),
+            tokens: Some(12345),
+            steps: 60,
+            total_steps: 60,
+            ..TrainSummary::default()
+        }),
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &done, now());
+    assert_eq!(
+        st.phase,
+        P::Running,
+        "not Succeeded before the adapter is recorded"
+    );
+    done.adapter = Some("support-v1".into());
+    let st = status(&f, &ready_gate(), Some(&v), &done, now());
+    assert_eq!(st.phase, P::Succeeded);
+    assert_eq!(st.validation_loss, Some(1.2));
+    assert_eq!(st.trained_tokens, Some(12345));
+    assert_eq!(st.attempts, 2);
+    assert_eq!(
+        st.adapter_ref.as_ref().map(|r| r.name.as_str()),
+        Some("support-v1")
+    );
+    assert!(conditions::is_true(&st.conditions, READY));
+    assert!(st.completion_time.is_some());
+
+    f.status = Some(st.clone());
+    let la = adapter(
+        &f,
+        &v.outputs,
+        &st,
+        done.summary.as_ref(),
+        &AdapterArtifact {
+            sha256: "a".repeat(64),
+            size_bytes: 42,
+        },
+    );
+    assert_eq!(la.spec.uri, v.outputs.adapter_uri);
+    assert_eq!(la.spec.source_job.as_deref(), Some("support-v1"));
+    assert_eq!(la.spec.sha256.as_deref(), Some("a".repeat(64).as_str()));
+    assert!(
+        la.metadata.owner_references.is_none(),
+        "adapters outlive their job"
+    );
+    let lineage: Lineage =
+        serde_json::from_str(&la.metadata.annotations.as_ref().expect("ann")[LINEAGE_ANNOTATION])
+            .expect("lineage json");
+    assert_eq!(lineage.dataset_content_hash.as_deref(), Some("c0ffee"));
+    assert_eq!(lineage.validation_loss, Some(1.2));
+    assert_eq!(lineage.trained_tokens, Some(12345));
+}
+
+#[test]
+fn failure_and_suspension() {
+    let mut f = ftj();
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let failed = Observed {
+        job: Some(JobState {
+            failed: Some((
+                "BackoffLimitExceeded".into(),
+                "Job has reached the specified backoff limit".into(),
+            )),
+            failed_pods: 4,
+            ..JobState::default()
+        }),
+        failure: Some("out of memory".into()),
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &failed, now());
+    assert_eq!(st.phase, P::Failed);
+    assert!(conditions::is_true(&st.conditions, DEGRADED));
+    assert!(
+        conditions::get(&st.conditions, READY)
+            .expect("c")
+            .message
+            .contains("out of memory")
+    );
+
+    let suspended = Observed {
+        job: Some(JobState {
+            suspended: true,
+            ..JobState::default()
+        }),
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &suspended, now());
+    assert_eq!(st.phase, P::Queued);
+    assert_eq!(
+        conditions::get(&st.conditions, SCHEDULED)
+            .expect("c")
+            .reason,
+        "Suspended"
+    );
+    f.status = Some(FineTuneJobStatus {
+        start_time: Some(Time(now())),
+        ..FineTuneJobStatus::default()
+    });
+    let st = status(&f, &ready_gate(), Some(&v), &suspended, now());
+    assert_eq!(st.phase, P::Cancelled);
+}

@@ -1,0 +1,301 @@
+//! The batch Jobs the operator runs (prepare, train): what their status and pods say, and the
+//! volumes their pods mount. Pure functions over the API types.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Pod, Volume,
+    VolumeMount,
+};
+use sha2::{Digest, Sha256};
+
+use crate::artifacts::{self, Location};
+use crate::config::OperatorConfig;
+
+/// Where each pod finds its mounted JSON config.
+pub const CONFIG_DIR: &str = "/etc/tailor";
+/// The container's termination message (the trainer's final JSON summary).
+pub const TERMINATION_PATH: &str = "/dev/termination-log";
+/// Label on every pod of a Job the operator runs, naming the Job.
+pub const JOB_LABEL: &str = "tailor.dev/job";
+/// Annotation with the hash of what a Job was built from.
+pub const SPEC_HASH: &str = "tailor.dev/spec-hash";
+
+pub fn managed_labels(kind_label: &str, owner: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "tailor-operator".to_string(),
+        ),
+        (kind_label.to_string(), owner.to_string()),
+    ])
+}
+
+/// Hex SHA-256 of a JSON value (keys in insertion order, which our builders fix).
+pub fn hash_json(v: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(v.to_string().as_bytes()))
+}
+
+/// `<base>-<suffix>`, with `base` cut so the whole stays a valid 63-character name.
+pub fn child_name(base: &str, suffix: &str) -> String {
+    let room = 63usize.saturating_sub(suffix.len() + 1);
+    let mut b: String = base.chars().take(room).collect();
+    while b.ends_with('-') {
+        b.pop();
+    }
+    format!("{b}-{suffix}")
+}
+
+/// What a Job's status says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobState {
+    pub complete: bool,
+    /// `Some((reason, message))` once the Job failed for good.
+    pub failed: Option<(String, String)>,
+    pub suspended: bool,
+    pub active: i32,
+    pub failed_pods: i32,
+    pub succeeded_pods: i32,
+}
+
+pub fn job_state(job: &Job) -> JobState {
+    let status = job.status.clone().unwrap_or_default();
+    let conds = status.conditions.unwrap_or_default();
+    let is = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
+    JobState {
+        complete: is("Complete").is_some(),
+        failed: is("Failed").map(|c| {
+            (
+                c.reason.clone().unwrap_or_else(|| "Failed".into()),
+                c.message.clone().unwrap_or_default(),
+            )
+        }),
+        suspended: job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
+        active: status.active.unwrap_or(0),
+        failed_pods: status.failed.unwrap_or(0),
+        succeeded_pods: status.succeeded.unwrap_or(0),
+    }
+}
+
+/// What the newest pod of a Job says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodState {
+    pub name: String,
+    pub phase: String,
+    /// `Some((scheduled, reason, message))` from the PodScheduled condition.
+    pub scheduled: Option<(bool, String, String)>,
+    pub ip: Option<String>,
+    pub termination_message: Option<String>,
+}
+
+pub fn pod_state(pod: &Pod) -> PodState {
+    let status = pod.status.clone().unwrap_or_default();
+    let scheduled = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .map(|c| {
+            (
+                c.status == "True",
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default(),
+            )
+        });
+    let termination_message = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|cs| {
+            let t = cs
+                .state
+                .and_then(|s| s.terminated)
+                .or_else(|| cs.last_state.and_then(|s| s.terminated))?;
+            t.message.filter(|m| !m.trim().is_empty())
+        });
+    PodState {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        phase: status.phase.unwrap_or_else(|| "Pending".into()),
+        scheduled,
+        ip: status.pod_ip.filter(|ip| !ip.is_empty()),
+        termination_message,
+    }
+}
+
+/// The most recently created pod.
+pub fn newest(pods: &[Pod]) -> Option<&Pod> {
+    pods.iter().max_by(|a, b| {
+        let key = |p: &Pod| {
+            (
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                p.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    })
+}
+
+/// Volumes and mounts of a pod the operator builds.
+#[derive(Debug, Default, Clone)]
+pub struct PodVolumes {
+    pub volumes: Vec<Volume>,
+    pub mounts: Vec<VolumeMount>,
+}
+
+impl PodVolumes {
+    /// The namespace's artifact claim at `artifactsMount` (read-write: outputs go there), and
+    /// the pod's config ConfigMap at `/etc/tailor`.
+    pub fn new(cfg: &OperatorConfig, config_map: &str) -> Self {
+        let mut v = Self::default();
+        v.volumes.push(Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        v.mounts.push(VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        v.volumes.push(Volume {
+            name: "artifacts".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cfg.artifacts_claim.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+        v.mounts.push(VolumeMount {
+            name: "artifacts".into(),
+            mount_path: cfg.artifacts_mount.to_string_lossy().into_owned(),
+            ..Default::default()
+        });
+        v
+    }
+
+    fn has_mount(&self, path: &str) -> bool {
+        self.mounts.iter().any(|m| m.mount_path == path)
+    }
+
+    /// Makes `loc` visible in the pod (read-only unless it is on the artifact claim) and
+    /// returns its path there. `is_dir` says whether `loc` names a directory (a file's parent
+    /// is mounted). `None` for object stores, which pods cannot mount.
+    pub fn add(&mut self, cfg: &OperatorConfig, loc: &Location, is_dir: bool) -> Option<PathBuf> {
+        let path = artifacts::pod_path(cfg, loc)?;
+        match loc {
+            Location::Pvc { claim, .. } if *claim != cfg.artifacts_claim => {
+                let mount = format!("/mnt/{claim}");
+                if !self.has_mount(&mount) {
+                    let name = format!("claim-{}", self.volumes.len());
+                    self.volumes.push(Volume {
+                        name: name.clone(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: claim.clone(),
+                            read_only: Some(true),
+                        }),
+                        ..Default::default()
+                    });
+                    self.mounts.push(VolumeMount {
+                        name,
+                        mount_path: mount,
+                        read_only: Some(true),
+                        ..Default::default()
+                    });
+                }
+            }
+            Location::File(p) => {
+                let dir = if is_dir {
+                    p.clone()
+                } else {
+                    p.parent().map(PathBuf::from).unwrap_or_else(|| p.clone())
+                };
+                let mount = dir.to_string_lossy().into_owned();
+                if !self.has_mount(&mount) {
+                    let name = format!("host-{}", self.volumes.len());
+                    self.volumes.push(Volume {
+                        name: name.clone(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: mount.clone(),
+                            type_: Some("Directory".into()),
+                        }),
+                        ..Default::default()
+                    });
+                    self.mounts.push(VolumeMount {
+                        name,
+                        mount_path: mount,
+                        read_only: Some(true),
+                        ..Default::default()
+                    });
+                }
+            }
+            _ => {}
+        }
+        Some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_names_stay_valid() {
+        assert_eq!(child_name("ds", "prepare-abc"), "ds-prepare-abc");
+        let long = "a".repeat(80);
+        let n = child_name(&long, "train-12345678");
+        assert_eq!(n.len(), 63);
+        assert!(n.ends_with("-train-12345678"));
+        assert_eq!(
+            child_name(&format!("{}-b", "x".repeat(47)), "0123456789abcde"),
+            format!("{}-0123456789abcde", "x".repeat(47))
+        );
+    }
+
+    #[test]
+    fn volumes_for_other_claims_and_host_paths() {
+        let cfg = OperatorConfig::for_tests();
+        let mut v = PodVolumes::new(&cfg, "cm");
+        let p = v
+            .add(
+                &cfg,
+                &crate::artifacts::parse("pvc://data/raw/x.jsonl").expect("ok"),
+                false,
+            )
+            .expect("path");
+        assert_eq!(p, PathBuf::from("/mnt/data/raw/x.jsonl"));
+        v.add(
+            &cfg,
+            &crate::artifacts::parse("pvc://data/other.jsonl").expect("ok"),
+            false,
+        );
+        let p = v
+            .add(
+                &cfg,
+                &crate::artifacts::parse("file:///models/base").expect("ok"),
+                true,
+            )
+            .expect("path");
+        assert_eq!(p, PathBuf::from("/models/base"));
+        v.add(
+            &cfg,
+            &crate::artifacts::parse("pvc://tailor-artifacts/m").expect("ok"),
+            true,
+        );
+        // config, artifacts, one for the `data` claim, one host path.
+        assert_eq!(v.volumes.len(), 4);
+        assert!(
+            v.add(
+                &cfg,
+                &crate::artifacts::parse("s3://b/k").expect("ok"),
+                true
+            )
+            .is_none()
+        );
+    }
+}

@@ -1,0 +1,604 @@
+//! Pure builders of a ModelDeployment's children.
+//!
+//! Per pod revision: a `tailor-server` Deployment, its Service, and the ConfigMap holding the
+//! server's JSON config (the adapters the pods serve, reloaded without restart). Per
+//! ModelDeployment: one `tailor-router` Deployment, its ConfigMap (routes and weights, reloaded
+//! by the router) and a Service named like the ModelDeployment (status.endpoint). Per revision:
+//! a snapshot ConfigMap with what the revision serves, so the stable revision can still be built
+//! after the spec has moved on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec as K8sPodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tailor_api::ModelDeployment;
+
+use super::revision::{RevisionSpec, pod_part};
+use crate::artifacts;
+use crate::config::OperatorConfig;
+use crate::jobs::{self, CONFIG_DIR, PodVolumes};
+
+/// Label naming the ModelDeployment a child belongs to.
+pub const MDEP_LABEL: &str = "tailor.dev/modeldeployment";
+/// Label naming the pod revision of serving pods (and the revision of snapshots).
+pub const REVISION_LABEL: &str = "tailor.dev/revision";
+/// Label marking revision snapshot ConfigMaps.
+pub const SNAPSHOT_LABEL: &str = "tailor.dev/revision-snapshot";
+/// TEST-ONLY: JSON copied into every server's config as `faultInjection` (see tailor-server).
+pub const FAULT_INJECTION_ANNOTATION: &str = "tailor.dev/test-fault-injection";
+
+pub const SERVER_PORT: i32 = 8000;
+pub const ROUTER_PORT: i32 = 8080;
+pub const ROUTER_ADMIN_PORT: i32 = 9090;
+/// The server's config file, in the ConfigMap mounted at [`CONFIG_DIR`].
+pub const SERVER_CONFIG_KEY: &str = "server.json";
+pub const ROUTER_CONFIG_DIR: &str = "/etc/tailor-router";
+pub const ROUTER_CONFIG_KEY: &str = "config.yaml";
+pub const SNAPSHOT_KEY: &str = "revision.json";
+
+/// Deployment, Service and server ConfigMap of a pod revision.
+pub fn serving_name(md: &str, pod_revision: &str) -> String {
+    jobs::child_name(md, pod_revision)
+}
+/// Router Deployment and ConfigMap.
+pub fn router_name(md: &str) -> String {
+    jobs::child_name(md, "router")
+}
+/// The router's Service is named like the ModelDeployment: it is the endpoint users see.
+pub fn endpoint_service_name(md: &str) -> String {
+    md.chars().take(63).collect()
+}
+pub fn snapshot_name(md: &str, revision: &str) -> String {
+    jobs::child_name(md, &format!("rev-{revision}"))
+}
+
+/// Target names in the router: fresh per revision, so a window never mixes two canaries.
+pub fn stable_target(revision: &str) -> String {
+    format!("stable-{revision}")
+}
+pub fn canary_target(revision: &str) -> String {
+    format!("canary-{revision}")
+}
+
+fn labels(md: &str, component: &str) -> BTreeMap<String, String> {
+    let mut l = jobs::managed_labels(MDEP_LABEL, md);
+    l.insert("app.kubernetes.io/name".into(), component.into());
+    l.insert("app.kubernetes.io/instance".into(), md.into());
+    l.insert("app.kubernetes.io/part-of".into(), "tailor".into());
+    l
+}
+
+fn server_labels(md: &str, pod_revision: &str) -> BTreeMap<String, String> {
+    let mut l = labels(md, "tailor-server");
+    l.insert(REVISION_LABEL.into(), pod_revision.into());
+    l
+}
+
+fn selector(l: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    l.iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "app.kubernetes.io/name" | MDEP_LABEL | REVISION_LABEL
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn meta(md: &ModelDeployment, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: md.namespace(),
+        labels: Some(labels),
+        owner_references: md.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+/// Paths the serving pods see the base model and adapters at, with the volumes that make them
+/// visible. Errors name the URI that pods cannot mount.
+pub struct ServingVolumes {
+    pub volumes: PodVolumes,
+    pub base_path: String,
+    /// Adapter name on the server → directory in the pod.
+    pub adapters: BTreeMap<String, String>,
+}
+
+/// Resolves the base model and `adapters` (name → artifact URI) to paths in the serving pods.
+pub fn serving_volumes(
+    cfg: &OperatorConfig,
+    config_map: &str,
+    base_uri: &str,
+    adapters: &BTreeMap<String, String>,
+) -> Result<ServingVolumes, String> {
+    let mut vols = PodVolumes::new(cfg, config_map);
+    let mut add = |uri: &str| -> Result<String, String> {
+        let loc = artifacts::parse(uri)?;
+        vols.add(cfg, &loc, true)
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                format!("{uri}: serving pods can only mount pvc:// and file:// artifacts")
+            })
+    };
+    let base_path = add(base_uri)?;
+    let mut paths = BTreeMap::new();
+    for (name, uri) in adapters {
+        paths.insert(name.clone(), add(uri)?);
+    }
+    Ok(ServingVolumes {
+        volumes: vols,
+        base_path,
+        adapters: paths,
+    })
+}
+
+/// The server's `--config` file: the adapters the pods of a pod revision serve (stable and
+/// canary adapters alike during an adapter canary).
+pub fn server_config(
+    spec: &RevisionSpec,
+    adapters: &BTreeMap<String, String>,
+    fault_injection: Option<&Value>,
+) -> Value {
+    let mut v = json!({
+        "servedModelName": spec.pods.served_name,
+        "adapters": adapters,
+        "maxLoadedAdapters": spec.pods.max_loaded_adapters,
+    });
+    if let Some(f) = fault_injection {
+        v["faultInjection"] = f.clone();
+    }
+    v
+}
+
+/// The TEST-ONLY fault injection a ModelDeployment asks for by annotation, if valid JSON.
+pub fn fault_injection(md: &ModelDeployment) -> Option<Value> {
+    md.annotations()
+        .get(FAULT_INJECTION_ANNOTATION)
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+pub fn server_config_map(md: &ModelDeployment, pod_revision: &str, config: &Value) -> ConfigMap {
+    let name = serving_name(&md.name_any(), pod_revision);
+    ConfigMap {
+        metadata: meta(md, name, server_labels(&md.name_any(), pod_revision)),
+        data: Some(BTreeMap::from([(
+            SERVER_CONFIG_KEY.to_string(),
+            serde_json::to_string_pretty(config).unwrap_or_default(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The serving Deployment of a pod revision.
+pub fn server_deployment(
+    md: &ModelDeployment,
+    spec: &RevisionSpec,
+    vols: &ServingVolumes,
+    cfg: &OperatorConfig,
+) -> Deployment {
+    let md_name = md.name_any();
+    let pod_revision = spec.pod_revision();
+    let name = serving_name(&md_name, &pod_revision);
+    let l = server_labels(&md_name, &pod_revision);
+    let r = &md.spec.resources;
+    let mut limits = BTreeMap::new();
+    if r.gpus > 0 {
+        limits.insert("nvidia.com/gpu".to_string(), Quantity(r.gpus.to_string()));
+    }
+    if let Some(c) = &r.cpu {
+        limits.insert("cpu".to_string(), c.clone());
+    }
+    if let Some(m) = &r.memory {
+        limits.insert("memory".to_string(), m.clone());
+    }
+    let p = &spec.pods;
+    let args: Vec<String> = vec![
+        "--model".into(),
+        vols.base_path.clone(),
+        "--served-model-name".into(),
+        p.served_name.clone(),
+        "--listen".into(),
+        format!("$(POD_IP):{SERVER_PORT}"),
+        "--max-batch-size".into(),
+        p.max_batch_size.to_string(),
+        "--max-seq-length".into(),
+        p.max_seq_length.to_string(),
+        "--max-loaded-adapters".into(),
+        p.max_loaded_adapters.to_string(),
+        "--dtype".into(),
+        p.dtype.clone(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/{SERVER_CONFIG_KEY}"),
+    ];
+    Deployment {
+        metadata: meta(md, name.clone(), l.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(md.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&l)),
+                ..Default::default()
+            },
+            // GPUs are scarce: replace pods one at a time without a surge pod.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(l),
+                    ..Default::default()
+                }),
+                spec: Some(K8sPodSpec {
+                    containers: vec![Container {
+                        name: "server".into(),
+                        image: Some(cfg.server_image.clone()),
+                        args: Some(args),
+                        env: Some(vec![pod_ip_env()]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".into()),
+                            container_port: SERVER_PORT,
+                            ..Default::default()
+                        }]),
+                        readiness_probe: Some(http_probe("/ready", "http", 2, 3)),
+                        liveness_probe: Some(Probe {
+                            // Loading a large base model takes a while; /health answers at once.
+                            initial_delay_seconds: Some(10),
+                            ..http_probe("/health", "http", 10, 6)
+                        }),
+                        resources: Some(ResourceRequirements {
+                            requests: (!limits.is_empty()).then(|| limits.clone()),
+                            limits: (!limits.is_empty()).then_some(limits),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(vols.volumes.mounts.clone()),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vols.volumes.volumes.clone()),
+                    node_selector: (!md.spec.node_selector.is_empty())
+                        .then(|| md.spec.node_selector.clone()),
+                    tolerations: (!md.spec.tolerations.is_empty())
+                        .then(|| md.spec.tolerations.clone()),
+                    // The server drains in-flight requests for up to 30 s on SIGTERM.
+                    termination_grace_period_seconds: Some(45),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub fn server_service(md: &ModelDeployment, pod_revision: &str) -> Service {
+    let md_name = md.name_any();
+    let l = server_labels(&md_name, pod_revision);
+    Service {
+        metadata: meta(md, serving_name(&md_name, pod_revision), l.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&l)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVER_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A revision's snapshot: what it serves, readable after the spec has moved on.
+pub fn snapshot_config_map(md: &ModelDeployment, spec: &RevisionSpec) -> ConfigMap {
+    let md_name = md.name_any();
+    let revision = spec.revision();
+    let mut l = labels(&md_name, "tailor-revision");
+    l.insert(REVISION_LABEL.into(), revision.clone());
+    l.insert(SNAPSHOT_LABEL.into(), "true".into());
+    ConfigMap {
+        metadata: meta(md, snapshot_name(&md_name, &revision), l),
+        data: Some(BTreeMap::from([(
+            SNAPSHOT_KEY.to_string(),
+            serde_json::to_string_pretty(spec).unwrap_or_default(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Reads a snapshot back.
+pub fn read_snapshot(cm: &ConfigMap) -> Option<RevisionSpec> {
+    let text = cm.data.as_ref()?.get(SNAPSHOT_KEY)?;
+    serde_json::from_str(text).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router
+
+/// One target of a route, in router/README.md's config shape.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RouterTarget {
+    pub name: String,
+    pub revision: String,
+    pub backend: String,
+    pub model: String,
+    pub weight: u32,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RouterRoute {
+    pub model: String,
+    pub targets: Vec<RouterTarget>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RouterApiKey {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// The router's config file. Written as JSON, which is YAML too.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterConfig {
+    pub routes: Vec<RouterRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<RouterApiKey>,
+    pub stats: RouterStats,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RouterStats {
+    pub window: String,
+}
+
+/// One revision as the router sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub revision: &'a str,
+    pub spec: &'a RevisionSpec,
+    /// Base URL of the revision's serving Service.
+    pub backend: &'a str,
+}
+
+/// Routes for every served name. Without a canary (or at weight 0) each goes to the stable
+/// revision. With an adapter canary only the routes whose adapter changed split; with a pod
+/// canary every route splits between the two revisions' Services. A served name only one
+/// side serves goes to that side alone.
+pub fn router_routes(stable: Side<'_>, canary: Option<(Side<'_>, u32)>) -> Vec<RouterRoute> {
+    let canary = canary.filter(|(_, w)| *w > 0);
+    let served = |s: &RevisionSpec| -> Vec<(String, String)> {
+        std::iter::once((s.pods.served_name.clone(), s.pods.served_name.clone()))
+            .chain(
+                s.adapters
+                    .iter()
+                    .map(|a| (a.served_name.clone(), a.adapter.clone())),
+            )
+            .collect()
+    };
+    let stable_models: BTreeMap<String, String> = served(stable.spec).into_iter().collect();
+    let canary_models: BTreeMap<String, String> = canary
+        .map(|(c, _)| served(c.spec).into_iter().collect())
+        .unwrap_or_default();
+    let same_pods = canary.is_some_and(|(c, _)| pod_part(c.revision) == pod_part(stable.revision));
+    let mut names: Vec<&String> = stable_models.keys().chain(canary_models.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let target = |side: Side<'_>, model: &str, weight: u32, is_canary: bool| RouterTarget {
+                name: if is_canary {
+                    canary_target(side.revision)
+                } else {
+                    stable_target(side.revision)
+                },
+                revision: side.revision.to_string(),
+                backend: side.backend.to_string(),
+                model: model.to_string(),
+                weight,
+            };
+            let targets = match (stable_models.get(name), canary.zip(canary_models.get(name))) {
+                (Some(s), None) => vec![target(stable, s, 100, false)],
+                (None, Some(((c, _), m))) => vec![target(c, m, 100, true)],
+                (Some(s), Some(((c, w), m))) if !same_pods || s != m => {
+                    let w = w.min(100);
+                    let mut t = vec![];
+                    if w < 100 {
+                        t.push(target(stable, s, 100 - w, false));
+                    }
+                    t.push(target(c, m, w, true));
+                    t
+                }
+                (Some(s), Some(_)) => vec![target(stable, s, 100, false)],
+                (None, None) => vec![],
+            };
+            RouterRoute {
+                model: name.clone(),
+                targets,
+            }
+        })
+        .filter(|r| !r.targets.is_empty())
+        .collect()
+}
+
+/// The router config: routes, API keys (by SHA-256: the plaintext stays in the Secret), and
+/// the `/stats` window the analysis reads.
+pub fn router_config(
+    routes: Vec<RouterRoute>,
+    api_keys: &[String],
+    window_secs: u64,
+) -> RouterConfig {
+    use sha2::{Digest, Sha256};
+    let mut keys: Vec<RouterApiKey> = api_keys
+        .iter()
+        .map(|k| k.trim())
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            let sha256 = hex::encode(Sha256::digest(k.as_bytes()));
+            RouterApiKey {
+                name: format!("key-{}", &sha256[..8]),
+                sha256,
+            }
+        })
+        .collect();
+    keys.sort_by(|a, b| a.name.cmp(&b.name));
+    keys.dedup_by(|a, b| a.name == b.name);
+    RouterConfig {
+        routes,
+        api_keys: keys,
+        stats: RouterStats {
+            window: format!("{}s", window_secs.max(1)),
+        },
+    }
+}
+
+pub fn router_config_map(md: &ModelDeployment, config: &RouterConfig) -> ConfigMap {
+    let md_name = md.name_any();
+    ConfigMap {
+        metadata: meta(md, router_name(&md_name), labels(&md_name, "tailor-router")),
+        data: Some(BTreeMap::from([(
+            ROUTER_CONFIG_KEY.to_string(),
+            serde_json::to_string_pretty(config).unwrap_or_default(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// One router pod: `/stats` is per process, and the analysis reads one. The split is a hash
+/// of the user, so more replicas would split alike; their stats would have to be summed.
+pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployment {
+    let md_name = md.name_any();
+    let l = labels(&md_name, "tailor-router");
+    let name = router_name(&md_name);
+    Deployment {
+        metadata: meta(md, name.clone(), l.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector(&l)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(l),
+                    ..Default::default()
+                }),
+                spec: Some(K8sPodSpec {
+                    containers: vec![Container {
+                        name: "router".into(),
+                        image: Some(cfg.router_image.clone()),
+                        args: Some(vec![
+                            "--config".into(),
+                            format!("{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}"),
+                            "--listen".into(),
+                            format!("$(POD_IP):{ROUTER_PORT}"),
+                            "--admin-listen".into(),
+                            format!("$(POD_IP):{ROUTER_ADMIN_PORT}"),
+                        ]),
+                        env: Some(vec![pod_ip_env()]),
+                        ports: Some(vec![
+                            ContainerPort {
+                                name: Some("http".into()),
+                                container_port: ROUTER_PORT,
+                                ..Default::default()
+                            },
+                            ContainerPort {
+                                name: Some("admin".into()),
+                                container_port: ROUTER_ADMIN_PORT,
+                                ..Default::default()
+                            },
+                        ]),
+                        readiness_probe: Some(http_probe("/readyz", "http", 2, 3)),
+                        liveness_probe: Some(http_probe("/healthz", "http", 10, 3)),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "config".into(),
+                            mount_path: ROUTER_CONFIG_DIR.into(),
+                            read_only: Some(true),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: name.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    termination_grace_period_seconds: Some(45),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub fn router_service(md: &ModelDeployment) -> Service {
+    let md_name = md.name_any();
+    let l = labels(&md_name, "tailor-router");
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
+    };
+    Service {
+        metadata: meta(md, endpoint_service_name(&md_name), l.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&l)),
+            ports: Some(vec![
+                port("http", ROUTER_PORT),
+                port("admin", ROUTER_ADMIN_PORT),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

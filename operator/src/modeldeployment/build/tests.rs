@@ -1,0 +1,412 @@
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Container;
+use tailor_api::ModelDeployment;
+
+use super::*;
+use crate::modeldeployment::revision::ResolvedAdapter;
+
+fn md() -> ModelDeployment {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/modeldeployment.yaml"),
+    )
+    .expect("quickstart");
+    let mut md: ModelDeployment = serde_saphyr::from_str(&text).expect("typed");
+    md.metadata.namespace = Some("tailor-demo".into());
+    md.metadata.uid = Some("0c0c0c0c-uid".into());
+    md
+}
+
+fn cfg() -> OperatorConfig {
+    serde_json::from_value(serde_json::json!({
+        "trainerImage": "tailor-trainer:test",
+        "serverImage": "tailor-server:test",
+        "routerImage": "tailor-router:test",
+        "artifactsMount": "/artifacts",
+        "artifactsClaim": "tailor-artifacts"
+    }))
+    .expect("config")
+}
+
+fn adapter(served: &str, name: &str) -> ResolvedAdapter {
+    ResolvedAdapter {
+        served_name: served.into(),
+        adapter: name.into(),
+        uri: format!("pvc://tailor-artifacts/adapters/{name}"),
+        sha256: None,
+        validation_loss: None,
+        base_validation_loss: None,
+    }
+}
+
+fn revision(md: &ModelDeployment, adapters: Vec<ResolvedAdapter>) -> RevisionSpec {
+    RevisionSpec::new(&md.spec, adapters)
+}
+
+fn container(d: &Deployment) -> &Container {
+    &d.spec.template.spec.as_ref().expect("pod").containers[0]
+}
+
+/// Parses and validates a router config with the router's own code.
+fn router_accepts(config: &RouterConfig) -> tailor_router::config::RouterConfig {
+    let text = serde_json::to_string_pretty(config).expect("json");
+    tailor_router::config::FileConfig::parse(&text)
+        .and_then(|f| f.validate(Path::new("/")))
+        .unwrap_or_else(|e| panic!("router rejects the config: {e}\n{text}"))
+}
+
+#[test]
+fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
+    let md = md();
+    let rev = revision(&md, vec![adapter("support", "support-v1")]);
+    let cm = serving_name("support", &rev.pod_revision());
+    let vols = serving_volumes(
+        &cfg(),
+        &cm,
+        &rev.pods.base_model_uri,
+        &BTreeMap::from([(
+            "support-v1".to_string(),
+            "pvc://tailor-artifacts/adapters/support-v1".to_string(),
+        )]),
+    )
+    .expect("volumes");
+    assert_eq!(vols.base_path, "/artifacts/models/base");
+    assert_eq!(
+        vols.adapters["support-v1"],
+        "/artifacts/adapters/support-v1"
+    );
+    let d = server_deployment(&md, &rev, &vols, &cfg());
+    assert_eq!(d.metadata.name.as_deref(), Some(cm.as_str()));
+    assert_eq!(
+        d.metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].kind.as_str()),
+        Some("ModelDeployment")
+    );
+    let spec = &d.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let c = container(&d);
+    assert_eq!(c.image.as_deref(), Some("tailor-server:test"));
+    let args = c.args.clone().unwrap_or_default();
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+            .unwrap_or_else(|| panic!("{flag} missing: {args:?}"))
+    };
+    assert_eq!(arg("--model"), "/artifacts/models/base");
+    assert_eq!(arg("--served-model-name"), "base");
+    assert_eq!(arg("--listen"), "$(POD_IP):8000");
+    assert_eq!(arg("--max-batch-size"), "16");
+    assert_eq!(arg("--max-loaded-adapters"), "4");
+    assert_eq!(arg("--config"), "/etc/tailor/server.json");
+    let env = c.env.as_ref().expect("env");
+    assert_eq!(
+        env[0]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("status.podIP")
+    );
+    let limits = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .expect("limits");
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref()),
+        Some("/ready")
+    );
+    // The pod template carries the selector's labels, and the Service selects them.
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    let svc = server_service(&md, &rev.pod_revision());
+    for (k, v) in svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .expect("selector")
+    {
+        assert_eq!(pod_labels.get(&k), Some(&v), "{k}");
+    }
+    for (k, v) in spec.selector.match_labels.clone().expect("match labels") {
+        assert_eq!(pod_labels.get(&k), Some(&v), "{k}");
+    }
+    // What the ServiceMonitors in manifests/monitoring select on.
+    assert_eq!(pod_labels["app.kubernetes.io/name"], "tailor-server");
+    assert_eq!(pod_labels[MDEP_LABEL], "support");
+    assert_eq!(pod_labels[REVISION_LABEL], rev.pod_revision());
+    let svc_labels = svc.metadata.labels.clone().expect("service labels");
+    assert_eq!(
+        svc_labels["app.kubernetes.io/managed-by"],
+        "tailor-operator"
+    );
+    assert_eq!(svc_labels["app.kubernetes.io/name"], "tailor-server");
+}
+
+#[test]
+fn object_store_artifacts_cannot_be_served_and_say_why() {
+    let err = serving_volumes(&cfg(), "cm", "s3://bucket/models/base", &BTreeMap::new())
+        .err()
+        .expect("error");
+    assert!(err.contains("s3://bucket/models/base"), "{err}");
+}
+
+#[test]
+fn server_config_lists_adapters_and_only_test_fault_injection_when_annotated() {
+    let mut md = md();
+    let rev = revision(&md, vec![adapter("support", "support-v1")]);
+    let adapters = BTreeMap::from([(
+        "support-v1".to_string(),
+        "/artifacts/adapters/support-v1".to_string(),
+    )]);
+    let v = server_config(&rev, &adapters, fault_injection(&md).as_ref());
+    assert_eq!(v["servedModelName"], "base");
+    assert_eq!(
+        v["adapters"]["support-v1"],
+        "/artifacts/adapters/support-v1"
+    );
+    assert!(v.get("faultInjection").is_none());
+    md.metadata.annotations = Some(BTreeMap::from([(
+        FAULT_INJECTION_ANNOTATION.to_string(),
+        r#"{"errorRate":0.3,"adapters":["support-v3"]}"#.to_string(),
+    )]));
+    let v = server_config(&rev, &adapters, fault_injection(&md).as_ref());
+    assert_eq!(v["faultInjection"]["errorRate"], 0.3);
+    let cm = server_config_map(&md, &rev.pod_revision(), &v);
+    let text = &cm.data.as_ref().expect("data")[SERVER_CONFIG_KEY];
+    assert_eq!(serde_json::from_str::<Value>(text).expect("json"), v);
+}
+
+#[test]
+fn adapter_canary_splits_only_the_changed_route_on_the_same_pods() {
+    let md = md();
+    let v1 = revision(
+        &md,
+        vec![adapter("support", "support-v1"), adapter("faq", "faq-v1")],
+    );
+    let v2 = revision(
+        &md,
+        vec![adapter("support", "support-v2"), adapter("faq", "faq-v1")],
+    );
+    let (r1, r2) = (v1.revision(), v2.revision());
+    let backend = "http://10.96.0.12:8000";
+    let stable = Side {
+        revision: &r1,
+        spec: &v1,
+        backend,
+    };
+    let canary = Side {
+        revision: &r2,
+        spec: &v2,
+        backend,
+    };
+    let routes = router_routes(stable, Some((canary, 10)));
+    let by_name: BTreeMap<&str, &RouterRoute> =
+        routes.iter().map(|r| (r.model.as_str(), r)).collect();
+    assert_eq!(
+        by_name.keys().copied().collect::<Vec<_>>(),
+        ["base", "faq", "support"]
+    );
+    assert_eq!(by_name["base"].targets.len(), 1);
+    assert_eq!(by_name["faq"].targets.len(), 1);
+    assert_eq!(by_name["faq"].targets[0].model, "faq-v1");
+    let support = &by_name["support"].targets;
+    assert_eq!(support.len(), 2);
+    assert_eq!(
+        (
+            support[0].name.clone(),
+            support[0].model.as_str(),
+            support[0].weight
+        ),
+        (stable_target(&r1), "support-v1", 90)
+    );
+    assert_eq!(
+        (
+            support[1].name.clone(),
+            support[1].model.as_str(),
+            support[1].weight
+        ),
+        (canary_target(&r2), "support-v2", 10)
+    );
+    assert_eq!(support[0].backend, support[1].backend);
+    let parsed = router_accepts(&router_config(routes, &[], 30));
+    assert_eq!(parsed.routes["support"].weights(), [90, 10]);
+    assert_eq!(parsed.stats_window, std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn pod_canary_splits_every_route_between_the_revisions_services() {
+    let md = md();
+    let v1 = revision(&md, vec![adapter("support", "support-v1")]);
+    let mut spec = md.spec.clone();
+    spec.server.max_batch_size = 64;
+    let v2 = RevisionSpec::new(&spec, vec![adapter("support", "support-v1")]);
+    let (r1, r2) = (v1.revision(), v2.revision());
+    let stable = Side {
+        revision: &r1,
+        spec: &v1,
+        backend: "http://10.96.0.12:8000",
+    };
+    let canary = Side {
+        revision: &r2,
+        spec: &v2,
+        backend: "http://10.96.0.13:8000",
+    };
+    let routes = router_routes(stable, Some((canary, 50)));
+    assert_eq!(routes.len(), 2);
+    for r in &routes {
+        assert_eq!(r.targets.len(), 2, "{}", r.model);
+        assert_eq!(r.targets[0].backend, "http://10.96.0.12:8000");
+        assert_eq!(r.targets[1].backend, "http://10.96.0.13:8000");
+        assert_eq!(r.targets[0].model, r.targets[1].model);
+        assert_eq!((r.targets[0].weight, r.targets[1].weight), (50, 50));
+    }
+    router_accepts(&router_config(routes.clone(), &[], 30));
+    // Full weight: the stable target goes (the router wants a positive weight per target set).
+    let full = router_routes(stable, Some((canary, 100)));
+    assert!(
+        full.iter()
+            .all(|r| r.targets.len() == 1 && r.targets[0].name == canary_target(&r2))
+    );
+    router_accepts(&router_config(full, &[], 30));
+    // Weight 0 (a canary still preparing): no canary target at all.
+    let none = router_routes(stable, Some((canary, 0)));
+    assert!(
+        none.iter()
+            .all(|r| r.targets.len() == 1 && r.targets[0].name == stable_target(&r1))
+    );
+    assert_eq!(none, router_routes(stable, None));
+}
+
+#[test]
+fn a_served_name_only_the_canary_has_goes_to_the_canary() {
+    let md = md();
+    let v1 = revision(&md, vec![adapter("support", "support-v1")]);
+    let v2 = revision(
+        &md,
+        vec![adapter("support", "support-v1"), adapter("faq", "faq-v1")],
+    );
+    let (r1, r2) = (v1.revision(), v2.revision());
+    let b = "http://10.96.0.12:8000";
+    let routes = router_routes(
+        Side {
+            revision: &r1,
+            spec: &v1,
+            backend: b,
+        },
+        Some((
+            Side {
+                revision: &r2,
+                spec: &v2,
+                backend: b,
+            },
+            10,
+        )),
+    );
+    let faq = routes.iter().find(|r| r.model == "faq").expect("faq");
+    assert_eq!(faq.targets.len(), 1);
+    assert_eq!(faq.targets[0].name, canary_target(&r2));
+    router_accepts(&router_config(routes, &[], 30));
+}
+
+#[test]
+fn api_keys_reach_the_router_hashed_never_in_plaintext() {
+    let md = md();
+    let v1 = revision(&md, vec![]);
+    let r1 = v1.revision();
+    let routes = router_routes(
+        Side {
+            revision: &r1,
+            spec: &v1,
+            backend: "http://10.96.0.12:8000",
+        },
+        None,
+    );
+    let config = router_config(
+        routes,
+        &["sk-one".into(), "  ".into(), "sk-two\n".into()],
+        30,
+    );
+    let text = serde_json::to_string(&config).expect("json");
+    assert!(
+        !text.contains("sk-one") && !text.contains("sk-two"),
+        "{text}"
+    );
+    let parsed = router_accepts(&config);
+    let keys = parsed.api_keys.expect("auth on");
+    assert_eq!(keys.len(), 2);
+    assert!(
+        keys.iter()
+            .any(|k| k.sha256 == tailor_router::config::key_digest("sk-two"))
+    );
+    let cm = router_config_map(&md, &config);
+    assert_eq!(cm.metadata.name.as_deref(), Some("support-router"));
+}
+
+#[test]
+fn router_deployment_and_service_expose_api_and_admin_ports() {
+    let md = md();
+    let d = router_deployment(&md, &cfg());
+    let c = container(&d);
+    assert_eq!(c.image.as_deref(), Some("tailor-router:test"));
+    let args = c.args.clone().unwrap_or_default();
+    assert!(args.contains(&"$(POD_IP):8080".to_string()), "{args:?}");
+    assert!(args.contains(&"$(POD_IP):9090".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"/etc/tailor-router/config.yaml".to_string()),
+        "{args:?}"
+    );
+    let svc = router_service(&md);
+    assert_eq!(svc.metadata.name.as_deref(), Some("support"));
+    let ports: Vec<_> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("http".to_string(), 8080), ("admin".to_string(), 9090)]
+    );
+    let labels = svc.metadata.labels.clone().expect("labels");
+    assert_eq!(labels["app.kubernetes.io/name"], "tailor-router");
+    assert_eq!(labels[MDEP_LABEL], "support");
+}
+
+#[test]
+fn snapshots_round_trip() {
+    let md = md();
+    let v1 = revision(&md, vec![adapter("support", "support-v1")]);
+    let cm = snapshot_config_map(&md, &v1);
+    assert_eq!(
+        cm.metadata.name.clone().expect("name"),
+        format!("support-rev-{}", v1.revision())
+    );
+    assert_eq!(read_snapshot(&cm), Some(v1));
+}
+
+#[test]
+fn long_names_stay_valid() {
+    let long = "a".repeat(80);
+    for n in [
+        serving_name(&long, "0123abcd"),
+        router_name(&long),
+        snapshot_name(&long, "0123abcd-456789"),
+        endpoint_service_name(&long),
+    ] {
+        assert!(n.len() <= 63, "{n}");
+    }
+}

@@ -1,0 +1,272 @@
+//! A revision is the hash of what it serves (DESIGN.md §2).
+//!
+//! Two parts, because GPUs are expensive: the *pod* part hashes what the serving pods run (base
+//! model, served name, server settings) and names the Deployment; the *adapter* part hashes the
+//! adapter set (served name → LoraAdapter and its artifact). A revision is `<pod>-<adapters>`, so
+//! two revisions with the same pod part run on the same pods and a rollout between them is an
+//! adapter canary. Replicas, resources and scheduling are not part of either: changing them
+//! changes the running Deployment in place and rolls nothing out.
+//!
+//! The hashed structs are ours, with explicit fields, so a new optional field in the API does
+//! not change every revision (and start a canary everywhere) after an operator upgrade.
+
+use serde::{Deserialize, Serialize};
+use tailor_api::{Dtype, ModelDeploymentSpec, RolloutKind};
+
+use crate::jobs::hash_json;
+
+/// Hex digits of the pod part.
+const POD_HASH_LEN: usize = 8;
+/// Hex digits of the adapter part.
+const ADAPTER_HASH_LEN: usize = 6;
+
+/// An adapter as served: the served name and the LoraAdapter (and artifact) behind it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedAdapter {
+    /// The model name clients use.
+    pub served_name: String,
+    /// The LoraAdapter's name: also the adapter's name on the server and the router target's
+    /// model, so responses say which adapter answered.
+    pub adapter: String,
+    /// The adapter artifact (immutable once the LoraAdapter is Ready).
+    pub uri: String,
+    /// Its checksum, when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Validation loss of the adapter and of the base model, from the LoraAdapter's lineage
+    /// (the optional gate). Not hashed: the same artifact is the same revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_validation_loss: Option<f64>,
+}
+
+/// What the serving pods run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    pub base_model_uri: String,
+    pub served_name: String,
+    pub max_batch_size: u32,
+    pub max_seq_length: u32,
+    pub max_loaded_adapters: u32,
+    /// The server's `--dtype` value.
+    pub dtype: String,
+}
+
+/// Everything a revision serves. Stored (as JSON) in the revision's snapshot ConfigMap, so that
+/// the stable revision can still be served after the spec has moved on, also across restarts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSpec {
+    pub pods: PodSpec,
+    /// Sorted by served name.
+    pub adapters: Vec<ResolvedAdapter>,
+}
+
+/// The server's `--dtype` spelling of the API's dtype.
+pub fn dtype_arg(d: Dtype) -> &'static str {
+    match d {
+        Dtype::Auto => "auto",
+        Dtype::Float32 => "f32",
+        Dtype::Bfloat16 => "bf16",
+        Dtype::Float16 => "f16",
+    }
+}
+
+impl RevisionSpec {
+    /// The revision the spec asks for, given its adapters resolved to LoraAdapters.
+    pub fn new(spec: &ModelDeploymentSpec, mut adapters: Vec<ResolvedAdapter>) -> Self {
+        adapters.sort_by(|a, b| (&a.served_name, &a.adapter).cmp(&(&b.served_name, &b.adapter)));
+        Self {
+            pods: PodSpec {
+                base_model_uri: spec.base_model.uri.clone(),
+                served_name: spec.base_model.served_name.clone(),
+                max_batch_size: spec.server.max_batch_size,
+                max_seq_length: spec.server.max_seq_length,
+                max_loaded_adapters: spec.server.max_loaded_adapters,
+                dtype: dtype_arg(spec.server.dtype).to_string(),
+            },
+            adapters,
+        }
+    }
+
+    /// Hash of what the pods run; names the revision's Deployment, Service and server config.
+    pub fn pod_revision(&self) -> String {
+        let v = serde_json::to_value(&self.pods).unwrap_or_default();
+        hash_json(&v)[..POD_HASH_LEN].to_string()
+    }
+
+    /// Hash of the adapter set (served name, LoraAdapter, artifact and checksum).
+    pub fn adapter_revision(&self) -> String {
+        let set: Vec<_> = self
+            .adapters
+            .iter()
+            .map(|a| (&a.served_name, &a.adapter, &a.uri, &a.sha256))
+            .collect();
+        let v = serde_json::to_value(set).unwrap_or_default();
+        hash_json(&v)[..ADAPTER_HASH_LEN].to_string()
+    }
+
+    /// `<pod>-<adapters>`.
+    pub fn revision(&self) -> String {
+        format!("{}-{}", self.pod_revision(), self.adapter_revision())
+    }
+
+    /// The adapter served under `served_name`, if any.
+    pub fn adapter_for(&self, served_name: &str) -> Option<&ResolvedAdapter> {
+        self.adapters.iter().find(|a| a.served_name == served_name)
+    }
+}
+
+/// The pod part of a revision.
+pub fn pod_part(revision: &str) -> &str {
+    revision.split_once('-').map_or(revision, |(p, _)| p)
+}
+
+/// How `canary` rolls out over `stable`: on the same pods when only adapters changed.
+pub fn rollout_kind(stable: &str, canary: &str) -> RolloutKind {
+    if pod_part(stable) == pod_part(canary) {
+        RolloutKind::Adapter
+    } else {
+        RolloutKind::Pod
+    }
+}
+
+/// Served names whose adapter differs between two revisions (added, removed or re-pointed):
+/// what an adapter canary splits.
+pub fn changed_routes(stable: &RevisionSpec, canary: &RevisionSpec) -> Vec<String> {
+    let mut names: Vec<String> = stable
+        .adapters
+        .iter()
+        .chain(&canary.adapters)
+        .map(|a| a.served_name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|n| {
+            let key = |s: &RevisionSpec| {
+                s.adapter_for(n)
+                    .map(|a| (a.adapter.clone(), a.uri.clone(), a.sha256.clone()))
+            };
+            key(stable) != key(canary)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tailor_api::ModelDeployment;
+
+    fn spec() -> ModelDeploymentSpec {
+        let md: ModelDeployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tailor.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "support"},
+            "spec": {
+                "baseModel": {"uri": "pvc://tailor-artifacts/models/base", "servedName": "base"},
+                "adapters": [{"name": "support", "adapterRef": {"name": "support-v1"}}],
+                "replicas": 2
+            }
+        }))
+        .expect("spec");
+        md.spec
+    }
+
+    fn adapter(served: &str, name: &str) -> ResolvedAdapter {
+        ResolvedAdapter {
+            served_name: served.into(),
+            adapter: name.into(),
+            uri: format!("pvc://tailor-artifacts/adapters/{name}"),
+            sha256: Some("ab".repeat(32)),
+            validation_loss: Some(0.9),
+            base_validation_loss: Some(2.0),
+        }
+    }
+
+    #[test]
+    fn replicas_resources_and_scheduling_do_not_change_the_revision() {
+        let base = RevisionSpec::new(&spec(), vec![adapter("support", "support-v1")]);
+        let mut s = spec();
+        s.replicas = 7;
+        s.resources.gpus = 4;
+        s.node_selector.insert("gpu".into(), "a100".into());
+        s.rollout.steps.truncate(1);
+        let other = RevisionSpec::new(&s, vec![adapter("support", "support-v1")]);
+        assert_eq!(base.revision(), other.revision());
+    }
+
+    #[test]
+    fn a_new_adapter_changes_only_the_adapter_part() {
+        let v1 = RevisionSpec::new(&spec(), vec![adapter("support", "support-v1")]);
+        let v2 = RevisionSpec::new(&spec(), vec![adapter("support", "support-v2")]);
+        assert_ne!(v1.revision(), v2.revision());
+        assert_eq!(v1.pod_revision(), v2.pod_revision());
+        assert_eq!(
+            rollout_kind(&v1.revision(), &v2.revision()),
+            RolloutKind::Adapter
+        );
+        assert_eq!(changed_routes(&v1, &v2), ["support"]);
+    }
+
+    #[test]
+    fn server_settings_or_base_model_make_a_pod_canary() {
+        let v1 = RevisionSpec::new(&spec(), vec![adapter("support", "support-v1")]);
+        let mut s = spec();
+        s.server.max_batch_size = 32;
+        let batch = RevisionSpec::new(&s, vec![adapter("support", "support-v1")]);
+        let mut s = spec();
+        s.base_model.uri = "pvc://tailor-artifacts/models/bigger".into();
+        let base = RevisionSpec::new(&s, vec![adapter("support", "support-v1")]);
+        for other in [batch, base] {
+            assert_ne!(v1.pod_revision(), other.pod_revision());
+            assert_eq!(v1.adapter_revision(), other.adapter_revision());
+            assert_eq!(
+                rollout_kind(&v1.revision(), &other.revision()),
+                RolloutKind::Pod
+            );
+        }
+    }
+
+    #[test]
+    fn adapter_order_and_lineage_do_not_matter() {
+        let a = RevisionSpec::new(
+            &spec(),
+            vec![adapter("support", "support-v1"), adapter("faq", "faq-v3")],
+        );
+        let mut faq = adapter("faq", "faq-v3");
+        faq.validation_loss = Some(0.1);
+        let b = RevisionSpec::new(&spec(), vec![faq, adapter("support", "support-v1")]);
+        assert_eq!(a.revision(), b.revision());
+        assert!(changed_routes(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn revisions_are_short_stable_names() {
+        let v1 = RevisionSpec::new(&spec(), vec![adapter("support", "support-v1")]);
+        let r = v1.revision();
+        assert_eq!(r.len(), POD_HASH_LEN + 1 + ADAPTER_HASH_LEN);
+        assert!(r.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        assert_eq!(pod_part(&r), v1.pod_revision());
+        // Same input, same name: across operator restarts and replicas.
+        assert_eq!(
+            r,
+            RevisionSpec::new(&spec(), vec![adapter("support", "support-v1")]).revision()
+        );
+    }
+
+    #[test]
+    fn adding_or_removing_a_served_name_is_a_changed_route() {
+        let one = RevisionSpec::new(&spec(), vec![adapter("support", "support-v1")]);
+        let two = RevisionSpec::new(
+            &spec(),
+            vec![adapter("support", "support-v1"), adapter("faq", "faq-v1")],
+        );
+        assert_eq!(changed_routes(&one, &two), ["faq"]);
+        assert_eq!(changed_routes(&two, &one), ["faq"]);
+    }
+}

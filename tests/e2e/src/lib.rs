@@ -1,0 +1,436 @@
+//! tailor-e2e: the whole flow — install, Dataset, FineTuneJob, LoraAdapter, faults — against a
+//! cluster.
+//!
+//! With `TAILOR_E2E_KUBECONFIG` the suite runs against that cluster (tailor installed with
+//! `TAILOR_E2E_OVERLAY`, default `manifests/overlays/kind`; the images must be loadable there;
+//! the base model must exist at `pvc://tailor-artifacts/models/base` of each test namespace, and
+//! `TAILOR_E2E_ARTIFACTS_DIR` may name a host path of the shared artifact storage for the
+//! file-level checks). Otherwise it starts `tailor-sim` itself: a state directory in a temp dir,
+//! `--image` mappings to the `tailor-operator` and `tailor-trainer` binaries cargo built,
+//! `kubectl apply -k manifests/overlays/sim`, the operator running as its Deployment's pod with
+//! its ServiceAccount token, and a tiny random Llama written into the artifact volume.
+//!
+//! Artifact storage: the operator verifies adapters by reading the artifact claim it mounts in
+//! its own namespace, so every namespace's `tailor-artifacts` claim must be backed by the same
+//! storage (an RWX share bound in each namespace). In the simulator, where each claim gets its
+//! own directory, [`Env::namespace`] points a namespace's volume at the shared one, as an admin
+//! binding one NFS export in several namespaces would.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
+}
+
+/// A cluster under test.
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    /// Host path of the shared artifact storage, when the suite can see it.
+    pub artifacts: Option<PathBuf>,
+    /// Where the simulator keeps its state and logs (sim mode).
+    pub state_dir: Option<PathBuf>,
+    _sim: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+/// Polls `f` every 300 ms until it returns `Some`, or fails after `timeout` with `what` and the
+/// last thing `describe` says.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    describe: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                describe()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // .../target/debug/deps/<test binary> or .../target/debug/<bin>
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of a workspace binary, built with cargo if it is not there yet.
+pub fn binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let var = format!("TAILOR_E2E_{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let path = target_dir().join(name);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Always ask cargo: it rebuilds only what changed, so the suite never runs a stale binary.
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", package, "--bin", name])
+        .current_dir(repo_root());
+    if target_dir().file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Some(t) = target_dir().parent() {
+        cmd.env("CARGO_TARGET_DIR", t);
+    }
+    let out = cmd.output().context("running cargo build")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p {package} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+impl Env {
+    /// The one cluster of this test process, started on first use.
+    pub fn get() -> &'static Env {
+        ENV.get_or_init(|| match Env::start() {
+            Ok(e) => e,
+            Err(e) => panic!("starting the e2e environment: {e:#}"),
+        })
+    }
+
+    fn start() -> anyhow::Result<Env> {
+        if let Ok(kc) = std::env::var("TAILOR_E2E_KUBECONFIG") {
+            let env = Env {
+                kubeconfig: PathBuf::from(kc),
+                artifacts: std::env::var("TAILOR_E2E_ARTIFACTS_DIR")
+                    .ok()
+                    .map(PathBuf::from),
+                state_dir: None,
+                _sim: None,
+                _tmp: None,
+            };
+            let overlay = std::env::var("TAILOR_E2E_OVERLAY")
+                .unwrap_or_else(|_| "manifests/overlays/kind".into());
+            env.install(&overlay)?;
+            return Ok(env);
+        }
+        let sim = binary("tailor-sim", "tailor-sim")?;
+        let operator = binary("tailor-operator", "tailor-operator")?;
+        let trainer = binary("tailor-trainer", "tailor-trainer")?;
+        let tmp = tempfile::Builder::new().prefix("tailor-e2e-").tempdir()?;
+        let state = tmp.path().join("sim");
+        let kubeconfig = tmp.path().join("kubeconfig");
+        let log = std::fs::File::create(tmp.path().join("sim.log"))?;
+        // The wrapper ends the simulator (and so its pods) when this process exits for any
+        // reason: its stdin is our pipe, which closes with us.
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "\"$@\" & pid=$!; cat >/dev/null; kill -TERM $pid; wait $pid",
+                "sh",
+            ])
+            .arg(&sim)
+            .args(["up", "--state-dir"])
+            .arg(&state)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--image")
+            .arg(format!("tailor-operator={}", operator.display()))
+            .arg("--image")
+            .arg(format!("tailor-trainer={}", trainer.display()))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting tailor-sim")?;
+        let mut env = Env {
+            kubeconfig,
+            artifacts: None,
+            state_dir: Some(state),
+            _sim: Some(child),
+            _tmp: Some(tmp),
+        };
+        let sim_log = env
+            ._tmp
+            .as_ref()
+            .map(|t| t.path().join("sim.log"))
+            .unwrap_or_default();
+        wait_for(
+            "tailor-sim to serve",
+            Duration::from_secs(90),
+            || {
+                (env.kubeconfig.exists() && env.kubectl(&["get", "namespace", "default"]).is_ok())
+                    .then_some(())
+            },
+            || std::fs::read_to_string(&sim_log).unwrap_or_default(),
+        );
+        env.install("manifests/overlays/sim")?;
+        let shared = env.volume_dir("tailor-system", "tailor-artifacts")?;
+        make_base_model(&shared.join("models/base"))?;
+        env.artifacts = Some(shared);
+        Ok(env)
+    }
+
+    fn install(&self, overlay: &str) -> anyhow::Result<()> {
+        let dir = repo_root().join(overlay);
+        // CRDs first: the rest of the install may not refer to them, but a second pass is cheap.
+        self.kubectl(&["apply", "-k", &dir.to_string_lossy()])?;
+        let env = self;
+        wait_for(
+            "the operator pod to be Ready",
+            Duration::from_secs(120),
+            || env.operator_pod().filter(is_ready),
+            || {
+                env.kubectl(&["-n", "tailor-system", "get", "pods", "-o", "yaml"])
+                    .unwrap_or_default()
+            },
+        );
+        Ok(())
+    }
+
+    /// The Ready operator pod, if any.
+    pub fn operator_pod(&self) -> Option<Value> {
+        let pods = self
+            .get_json(&[
+                "-n",
+                "tailor-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=tailor-operator",
+            ])
+            .ok()?;
+        pods["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .find(|p| p["status"]["phase"] == "Running")
+            .cloned()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl; `Err` carries stderr.
+    pub fn kubectl_stdin(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running kubectl")?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        self.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    pub fn get_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl(&a)?)?)
+    }
+
+    /// An object, or `None` when it does not exist (or cannot be read).
+    pub fn object(&self, ns: &str, kind: &str, name: &str) -> Option<Value> {
+        self.get_json(&["-n", ns, "get", kind, name]).ok()
+    }
+
+    /// The host directory backing a bound claim (sim mode).
+    fn volume_dir(&self, ns: &str, claim: &str) -> anyhow::Result<PathBuf> {
+        let env = self;
+        let pv = wait_for(
+            &format!("claim {ns}/{claim} to be bound"),
+            Duration::from_secs(60),
+            || {
+                let pvc = env.object(ns, "pvc", claim)?;
+                pvc["spec"]["volumeName"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+            },
+            || {
+                env.kubectl(&["-n", ns, "get", "pvc", "-o", "yaml"])
+                    .unwrap_or_default()
+            },
+        );
+        let pv = self.get_json(&["get", "pv", &pv])?;
+        let path = pv["spec"]["hostPath"]["path"]
+            .as_str()
+            .context("the simulator's volumes are hostPath volumes")?;
+        Ok(PathBuf::from(path))
+    }
+
+    /// Creates a namespace with a `tailor-artifacts` claim on the shared artifact storage.
+    pub fn namespace(&self, ns: &str) -> anyhow::Result<()> {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tailor-artifacts\n  namespace: {ns}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 20Gi\n"
+        ))?;
+        if let (Some(shared), Some(_)) = (&self.artifacts, &self.state_dir) {
+            let dir = self.volume_dir(ns, "tailor-artifacts")?;
+            if std::fs::read_link(&dir).is_err() {
+                // Freshly provisioned and empty: bind it to the shared storage.
+                std::fs::remove_dir(&dir)
+                    .with_context(|| format!("{} should be an empty new volume", dir.display()))?;
+                std::os::unix::fs::symlink(shared, &dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A file of the shared artifact storage, by `pvc://tailor-artifacts/<path>` URI.
+    pub fn artifact_path(&self, uri: &str) -> Option<PathBuf> {
+        let rest = uri.strip_prefix("pvc://tailor-artifacts/")?;
+        Some(self.artifacts.as_ref()?.join(rest))
+    }
+
+    /// Operator logs (for failure messages).
+    pub fn operator_logs(&self) -> String {
+        self.kubectl(&[
+            "-n",
+            "tailor-system",
+            "logs",
+            "deploy/tailor-operator",
+            "--tail",
+            "60",
+        ])
+        .unwrap_or_else(|e| e.to_string())
+    }
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// Whether a line is a chat example preparation keeps: JSON with `messages` of role/content
+/// strings, at least one non-empty assistant message.
+pub fn is_valid_chat(line: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return false;
+    };
+    let Some(msgs) = v["messages"].as_array() else {
+        return false;
+    };
+    msgs.iter()
+        .all(|m| m["role"].is_string() && m["content"].is_string())
+        && msgs.iter().any(|m| {
+            m["role"] == "assistant" && m["content"].as_str().is_some_and(|c| !c.trim().is_empty())
+        })
+}
+
+/// The distinct valid lines of the quickstart dataset (for building other datasets).
+pub fn quickstart_examples() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/support-chat.jsonl"))
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    text.lines()
+        .filter(|l| is_valid_chat(l) && seen.insert(l.to_string()))
+        .map(String::from)
+        .collect()
+}
+
+/// A tiny random Llama (with a tokenizer trained on the quickstart data), by the model crate's
+/// reference generator (transformers).
+fn make_base_model(out: &Path) -> anyhow::Result<()> {
+    if out.join("config.json").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out)?;
+    let data = out.join("corpus.jsonl");
+    std::fs::write(&data, quickstart_examples().join("\n") + "\n")?;
+    let script = repo_root().join("model/tests/reference.py");
+    let res = Command::new("python3")
+        .arg(&script)
+        .args(["base-model"])
+        .arg(out)
+        .arg(&data)
+        // vocab hidden layers heads kv_heads intermediate
+        .args(["384", "48", "2", "4", "2", "96"])
+        .output()
+        .context("running python3 (the venv of scripts/setup-libtorch.sh)")?;
+    if !res.status.success() {
+        bail!(
+            "making the base model: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    let _ = std::fs::remove_file(&data);
+    Ok(())
+}
+
+/// Inline Dataset YAML with the given JSONL lines.
+pub fn inline_dataset(ns: &str, name: &str, lines: &[String], min_examples: u32) -> String {
+    let mut body = String::new();
+    for l in lines {
+        body.push_str("      ");
+        body.push_str(l);
+        body.push('\n');
+    }
+    format!(
+        "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  format: chat\n  preparation:\n    minExamples: {min_examples}\n    split: {{validation: 0.2}}\n  source:\n    inline: |\n{body}"
+    )
+}
+
+/// A small FineTuneJob YAML (seconds on CPU).
+pub fn small_job(ns: &str, name: &str, dataset: &str, epochs: u32, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: tailor.dev/v1alpha1\nkind: FineTuneJob\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  baseModel: {{uri: pvc://tailor-artifacts/models/base}}\n  datasetRef: {{name: {dataset}}}\n  lora: {{rank: 4, alpha: 8, targetModules: [q_proj, v_proj]}}\n  hyperparameters: {{epochs: {epochs}, batchSize: 4, maxSeqLength: 128, learningRate: 0.001}}\n  resources: {{gpus: 1}}\n  checkpointEverySteps: 5\n  backoffLimit: 4\n{extra_spec}"
+    )
+}
+
+/// `status.phase` of an object.
+pub fn phase(obj: &Value) -> &str {
+    obj["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// A condition of an object's status.
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}

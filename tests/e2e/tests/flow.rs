@@ -1,0 +1,494 @@
+//! issue 6's "Done when" list, end to end: one cluster per test process (tailor-sim unless
+//! `TAILOR_E2E_KUBECONFIG` is set), one namespace per test.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tailor_e2e::{
+    Env, condition, inline_dataset, phase, quickstart_examples, repo_root, small_job, wait_for,
+};
+
+const LONG: Duration = Duration::from_secs(300);
+const SHORT: Duration = Duration::from_secs(90);
+
+fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
+    let ns = ns.to_string();
+    move || {
+        format!(
+            "--- objects in {ns}:\n{}\n--- operator logs:\n{}",
+            env.kubectl(&["-n", &ns, "get", "tailor,jobs,pods", "-o", "yaml"])
+                .unwrap_or_else(|e| e.to_string()),
+            env.operator_logs()
+        )
+    }
+}
+
+fn wait_phase(
+    env: &'static Env,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+) -> Value {
+    wait_for(
+        &format!("{kind} {ns}/{name} to be {want}"),
+        timeout,
+        || env.object(ns, kind, name).filter(|o| phase(o) == want),
+        describe(env, ns),
+    )
+}
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    hex::encode(Sha256::digest(
+        std::fs::read(path).expect("artifact readable"),
+    ))
+}
+
+/// Expected preparation counts of the quickstart file, computed independently.
+fn quickstart_counts() -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/support-chat.jsonl"))
+        .expect("quickstart data");
+    let mut invalid = 0;
+    let mut seen = BTreeSet::new();
+    let mut dups = 0;
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        if !tailor_e2e::is_valid_chat(l) {
+            invalid += 1;
+        } else if !seen.insert(
+            serde_json::from_str::<Value>(l)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        ) {
+            dups += 1;
+        }
+    }
+    (seen.len() as u64, invalid, dups)
+}
+
+#[test]
+fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
+    let env = Env::get();
+    let ns = "tailor-demo";
+    env.namespace(ns).expect("namespace");
+    // The operator runs as its Deployment's pod, with its ServiceAccount.
+    let op = env.operator_pod().expect("operator pod");
+    assert_eq!(op["spec"]["serviceAccountName"], "tailor-operator");
+
+    env.kubectl(&[
+        "apply",
+        "-k",
+        &repo_root().join("tests/e2e/quickstart").to_string_lossy(),
+    ])
+    .expect("kubectl apply -k tests/e2e/quickstart (the quickstart, short run)");
+
+    let ds = wait_phase(env, ns, "dataset", "support-chat", "Ready", LONG);
+    let (examples, invalid, dups) = quickstart_counts();
+    let stats = &ds["status"]["stats"];
+    assert_eq!(stats["examples"], examples, "{stats}");
+    assert_eq!(stats["invalid"], invalid, "{stats}");
+    assert_eq!(stats["duplicatesRemoved"], dups, "{stats}");
+    assert!(
+        stats["redactions"].as_u64().unwrap_or(0) >= 2,
+        "emails and a phone number: {stats}"
+    );
+    assert_eq!(
+        stats["train"].as_u64().unwrap_or(0) + stats["validation"].as_u64().unwrap_or(0),
+        examples
+    );
+    assert_eq!(
+        ds["status"]["invalidSamples"].as_array().map(Vec::len),
+        Some(invalid as usize)
+    );
+    assert!(condition(&ds, "Ready").is_some_and(|c| c["status"] == "True"));
+    let prepared = ds["status"]["preparedUri"]
+        .as_str()
+        .expect("preparedUri")
+        .to_string();
+    if let Some(dir) = env.artifact_path(&prepared) {
+        let train = std::fs::read_to_string(dir.join("train.jsonl")).expect("train split");
+        assert!(
+            train.contains("[EMAIL]") || train.contains("[PHONE]"),
+            "redacted data"
+        );
+        assert!(
+            !train.contains("@example.com"),
+            "no email left in the prepared data"
+        );
+    }
+
+    // Running, with progress that advances, then Succeeded.
+    let mut steps = BTreeSet::new();
+    wait_for(
+        "FineTuneJob support-v1 to report advancing progress while Running",
+        LONG,
+        || {
+            let f = env.object(ns, "finetunejob", "support-v1")?;
+            if phase(&f) == "Running"
+                && let Some(s) = f["status"]["progress"]["step"].as_u64()
+            {
+                steps.insert(s);
+            }
+            if phase(&f) == "Succeeded" && steps.len() < 2 {
+                panic!("Succeeded after observing progress steps {steps:?} only");
+            }
+            (steps.len() >= 2).then_some(())
+        },
+        describe(env, ns),
+    );
+    let ftj = wait_phase(env, ns, "finetunejob", "support-v1", "Succeeded", LONG);
+    let st = &ftj["status"];
+    assert!(st["validationLoss"].as_f64().is_some(), "{st}");
+    assert!(st["baseValidationLoss"].as_f64().is_some(), "{st}");
+    assert_eq!(st["adapterRef"]["name"], "support-v1");
+    assert_eq!(st["datasetContentHash"], ds["status"]["contentHash"]);
+    assert!(condition(&ftj, "Ready").is_some_and(|c| c["status"] == "True"));
+
+    let la = wait_phase(env, ns, "loraadapter", "support-v1", "Ready", SHORT);
+    let spec = &la["spec"];
+    assert_eq!(spec["sourceJob"], "support-v1");
+    assert_eq!(spec["rank"], 8);
+    assert!(
+        la["metadata"]["ownerReferences"].is_null(),
+        "not owned by the job"
+    );
+    let lineage = &la["status"]["lineage"];
+    assert_eq!(lineage["datasetContentHash"], ds["status"]["contentHash"]);
+    assert_eq!(lineage["validationLoss"], st["validationLoss"]);
+    assert!(lineage["hyperparameters"]["epochs"].is_number());
+    let uri = spec["uri"].as_str().expect("uri");
+    if let (Some(dir), Some(base)) = (
+        env.artifact_path(uri),
+        env.artifact_path("pvc://tailor-artifacts/models/base"),
+    ) {
+        let file = dir.join("adapter_model.safetensors");
+        assert_eq!(spec["sha256"].as_str(), Some(sha256_hex(&file).as_str()));
+        assert_eq!(
+            spec["sizeBytes"].as_u64(),
+            std::fs::metadata(&file).ok().map(|m| m.len())
+        );
+        let out = std::process::Command::new("python3")
+            .arg(repo_root().join("tests/e2e/tests/peft_check.py"))
+            .arg(&base)
+            .arg(&dir)
+            .output()
+            .expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "PEFT load: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("json");
+        assert_eq!(
+            r["changed"], true,
+            "a trained adapter changes the logits: {r}"
+        );
+    }
+
+    // Deleting the job removes its Jobs and pods but keeps the adapter.
+    env.kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "finetunejob",
+        "support-v1",
+        "--wait=true",
+    ])
+    .expect("delete");
+    wait_for(
+        "the train Jobs and pods to be garbage-collected",
+        SHORT,
+        || {
+            let jobs = env
+                .get_json(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "jobs",
+                    "-l",
+                    "tailor.dev/finetunejob=support-v1",
+                ])
+                .ok()?;
+            let pods = env
+                .get_json(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "pods",
+                    "-l",
+                    "tailor.dev/finetunejob=support-v1",
+                ])
+                .ok()?;
+            (jobs["items"].as_array()?.is_empty() && pods["items"].as_array()?.is_empty())
+                .then_some(())
+        },
+        describe(env, ns),
+    );
+    let la = env
+        .object(ns, "loraadapter", "support-v1")
+        .expect("adapter kept");
+    assert_eq!(phase(&la), "Ready");
+}
+
+#[test]
+fn job_waits_for_a_missing_dataset_and_proceeds_when_it_appears() {
+    let env = Env::get();
+    let ns = "e2e-late-dataset";
+    env.namespace(ns).expect("namespace");
+    env.apply(&small_job(ns, "late", "arrives-later", 1, ""))
+        .expect("apply job");
+    let f = wait_for(
+        "the job to wait for its Dataset",
+        SHORT,
+        || {
+            let f = env.object(ns, "finetunejob", "late")?;
+            let c = condition(&f, "DatasetReady")?;
+            (phase(&f) == "ValidatingData"
+                && c["status"] == "False"
+                && c["reason"] == "DatasetNotFound")
+                .then_some(f)
+        },
+        describe(env, ns),
+    );
+    assert!(condition(&f, "Ready").is_some_and(|c| c["status"] == "False"));
+    let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
+    env.apply(&inline_dataset(ns, "arrives-later", &lines, 10))
+        .expect("apply dataset");
+    let f = wait_phase(env, ns, "finetunejob", "late", "Succeeded", LONG);
+    assert!(condition(&f, "DatasetReady").is_some_and(|c| c["status"] == "True"));
+    wait_phase(env, ns, "loraadapter", "late", "Ready", SHORT);
+}
+
+#[test]
+fn dataset_with_forty_percent_malformed_lines_reports_them() {
+    let env = Env::get();
+    let ns = "e2e-malformed";
+    env.namespace(ns).expect("namespace");
+    let good: Vec<String> = quickstart_examples().into_iter().take(30).collect();
+    let mut lines = vec![];
+    for (i, g) in good.iter().enumerate() {
+        lines.push(g.clone());
+        if i % 3 != 2 {
+            lines.push(match i % 2 {
+                0 => {
+                    format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"truncated {i}\"")
+                }
+                _ => format!("{{\"prompt\": \"wrong format {i}\"}}"),
+            });
+        }
+    }
+    let malformed = lines.len() - good.len();
+    assert_eq!(malformed * 10, lines.len() * 4, "40% malformed");
+    env.apply(&inline_dataset(ns, "noisy", &lines, 10))
+        .expect("apply");
+    let ds = wait_phase(env, ns, "dataset", "noisy", "Ready", LONG);
+    assert_eq!(ds["status"]["stats"]["invalid"], malformed as u64);
+    assert_eq!(ds["status"]["stats"]["examples"], good.len() as u64);
+    let samples = ds["status"]["invalidSamples"].as_array().expect("samples");
+    assert!(!samples.is_empty());
+    assert_eq!(
+        samples[0]["line"], 2,
+        "line numbers are 1-based lines of the source"
+    );
+    assert!(samples[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+
+    // Too few valid examples for minExamples: Failed, saying so.
+    env.apply(&inline_dataset(ns, "too-noisy", &lines, 40))
+        .expect("apply");
+    let ds = wait_phase(env, ns, "dataset", "too-noisy", "Failed", LONG);
+    let ready = condition(&ds, "Ready").expect("Ready condition");
+    assert_eq!(ready["status"], "False");
+    let msg = ready["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("30") && msg.contains("40"),
+        "message names the counts: {msg}"
+    );
+}
+
+#[test]
+fn too_many_gpus_queue_with_the_schedulers_reason_until_lowered() {
+    let env = Env::get();
+    let ns = "e2e-gpus";
+    env.namespace(ns).expect("namespace");
+    let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
+    env.apply(&inline_dataset(ns, "data", &lines, 10))
+        .expect("dataset");
+    let job = small_job(ns, "big", "data", 1, "")
+        .replace("resources: {gpus: 1}", "resources: {gpus: 16}");
+    env.apply(&job).expect("apply job");
+    let f = wait_for(
+        "the job to be Queued as unschedulable",
+        LONG,
+        || {
+            let f = env.object(ns, "finetunejob", "big")?;
+            let c = condition(&f, "Scheduled")?;
+            (phase(&f) == "Queued" && c["status"] == "False" && c["reason"] == "Unschedulable")
+                .then_some(f)
+        },
+        describe(env, ns),
+    );
+    let msg = condition(&f, "Scheduled")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("");
+    assert!(
+        msg.contains("nvidia.com/gpu"),
+        "the scheduler's message: {msg}"
+    );
+    env.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "finetunejob",
+        "big",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"resources":{"gpus":1}}}"#,
+    ])
+    .expect("lower the request");
+    let f = wait_phase(env, ns, "finetunejob", "big", "Succeeded", LONG);
+    assert!(condition(&f, "Scheduled").is_some_and(|c| c["status"] == "True"));
+    let jobs = env
+        .get_json(&["-n", ns, "get", "jobs", "-l", "tailor.dev/finetunejob=big"])
+        .expect("jobs");
+    assert_eq!(
+        jobs["items"].as_array().map(Vec::len),
+        Some(1),
+        "the unschedulable Job was replaced"
+    );
+}
+
+#[test]
+fn invalid_specs_are_rejected_at_admission() {
+    let env = Env::get();
+    let ns = "e2e-invalid";
+    env.namespace(ns).expect("namespace");
+    let bad_module =
+        small_job(ns, "bad", "data", 1, "").replace("[q_proj, v_proj]", "[q_proj, attention]");
+    let err = env.apply(&bad_module).expect_err("rejected");
+    assert!(err.to_string().contains("targetModules"), "{err}");
+    let two_sources = "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata:\n  name: two\n  namespace: e2e-invalid\nspec:\n  source:\n    inline: \"{}\"\n    uri: pvc://tailor-artifacts/x.jsonl\n";
+    let err = env.apply(two_sources).expect_err("rejected");
+    assert!(err.to_string().contains("exactly one of"), "{err}");
+    assert!(env.object(ns, "dataset", "two").is_none());
+}
+
+#[test]
+fn deleted_trainer_pod_resumes_from_its_checkpoint() {
+    let env = Env::get();
+    let ns = "e2e-resume";
+    env.namespace(ns).expect("namespace");
+    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
+    env.apply(&inline_dataset(ns, "data", &lines, 10))
+        .expect("dataset");
+    env.apply(&small_job(ns, "resume", "data", 8, ""))
+        .expect("job");
+    let f = wait_for(
+        "a checkpoint while Running",
+        LONG,
+        || {
+            let f = env.object(ns, "finetunejob", "resume")?;
+            (phase(&f) == "Running"
+                && f["status"]["lastCheckpoint"]["step"].as_u64().unwrap_or(0) >= 5)
+                .then_some(f)
+        },
+        describe(env, ns),
+    );
+    let job_name = f["status"]["jobName"]
+        .as_str()
+        .expect("jobName")
+        .to_string();
+    env.kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pods",
+        "-l",
+        "tailor.dev/finetunejob=resume",
+        "--wait=false",
+    ])
+    .expect("delete trainer pod");
+    let f = wait_phase(env, ns, "finetunejob", "resume", "Succeeded", LONG);
+    assert!(
+        f["status"]["attempts"].as_u64().unwrap_or(0) >= 2,
+        "{}",
+        f["status"]
+    );
+    assert_eq!(f["status"]["jobName"], job_name.as_str());
+    let la = wait_phase(env, ns, "loraadapter", "resume", "Ready", SHORT);
+    if let Some(dir) = la["spec"]["uri"]
+        .as_str()
+        .and_then(|u| env.artifact_path(u))
+    {
+        let metrics: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics.json"))
+                .expect("json");
+        assert!(
+            metrics["resumedFromStep"].as_u64().unwrap_or(0) >= 5,
+            "resumed: {metrics}"
+        );
+    }
+}
+
+#[test]
+fn operator_restart_mid_run_creates_no_duplicate_job() {
+    let env = Env::get();
+    let ns = "e2e-restart";
+    env.namespace(ns).expect("namespace");
+    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
+    env.apply(&inline_dataset(ns, "data", &lines, 10))
+        .expect("dataset");
+    env.apply(&small_job(ns, "survivor", "data", 6, ""))
+        .expect("job");
+    let f = wait_phase(env, ns, "finetunejob", "survivor", "Running", LONG);
+    let job_name = f["status"]["jobName"]
+        .as_str()
+        .expect("jobName")
+        .to_string();
+    let old = env.operator_pod().expect("operator pod");
+    let old_name = old["metadata"]["name"].as_str().expect("name").to_string();
+    env.kubectl(&[
+        "-n",
+        "tailor-system",
+        "delete",
+        "pod",
+        &old_name,
+        "--grace-period=0",
+        "--force",
+    ])
+    .expect("kill the operator");
+    wait_for(
+        "a new operator pod",
+        SHORT,
+        || {
+            env.operator_pod()
+                .filter(|p| p["metadata"]["name"] != old_name.as_str() && tailor_e2e::is_ready(p))
+        },
+        describe(env, "tailor-system"),
+    );
+    let f = wait_phase(env, ns, "finetunejob", "survivor", "Succeeded", LONG);
+    assert_eq!(
+        f["status"]["jobName"],
+        job_name.as_str(),
+        "status continued"
+    );
+    let jobs = env
+        .get_json(&[
+            "-n",
+            ns,
+            "get",
+            "jobs",
+            "-l",
+            "tailor.dev/finetunejob=survivor",
+        ])
+        .expect("jobs");
+    assert_eq!(
+        jobs["items"].as_array().map(Vec::len),
+        Some(1),
+        "no duplicate Job"
+    );
+    wait_phase(env, ns, "loraadapter", "survivor", "Ready", SHORT);
+}
