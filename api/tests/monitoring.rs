@@ -235,6 +235,11 @@ fn rules_and_dashboard_use_metrics_tailor_exports() {
         }
         // The router is the source canary analysis depends on: it must be there. The other
         // components are checked wherever their crate is part of the checkout.
+        // The operator's registry lives in operator/src/metrics.rs; without it the crate is
+        // not (yet) part of this checkout.
+        if dir == "operator" && !root.join("operator/src/metrics.rs").is_file() {
+            sources.clear();
+        }
         if sources.is_empty() {
             assert_ne!(dir, "router", "router sources missing");
             eprintln!("{dir}/ not in this checkout: its metric names are not checked");
