@@ -46,8 +46,8 @@ for _ in $(seq 1 600); do
 done
 curl -sf "$url/ready" >/dev/null
 
-tps() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(f"{d[\"tokens\"]/d[\"seconds\"]:.1f}")' "$1"; }
-ratio() { python3 -c 'import sys; print(f"{float(sys.argv[1])/float(sys.argv[2]):.2f}")' "$1" "$2"; }
+tps() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("%.1f" % (d["tokens"] / d["seconds"]))' "$1"; }
+ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 
 all_adapters="a0,a1,a2,a3,a4,a5,a6,a7"
 adapter_dirs="$(for i in 0 1 2 3 4 5 6 7; do printf '%s,' "$work/a$i"; done)"
