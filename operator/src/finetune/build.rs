@@ -419,10 +419,27 @@ pub fn status(
     if let Some(c) = &obs.checkpoint {
         st.last_checkpoint = Some(c.clone());
     }
-    let job_attempts = obs.job.as_ref().map_or(0, |j| {
-        (j.active + j.failed_pods + j.succeeded_pods).max(0) as u32
+    // Pods that got to run: ended ones the Job counted, plus the current one once scheduled
+    // (an unschedulable pod is not an attempt).
+    let current = obs.pod.as_ref().is_some_and(|p| {
+        matches!(p.scheduled, Some((true, ..)))
+            && !matches!(p.phase.as_str(), "Succeeded" | "Failed")
     });
-    st.attempts = prev.attempts.max(job_attempts).max(obs.pods_seen);
+    let job_attempts = obs.job.as_ref().map_or(0, |j| {
+        (j.failed_pods + j.succeeded_pods).max(0) as u32 + u32::from(current)
+    });
+    // A trainer that resumed from a checkpoint is at least the second attempt, whether or not
+    // the Job counted the pod that went away.
+    let resumed = u32::from(
+        obs.summary
+            .as_ref()
+            .is_some_and(|s| s.resumed_from_step.is_some()),
+    ) * 2;
+    st.attempts = prev
+        .attempts
+        .max(job_attempts)
+        .max(obs.pods_seen)
+        .max(resumed);
 
     let (phase, reason, message): (P, String, String) = match (&obs.job, gate) {
         (None, DatasetGate::Missing(m)) => (

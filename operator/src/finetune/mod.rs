@@ -148,7 +148,7 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
             .map_err(Error::kube(format!("reading Job {n}")))?,
         None => None,
     };
-    let started = prev.start_time.is_some() || prev.attempts > 0;
+    let started = prev.start_time.is_some();
 
     // Validate, build and apply the Job.
     let validated = match &gate {
@@ -240,7 +240,11 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
             .list(&ListParams::default().labels(&format!("{JOB_LABEL}={job_name}")))
             .await
             .map_err(Error::kube("listing trainer pods"))?;
-        obs.pods_seen = pods.items.len() as u32;
+        obs.pods_seen = pods
+            .items
+            .iter()
+            .filter(|p| matches!(jobs::pod_state(p).scheduled, Some((true, ..))))
+            .count() as u32;
         let pod = jobs::newest(&pods.items).map(jobs::pod_state);
         if let Some(p) = &pod
             && p.phase == "Running"
