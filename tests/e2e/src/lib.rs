@@ -143,11 +143,11 @@ impl Env {
         let kubeconfig = tmp.path().join("kubeconfig");
         let log = std::fs::File::create(tmp.path().join("sim.log"))?;
         // The wrapper ends the simulator (and so its pods) when this process exits for any
-        // reason: its stdin is our pipe, which closes with us.
+        // reason: its stdin is our pipe, which closes with us. Then it removes the state.
         let child = Command::new("sh")
             .args([
                 "-c",
-                "\"$@\" & pid=$!; cat >/dev/null; kill -TERM $pid; wait $pid",
+                "\"$@\" & pid=$!; cat >/dev/null; kill -TERM $pid; wait $pid; [ -n \"$TAILOR_E2E_KEEP\" ] || rm -rf \"$TAILOR_E2E_CLEANUP\"",
                 "sh",
             ])
             .arg(&sim)
@@ -160,6 +160,9 @@ impl Env {
             .arg("--image")
             .arg(format!("tailor-trainer={}", trainer.display()))
             .env("RUST_LOG", "warn")
+            // The static Env is never dropped: the wrapper removes the state after the sim
+            // exits (set TAILOR_E2E_KEEP to keep it for a post-mortem).
+            .env("TAILOR_E2E_CLEANUP", tmp.path())
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
