@@ -51,7 +51,7 @@ async fn publish(
     }
 }
 
-/// Publishes the transitions of the given condition types.
+/// Publishes the transitions of the given condition types (concurrently: one round trip).
 pub async fn publish_transitions(
     ctx: &Context,
     obj: &ObjectReference,
@@ -59,7 +59,7 @@ pub async fn publish_transitions(
     after: &[Condition],
     types: &[&str],
 ) {
-    for c in transitions(before, after, types) {
+    let pending = transitions(before, after, types).into_iter().map(|c| {
         let type_ = if is_warning(&c.reason) {
             EventType::Warning
         } else {
@@ -70,8 +70,9 @@ pub async fn publish_transitions(
         } else {
             c.message.clone()
         };
-        publish(ctx, obj, type_, &c.reason, &note, &c.type_).await;
-    }
+        async move { publish(ctx, obj, type_, &c.reason, &note, &c.type_).await }
+    });
+    futures::future::join_all(pending).await;
 }
 
 /// Publishes a reconcile error as a Warning whose reason is its category.
