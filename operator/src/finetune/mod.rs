@@ -313,7 +313,11 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
         FineTuneJobPhase::Running => {
             Action::requeue(Duration::from_secs(cfg.progress_interval_seconds))
         }
-        FineTuneJobPhase::Queued => Action::requeue(Duration::from_secs(15)),
+        // The pod's move from Pending to Running changes no watched object (pods are owned by
+        // the Job, not by us), so look again as often as progress is polled.
+        FineTuneJobPhase::Queued => {
+            Action::requeue(Duration::from_secs(cfg.progress_interval_seconds))
+        }
         FineTuneJobPhase::ValidatingData => Action::requeue(Duration::from_secs(60)),
         _ => Action::await_change(),
     })
