@@ -20,6 +20,8 @@ use serde_json::json;
 const WIDGET_CRD: &str = include_str!("fixtures/widget-crd.yaml");
 
 async fn client(sim: &Sim) -> kube::Client {
+    // Both ring and aws-lc-rs end up enabled in the workspace, so rustls cannot pick a default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = Kubeconfig::read_from(&sim.kubeconfig).expect("kubeconfig");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
