@@ -200,17 +200,22 @@ impl Env {
         let dir = repo_root().join(overlay);
         // CRDs first: the rest of the install may not refer to them, but a second pass is cheap.
         self.kubectl(&["apply", "-k", &dir.to_string_lossy()])?;
-        let env = self;
+        self.ready_operator_pod();
+        Ok(())
+    }
+
+    /// Waits (up to two minutes) for a Ready operator pod: tests share one cluster, and one of
+    /// them may be restarting the operator right now.
+    pub fn ready_operator_pod(&self) -> Value {
         wait_for(
             "the operator pod to be Ready",
             Duration::from_secs(120),
-            || env.operator_pod().filter(is_ready),
+            || self.operator_pod().filter(is_ready),
             || {
-                env.kubectl(&["-n", "tailor-system", "get", "pods", "-o", "yaml"])
+                self.kubectl(&["-n", "tailor-system", "get", "pods", "-o", "yaml"])
                     .unwrap_or_default()
             },
-        );
-        Ok(())
+        )
     }
 
     /// The Ready operator pod, if any.

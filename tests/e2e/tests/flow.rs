@@ -74,7 +74,7 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
     let ns = "tailor-demo";
     env.namespace(ns).expect("namespace");
     // The operator runs as its Deployment's pod, with its ServiceAccount.
-    let op = env.operator_pod().expect("operator pod");
+    let op = env.ready_operator_pod();
     assert_eq!(op["spec"]["serviceAccountName"], "tailor-operator");
 
     env.kubectl(&[
@@ -448,7 +448,7 @@ fn operator_restart_mid_run_creates_no_duplicate_job() {
         .as_str()
         .expect("jobName")
         .to_string();
-    let old = env.operator_pod().expect("operator pod");
+    let old = env.ready_operator_pod();
     let old_name = old["metadata"]["name"].as_str().expect("name").to_string();
     env.kubectl(&[
         "-n",
