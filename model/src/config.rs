@@ -282,6 +282,19 @@ impl ModelConfig {
             M::DownProj => (self.intermediate_size, self.hidden_size),
         }
     }
+
+    /// Multiply-adds of the projections and the LM head for one token (attention scores
+    /// excluded): the work of a forward pass is about this times its tokens.
+    pub fn macs_per_token(&self) -> i64 {
+        let per_layer: i64 = crate::lora::TargetModule::ALL
+            .into_iter()
+            .map(|m| {
+                let (i, o) = self.projection_shape(m);
+                i * o
+            })
+            .sum();
+        per_layer * self.num_hidden_layers + self.vocab_size * self.hidden_size
+    }
 }
 
 #[cfg(test)]

@@ -456,6 +456,22 @@ pub enum Adapters<'a> {
 }
 
 impl Adapters<'_> {
+    /// Whether any row's adapter changes `module` in `layer`.
+    pub(crate) fn touches(&self, layer: usize, module: TargetModule) -> bool {
+        match self {
+            Adapters::None => false,
+            Adapters::All(a) => a.pair(layer, module).is_some(),
+            Adapters::PerRow(rows) => rows
+                .iter()
+                .flatten()
+                .any(|a| a.pair(layer, module).is_some()),
+            Adapters::Stacked(st) => st
+                .layers
+                .get(layer)
+                .is_some_and(|m| m[module.index()].is_some()),
+        }
+    }
+
     /// Adds the LoRA contribution(s) of `module` in `layer` to `base` (the frozen projection's
     /// output for `x`).
     pub(crate) fn apply(

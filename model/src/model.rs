@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::SafetensorsFiles;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::attention::{Attention, AttentionInput, AttentionMask};
+use crate::layers::attention::{Attention, AttentionInput, AttentionMask, KvSlot};
 use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
 use crate::layers::norm::RmsNorm;
@@ -46,12 +46,20 @@ pub struct CausalLm {
 
 /// The KV cache of a batch of sequences, owned by the caller and passed to each forward call.
 ///
-/// Keys and values are stored per layer as `[B, kv_heads, S, head_dim]` (after RoPE) together
-/// with a `[B, S]` mask of which columns hold real tokens, so rows of different lengths (ragged
-/// prefill, padding) share one tensor.
+/// Keys and values are stored per layer as `[B, kv_heads, capacity, head_dim]` buffers (after
+/// RoPE) whose first `columns()` columns are in use, so a decode step writes its column in place.
+/// Rows of different lengths (ragged prefill, padding, rows joined later) share the buffers
+/// right-aligned, with a `[B, columns]` mask of which columns hold real tokens; while every
+/// column of every row is real (one sequence, or rows that started together without padding)
+/// the mask is not kept and decoding needs none.
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Columns in use (the longest row, padding included).
+    cols: i64,
+    /// Real tokens per row (one entry per row).
+    lens: Vec<i64>,
+    /// `[B, cols]` bool, true where a column holds a real token; `None` when all do.
     valid: Option<Tensor>,
 }
 
@@ -59,28 +67,48 @@ impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
+            cols: 0,
+            lens: Vec::new(),
             valid: None,
         }
     }
 
     /// Columns held (the longest row, padding included).
     pub fn columns(&self) -> i64 {
-        self.valid.as_ref().map_or(0, |v| v.size()[1])
+        self.cols
     }
 
     /// Real tokens held per row.
     pub fn lengths(&self) -> Vec<i64> {
-        match &self.valid {
-            None => Vec::new(),
-            Some(v) => {
-                Vec::<i64>::try_from(v.sum_dim_intlist(1, false, Kind::Int64)).unwrap_or_default()
-            }
-        }
+        self.lens.clone()
     }
 
     /// Rows held (0 for an empty cache).
     pub fn rows(&self) -> i64 {
-        self.valid.as_ref().map_or(0, |v| v.size()[0])
+        self.lens.len() as i64
+    }
+
+    /// Every column of every row holds a real token.
+    fn dense(&self) -> bool {
+        self.lens.iter().all(|&l| l == self.cols)
+    }
+
+    /// The validity mask `[B, cols]`, built when the cache is dense; `None` for an empty cache.
+    fn valid_mask(&self, device: Device) -> Option<Tensor> {
+        if self.lens.is_empty() {
+            return None;
+        }
+        Some(match &self.valid {
+            Some(v) => v.shallow_clone(),
+            None => Tensor::ones([self.rows(), self.cols], (Kind::Bool, device)),
+        })
+    }
+
+    /// Drops the mask once it says nothing (every column real).
+    fn settle(&mut self) {
+        if self.dense() {
+            self.valid = None;
+        }
     }
 
     /// Appends the rows of `other` after this cache's rows (continuous batching: a newly
@@ -92,72 +120,126 @@ impl KvCache {
                 "KV caches of different models".into(),
             ));
         }
-        let Some(ov) = other.valid else { return Ok(()) };
-        let Some(sv) = self.valid.take() else {
-            *self = Self {
-                layers: other.layers,
-                valid: Some(ov),
-            };
+        if other.lens.is_empty() {
+            return Ok(());
+        }
+        if self.lens.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        if self.layers.iter().chain(&other.layers).any(Option::is_none) {
+            return Err(ModelError::InvalidInput(
+                "KV cache layers missing: both caches must have run a forward pass".into(),
+            ));
+        }
+        let cols = self.cols.max(other.cols);
+        let rows = self.rows() + other.rows();
+        let device = self
+            .layers
+            .iter()
+            .flatten()
+            .next()
+            .map_or(Device::Cpu, |(k, _)| k.device());
+        let (Some(sv), Some(ov)) = (self.valid_mask(device), other.valid_mask(device)) else {
             return Ok(());
         };
-        let (s_cols, o_cols) = (sv.size()[1], ov.size()[1]);
-        let cols = s_cols.max(o_cols);
-        let pad = |t: &Tensor, dim: i64| -> Tensor {
-            let have = t.size()[dim as usize];
-            if have == cols {
-                return t.shallow_clone();
-            }
-            let mut shape = t.size();
-            shape[dim as usize] = cols - have;
-            Tensor::cat(&[&Tensor::zeros(&shape, (t.kind(), t.device())), t], dim)
-        };
-        self.valid = Some(Tensor::cat(&[pad(&sv, 1), pad(&ov, 1)], 0));
+        // Right-aligned: row block `part` lands in the last `part_cols` columns.
+        let valid = Tensor::zeros([rows, cols], (Kind::Bool, device));
+        valid
+            .narrow(0, 0, self.rows())
+            .narrow(1, cols - self.cols, self.cols)
+            .copy_(&sv);
+        valid
+            .narrow(0, self.rows(), other.rows())
+            .narrow(1, cols - other.cols, other.cols)
+            .copy_(&ov);
+        let capacity = crate::layers::attention::capacity_for(cols + 1);
         for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
-            *mine = match (mine.take(), theirs) {
-                (Some((sk, sv)), Some((ok, ov))) => Some((
-                    Tensor::cat(&[pad(&sk, 2), pad(&ok, 2)], 0),
-                    Tensor::cat(&[pad(&sv, 2), pad(&ov, 2)], 0),
-                )),
-                _ => {
-                    return Err(ModelError::InvalidInput(
-                        "KV cache layers missing: both caches must have run a forward pass".into(),
-                    ));
-                }
+            let (Some((sk, svv)), Some((ok, ovv))) = (mine.take(), theirs) else {
+                continue;
             };
+            let join = |a: &Tensor, a_cols: i64, b: &Tensor, b_cols: i64| -> Tensor {
+                let mut shape = a.size();
+                shape[0] = rows;
+                shape[2] = capacity;
+                // Zeros, not garbage: padding columns are read (and masked) by attention.
+                let out = Tensor::zeros(&shape, (a.kind(), a.device()));
+                let na = a.size()[0];
+                out.narrow(0, 0, na)
+                    .narrow(2, cols - a_cols, a_cols)
+                    .copy_(&a.narrow(2, 0, a_cols));
+                out.narrow(0, na, rows - na)
+                    .narrow(2, cols - b_cols, b_cols)
+                    .copy_(&b.narrow(2, 0, b_cols));
+                out
+            };
+            *mine = Some((
+                join(&sk, self.cols, &ok, other.cols),
+                join(&svv, self.cols, &ovv, other.cols),
+            ));
         }
+        self.lens.extend(other.lens);
+        self.cols = cols;
+        self.valid = Some(valid);
+        self.settle();
         Ok(())
     }
 
     /// Drops leading columns no row uses (left after the longest rows left the batch).
     pub fn trim(&mut self) {
-        let Some(valid) = &self.valid else { return };
-        let cols = valid.size()[1];
-        let used = Vec::<i64>::try_from(valid.sum_dim_intlist(1, false, Kind::Int64))
-            .unwrap_or_default()
-            .into_iter()
-            .max()
-            .unwrap_or(cols);
-        let drop = cols - used;
+        let used = self.lens.iter().copied().max().unwrap_or(0);
+        let drop = self.cols - used;
         if drop <= 0 {
             return;
         }
-        self.valid = Some(valid.narrow(1, drop, used));
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, drop, used);
-            *v = v.narrow(2, drop, used);
+        if let Some(valid) = &self.valid {
+            self.valid = Some(valid.narrow(1, drop, used));
         }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let cap = k.size()[2];
+            *k = k.narrow(2, drop, cap - drop);
+            *v = v.narrow(2, drop, cap - drop);
+        }
+        self.cols = used;
+        self.settle();
     }
 
     /// Keeps only `rows` (in that order), e.g. to drop finished sequences from a batch.
     pub fn select_rows(&mut self, rows: &[i64]) {
-        let Some(valid) = &self.valid else { return };
-        let idx = Tensor::from_slice(rows).to_device(valid.device());
-        self.valid = Some(valid.index_select(0, &idx));
+        if self.lens.is_empty() {
+            return;
+        }
+        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device()) else {
+            return;
+        };
+        let idx = Tensor::from_slice(rows).to_device(device);
+        if let Some(valid) = &self.valid {
+            self.valid = Some(valid.index_select(0, &idx));
+        }
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = k.index_select(0, &idx);
             *v = v.index_select(0, &idx);
         }
+        self.lens = rows
+            .iter()
+            .map(|&r| {
+                usize::try_from(r)
+                    .ok()
+                    .and_then(|r| self.lens.get(r))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.settle();
     }
+}
+
+/// Token positions of one forward pass.
+enum Positions {
+    /// `start..start + len` in every row.
+    Range(i64, i64),
+    /// Per token (`[B, T]`), every one below the bound.
+    Rows(Tensor, i64),
 }
 
 /// One forward call's input.
@@ -265,7 +347,7 @@ impl CausalLm {
         } else {
             files.tensor_with_shape("lm_head.weight", &[c.vocab_size, h], kind, device)?
         };
-        let rope = Rope::new(c, device);
+        let rope = Rope::new(c, kind, device);
         Ok(Self {
             model: LlamaModel {
                 embed_tokens,
@@ -331,48 +413,90 @@ impl CausalLm {
             ));
         }
         let dev = self.device;
-        let prev_valid = cache
-            .as_deref()
-            .and_then(|c| c.valid.as_ref().map(|v| v.shallow_clone()));
-        if let Some(pv) = &prev_valid
-            && pv.size()[0] != b
+        if let Some(c) = cache.as_deref()
+            && c.rows() != 0
+            && c.rows() != b
         {
             return Err(ModelError::InvalidInput(format!(
                 "batch of {b} rows but the KV cache holds {}",
-                pv.size()[0]
+                c.rows()
             )));
         }
-        let (positions, mask) = if cache.is_none() && input.valid.is_none() {
-            let pos = Tensor::arange(t, (Kind::Int64, dev))
-                .unsqueeze(0)
-                .expand([b, t], true);
-            (pos, AttentionMask::Causal)
-        } else {
-            let new_valid = match input.valid {
-                Some(v) => v.to_device(dev).to_kind(Kind::Bool),
-                None => Tensor::ones([b, t], (Kind::Bool, dev)),
+        let past = cache.as_deref().map_or(0, |c| c.cols);
+        let dense = cache.as_deref().is_none_or(KvCache::dense);
+        let (positions, mask) = if input.valid.is_none() && dense {
+            // Every token real, before and now: positions are column numbers, shared by all rows.
+            let mask = if past == 0 {
+                AttentionMask::Causal
+            } else if t == 1 {
+                AttentionMask::Full
+            } else {
+                let cols = Tensor::arange(past + t, (Kind::Int64, dev)).unsqueeze(0);
+                let rows = (Tensor::arange(t, (Kind::Int64, dev)) + past).unsqueeze(1);
+                AttentionMask::Explicit(cols.le_tensor(&rows).view([1, 1, t, past + t]))
             };
-            let s = prev_valid.as_ref().map_or(0, |v| v.size()[1]);
-            let prev_count = match &prev_valid {
-                Some(v) => v.sum_dim_intlist(1, true, Kind::Int64),
-                None => Tensor::zeros([b, 1], (Kind::Int64, dev)),
-            };
-            let pos = (prev_count + new_valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-            let key_valid = match &prev_valid {
-                Some(v) => Tensor::cat(&[v, &new_valid], 1),
-                None => new_valid,
-            };
-            let cols = Tensor::arange(s + t, (Kind::Int64, dev)).unsqueeze(0);
-            let rows = (Tensor::arange(t, (Kind::Int64, dev)) + s).unsqueeze(1);
-            let causal = cols.le_tensor(&rows);
-            let own = cols.eq_tensor(&rows);
-            let m = causal
-                .unsqueeze(0)
-                .logical_and(&key_valid.unsqueeze(1).logical_or(&own.unsqueeze(0)));
             if let Some(c) = cache.as_deref_mut() {
-                c.valid = Some(key_valid);
+                c.cols += t;
+                c.lens = vec![past + t; b as usize];
             }
-            (pos, AttentionMask::Explicit(m.unsqueeze(1)))
+            (Positions::Range(past, t), mask)
+        } else {
+            let prev_valid = cache.as_deref().and_then(|c| c.valid_mask(dev));
+            let prev_lens = cache
+                .as_deref()
+                .map(|c| c.lens.clone())
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| vec![0; b as usize]);
+            let (pos, key_valid, m, new_lens) = match input.valid {
+                None if t == 1 => {
+                    // One new real token per row: it sees every valid column and itself.
+                    let pos = Tensor::from_slice(&prev_lens).to_device(dev).view([b, 1]);
+                    let key_valid = match &prev_valid {
+                        Some(v) => Tensor::cat(&[v, &Tensor::ones([b, 1], (Kind::Bool, dev))], 1),
+                        None => Tensor::ones([b, 1], (Kind::Bool, dev)),
+                    };
+                    let m = key_valid.view([b, 1, 1, past + 1]);
+                    let lens = prev_lens.iter().map(|l| l + 1).collect();
+                    (pos, key_valid, m, lens)
+                }
+                _ => {
+                    let new_valid = match input.valid {
+                        Some(v) => v.to_device(dev).to_kind(Kind::Bool),
+                        None => Tensor::ones([b, t], (Kind::Bool, dev)),
+                    };
+                    let prev_count = Tensor::from_slice(&prev_lens).to_device(dev).view([b, 1]);
+                    let counts = new_valid.cumsum(1, Kind::Int64);
+                    let pos = (&prev_count + &counts - 1).clamp_min(0);
+                    let lens = if cache.is_some() {
+                        let added = counts.select(1, t - 1).to_device(Device::Cpu);
+                        let added = Vec::<i64>::try_from(added)
+                            .map_err(|e| ModelError::InvalidInput(format!("valid mask: {e}")))?;
+                        prev_lens.iter().zip(&added).map(|(p, a)| p + a).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let key_valid = match &prev_valid {
+                        Some(v) => Tensor::cat(&[v, &new_valid], 1),
+                        None => new_valid,
+                    };
+                    let cols = Tensor::arange(past + t, (Kind::Int64, dev)).unsqueeze(0);
+                    let rows = (Tensor::arange(t, (Kind::Int64, dev)) + past).unsqueeze(1);
+                    let causal = cols.le_tensor(&rows);
+                    let own = cols.eq_tensor(&rows);
+                    let m = causal
+                        .unsqueeze(0)
+                        .logical_and(&key_valid.unsqueeze(1).logical_or(&own.unsqueeze(0)))
+                        .unsqueeze(1);
+                    (pos, key_valid, m, lens)
+                }
+            };
+            if let Some(c) = cache.as_deref_mut() {
+                c.cols = past + t;
+                c.lens = new_lens;
+                c.valid = Some(key_valid);
+                c.settle();
+            }
+            (Positions::Rows(pos, past + t), AttentionMask::Explicit(m))
         };
         self.layers_pass(
             &input.input_ids.to_device(dev),
@@ -414,7 +538,11 @@ impl CausalLm {
             )));
         }
         let pos: Vec<i64> = lengths.iter().flat_map(|&l| 0..l).collect();
-        let positions = Tensor::from_slice(&pos).to_device(self.device).unsqueeze(0);
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let positions = Positions::Rows(
+            Tensor::from_slice(&pos).to_device(self.device).unsqueeze(0),
+            longest,
+        );
         let ids = input_ids.to_device(self.device).unsqueeze(0);
         let keep = keep.to_device(self.device).to_kind(Kind::Int64);
         self.layers_pass(
@@ -432,23 +560,31 @@ impl CausalLm {
     fn layers_pass(
         &self,
         ids: &Tensor,
-        positions: &Tensor,
+        positions: &Positions,
         mask: &AttentionMask,
         mut cache: Option<&mut KvCache>,
         keep: Option<&Tensor>,
         adapters: &Adapters<'_>,
         train: bool,
     ) -> Result<Tensor> {
-        let (cos, sin) = self.rope.cos_sin(positions, self.kind);
+        let (cos, sin) = match positions {
+            Positions::Range(start, len) => self.rope.cos_sin_range(*start, *len),
+            Positions::Rows(pos, bound) => self.rope.cos_sin(pos, *bound),
+        };
         let ctx = AttentionInput {
             cos: &cos,
             sin: &sin,
             mask,
         };
+        let new_cols = ids.size().get(1).copied().unwrap_or(0);
         let mut x = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
         let last = self.model.layers.len().saturating_sub(1);
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            // `run` has already counted this pass's columns in the cache.
+            let slot = cache.as_deref_mut().map(|c| KvSlot {
+                past: c.cols - new_cols,
+                buffers: &mut c.layers[i],
+            });
             let h = layer.input_layernorm.forward(&x);
             if i == last
                 && let Some(pos) = keep

@@ -437,3 +437,113 @@ fn packed_sequences_equal_the_padded_batch() {
     let err = model.hidden_states_packed(&packed, &[l0, l1 + 1], &adapters, false, &keep);
     assert!(matches!(err, Err(ModelError::InvalidInput(_))));
 }
+
+/// Continuous batching over many decode steps (the KV buffers grow several times): rows join at
+/// different steps (ragged, padded cache), one leaves (rows selected, cache trimmed), and every
+/// row's logits at every step equal that row decoded alone, which in turn equal a full forward
+/// pass over the row's whole sequence.
+#[test]
+fn continuous_batch_over_many_steps_equals_each_row_alone() {
+    for name in ["llama_gqa", "qwen3"] {
+        let (dir, model) = load(name);
+        let ids = reference(&dir, "input_ids");
+        let adapter = peft::load_adapter(&dir.join("peft_adapter"), &model.config, Device::Cpu)
+            .expect("adapter");
+        let vocab = model.config.vocab_size;
+        let prompts = [
+            ids.narrow(0, 0, 1),
+            ids.narrow(0, 1, 1).narrow(1, 0, 7),
+            ids.narrow(0, 0, 1).narrow(1, 2, 3),
+        ];
+        let choice = [Some(&adapter), None, Some(&adapter)];
+        let (joins, leaves, steps) = ([0usize, 10, 20], [50usize, 90, 90], 90usize);
+        let token = |step: usize, row: usize| ((step * 7 + row * 3) as i64) % vocab;
+        let mut alone: Vec<Option<tailor_model::KvCache>> = vec![None, None, None];
+        let mut alone_logits: Vec<Vec<Tensor>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut fed: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| Vec::<i64>::try_from(p.reshape([-1])).expect("ids"))
+            .collect();
+        let mut batch = model.new_cache();
+        let mut active: Vec<usize> = Vec::new();
+        let single = |r: usize| match choice[r] {
+            Some(a) => Adapters::All(a),
+            None => Adapters::None,
+        };
+        tch::no_grad(|| {
+            for step in 0..steps {
+                for r in 0..3 {
+                    if joins[r] == step {
+                        let input = ForwardInput {
+                            adapters: single(r),
+                            ..ForwardInput::new(&prompts[r])
+                        };
+                        let mut own = model.new_cache();
+                        let _ = model.forward(&input, Some(&mut own)).expect("prefill");
+                        alone[r] = Some(own);
+                        let mut joined = model.new_cache();
+                        let _ = model.forward(&input, Some(&mut joined)).expect("prefill");
+                        batch.append_rows(joined).expect("append");
+                        active.push(r);
+                    }
+                }
+                let keep: Vec<i64> = (0..active.len())
+                    .filter(|&j| leaves[active[j]] > step)
+                    .map(|j| j as i64)
+                    .collect();
+                if keep.len() != active.len() {
+                    batch.select_rows(&keep);
+                    batch.trim();
+                    active = keep.iter().map(|&j| active[j as usize]).collect();
+                }
+                let toks: Vec<i64> = active.iter().map(|&r| token(step, r)).collect();
+                let rows: Vec<Option<&LoraAdapter>> = active.iter().map(|&r| choice[r]).collect();
+                let stacked =
+                    tailor_model::StackedAdapters::new(&rows, Device::Cpu).expect("stack");
+                let step_ids = Tensor::from_slice(&toks).view([-1, 1]);
+                let out = model
+                    .forward(
+                        &ForwardInput {
+                            adapters: Adapters::Stacked(&stacked),
+                            ..ForwardInput::new(&step_ids)
+                        },
+                        Some(&mut batch),
+                    )
+                    .expect("batch decode");
+                for (j, &r) in active.iter().enumerate() {
+                    let one = Tensor::from_slice(&[toks[j]]).view([1, 1]);
+                    let input = ForwardInput {
+                        adapters: single(r),
+                        ..ForwardInput::new(&one)
+                    };
+                    let cache = alone[r].as_mut().expect("joined");
+                    let own = model.forward(&input, Some(cache)).expect("alone decode");
+                    let diff = max_abs_diff(&out.get(j as i64), &own.get(0));
+                    assert!(diff <= 1e-4, "{name}: row {r} at step {step}: {diff}");
+                    alone_logits[r].push(own);
+                    fed[r].push(toks[j]);
+                }
+            }
+            for r in 0..3 {
+                let all = Tensor::from_slice(&fed[r]).view([1, -1]);
+                let full = model
+                    .forward(
+                        &ForwardInput {
+                            adapters: single(r),
+                            ..ForwardInput::new(&all)
+                        },
+                        None,
+                    )
+                    .expect("full");
+                let n = alone_logits[r].len() as i64;
+                let t = fed[r].len() as i64;
+                let inc = Tensor::cat(&alone_logits[r], 1);
+                let diff = max_abs_diff(&inc, &full.narrow(1, t - n, n));
+                assert!(diff <= 1e-4, "{name}: row {r} incremental vs full: {diff}");
+                let lens = alone[r].as_ref().expect("cache").lengths();
+                assert_eq!(lens, vec![t]);
+            }
+        });
+        assert!(batch.columns() <= 13 + steps as i64);
+    }
+}

@@ -88,6 +88,7 @@ impl Engine {
     /// Runs until every sender of `rx` is gone.
     pub fn run(self, mut rx: mpsc::Receiver<GenRequest>) {
         let _guard = tch::no_grad_guard();
+        let mut threads = Threads::new(&self.model);
         let mut rows: Vec<Row> = Vec::new();
         let mut cache = self.model.new_cache();
         let mut pending: Vec<GenRequest> = Vec::new();
@@ -123,6 +124,7 @@ impl Engine {
                 if req.tx.is_closed() {
                     continue;
                 }
+                threads.fit(req.prompt.len());
                 match self.prefill(req) {
                     Some((row, row_cache)) => {
                         if let Err(e) = cache.append_rows(row_cache) {
@@ -145,6 +147,7 @@ impl Engine {
                 .decoded_rows
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
             let before = rows.len();
+            threads.fit(rows.len());
             let result = self.decode(&mut rows, &mut cache, &mut stacked, epoch);
             if rows.len() != before {
                 epoch += 1;
@@ -207,8 +210,13 @@ impl Engine {
             last: 0,
         };
         let argmax = Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap_or_default();
-        let lp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-        if self.emit(&mut row, &lp, 0, argmax.first().copied().unwrap_or(0)) {
+        let lp = needs_logprobs(std::slice::from_ref(&row)).then(|| log_probs(&logits));
+        if self.emit(
+            &mut row,
+            lp.as_ref(),
+            0,
+            argmax.first().copied().unwrap_or(0),
+        ) {
             Some((row, c))
         } else {
             None
@@ -260,10 +268,11 @@ impl Engine {
             .map_err(|e| e.to_string())?
             .select(1, -1);
         let argmax = Vec::<i64>::try_from(logits.argmax(-1, false)).map_err(|e| e.to_string())?;
-        let lp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        // Greedy rows without logprobs need only the argmax.
+        let lp = needs_logprobs(rows).then(|| log_probs(&logits));
         let mut keep = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
-            if self.emit(row, &lp, i as i64, argmax[i]) {
+            if self.emit(row, lp.as_ref(), i as i64, argmax[i]) {
                 keep.push(i);
             }
         }
@@ -274,13 +283,13 @@ impl Engine {
     }
 
     /// Picks and sends row `i`'s next token; false when the row is finished.
-    fn emit(&self, row: &mut Row, lp: &Tensor, i: i64, argmax: i64) -> bool {
+    fn emit(&self, row: &mut Row, lp: Option<&Tensor>, i: i64, argmax: i64) -> bool {
         let s = row.req.sampling;
-        let need_row = s.temperature > 0.0 || row.req.logprobs.is_some();
-        let values: Vec<f32> = if need_row {
-            Vec::<f32>::try_from(lp.get(i).to_device(tch::Device::Cpu)).unwrap_or_default()
-        } else {
-            Vec::new()
+        let values: Vec<f32> = match lp {
+            Some(lp) if row.needs_logprobs() => {
+                Vec::<f32>::try_from(lp.get(i).to_device(tch::Device::Cpu)).unwrap_or_default()
+            }
+            _ => Vec::new(),
         };
         let token = if s.temperature > 0.0 && !values.is_empty() {
             sample(&values, s.temperature, s.top_p, &mut row.rng)
@@ -321,6 +330,68 @@ impl Engine {
         }
         true
     }
+}
+
+/// Below this many multiply-adds a forward pass runs on one thread. Splitting smaller work
+/// (a batch-1 decode step of a small model: a few matrix-vector products per layer) costs more
+/// in fork/join and spin-waiting than it saves, and far more when other processes compete for
+/// the cores: idle OpenMP workers spin on a barrier while the thread they wait for is
+/// descheduled.
+const PARALLEL_MIN_MACS: i64 = 32 << 20;
+
+/// libtorch's intra-op thread count for the engine thread, chosen per forward pass by its size.
+struct Threads {
+    /// The configured count (`--threads`, or libtorch's default).
+    full: i32,
+    current: i32,
+    macs_per_token: i64,
+    /// On a GPU the CPU threads only launch kernels: left alone.
+    gpu: bool,
+}
+
+impl Threads {
+    fn new(model: &CausalLm) -> Self {
+        let full = tch::get_num_threads().max(1);
+        Self {
+            full,
+            current: full,
+            macs_per_token: model.config.macs_per_token().max(1),
+            gpu: model.device().is_cuda(),
+        }
+    }
+
+    /// Sets the thread count for a pass over `tokens` tokens (only on CPU; a change only).
+    fn fit(&mut self, tokens: usize) {
+        if self.gpu {
+            return;
+        }
+        let work = self.macs_per_token.saturating_mul(tokens as i64);
+        let want = if work < PARALLEL_MIN_MACS {
+            1
+        } else {
+            self.full
+        };
+        if want != self.current {
+            tch::set_num_threads(want);
+            self.current = want;
+        }
+    }
+}
+
+impl Row {
+    /// Sampling and logprobs read the whole distribution; greedy decoding needs the argmax only.
+    fn needs_logprobs(&self) -> bool {
+        self.req.sampling.temperature > 0.0 || self.req.logprobs.is_some()
+    }
+}
+
+fn needs_logprobs(rows: &[Row]) -> bool {
+    rows.iter().any(Row::needs_logprobs)
+}
+
+/// Log-probabilities `[B, vocab]` in fp32.
+fn log_probs(logits: &Tensor) -> Tensor {
+    logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float)
 }
 
 /// The `k` most likely tokens, most likely first (ties: lower id first, as torch.topk on CPU).

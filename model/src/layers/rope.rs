@@ -10,6 +10,11 @@ use crate::config::{ModelConfig, RopeScaling};
 #[derive(Debug)]
 pub struct Rope {
     inv_freq: Tensor,
+    /// `[positions, head_dim]` tables in the model's kind.
+    cos: Tensor,
+    /// Signed: the first half negated (see [`apply`]).
+    sin: Tensor,
+    kind: Kind,
 }
 
 pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f64> {
@@ -46,36 +51,82 @@ pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f64> {
     }
 }
 
+/// Positions below this get their cos/sin from a table built once at load; later positions
+/// (long contexts) are computed per call. Bounds the tables to a few MiB per model.
+const TABLE_POSITIONS: i64 = 8192;
+
 impl Rope {
-    pub fn new(config: &ModelConfig, device: Device) -> Self {
+    pub fn new(config: &ModelConfig, kind: Kind, device: Device) -> Self {
         let inv: Vec<f32> = inverse_frequencies(config)
             .into_iter()
             .map(|f| f as f32)
             .collect();
+        let inv_freq = Tensor::from_slice(&inv).to_device(device);
+        let len = config.max_position_embeddings.clamp(1, TABLE_POSITIONS);
+        let positions = Tensor::arange(len, (Kind::Int64, device));
+        let (cos, sin) = cos_sin_of(&inv_freq, &positions, kind);
         Self {
-            inv_freq: Tensor::from_slice(&inv).to_device(device),
+            inv_freq,
+            cos,
+            sin,
+            kind,
         }
     }
 
-    /// `(cos, sin)`, each `[B, 1, T, head_dim]` in `kind`, for positions `[B, T]`.
-    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (
-            emb.cos().to_kind(kind).unsqueeze(1),
-            emb.sin().to_kind(kind).unsqueeze(1),
-        )
+    /// `(cos, sin)`, each `[B, T, 1, head_dim]`, for positions `[B, T]` below `bound` (any
+    /// upper bound of the positions known without reading them).
+    pub fn cos_sin(&self, positions: &Tensor, bound: i64) -> (Tensor, Tensor) {
+        let size = positions.size();
+        let shape = [size[0], size[1], 1, -1];
+        if bound <= self.cos.size()[0] {
+            let flat = positions.reshape([-1]);
+            (
+                self.cos.index_select(0, &flat).view(shape),
+                self.sin.index_select(0, &flat).view(shape),
+            )
+        } else {
+            let (cos, sin) = cos_sin_of(&self.inv_freq, positions, self.kind);
+            (cos.unsqueeze(2), sin.unsqueeze(2))
+        }
+    }
+
+    /// `(cos, sin)`, each `[1, T, 1, head_dim]`, for positions `start..start + len` of every row.
+    pub fn cos_sin_range(&self, start: i64, len: i64) -> (Tensor, Tensor) {
+        if start + len <= self.cos.size()[0] {
+            let shape = [1, len, 1, -1];
+            (
+                self.cos.narrow(0, start, len).view(shape),
+                self.sin.narrow(0, start, len).view(shape),
+            )
+        } else {
+            let positions =
+                Tensor::arange_start(start, start + len, (Kind::Int64, self.cos.device()))
+                    .unsqueeze(0);
+            self.cos_sin(&positions, i64::MAX)
+        }
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size().last().copied().unwrap_or(0) / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[&x2.neg(), &x1], -1)
+/// `(cos, sin)` of `positions` (any shape) with a trailing `head_dim` axis, as Hugging Face
+/// computes them: angles in fp32, cos/sin in fp32, then cast to `kind`. `sin` comes with its
+/// first half negated (see [`apply`]).
+fn cos_sin_of(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    let half = inv_freq.size()[0];
+    let sin = emb.sin().to_kind(kind);
+    let signed = Tensor::cat(
+        &[sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half)],
+        -1,
+    );
+    (emb.cos().to_kind(kind), signed)
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x` of shape `[B, heads, T, head_dim]`.
-pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+/// `x * cos + rotate_half(x) * sin` for `x` of shape `[..., head_dim]`, where
+/// `rotate_half(x) = cat(-x2, x1)`. With `sin` stored with its first half negated,
+/// `rotate_half(x) * sin = roll(x, half) * signed_sin` exactly (a sign flip is exact), which is
+/// one kernel instead of four.
+pub fn apply(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    (x * cos).addcmul(&x.roll([half], [-1]), signed_sin)
 }
