@@ -391,18 +391,45 @@ impl StackedAdapters {
                 let mut ats = Vec::with_capacity(rows.len());
                 let mut bts = Vec::with_capacity(rows.len());
                 let mut scales = Vec::with_capacity(rows.len());
+                // Shared by every row without this pair.
+                let mut zero: Option<(Tensor, Tensor)> = None;
                 for p in &pairs {
-                    let at = Tensor::f_zeros([fan_in, r_max], (kind, device))?;
-                    let bt = Tensor::f_zeros([r_max, fan_out], (kind, device))?;
-                    if let Some(p) = p {
-                        let r = p.a.size()[0];
-                        at.narrow(1, 0, r)
-                            .copy_(&p.a.to_device(device).to_kind(kind).tr());
-                        bt.narrow(0, 0, r)
-                            .copy_(&p.b.to_device(device).to_kind(kind).tr());
+                    match p {
+                        // Already in shape: `stack` below copies straight from the views.
+                        Some(p)
+                            if p.a.size()[0] == r_max
+                                && p.a.kind() == kind
+                                && p.a.device() == device
+                                && p.b.kind() == kind
+                                && p.b.device() == device =>
+                        {
+                            ats.push(p.a.tr());
+                            bts.push(p.b.tr());
+                        }
+                        Some(p) => {
+                            let at = Tensor::f_zeros([fan_in, r_max], (kind, device))?;
+                            let bt = Tensor::f_zeros([r_max, fan_out], (kind, device))?;
+                            let r = p.a.size()[0];
+                            at.narrow(1, 0, r)
+                                .copy_(&p.a.to_device(device).to_kind(kind).tr());
+                            bt.narrow(0, 0, r)
+                                .copy_(&p.b.to_device(device).to_kind(kind).tr());
+                            ats.push(at);
+                            bts.push(bt);
+                        }
+                        None => {
+                            if zero.is_none() {
+                                zero = Some((
+                                    Tensor::f_zeros([fan_in, r_max], (kind, device))?,
+                                    Tensor::f_zeros([r_max, fan_out], (kind, device))?,
+                                ));
+                            }
+                            if let Some((at, bt)) = &zero {
+                                ats.push(at.shallow_clone());
+                                bts.push(bt.shallow_clone());
+                            }
+                        }
                     }
-                    ats.push(at);
-                    bts.push(bt);
                     scales.push(p.map_or(0.0, |p| p.scaling));
                 }
                 mods[m.index()] = Some(StackedPair {
