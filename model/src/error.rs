@@ -59,6 +59,8 @@ pub enum ModelError {
     UnknownTargetModule(String),
     #[error("invalid forward input: {0}")]
     InvalidInput(String),
+    #[error("device: {0}")]
+    Device(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -14,6 +14,7 @@
 pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod layers;
 pub mod lora;
@@ -28,7 +29,4 @@ pub use lora::{Adapters, LoraAdapter, LoraConfig, StackedAdapters, TargetModule}
 pub use model::{CausalLm, ForwardInput, KvCache};
 pub use tokenizer::Tokenizer;
 
-/// The device to run on: the first CUDA device when there is one, else the CPU.
-pub fn default_device() -> tch::Device {
-    tch::Device::cuda_if_available()
-}
+pub use device::{cuda_available, default_device, parse_device};

@@ -18,12 +18,7 @@ use crate::engine::{Engine, EngineStats};
 use crate::metrics::Metrics;
 
 fn device_and_kind(cli: &Cli) -> anyhow::Result<(Device, Kind)> {
-    let device = match cli.device.as_str() {
-        "auto" => tailor_model::default_device(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => anyhow::bail!("--device {other:?}: expected auto, cpu or cuda"),
-    };
+    let device = tailor_model::parse_device(&cli.device).context("--device")?;
     let kind = match cli.dtype.as_str() {
         "auto" if device.is_cuda() => Kind::BFloat16,
         "auto" | "f32" | "float32" => Kind::Float,

@@ -347,18 +347,7 @@ fn eval_loss(
 }
 
 fn choose_device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            if tch::Cuda::is_available() {
-                Ok(Device::Cuda(0))
-            } else {
-                bail!("device \"cuda\" requested but no CUDA device is available")
-            }
-        }
-        other => bail!("device must be auto, cpu or cuda, got {other:?}"),
-    }
+    Ok(tailor_model::parse_device(name)?)
 }
 
 fn validate(cfg: &TrainConfig) -> anyhow::Result<()> {
