@@ -234,6 +234,9 @@ impl KvCache {
     }
 }
 
+/// Logit elements the LM-head loss holds at once (16 MiB in fp32).
+const HEAD_CHUNK_ELEMENTS: i64 = 1 << 22;
+
 /// Token positions of one forward pass.
 enum Positions {
     /// `start..start + len` in every row.
@@ -638,6 +641,65 @@ impl CausalLm {
     /// Logits for hidden states of any leading shape (`[..., hidden] -> [..., vocab]`).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<Tensor>(&self.lm_head, None)
+    }
+
+    /// Summed token cross-entropy of the LM head's logits at `hidden` (`[N, hidden]`) against
+    /// `targets` (`[N]`, int64, each in `0..vocab`), with `log_softmax` in fp32 as
+    /// `transformers` computes it; with `grad`, also its gradient with respect to `hidden`
+    /// (`[N, hidden]`, in `hidden`'s kind): `(softmax(logits) - onehot(target)) · lm_head`.
+    ///
+    /// Runs a few rows at a time, so the `[N, vocab]` logits, their log-softmax and their
+    /// gradient never exist whole (with a large vocabulary they dominate a training step's
+    /// memory and, allocated fresh each step, its page faults), and each chunk's logits are
+    /// still in cache when their gradient is formed. The head is frozen: no weight gradient.
+    /// Call it outside autograd (on a detached `hidden`) and backpropagate the gradient into
+    /// the layers, e.g. through `(hidden * grad).sum()`.
+    pub fn head_cross_entropy(
+        &self,
+        hidden: &Tensor,
+        targets: &Tensor,
+        grad: bool,
+    ) -> Result<(f64, Option<Tensor>)> {
+        let size = hidden.size();
+        let (n, vocab) = (size.first().copied().unwrap_or(0), self.config.vocab_size);
+        if hidden.dim() != 2 || targets.size() != [n] {
+            return Err(ModelError::InvalidInput(format!(
+                "head_cross_entropy takes hidden [N, hidden] and targets [N], got {size:?} and {:?}",
+                targets.size()
+            )));
+        }
+        let rows = (HEAD_CHUNK_ELEMENTS / vocab.max(1)).max(16);
+        let targets = targets.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
+        let mut out = if grad {
+            Some(hidden.f_empty_like()?)
+        } else {
+            None
+        };
+        let mut loss = 0.0;
+        let mut start = 0;
+        while start < n {
+            let len = rows.min(n - start);
+            let h = hidden.f_narrow(0, start, len)?;
+            let t = targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
+            let logits = h.f_linear::<Tensor>(&self.lm_head, None)?;
+            let mut lsm = logits.f_log_softmax(-1, Kind::Float)?;
+            drop(logits);
+            loss -= lsm
+                .f_gather(1, &t, false)?
+                .f_sum(Kind::Double)?
+                .f_double_value(&[])?;
+            if let Some(out) = out.as_mut() {
+                let mut probs = lsm.f_exp_()?;
+                let minus_one = Tensor::f_full([len, 1], -1.0, (Kind::Float, self.device))?;
+                let _ = probs.f_scatter_add_(1, &t, &minus_one)?;
+                let g = probs
+                    .f_to_kind(self.lm_head.kind())?
+                    .f_matmul(&self.lm_head)?;
+                out.f_narrow(0, start, len)?.f_copy_(&g)?;
+            }
+            start += len;
+        }
+        Ok((loss, out))
     }
 
     /// Logits `[B, T, vocab]` for every input position.

@@ -547,3 +547,34 @@ fn continuous_batch_over_many_steps_equals_each_row_alone() {
         assert!(batch.columns() <= 13 + steps as i64);
     }
 }
+
+/// The chunked LM-head loss and its hand-formed gradient equal autograd through the full
+/// logits (more rows than one chunk, so chunking is exercised with a short last chunk).
+#[test]
+fn head_cross_entropy_equals_autograd() {
+    let (_, model) = load("llama_gqa");
+    tch::manual_seed(7);
+    let (vocab, hidden) = (model.config.vocab_size, model.config.hidden_size);
+    let rows = (1i64 << 22) / vocab + 37;
+    let h = Tensor::randn([rows, hidden], (Kind::Float, Device::Cpu));
+    let targets = Tensor::randint(vocab, [rows], (Kind::Int64, Device::Cpu));
+    let leaf = h.detach().set_requires_grad(true);
+    let expect = model.logits(&leaf).cross_entropy_loss::<Tensor>(
+        &targets,
+        None,
+        tch::Reduction::Sum,
+        -100,
+        0.0,
+    );
+    expect.backward();
+    let (loss, grad) = tch::no_grad(|| model.head_cross_entropy(&h, &targets, true)).expect("loss");
+    let want = expect.double_value(&[]);
+    assert!((loss - want).abs() <= 1e-4 * want.abs(), "{loss} vs {want}");
+    let grad = grad.expect("grad");
+    let diff = max_abs_diff(&grad, &leaf.grad());
+    assert!(diff <= 1e-5, "gradient differs by {diff}");
+    let (eval, none) =
+        tch::no_grad(|| model.head_cross_entropy(&h, &targets, false)).expect("eval");
+    assert!(none.is_none());
+    assert_eq!(eval, loss);
+}

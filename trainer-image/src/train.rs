@@ -305,13 +305,17 @@ fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bool) -> Batc
     }
 }
 
-/// Summed token cross-entropy of a micro-batch (logits only where a token counts).
+/// Summed token cross-entropy of a micro-batch (logits only where a token counts). With
+/// `backward_scale`, also accumulates the gradient of `backward_scale * loss` into the adapter's
+/// tensors: the frozen LM head's part is formed chunk by chunk without autograd (see
+/// `CausalLm::head_cross_entropy`) and backpropagated through the layers from there.
 fn batch_loss_sum(
     model: &CausalLm,
     adapter: Option<&LoraAdapter>,
     batch: &Batch,
     train: bool,
-) -> anyhow::Result<Tensor> {
+    backward_scale: Option<f64>,
+) -> anyhow::Result<f64> {
     let adapters = adapter.map_or(Adapters::None, Adapters::All);
     let h = model.hidden_states_packed(
         &batch.input_ids,
@@ -320,8 +324,14 @@ fn batch_loss_sum(
         train,
         &batch.positions,
     )?;
-    let logits = model.logits(&h).to_kind(Kind::Float);
-    Ok(logits.cross_entropy_loss::<Tensor>(&batch.targets, None, tch::Reduction::Sum, -100, 0.0))
+    let (loss, grad) = tch::no_grad(|| {
+        model.head_cross_entropy(&h.detach(), &batch.targets, backward_scale.is_some())
+    })?;
+    if let (Some(scale), Some(grad)) = (backward_scale, grad) {
+        // The gradient of sum(h * g) with respect to h is g.
+        (h * (grad * scale)).sum(None).backward();
+    }
+    Ok(loss)
 }
 
 fn eval_loss(
@@ -339,8 +349,7 @@ fn eval_loss(
     for chunk in samples.chunks(batch_size.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().collect();
         let b = make_batch(&refs, pad, model.device(), false);
-        let l = tch::no_grad(|| batch_loss_sum(model, adapter, &b, false))?;
-        sum += l.double_value(&[]);
+        sum += tch::no_grad(|| batch_loss_sum(model, adapter, &b, false, None))?;
         n += b.counted;
     }
     Ok(Some(sum / n.max(1) as f64))
@@ -543,9 +552,8 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
         let params = adapter.parameters();
         let mut loss_sum = 0.0;
         for b in &batches {
-            let l = batch_loss_sum(&model, Some(&adapter), b, true)?;
-            (&l / counted as f64).backward();
-            loss_sum += l.double_value(&[]);
+            loss_sum +=
+                batch_loss_sum(&model, Some(&adapter), b, true, Some(1.0 / counted as f64))?;
         }
         clip_grad_norm(&params, cfg.max_grad_norm);
         let lr = cfg.learning_rate * lr_factor(cfg.scheduler, step, total_steps, warmup);
