@@ -188,6 +188,16 @@ pub fn server_config(
     v
 }
 
+/// The adapters (name → path in the pod) of a server ConfigMap written by [`server_config_map`].
+pub fn read_server_adapters(cm: &ConfigMap) -> BTreeMap<String, String> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(SERVER_CONFIG_KEY))
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .and_then(|v| serde_json::from_value(v["adapters"].clone()).ok())
+        .unwrap_or_default()
+}
+
 /// The TEST-ONLY fault injection a ModelDeployment asks for by annotation, if valid JSON.
 pub fn fault_injection(md: &ModelDeployment) -> Option<Value> {
     md.annotations()

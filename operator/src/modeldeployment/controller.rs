@@ -221,16 +221,21 @@ fn readiness_of(pods_: &[ServingPod], replicas: i32, spec: &RevisionSpec) -> Rea
 }
 
 /// Loads and unloads adapters on every ready pod so each holds `desired`; returns the pods'
-/// status lines.
+/// status lines. Unloading waits (`unload` false) until the router runs a config that no
+/// longer sends requests to what would be unloaded.
 async fn sync_adapters(
     ctx: &Context,
     pods_: &[ServingPod],
     pod_revision: &str,
     desired: &BTreeMap<String, String>,
+    unload: bool,
 ) -> Vec<PodAdapters> {
     let mut out = vec![];
     for p in pods_ {
-        let plan = pods::load_plan(&p.listed, desired);
+        let mut plan = pods::load_plan(&p.listed, desired);
+        if !unload {
+            plan.unload.clear();
+        }
         let mut errors = BTreeMap::new();
         let base = format!("http://{}:{}/admin/adapters", p.ip, build::SERVER_PORT);
         for (name, path) in &plan.load {
@@ -581,14 +586,11 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     }
     let fault = build::fault_injection(md);
     let mut backends = BTreeMap::new();
-    let mut adapter_paths = BTreeMap::new();
+    let mut serving_vols = BTreeMap::new();
     for (pod_rev, (spec, uris)) in &by_pod {
         let cm_name = build::serving_name(&name, pod_rev);
         let vols = build::serving_volumes(cfg, &cm_name, &spec.pods.base_model_uri, uris)
             .map_err(Error::InvalidSpec)?;
-        let config = build::server_config(spec, &vols.adapters, fault.as_ref());
-        apply::apply(&cms, &build::server_config_map(md, pod_rev, &config)).await?;
-        apply::apply(&deploys, &build::server_deployment(md, spec, &vols, cfg)).await?;
         let svc = apply::apply(&svcs, &build::server_service(md, pod_rev)).await?;
         let host = cluster_ip(&svc)
             .unwrap_or_else(|| format!("{}.{ns}.svc", build::serving_name(&name, pod_rev)));
@@ -596,7 +598,7 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
             pod_rev.clone(),
             format!("http://{host}:{}", build::SERVER_PORT),
         );
-        adapter_paths.insert(pod_rev.clone(), vols.adapters);
+        serving_vols.insert(pod_rev.clone(), vols);
     }
     let backend = |spec: &RevisionSpec| {
         backends
@@ -628,12 +630,48 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     );
     let window_secs = std::time::Duration::from(md.spec.rollout.analysis.interval).as_secs();
     let router_config = build::router_config(routes, &keys, window_secs);
-    apply::apply(&cms, &build::router_config_map(md, &router_config)).await?;
+    let router_cm = build::router_config_map(md, &router_config);
+    apply::apply(&cms, &router_cm).await?;
     apply::apply(&deploys, &build::router_deployment(md, cfg)).await?;
     let router_svc = apply::apply(&svcs, &build::router_service(md)).await?;
-    st.endpoint = cluster_ip(&router_svc)
-        .or(router_ip)
+    let router_ip = cluster_ip(&router_svc).or(router_ip);
+    st.endpoint = router_ip
+        .as_ref()
         .map(|ip| format!("http://{ip}:{}/v1", build::ROUTER_PORT));
+    // What the router no longer routes to may go only once it runs this config: the ConfigMap
+    // reaches its pod and is reloaded a moment after the apply, and until then requests still
+    // arrive for the old adapter or revision.
+    let router_current = match &router_ip {
+        Some(ip) => router_runs(ctx, ip, &router_cm).await,
+        None => false,
+    };
+
+    // The servers' config: what serves now, plus, until the router runs its new config, the
+    // adapters the previous config had (a server unloads what leaves its config file).
+    let mut adapter_paths = BTreeMap::new();
+    for (pod_rev, (spec, _)) in &by_pod {
+        let Some(vols) = serving_vols.get(pod_rev) else {
+            continue;
+        };
+        let mut adapters = vols.adapters.clone();
+        if !router_current {
+            let old = cms
+                .get_opt(&build::serving_name(&name, pod_rev))
+                .await
+                .map_err(Error::kube("reading server config"))?;
+            for (k, v) in old
+                .as_ref()
+                .map(build::read_server_adapters)
+                .unwrap_or_default()
+            {
+                adapters.entry(k).or_insert(v);
+            }
+        }
+        let config = build::server_config(spec, &adapters, fault.as_ref());
+        apply::apply(&cms, &build::server_config_map(md, pod_rev, &config)).await?;
+        apply::apply(&deploys, &build::server_deployment(md, spec, vols, cfg)).await?;
+        adapter_paths.insert(pod_rev.clone(), adapters);
+    }
 
     // Adapters on the pods: hot-load what serves now, unload what no longer does.
     let mut pod_lines = vec![];
@@ -646,37 +684,23 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
                 None => continue,
             }
         };
-        pod_lines.extend(sync_adapters(ctx, pods_, pod_rev, paths).await);
+        pod_lines.extend(sync_adapters(ctx, pods_, pod_rev, paths, router_current).await);
     }
     st.pods = pod_lines;
+    let mut requeue = decision.requeue_after;
+    if !router_current {
+        requeue = requeue.min(Duration::from_secs(1));
+        tracing::debug!(
+            "router has not loaded its new config yet: old adapters and revisions stay"
+        );
+    }
 
     // Old revisions go: pods, Services and server configs of pod revisions no longer serving,
     // snapshots of revisions neither serving nor asked for.
     let live_pods: BTreeSet<String> = by_pod.keys().cloned().collect();
-    prune(
-        &deploys,
-        &name,
-        "app.kubernetes.io/name=tailor-server",
-        REVISION_LABEL,
-        &live_pods,
-    )
-    .await?;
-    prune(
-        &svcs,
-        &name,
-        "app.kubernetes.io/name=tailor-server",
-        REVISION_LABEL,
-        &live_pods,
-    )
-    .await?;
-    prune(
-        &cms,
-        &name,
-        "app.kubernetes.io/name=tailor-server",
-        REVISION_LABEL,
-        &live_pods,
-    )
-    .await?;
+    if router_current {
+        prune_pod_revisions(&deploys, &svcs, &cms, &name, &live_pods).await?;
+    }
     let live_revs: BTreeSet<String> = [
         Some(stable_rev.clone()),
         st.canary_revision.clone(),
@@ -712,5 +736,38 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     ctx.metrics
         .canary
         .observe(&ns, &name, st.canary_weight, decision.transition);
-    Ok(Action::requeue(decision.requeue_after))
+    Ok(Action::requeue(requeue))
+}
+
+/// Whether the router has loaded the config in `cm` (its `/stats` reports the file's SHA-256).
+async fn router_runs(ctx: &Context, router_ip: &str, cm: &ConfigMap) -> bool {
+    let Some(text) = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(build::ROUTER_CONFIG_KEY))
+    else {
+        return false;
+    };
+    match router_stats(ctx, router_ip, Duration::from_secs(1)).await {
+        Ok(st) => st.config.sha256 == stats::config_sha256(text),
+        Err(e) => {
+            tracing::debug!(error = %e, "router stats");
+            false
+        }
+    }
+}
+
+/// Deletes the serving Deployments, Services and server ConfigMaps of pod revisions no longer
+/// serving.
+async fn prune_pod_revisions(
+    deploys: &Api<Deployment>,
+    svcs: &Api<Service>,
+    cms: &Api<ConfigMap>,
+    name: &str,
+    live_pods: &BTreeSet<String>,
+) -> Result<(), Error> {
+    let server = "app.kubernetes.io/name=tailor-server";
+    prune(deploys, name, server, REVISION_LABEL, live_pods).await?;
+    prune(svcs, name, server, REVISION_LABEL, live_pods).await?;
+    prune(cms, name, server, REVISION_LABEL, live_pods).await
 }

@@ -6,7 +6,8 @@
 //! the base model must exist at `pvc://tailor-artifacts/models/base` of each test namespace, and
 //! `TAILOR_E2E_ARTIFACTS_DIR` may name a host path of the shared artifact storage for the
 //! file-level checks). Otherwise it starts `tailor-sim` itself: a state directory in a temp dir,
-//! `--image` mappings to the `tailor-operator` and `tailor-trainer` binaries cargo built,
+//! `--image` mappings to the `tailor-operator`, `tailor-trainer`, `tailor-server` and
+//! `tailor-router` binaries cargo built,
 //! `kubectl apply -k manifests/overlays/sim`, the operator running as its Deployment's pod with
 //! its ServiceAccount token, and a tiny random Llama written into the artifact volume.
 //!
@@ -138,6 +139,8 @@ impl Env {
         let sim = binary("tailor-sim", "tailor-sim")?;
         let operator = binary("tailor-operator", "tailor-operator")?;
         let trainer = binary("tailor-trainer", "tailor-trainer")?;
+        let server = binary("tailor-server", "tailor-server")?;
+        let router = binary("tailor-router", "tailor-router")?;
         let tmp = tempfile::Builder::new().prefix("tailor-e2e-").tempdir()?;
         let state = tmp.path().join("sim");
         let kubeconfig = tmp.path().join("kubeconfig");
@@ -159,6 +162,10 @@ impl Env {
             .arg(format!("tailor-operator={}", operator.display()))
             .arg("--image")
             .arg(format!("tailor-trainer={}", trainer.display()))
+            .arg("--image")
+            .arg(format!("tailor-server={}", server.display()))
+            .arg("--image")
+            .arg(format!("tailor-router={}", router.display()))
             .env("RUST_LOG", "warn")
             // The static Env is never dropped: the wrapper removes the state after the sim
             // exits (set TAILOR_E2E_KEEP to keep it for a post-mortem).

@@ -501,7 +501,11 @@ impl Cluster {
                         }
                     }
                 }
-                merged["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+                // A status apply computed its managedFields (manager "-"): keep them, so the
+                // next apply by the same manager removes the status fields it stops applying.
+                // Other status writes are tracked below from the old ones.
+                let mf = if opts.manager == "-" { &new } else { &*old };
+                merged["metadata"]["managedFields"] = mf["metadata"]["managedFields"].clone();
                 new = merged;
             } else if rt.has_status() {
                 match old.get("status") {

@@ -393,3 +393,51 @@ async fn selector_watch_reports_objects_leaving_and_entering_as_deleted_and_adde
     }
     assert_eq!(kinds, vec!["DELETED", "ADDED"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_apply_removes_the_fields_a_manager_stops_applying() {
+    let sim = Sim::start(&[]);
+    install(&sim);
+    let c = client(&sim).await;
+    let api = widgets(&c, "default");
+    api.create(&PostParams::default(), &widget("s", 1))
+        .await
+        .expect("create");
+    let pp = PatchParams::apply("tester");
+    let apply = |status: serde_json::Value| {
+        let api = api.clone();
+        let pp = pp.clone();
+        async move {
+            api.patch_status(
+                "s",
+                &pp,
+                &Patch::Apply(json!({"apiVersion": "example.tailor.dev/v1", "kind": "Widget", "status": status})),
+            )
+            .await
+            .expect("status apply")
+        }
+    };
+    apply(json!({"phase": "Rolling", "conditions": [{"type": "Ready", "status": "False"}]})).await;
+    // As in Kubernetes: the manager no longer applies `conditions`, so they go.
+    let w = apply(json!({"phase": "Done"})).await;
+    assert_eq!(w.data["status"], json!({"phase": "Done"}));
+    let entry = w
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("tester"))
+        .expect("a managedFields entry for the status applier");
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+    assert_eq!(entry.operation.as_deref(), Some("Apply"));
+    // A later apply of the spec by another manager leaves the status alone.
+    let w = api
+        .patch(
+            "s",
+            &PatchParams::apply("spec-owner").force(),
+            &Patch::Apply(json!({"apiVersion": "example.tailor.dev/v1", "kind": "Widget", "metadata": {"name": "s"}, "spec": {"size": 2, "uri": "file:///w"}})),
+        )
+        .await
+        .expect("spec apply");
+    assert_eq!(w.data["status"], json!({"phase": "Done"}));
+}

@@ -186,6 +186,8 @@ fn server_config_lists_adapters_and_only_test_fault_injection_when_annotated() {
     let cm = server_config_map(&md, &rev.pod_revision(), &v);
     let text = &cm.data.as_ref().expect("data")[SERVER_CONFIG_KEY];
     assert_eq!(serde_json::from_str::<Value>(text).expect("json"), v);
+    // Read back, as the controller does to keep old adapters until the router is off them.
+    assert_eq!(read_server_adapters(&cm), adapters);
 }
 
 #[test]

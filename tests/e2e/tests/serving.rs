@@ -1,0 +1,906 @@
+//! issue 7's "Done when" list, end to end: ModelDeployments served through their router,
+//! adapter and pod canaries promoted or rolled back by analysis, the operator restarted
+//! mid-rollout. One cluster per test process (tailor-sim unless `TAILOR_E2E_KUBECONFIG` is
+//! set), one namespace per test. The official `openai` Python client talks to status.endpoint.
+//!
+//! Canary tests use imported adapters (PEFT's own initialisation, written once into the shared
+//! artifact storage) so that only the quickstart pays for training; the test-only fault
+//! injection (`tailor.dev/test-fault-injection`) makes an adapter fail a fraction of requests.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tailor_e2e::{
+    Env, condition, inline_dataset, phase, quickstart_examples, repo_root, small_job, wait_for,
+};
+
+const LONG: Duration = Duration::from_secs(300);
+const SHORT: Duration = Duration::from_secs(120);
+const BASE: &str = "pvc://tailor-artifacts/models/base";
+const IMPORTED: &str = "adapters/e2e-imported";
+
+fn client_script() -> PathBuf {
+    repo_root().join("tests/e2e/tests/serving_client.py")
+}
+
+fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
+    let ns = ns.to_string();
+    move || {
+        format!(
+            "--- objects in {ns}:\n{}\n--- events:\n{}\n--- operator logs:\n{}",
+            env.kubectl(&[
+                "-n",
+                &ns,
+                "get",
+                "modeldeployments,loraadapters,deployments,pods",
+                "-o",
+                "yaml"
+            ])
+            .unwrap_or_else(|e| e.to_string()),
+            env.kubectl(&["-n", &ns, "get", "events"])
+                .unwrap_or_else(|e| e.to_string()),
+            env.operator_logs()
+        )
+    }
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// An RFC 3339 time of the API (second precision) as Unix seconds.
+fn unix(rfc3339: &str) -> f64 {
+    let out = Command::new("date")
+        .args(["-u", "-d", rfc3339, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+/// Makes one PEFT-initialised adapter in the shared artifact storage (once per process).
+fn imported_artifact(env: &Env) {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return;
+    }
+    if let (Some(base), Some(out)) = (
+        env.artifact_path(BASE),
+        env.artifact_path(&format!("pvc://tailor-artifacts/{IMPORTED}")),
+    ) && !out.join("adapter_model.safetensors").exists()
+    {
+        let res = Command::new("python3")
+            .arg(repo_root().join("model/tests/reference.py"))
+            .arg("peft-init")
+            .arg(&base)
+            .arg(&out)
+            .args(["q_proj,v_proj", "4", "8", "7"])
+            .output()
+            .expect("python3");
+        assert!(
+            res.status.success(),
+            "peft-init: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    *done = true;
+}
+
+/// LoraAdapters imported by hand (one artifact, a name each), waited for until Ready.
+fn import_adapters(env: &'static Env, ns: &str, names: &[&str]) {
+    imported_artifact(env);
+    for n in names {
+        env.apply(&format!(
+            "apiVersion: tailor.dev/v1alpha1\nkind: LoraAdapter\nmetadata: {{name: {n}, namespace: {ns}}}\nspec:\n  baseModel: {{uri: {BASE}}}\n  uri: pvc://tailor-artifacts/{IMPORTED}\n  rank: 4\n  alpha: 8\n  targetModules: [q_proj, v_proj]\n  deletionPolicy: Retain\n"
+        ))
+        .expect("apply LoraAdapter");
+    }
+    for n in names {
+        wait_for(
+            &format!("LoraAdapter {ns}/{n} to be Ready"),
+            SHORT,
+            || {
+                env.object(ns, "loraadapter", n)
+                    .filter(|o| phase(o) == "Ready")
+            },
+            describe(env, ns),
+        );
+    }
+}
+
+/// A ModelDeployment serving `adapter` as `support` with a fast rollout.
+fn mdep(ns: &str, adapter: &str, rollout: Value, annotations: Value, replicas: u32) -> Value {
+    json!({
+        "apiVersion": "tailor.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "support", "namespace": ns, "annotations": annotations},
+        "spec": {
+            "baseModel": {"uri": BASE, "servedName": "base"},
+            "adapters": [{"name": "support", "adapterRef": {"name": adapter}}],
+            "replicas": replicas,
+            "resources": {"gpus": 0},
+            "server": {"maxBatchSize": 8, "maxSeqLength": 256, "maxLoadedAdapters": 4},
+            "rollout": rollout,
+        }
+    })
+}
+
+fn get_mdep(env: &Env, ns: &str) -> Option<Value> {
+    env.object(ns, "modeldeployment", "support")
+}
+
+fn wait_ready(env: &'static Env, ns: &str) -> Value {
+    wait_for(
+        &format!("ModelDeployment {ns}/support to be Ready and Healthy"),
+        LONG,
+        || {
+            get_mdep(env, ns).filter(|m| {
+                phase(m) == "Healthy"
+                    && condition(m, "Ready").is_some_and(|c| c["status"] == "True")
+                    && m["status"]["endpoint"].is_string()
+            })
+        },
+        describe(env, ns),
+    )
+}
+
+fn set_adapter(env: &Env, ns: &str, adapter: &str) {
+    env.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "modeldeployment",
+        "support",
+        "--type=json",
+        "-p",
+        &json!([{"op": "replace", "path": "/spec/adapters/0/adapterRef/name", "value": adapter}])
+            .to_string(),
+    ])
+    .expect("patch adapter");
+}
+
+fn serving_pod_uids(env: &Env, ns: &str) -> BTreeSet<String> {
+    let pods = env
+        .get_json(&[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=tailor-server",
+        ])
+        .expect("pods");
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+        .collect()
+}
+
+/// Steady load by the openai client: workers cycling through 40 users.
+struct Load {
+    child: Child,
+    stop: PathBuf,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Load {
+    fn start(endpoint: &str, model: &str) -> Load {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stop = dir.path().join("stop");
+        let out = dir.path().join("requests.jsonl");
+        let child = Command::new("python3")
+            .arg(client_script())
+            .args(["load", endpoint, model])
+            .arg(&stop)
+            .arg(&out)
+            .args(["4", "40"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 load client");
+        let load = Load {
+            child,
+            stop,
+            out,
+            _dir: dir,
+        };
+        wait_for(
+            "the load client to get answers",
+            SHORT,
+            || (load.records().iter().filter(|r| r["ok"] == true).count() >= 3).then_some(()),
+            || format!("{:?}", load.records().iter().take(5).collect::<Vec<_>>()),
+        );
+        load
+    }
+
+    fn records(&self) -> Vec<Value> {
+        read_records(&self.out)
+    }
+
+    fn stop(self) -> Vec<Value> {
+        let Load {
+            child,
+            stop,
+            out,
+            _dir,
+        } = self;
+        std::fs::write(&stop, b"").expect("stop file");
+        let res = child.wait_with_output().expect("load client exits");
+        assert!(
+            res.status.success(),
+            "load client: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        read_records(&out)
+    }
+}
+
+fn read_records(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn target_of(r: &Value) -> &str {
+    r["target"].as_str().unwrap_or("")
+}
+
+fn errors(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["ok"] != true).collect()
+}
+
+/// One `ask` through the openai client: {model: {content, model, usage}}.
+fn ask(endpoint: &str, models: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(client_script())
+        .args(["ask", endpoint, "How do I reset my password?"])
+        .args(models)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "openai client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
+}
+
+fn events(env: &Env, ns: &str) -> Vec<Value> {
+    env.get_json(&["-n", ns, "get", "events"])
+        .ok()
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client() {
+    let env = Env::get();
+    let ns = "e2e-serve";
+    env.namespace(ns).expect("namespace");
+    let lines = quickstart_examples();
+    env.apply(&inline_dataset(ns, "chat", &lines, 10))
+        .expect("dataset");
+    env.apply(&small_job(ns, "support-v1", "chat", 1, ""))
+        .expect("job");
+    wait_for(
+        "LoraAdapter support-v1 to be Ready",
+        LONG,
+        || {
+            env.object(ns, "loraadapter", "support-v1")
+                .filter(|o| phase(o) == "Ready")
+        },
+        describe(env, ns),
+    );
+    // As in examples/quickstart: two GPU replicas, the gate on (the job recorded both losses).
+    let mut md = mdep(
+        ns,
+        "support-v1",
+        json!({"requireBetterThanBase": true}),
+        json!({}),
+        2,
+    );
+    md["spec"]["resources"]["gpus"] = json!(1);
+    env.apply(&md.to_string()).expect("apply ModelDeployment");
+    let md = wait_ready(env, ns);
+    let st = &md["status"];
+    let endpoint = st["endpoint"].as_str().expect("endpoint");
+    // status.endpoint is the router's Service.
+    let svc = env
+        .object(ns, "service", "support")
+        .expect("router Service");
+    assert!(
+        endpoint.contains(svc["spec"]["clusterIP"].as_str().unwrap_or("?")),
+        "{endpoint}"
+    );
+    let pods = st["pods"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pods.len(), 2, "{st}");
+    for p in &pods {
+        assert_eq!(p["loaded"], json!(["support-v1"]), "{p}");
+    }
+    let answers = ask(endpoint, &["base", "support"]);
+    for (m, served_as) in [("base", "base"), ("support", "support-v1")] {
+        let a = &answers[m];
+        assert!(
+            a["content"].as_str().is_some_and(|c| !c.is_empty()),
+            "{answers}"
+        );
+        // The router passes the backend's answer through: it names the adapter that answered.
+        assert_eq!(a["model"], served_as, "{answers}");
+        assert!(
+            a["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+            "{answers}"
+        );
+    }
+    // One GPU per serving pod.
+    let deploys = env
+        .get_json(&[
+            "-n",
+            ns,
+            "get",
+            "deployments",
+            "-l",
+            "app.kubernetes.io/name=tailor-server",
+        ])
+        .expect("deployments");
+    let d = &deploys["items"][0];
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+}
+
+#[test]
+fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_errors() {
+    let env = Env::get();
+    let ns = "e2e-canary-good";
+    env.namespace(ns).expect("namespace");
+    import_adapters(env, ns, &["good-v1", "good-v2"]);
+    let rollout = json!({
+        "steps": [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}],
+        "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
+    });
+    env.apply(&mdep(ns, "good-v1", rollout, json!({}), 2).to_string())
+        .expect("apply");
+    let md = wait_ready(env, ns);
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let stable = md["status"]["stableRevision"]
+        .as_str()
+        .expect("stable")
+        .to_string();
+    let uids = serving_pod_uids(env, ns);
+    assert_eq!(uids.len(), 2);
+
+    let load = Load::start(endpoint, "support");
+    set_adapter(env, ns, "good-v2");
+    let mut weights: Vec<u64> = vec![];
+    let mut pods_seen = uids.clone();
+    let done = wait_for(
+        "the canary to be promoted",
+        LONG,
+        || {
+            let m = get_mdep(env, ns)?;
+            let st = &m["status"];
+            let w = st["canaryWeight"].as_u64().unwrap_or(0);
+            if st["canaryRevision"].is_string() && weights.last() != Some(&w) {
+                weights.push(w);
+            }
+            pods_seen.extend(serving_pod_uids(env, ns));
+            (st["stableRevision"] != stable.as_str() && phase(&m) == "Healthy").then_some(m)
+        },
+        describe(env, ns),
+    );
+    // Some more load after the promotion: the old adapter goes only once the router is off it.
+    let promoted_at = now_s();
+    wait_for(
+        "requests answered by the promoted adapter",
+        SHORT,
+        || {
+            (load
+                .records()
+                .iter()
+                .filter(|r| r["t"].as_f64().unwrap_or(0.0) > promoted_at + 2.0)
+                .count()
+                >= 10)
+                .then_some(())
+        },
+        String::new,
+    );
+    let records = load.stop();
+
+    let st = &done["status"];
+    let canary = st["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(canary["outcome"], "Promoted", "{st}");
+    assert_eq!(canary["kind"], "adapter", "{st}");
+    assert_eq!(st["stableRevision"], canary["revision"]);
+    // The weights followed the steps, in order (a poll may miss none: each step is 5 s).
+    let steps: Vec<u64> = weights.iter().copied().filter(|w| *w > 0).collect();
+    assert_eq!(steps, vec![25, 50], "weights seen: {weights:?}");
+    // No serving pod was created or replaced.
+    assert_eq!(
+        pods_seen, uids,
+        "serving pods changed during an adapter canary"
+    );
+    assert_eq!(serving_pod_uids(env, ns), uids);
+    // The load saw no error, reached the canary, and ends on the new adapter only.
+    assert!(errors(&records).is_empty(), "{:?}", errors(&records));
+    let canary_target = format!("canary-{}", canary["revision"].as_str().unwrap_or(""));
+    assert!(
+        records.iter().any(|r| target_of(r) == canary_target),
+        "no request reached {canary_target}"
+    );
+    let late: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["t"].as_f64().unwrap_or(0.0) > promoted_at + 2.0)
+        .collect();
+    assert!(late.iter().all(|r| r["model"] == "good-v2"), "{late:?}");
+    // Pods hold only the promoted adapter.
+    let m = wait_for(
+        "pods to unload the old adapter",
+        SHORT,
+        || {
+            get_mdep(env, ns).filter(|m| {
+                m["status"]["pods"].as_array().is_some_and(|ps| {
+                    ps.len() == 2 && ps.iter().all(|p| p["loaded"] == json!(["good-v2"]))
+                })
+            })
+        },
+        describe(env, ns),
+    );
+    assert_eq!(phase(&m), "Healthy");
+    println!(
+        "adapter canary: weights {weights:?}, {} requests, 0 errors",
+        records.len()
+    );
+}
+
+#[test]
+fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
+    let env = Env::get();
+    let ns = "e2e-canary-bad";
+    env.namespace(ns).expect("namespace");
+    import_adapters(env, ns, &["ok-v1", "faulty-v2"]);
+    let (interval, failure_limit) = (3u64, 2u64);
+    let rollout = json!({
+        "steps": [{"weight": 50, "pause": "120s"}],
+        "analysis": {"interval": format!("{interval}s"), "minRequests": 5, "maxErrorRate": 0.1, "maxErrorRateIncrease": 0.05, "failureLimit": failure_limit},
+    });
+    // TEST-ONLY: the faulty adapter fails 30% of its requests.
+    let fault = json!({"tailor.dev/test-fault-injection": json!({"errorRate": 0.3, "adapters": ["faulty-v2"]}).to_string()});
+    env.apply(&mdep(ns, "ok-v1", rollout, fault, 2).to_string())
+        .expect("apply");
+    let md = wait_ready(env, ns);
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let stable = md["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+
+    let load = Load::start(endpoint, "support");
+    set_adapter(env, ns, "faulty-v2");
+    let rolled = wait_for(
+        "the faulty canary to be rolled back",
+        LONG,
+        || get_mdep(env, ns).filter(|m| phase(m) == "RolledBack"),
+        describe(env, ns),
+    );
+    let seen_at = now_s();
+    // The revision is not retried while the spec stays: watch a few analysis intervals.
+    while now_s() < seen_at + (3 * interval) as f64 {
+        let m = get_mdep(env, ns).expect("mdep");
+        assert_eq!(phase(&m), "RolledBack", "{}", m["status"]);
+        assert!(m["status"]["canaryRevision"].is_null(), "{}", m["status"]);
+        assert_eq!(m["status"]["canaryWeight"], 0);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let records = load.stop();
+
+    let st = &rolled["status"];
+    assert_eq!(st["stableRevision"], stable.as_str());
+    let rec = st["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rec["outcome"], "RolledBack", "{st}");
+    let canary_rev = rec["revision"].as_str().unwrap_or("").to_string();
+    let reason = rec["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("maxErrorRate") && reason.contains(&format!("{failure_limit} failed")),
+        "{reason}"
+    );
+    let c = condition(&rolled, "RolledBack").expect("RolledBack condition");
+    assert_eq!(c["status"], "True");
+    assert_eq!(c["reason"], "AnalysisFailed");
+    let a = &st["lastAnalysis"];
+    assert_eq!(a["verdict"], "Fail", "{a}");
+    assert!(
+        a["canary"]["errorRate"].as_f64().unwrap_or(0.0) > 0.1,
+        "{a}"
+    );
+    assert!(a["canary"]["requests"].as_u64().unwrap_or(0) >= 5, "{a}");
+    assert_eq!(a["stable"]["errors"], 0, "{a}");
+    let warning = events(env, ns).into_iter().find(|e| {
+        e["type"] == "Warning"
+            && e["reason"] == "RolledBack"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&canary_rev) && m.contains("error rate"))
+    });
+    assert!(warning.is_some(), "a Warning Event with the evidence");
+
+    // Stable users saw no error; the canary's did.
+    let canary_target = format!("canary-{canary_rev}");
+    let stable_errors: Vec<&Value> = errors(&records)
+        .into_iter()
+        .filter(|r| target_of(r) != canary_target)
+        .collect();
+    assert!(stable_errors.is_empty(), "{stable_errors:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| target_of(r) == canary_target && r["ok"] != true)
+    );
+    // Rolled back within (failureLimit + 1) × interval of the canary's first request, by the
+    // operator's own clock (status times have second precision: one second of allowance).
+    let first = records
+        .iter()
+        .filter(|r| target_of(r) == canary_target)
+        .filter_map(|r| r["t"].as_f64())
+        .fold(f64::MAX, f64::min);
+    let rolled_back_at = unix(rec["time"].as_str().unwrap_or(""));
+    let latency = rolled_back_at - first;
+    let budget = ((failure_limit + 1) * interval) as f64;
+    println!(
+        "rollback {latency:.1}s after the canary's first request (budget (failureLimit+1)×interval = {budget}s); {} requests",
+        records.len()
+    );
+    assert!(
+        latency <= budget + 1.0,
+        "rolled back {latency:.1}s after traffic reached the canary, budget {budget}s"
+    );
+
+    // A spec change moves on: back to the stable adapter clears RolledBack.
+    set_adapter(env, ns, "ok-v1");
+    let m = wait_for(
+        "RolledBack to clear after the spec changes",
+        SHORT,
+        || {
+            get_mdep(env, ns).filter(|m| {
+                phase(m) == "Healthy"
+                    && condition(m, "RolledBack").is_some_and(|c| c["status"] == "False")
+            })
+        },
+        describe(env, ns),
+    );
+    assert_eq!(m["status"]["stableRevision"], stable.as_str());
+}
+
+#[test]
+fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
+    let env = Env::get();
+    let ns = "e2e-canary-equal";
+    env.namespace(ns).expect("namespace");
+    import_adapters(env, ns, &["same-v1", "same-v2"]);
+    let interval = 2u64;
+    // failureLimit 1: a single failed window would roll back.
+    let rollout = json!({
+        "steps": [{"weight": 50, "pause": format!("{}s", 20 * interval)}],
+        "analysis": {"interval": format!("{interval}s"), "minRequests": 3, "maxErrorRate": 0.5, "maxErrorRateIncrease": 0.05, "failureLimit": 1},
+    });
+    let fault = json!({"tailor.dev/test-fault-injection": json!({"errorRate": 0.01, "adapters": ["same-v1", "same-v2"]}).to_string()});
+    env.apply(&mdep(ns, "same-v1", rollout, fault, 2).to_string())
+        .expect("apply");
+    let md = wait_ready(env, ns);
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let stable = md["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let load = Load::start(endpoint, "support");
+    set_adapter(env, ns, "same-v2");
+    let mut analyses: BTreeSet<String> = BTreeSet::new();
+    let mut verdicts: Vec<String> = vec![];
+    let done = wait_for(
+        "the canary to finish its step",
+        LONG,
+        || {
+            let m = get_mdep(env, ns)?;
+            let a = &m["status"]["lastAnalysis"];
+            if let Some(t) = a["time"].as_str()
+                && analyses.insert(t.to_string())
+            {
+                verdicts.push(a["verdict"].as_str().unwrap_or("").to_string());
+            }
+            let ended = m["status"]["canaryRevision"].is_null()
+                && m["status"]["stableRevision"] != stable.as_str();
+            (ended || phase(&m) == "RolledBack").then_some(m)
+        },
+        describe(env, ns),
+    );
+    let records = load.stop();
+    assert_eq!(phase(&done), "Healthy", "{}", done["status"]);
+    let rec = done["status"]["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rec["outcome"], "Promoted", "{}", done["status"]);
+    assert!(!verdicts.iter().any(|v| v == "Fail"), "{verdicts:?}");
+    // Both sides did fail some requests, at the same rate.
+    let errs = errors(&records).len();
+    println!(
+        "equal error rates: {} requests, {errs} errors, {} analyses observed ({verdicts:?})",
+        records.len(),
+        analyses.len()
+    );
+    // The step lasted 20 intervals, analysed every interval; polls see most windows.
+    assert!(analyses.len() >= 10, "{verdicts:?}");
+}
+
+#[test]
+fn operator_killed_mid_rollout_resumes_from_status() {
+    let env = Env::get();
+    let ns = "e2e-canary-restart";
+    env.namespace(ns).expect("namespace");
+    import_adapters(env, ns, &["resume-v1", "resume-v2"]);
+    let rollout = json!({
+        "steps": [{"weight": 30, "pause": "12s"}, {"weight": 60, "pause": "6s"}],
+        "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
+    });
+    env.apply(&mdep(ns, "resume-v1", rollout, json!({}), 1).to_string())
+        .expect("apply");
+    let md = wait_ready(env, ns);
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let stable = md["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let load = Load::start(endpoint, "support");
+    set_adapter(env, ns, "resume-v2");
+    let at_step = wait_for(
+        "the canary's first step",
+        SHORT,
+        || get_mdep(env, ns).filter(|m| m["status"]["canaryWeight"] == 30),
+        describe(env, ns),
+    );
+    let step_started = at_step["status"]["stepStartedAt"].clone();
+    let op = env.ready_operator_pod();
+    let op_name = op["metadata"]["name"].as_str().expect("operator pod");
+    env.kubectl(&[
+        "-n",
+        "tailor-system",
+        "delete",
+        "pod",
+        op_name,
+        "--grace-period=0",
+        "--wait=false",
+    ])
+    .expect("kill the operator");
+    // While no operator runs and after a new one starts, the rollout never goes back.
+    let mut seen: Vec<(u64, u64)> = vec![];
+    let done = wait_for(
+        "the rollout to finish under the new operator",
+        LONG,
+        || {
+            let m = get_mdep(env, ns)?;
+            let st = &m["status"];
+            if st["canaryRevision"].is_string() {
+                let s = (
+                    st["currentStep"].as_u64().unwrap_or(99),
+                    st["canaryWeight"].as_u64().unwrap_or(0),
+                );
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+                if st["currentStep"] == 0 {
+                    assert_eq!(st["stepStartedAt"], step_started, "step restarted");
+                }
+            }
+            (st["stableRevision"] != stable.as_str()).then_some(m)
+        },
+        describe(env, ns),
+    );
+    let new_op = env.ready_operator_pod();
+    assert_ne!(new_op["metadata"]["name"], op_name);
+    let records = load.stop();
+    assert_eq!(seen, vec![(0, 30), (1, 60)], "steps and weights seen");
+    let history = done["status"]["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let canary_rev = done["status"]["stableRevision"].as_str().unwrap_or("");
+    let records_of_canary: Vec<&Value> = history
+        .iter()
+        .filter(|h| h["revision"] == canary_rev)
+        .collect();
+    assert_eq!(records_of_canary.len(), 1, "{history:?}");
+    assert_eq!(records_of_canary[0]["outcome"], "Promoted");
+    let started = events(env, ns)
+        .into_iter()
+        .filter(|e| e["reason"] == "CanaryStarted")
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum::<u64>();
+    assert_eq!(started, 1, "one CanaryStarted Event");
+    let deploys = env
+        .get_json(&[
+            "-n",
+            ns,
+            "get",
+            "deployments",
+            "-l",
+            "app.kubernetes.io/name=tailor-server",
+        ])
+        .expect("deployments");
+    assert_eq!(deploys["items"].as_array().map(Vec::len), Some(1));
+    assert!(errors(&records).is_empty(), "{:?}", errors(&records));
+}
+
+#[test]
+fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready() {
+    let env = Env::get();
+    let ns = "e2e-pod-canary";
+    env.namespace(ns).expect("namespace");
+    import_adapters(env, ns, &["pods-v1"]);
+    let rollout = json!({
+        "steps": [{"weight": 50, "pause": "4s"}],
+        "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
+        "progressDeadlineSeconds": 20,
+    });
+    env.apply(&mdep(ns, "pods-v1", rollout, json!({}), 1).to_string())
+        .expect("apply");
+    let md = wait_ready(env, ns);
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let first = md["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let old_uids = serving_pod_uids(env, ns);
+    let load = Load::start(endpoint, "support");
+
+    // A server setting changes: a new Deployment, split by the router, then promoted.
+    env.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "modeldeployment",
+        "support",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"server":{"maxBatchSize":4}}}"#,
+    ])
+    .expect("patch");
+    let promoted = wait_for(
+        "the pod canary to be promoted",
+        LONG,
+        || {
+            get_mdep(env, ns).filter(|m| {
+                m["status"]["stableRevision"] != first.as_str() && phase(m) == "Healthy"
+            })
+        },
+        describe(env, ns),
+    );
+    let rec = promoted["status"]["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rec["outcome"], "Promoted");
+    assert_eq!(rec["kind"], "pod");
+    let deploys = wait_for(
+        "the old revision's Deployment to go",
+        SHORT,
+        || {
+            let d = env
+                .get_json(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "deployments",
+                    "-l",
+                    "app.kubernetes.io/name=tailor-server",
+                ])
+                .ok()?;
+            (d["items"].as_array()?.len() == 1).then_some(d)
+        },
+        describe(env, ns),
+    );
+    let args = deploys["items"][0]["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    let args: Vec<&str> = args
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--max-batch-size", "4"]),
+        "{args:?}"
+    );
+    let new_uids = serving_pod_uids(env, ns);
+    assert!(new_uids.is_disjoint(&old_uids), "new pods serve");
+    let promoted_rev = promoted["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        load.records()
+            .iter()
+            .any(|r| target_of(r) == format!("canary-{promoted_rev}")),
+        "the router split traffic to the new pods"
+    );
+
+    // A base model that does not exist: the canary's pods never get ready.
+    env.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "modeldeployment",
+        "support",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"baseModel":{"uri":"pvc://tailor-artifacts/models/does-not-exist"}}}"#,
+    ])
+    .expect("patch");
+    let started = now_s();
+    let rolled = wait_for(
+        "the pod canary to be rolled back after its progress deadline",
+        LONG,
+        || get_mdep(env, ns).filter(|m| phase(m) == "RolledBack"),
+        describe(env, ns),
+    );
+    let elapsed = now_s() - started;
+    let c = condition(&rolled, "RolledBack").expect("RolledBack");
+    assert_eq!(c["reason"], "ProgressDeadlineExceeded", "{c}");
+    assert_eq!(rolled["status"]["stableRevision"], promoted_rev.as_str());
+    assert!(
+        elapsed >= 20.0 - 1.0,
+        "not before the deadline: {elapsed:.1}s"
+    );
+    wait_for(
+        "the failed canary's Deployment to go",
+        SHORT,
+        || {
+            let d = env
+                .get_json(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "deployments",
+                    "-l",
+                    "app.kubernetes.io/name=tailor-server",
+                ])
+                .ok()?;
+            (d["items"].as_array()?.len() == 1).then_some(())
+        },
+        describe(env, ns),
+    );
+    let records = load.stop();
+    // Nobody was sent to pods that never got ready.
+    assert!(errors(&records).is_empty(), "{:?}", errors(&records));
+    let answers = ask(endpoint, &["support"]);
+    assert_eq!(answers["support"]["model"], "pods-v1");
+    println!(
+        "pod canary: promoted, then rolled back {elapsed:.1}s after the bad change (deadline 20s); {} requests, 0 errors",
+        records.len()
+    );
+}
