@@ -1,54 +1,210 @@
 #!/usr/bin/env bash
-# The local demo, end to end as far as tailor exists today. Every step that is not built yet is
-# named as skipped, never faked.
+# The local demo, end to end on a fresh machine: build, start tailor-sim (a local Kubernetes
+# stand-in with simulated GPU nodes), install tailor with `kubectl apply -k`, train the quickstart
+# adapter, serve it behind an OpenAI-compatible endpoint, ask it a question before and after
+# fine-tuning (the official `openai` client), roll out a second adapter as a canary to promotion,
+# then a faulty third one that rolls itself back, and print a short report.
+#
+#   scripts/demo.sh                 # TAILOR_DEMO_DIR=DIR keeps the simulator state and logs there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tailor/target}"
 work="${TAILOR_DEMO_DIR:-$(mktemp -d -t tailor-demo.XXXXXX)}"
+mkdir -p "$work"
+ns=tailor-demo
+client="$root/tests/e2e/tests/serving_client.py"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 report=()
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
 
-step "1. environment (libtorch virtualenv, cargo build)"
+step "1. environment (libtorch virtualenv with torch, transformers, peft, openai; cargo build)"
 eval "$(scripts/setup-libtorch.sh)"
-cargo build -q --workspace --bins
+cargo build -q -p tailor-sim -p tailor-operator -p tailor-trainer -p tailor-server -p tailor-router --bins
 bin="$CARGO_TARGET_DIR/debug"
 
-step "2. CRDs from api/ (crdgen) and the install manifests"
-"$bin/crdgen" --out "$work/crds"
-diff -rq crds "$work/crds" >/dev/null && echo "crds/ is up to date with api/"
-kubectl kustomize manifests/base >"$work/install.yaml"
-echo "install: $(grep -c '^kind:' "$work/install.yaml") objects ($(grep '^kind:' "$work/install.yaml" | sort | uniq -c | awk '{printf "%s %s, ", $1, $3}'))"
-kubectl kustomize examples/quickstart >"$work/quickstart.yaml"
-echo "quickstart: $(grep -c '^kind:' "$work/quickstart.yaml") objects"
-report+=("CRDs generated and manifests rendered into $work")
+step "2. start tailor-sim (2 nodes x 4 simulated GPUs; containers run the binaries just built)"
+export KUBECONFIG="$work/kubeconfig"
+"$bin/tailor-sim" up --state-dir "$work/sim" --kubeconfig "$KUBECONFIG" --nodes 2 --gpus-per-node 4 \
+  --image "tailor-operator=$bin/tailor-operator" --image "tailor-trainer=$bin/tailor-trainer" \
+  --image "tailor-server=$bin/tailor-server" --image "tailor-router=$bin/tailor-router" \
+  >"$work/sim.log" 2>&1 &
+sim=$!
+load_pid=""
+cleanup() {
+  [[ -n "$load_pid" ]] && kill "$load_pid" 2>/dev/null || true
+  kill -TERM "$sim" 2>/dev/null && wait "$sim" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 300); do
+  [[ -f "$KUBECONFIG" ]] && kubectl get --raw /readyz >/dev/null 2>&1 && break
+  kill -0 "$sim" 2>/dev/null || { cat "$work/sim.log"; exit 1; }
+  sleep 0.3
+done
+kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.capacity.nvidia\.com/gpu'
 
-step "3. prepare the quickstart dataset"
-if [[ -x "$bin/tailor-trainer" ]]; then
-  "$bin/tailor-trainer" prepare --input examples/quickstart/support-chat.jsonl --format chat \
-    --output "$work/prepared" --dedupe --redact email,phone --validation-fraction 0.1 --min-examples 100
-  cat "$work/prepared/stats.json"; echo
-  report+=("dataset prepared: $(python3 -c "import json;s=json.load(open('$work/prepared/stats.json'));print(f\"{s['examples']} examples, {s['invalid']} invalid, {s['duplicatesRemoved']} duplicates, {s['redactions']} redactions\")")")
-else
-  echo "skipped: tailor-trainer is not built yet"
-  report+=("dataset preparation: skipped (trainer not built yet)")
+step "3. install tailor: kubectl apply -k manifests/overlays/sim"
+kubectl apply -k manifests/overlays/sim | sed 's/^/  /'
+kubectl -n tailor-system rollout status deploy/tailor-operator --timeout=180s
+report+=("installed with kubectl apply -k manifests/overlays/sim; the operator runs as its pod ($(kubectl -n tailor-system get pods -l app.kubernetes.io/name=tailor-operator -o jsonpath='{.items[0].metadata.name}'))")
+
+# The simulator gives every claim its own directory; the operator verifies adapters on the claim
+# it mounts in tailor-system, so the demo namespace's claim is bound to the same storage, as an
+# admin binds one RWX share in several namespaces.
+volume_dir() { # namespace claim
+  local pv
+  for _ in $(seq 1 200); do
+    pv=$(kubectl -n "$1" get pvc "$2" -o jsonpath='{.spec.volumeName}' 2>/dev/null || true)
+    [[ -n "$pv" ]] && break
+    sleep 0.3
+  done
+  kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}'
+}
+shared=$(volume_dir tailor-system tailor-artifacts)
+kubectl apply -f examples/quickstart/namespace.yaml -n "$ns" >/dev/null
+kubectl apply -f examples/quickstart/artifacts-pvc.yaml -n "$ns" >/dev/null
+demo_vol=$(volume_dir "$ns" tailor-artifacts)
+if [[ ! -L "$demo_vol" ]]; then rmdir "$demo_vol" && ln -s "$shared" "$demo_vol"; fi
+
+step "4. a base model (a tiny random Llama with a tokenizer trained on the quickstart data; no network)"
+if [[ ! -f "$shared/models/base/config.json" ]]; then
+  mkdir -p "$shared/models/base"
+  grep -v '^\s*$' examples/quickstart/support-chat.jsonl >"$work/corpus.jsonl"
+  python3 model/tests/reference.py base-model "$shared/models/base" "$work/corpus.jsonl" 384 48 2 4 2 96 2>/dev/null
 fi
+ls "$shared/models/base"
 
-step "4. on a local cluster: install, prepare, train, record the adapter"
-# tailor-sim stands in for kind; the e2e suite's quickstart installs tailor with
-# `kubectl apply -k`, runs the operator as its Deployment's pod (ServiceAccount token, RBAC
-# enforced), applies examples/quickstart and checks Dataset -> FineTuneJob -> LoraAdapter,
-# loading the adapter in PEFT.
-if cargo test -q -p tailor-e2e --test flow quickstart_trains_records_a_verified_adapter_that_outlives_its_job -- --nocapture; then
-  report+=("quickstart on tailor-sim: Dataset Ready, FineTuneJob Succeeded, LoraAdapter Ready and loadable in PEFT")
-else
-  report+=("quickstart on tailor-sim: FAILED (see above)")
-fi
+step "5. the quickstart: Dataset -> FineTuneJob -> LoraAdapter -> ModelDeployment (kubectl apply -k examples/demo)"
+kubectl apply -k examples/demo | sed 's/^/  /'
+kubectl -n "$ns" wait --for=condition=Ready dataset/support-chat --timeout=300s
+kubectl -n "$ns" get dataset support-chat
+stats=$(kubectl -n "$ns" get dataset support-chat -o jsonpath='{.status.stats}')
+report+=("dataset: $(python3 -c "import json;s=json.loads('''$stats''');print(f\"{s['examples']} examples ({s['train']} train / {s['validation']} validation), {s['invalid']} invalid, {s['duplicatesRemoved']} duplicates removed, {s['redactions']} redactions\")")")
+t0=$(now)
+kubectl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded finetunejob/support-v1 --timeout=900s
+kubectl -n "$ns" get finetunejob support-v1
+losses() { kubectl -n "$ns" get finetunejob "$1" -o jsonpath='base {.status.baseValidationLoss} -> {.status.validationLoss}'; }
+report+=("support-v1 trained in $(elapsed "$t0") s: validation loss $(losses support-v1)")
+kubectl -n "$ns" wait --for=condition=Ready loraadapter/support-v1 --timeout=300s
+kubectl -n "$ns" wait --for=condition=Ready modeldeployment/support --timeout=300s
+kubectl -n "$ns" get modeldeployment support
+endpoint=$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.endpoint}')
+echo "endpoint (status.endpoint): $endpoint"
 
-step "5. serving and canaries"
-echo "skipped: the ModelDeployment controller is built and unit-tested but not yet run end to end;"
-echo "tailor-server and tailor-router are tested on their own (cargo test -p tailor-server -p tailor-router)"
-report+=("serve + adapter canary + rollback through the operator: not yet (ModelDeployment e2e pending)")
+step "6. one question, before and after fine-tuning (openai client: model 'base', then model 'support')"
+python3 "$client" ask "$endpoint" "How do I reset my password?" base support | python3 -c '
+import json, sys
+for model, a in json.load(sys.stdin).items():
+    print("  [%s -> answered by %s] %r" % (model, a["model"], a["content"]))'
+report+=("the endpoint answered through the openai client as 'base' (the base model) and 'support' (support-v1)")
+
+# Two more adapters, trained side by side: v2 a good one, v3 the one the demo makes faulty.
+step "7. train support-v2 and support-v3"
+for v in v2 v3; do
+  kubectl kustomize examples/demo | python3 -c '
+import sys
+docs = sys.stdin.read().split("\n---\n")
+job = next(d for d in docs if "kind: FineTuneJob" in d)
+print(job.replace("support-v1", "support-'$v'").replace("seed: 42", "seed: '$([[ $v == v2 ]] && echo 7 || echo 9)'"))' \
+    | kubectl apply -f - | sed 's/^/  /'
+done
+t0=$(now)
+for v in v2 v3; do
+  kubectl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded "finetunejob/support-$v" --timeout=900s
+  kubectl -n "$ns" wait --for=condition=Ready "loraadapter/support-$v" --timeout=300s
+  report+=("support-$v trained: validation loss $(losses "support-$v")")
+done
+kubectl -n "$ns" get finetunejobs,loraadapters
+
+# Steady traffic from 40 users while a canary runs; every request is a line in $1.
+start_load() {
+  rm -f "$work/stop"
+  python3 "$client" load "$endpoint" support "$work/stop" "$1" 4 40 >/dev/null &
+  load_pid=$!
+}
+stop_load() {
+  touch "$work/stop"
+  wait "$load_pid" || true
+  load_pid=""
+  python3 - "$1" <<'EOF'
+import collections, json, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+by = collections.Counter((r["target"] or "none", "ok" if r["ok"] else "error") for r in rs)
+print(f"  {len(rs)} requests: " + ", ".join(f"{t} {k}: {n}" for (t, k), n in sorted(by.items())))
+EOF
+}
+load_summary() {
+  python3 - "$1" <<'EOF'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+print(len(rs), "requests,", sum(1 for r in rs if not r["ok"]), "errors")
+EOF
+}
+# Prints the status whenever step or weight change, until the canary has ended (promoted: the
+# stable revision changed; or rolled back).
+watch_rollout() { # the stable revision before the canary
+  local last="" line phase stable_now canary
+  while true; do
+    IFS='|' read -r phase stable_now canary line < <(kubectl -n "$ns" get modeldeployment support \
+      -o jsonpath='{.status.phase}|{.status.stableRevision}|{.status.canaryRevision}|{.status.phase} step={.status.currentStep} weight={.status.canaryWeight} canary={.status.canaryRevision} stable={.status.stableRevision}{"\n"}')
+    if [[ "$line" != "$last" ]]; then
+      printf '  %s  %s\n' "$(date +%T)" "$line"
+      timeline+=("$(date +%T) $line")
+      last="$line"
+    fi
+    [[ -z "$canary" && ( "$phase" == RolledBack || ( "$phase" == Healthy && "$stable_now" != "$1" ) ) ]] && break
+    sleep 0.5
+  done
+}
+weights() { printf '%s\n' "${timeline[@]}" | sed -n 's/.*weight=\([0-9]*\).*/\1%/p' | uniq | paste -sd' ' | sed 's/ / -> /g'; }
+
+step "8. adapter canary: support -> support-v2 (no new pods; 25% of users, then 50%, then promoted)"
+stable=$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.stableRevision}')
+pods_before=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=tailor-server -o jsonpath='{.items[*].metadata.uid}')
+start_load "$work/load-v2.jsonl"
+kubectl -n "$ns" patch modeldeployment support --type=json \
+  -p '[{"op":"replace","path":"/spec/adapters/0/adapterRef/name","value":"support-v2"}]' | sed 's/^/  /'
+timeline=()
+watch_rollout "$stable"
+stop_load "$work/load-v2.jsonl"
+pods_after=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=tailor-server -o jsonpath='{.items[*].metadata.uid}')
+[[ "$pods_before" == "$pods_after" ]] && same="the same serving pods" || same="NEW serving pods (unexpected)"
+report+=("canary support-v2: $(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.history[-1:].outcome}') — weights $(weights) on $same; load: $(load_summary "$work/load-v2.jsonl")")
+python3 "$client" ask "$endpoint" "How do I reset my password?" support | python3 -c '
+import json, sys
+a = json.load(sys.stdin)["support"]
+print("  [support -> answered by %s] %r" % (a["model"], a["content"]))'
+
+step "9. a faulty canary: support -> support-v3, which fails 30% of requests (test-only fault injection)"
+# TEST-ONLY: tailor-server's faultInjection, off by default; here it breaks support-v3 on purpose.
+kubectl -n "$ns" annotate modeldeployment support --overwrite \
+  'tailor.dev/test-fault-injection={"errorRate":0.3,"adapters":["support-v3"]}' | sed 's/^/  /'
+stable=$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.stableRevision}')
+start_load "$work/load-v3.jsonl"
+kubectl -n "$ns" patch modeldeployment support --type=json \
+  -p '[{"op":"replace","path":"/spec/adapters/0/adapterRef/name","value":"support-v3"}]' | sed 's/^/  /'
+timeline=()
+watch_rollout "$stable"
+stop_load "$work/load-v3.jsonl"
+kubectl -n "$ns" get events --field-selector type=Warning -o custom-columns='TIME:.lastTimestamp,REASON:.reason,MESSAGE:.message' | sed 's/^/  /'
+evidence=$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.history[-1:].outcome}: {.status.history[-1:].reason}')
+rollback=$(python3 - "$work/load-v3.jsonl" "$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.history[-1:].time}')" <<'EOF'
+import datetime, json, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+canary = [r for r in rs if (r["target"] or "").startswith("canary-")]
+stable_errors = sum(1 for r in rs if not r["ok"] and not (r["target"] or "").startswith("canary-"))
+t = datetime.datetime.fromisoformat(sys.argv[2].replace("Z", "+00:00")).timestamp()
+first = min((r["t"] for r in canary), default=t)
+print(f"rolled back {t - first:.0f} s after the canary's first request (budget (failureLimit+1) x interval = 9 s); "
+      f"canary users: {len(canary)} requests, {sum(1 for r in canary if not r['ok'])} errors; stable users: {stable_errors} errors")
+EOF
+)
+report+=("canary support-v3: weights $(weights); $evidence")
+report+=("$rollback")
+kubectl -n "$ns" get modeldeployment support
 
 step "report"
 printf ' - %s\n' "${report[@]}"
+echo
+echo "state and logs: $work (sim.log; kubectl --kubeconfig $KUBECONFIG ... while it runs)"
