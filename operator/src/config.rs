@@ -32,6 +32,12 @@ pub struct OperatorConfig {
     /// Seconds between two `/progress` polls of a running trainer (at most 15).
     #[serde(default = "default_progress_interval")]
     pub progress_interval_seconds: u64,
+    /// Reconciles of one kind that run at once (0: no limit). Beyond a few, more only queue
+    /// the same requests at the API server and make each reconcile slower: 500 new jobs on
+    /// tailor-sim got a status soonest with 4 (2: slower; 8, 16, no limit: slower and a longer
+    /// reconcile tail).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_reconciles: u16,
 }
 
 fn default_mount() -> PathBuf {
@@ -48,6 +54,9 @@ fn default_progress_port() -> u16 {
 }
 fn default_progress_interval() -> u64 {
     5
+}
+fn default_concurrency() -> u16 {
+    4
 }
 
 impl OperatorConfig {

@@ -17,6 +17,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// For polling trainer pods' `/progress`.
     pub http: reqwest::Client,
+    /// Bounds the Events sent at once (see [`crate::events`]).
+    pub event_slots: Arc<tokio::sync::Semaphore>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -37,6 +39,7 @@ impl Context {
             metrics,
             recorder,
             http,
+            event_slots: Arc::new(tokio::sync::Semaphore::new(crate::events::EVENTS_IN_FLIGHT)),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -6,12 +6,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
 use crate::context::Context;
+
+/// Events being sent at once, at most.
+pub const EVENTS_IN_FLIGHT: usize = 8;
 use crate::error::{Category, Error, truncate};
 
 /// Whether a condition reason names a problem (an error category or a failure).
 pub fn is_warning(reason: &str) -> bool {
     Category::ALL.iter().any(|c| c.as_str() == reason)
-        || matches!(reason, "Failed" | "Unschedulable" | "Cancelled")
+        || matches!(
+            reason,
+            "Failed" | "Unschedulable" | "Cancelled" | crate::finetune::build::SPEC_CHANGED
+        )
 }
 
 /// The conditions of `types` whose status or reason differs between `before` and `after`.
@@ -31,7 +37,10 @@ pub fn transitions<'a>(
         .collect()
 }
 
-async fn publish(
+/// Publishes in the background: Events are best effort and must not hold up a reconcile (a
+/// first status can be several Events, each a round trip). At most [`EVENTS_IN_FLIGHT`] are
+/// sent at once, so a burst of reconciles does not flood the API server with them.
+pub fn publish(
     ctx: &Context,
     obj: &ObjectReference,
     type_: EventType,
@@ -46,12 +55,20 @@ async fn publish(
         action: action.to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, obj).await {
-        tracing::warn!(error = %e, reason, "publishing event");
-    }
+    let recorder = ctx.recorder.clone();
+    let slots = ctx.event_slots.clone();
+    let obj = obj.clone();
+    tokio::spawn(async move {
+        let Ok(_slot) = slots.acquire_owned().await else {
+            return;
+        };
+        if let Err(e) = recorder.publish(&ev, &obj).await {
+            tracing::warn!(error = %e, reason = %ev.reason, "publishing event");
+        }
+    });
 }
 
-/// Publishes the transitions of the given condition types (concurrently: one round trip).
+/// Publishes the transitions of the given condition types (in the background).
 pub async fn publish_transitions(
     ctx: &Context,
     obj: &ObjectReference,
@@ -59,7 +76,7 @@ pub async fn publish_transitions(
     after: &[Condition],
     types: &[&str],
 ) {
-    let pending = transitions(before, after, types).into_iter().map(|c| {
+    for c in transitions(before, after, types) {
         let type_ = if is_warning(&c.reason) {
             EventType::Warning
         } else {
@@ -70,9 +87,8 @@ pub async fn publish_transitions(
         } else {
             c.message.clone()
         };
-        async move { publish(ctx, obj, type_, &c.reason, &note, &c.type_).await }
-    });
-    futures::future::join_all(pending).await;
+        publish(ctx, obj, type_, &c.reason, &note, &c.type_);
+    }
 }
 
 /// Publishes a reconcile error as a Warning whose reason is its category.
@@ -84,8 +100,7 @@ pub async fn publish_error(ctx: &Context, obj: &ObjectReference, err: &Error) {
         err.category().as_str(),
         &err.chain(),
         "Reconcile",
-    )
-    .await;
+    );
 }
 
 #[cfg(test)]

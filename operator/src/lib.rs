@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod artifacts;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod controllers;

@@ -11,6 +11,7 @@ mod prepare;
 mod progress;
 mod redact;
 mod run_state;
+mod termination;
 mod train;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate, redact, dedupe and split a JSONL dataset into train/validation/test.
-    Prepare(PrepareArgs),
+    Prepare(Box<PrepareArgs>),
     /// Train a LoRA adapter on prepared data.
     Train(Box<TrainArgs>),
 }
@@ -59,7 +60,7 @@ struct PrepareArgs {
     /// Drop examples whose normalised content repeats an earlier one.
     #[arg(long)]
     dedupe: bool,
-    /// Comma-separated: email, phone.
+    /// Comma-separated: email, phone, credit-card, ip-address.
     #[arg(long, value_enum, value_delimiter = ',')]
     redact: Vec<RedactKind>,
     #[arg(long)]
@@ -71,6 +72,12 @@ struct PrepareArgs {
     /// A model directory whose tokenizer counts tokens for the stats.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Reject examples longer than this many tokens (needs --tokenizer).
+    #[arg(long)]
+    max_tokens_per_example: Option<usize>,
+    /// Salt of the split hash: another seed draws another (equally stable) split.
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long, env = "TAILOR_TERMINATION_MESSAGE_PATH")]
     termination_message_path: Option<PathBuf>,
 }
@@ -186,6 +193,8 @@ fn prepare_config(a: &PrepareArgs) -> anyhow::Result<prepare::PrepareConfig> {
     put(&mut m, "testFraction", a.test_fraction);
     put(&mut m, "minExamples", a.min_examples);
     put(&mut m, "tokenizer", a.tokenizer.as_ref());
+    put(&mut m, "maxTokensPerExample", a.max_tokens_per_example);
+    put(&mut m, "seed", a.seed);
     let mut v = merged(a.config.as_ref(), m)?;
     if let Some(o) = v.as_object_mut() {
         o.remove("terminationMessagePath");
@@ -234,7 +243,7 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<train::TrainConfig> {
 
 fn write_termination(path: Option<&PathBuf>, value: &Value) {
     if let Some(p) = path
-        && let Err(e) = std::fs::write(p, value.to_string())
+        && let Err(e) = std::fs::write(p, termination::render(value, termination::LIMIT))
     {
         tracing::warn!(path = %p.display(), error = %e, "cannot write termination message");
     }

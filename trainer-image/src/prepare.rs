@@ -31,8 +31,18 @@ pub struct PrepareConfig {
     pub test_fraction: f64,
     #[serde(default = "default_min_examples")]
     pub min_examples: usize,
+    /// A model directory whose tokenizer counts tokens (stats) and measures examples against
+    /// `maxTokensPerExample`.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
+    /// Longer examples (in tokens, rendered with the chat template) are rejected as invalid.
+    /// Needs `tokenizer`; without one, lengths cannot be measured and the limit is not applied.
+    #[serde(default)]
+    pub max_tokens_per_example: Option<usize>,
+    /// Salt of the split hash (0: the unsalted hash). Another seed draws another split; the
+    /// same seed keeps every example in its split as data is added.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 fn default_validation_fraction() -> f64 {
@@ -69,8 +79,19 @@ pub struct Stats {
 
 const MAX_INVALID_SAMPLES: usize = 20;
 
-/// The split of an example: a fraction in [0, 1) from the first 8 bytes of its hash.
-fn split_of(hash: &[u8], validation: f64, test: f64) -> usize {
+/// The split of an example: a fraction in [0, 1) from the first 8 bytes of its hash (salted
+/// with `seed` unless it is 0).
+fn split_of(hash: &[u8], seed: u64, validation: f64, test: f64) -> usize {
+    let salted;
+    let hash = if seed == 0 {
+        hash
+    } else {
+        let mut h = Sha256::new();
+        h.update(seed.to_le_bytes());
+        h.update(hash);
+        salted = h.finalize();
+        &salted[..]
+    };
     let mut b = [0u8; 8];
     b.copy_from_slice(&hash[..8]);
     let x = (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
@@ -105,6 +126,11 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
         Some(t) => t.chat_template()?,
         None => None,
     };
+    if tokenizer.is_none() && cfg.max_tokens_per_example.is_some() {
+        tracing::warn!(
+            "maxTokensPerExample needs a tokenizer to measure examples; not applied (no tokenizer given)"
+        );
+    }
     let redactor = Redactor::new(&cfg.redact);
     let mut seen = HashSet::new();
     let mut stats = Stats {
@@ -153,16 +179,30 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
             stats.duplicates_removed += 1;
             continue;
         }
-        if let (Some(tok), Some(total)) = (&tokenizer, stats.tokens.as_mut()) {
+        let mut tokens = 0;
+        if let Some(tok) = &tokenizer {
             match example.rendered(template.as_ref()) {
-                Ok(text) => *total += tok.encode(&text, false)?.len() as u64,
+                Ok(text) => tokens = tok.encode(&text, false)?.len(),
                 Err(reason) => {
                     reject(&mut stats, line_no, reason);
                     continue;
                 }
             }
+            if let Some(max) = cfg.max_tokens_per_example
+                && tokens > max
+            {
+                reject(
+                    &mut stats,
+                    line_no,
+                    format!("{tokens} tokens, more than maxTokensPerExample ({max})"),
+                );
+                continue;
+            }
         }
-        let split = split_of(&hash, cfg.validation_fraction, cfg.test_fraction);
+        if let Some(total) = stats.tokens.as_mut() {
+            *total += tokens as u64;
+        }
+        let split = split_of(&hash, cfg.seed, cfg.validation_fraction, cfg.test_fraction);
         let json = serde_json::to_string(&example)?;
         content.update(json.as_bytes());
         content.update(b"\n");
@@ -208,4 +248,121 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
 
 fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, lines: &[String]) -> PrepareConfig {
+        let input = dir.join("in.jsonl");
+        std::fs::write(&input, lines.join("\n")).expect("write input");
+        PrepareConfig {
+            input,
+            format: Format::Text,
+            output: dir.join("out"),
+            dedupe: true,
+            redact: vec![],
+            validation_fraction: 0.3,
+            test_fraction: 0.0,
+            min_examples: 1,
+            tokenizer: None,
+            max_tokens_per_example: None,
+            seed: 0,
+        }
+    }
+
+    fn text(s: &str) -> String {
+        serde_json::json!({ "text": s }).to_string()
+    }
+
+    /// A word-level tokenizer: one token per whitespace-separated word.
+    fn word_tokenizer(dir: &Path) -> PathBuf {
+        let tok = dir.join("tokenizer");
+        std::fs::create_dir_all(&tok).expect("mkdir");
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1}, "unk_token": "[UNK]"}
+        });
+        std::fs::write(tok.join("tokenizer.json"), json.to_string()).expect("write tokenizer");
+        tok
+    }
+
+    fn split_lines(out: &Path, split: &str) -> Vec<String> {
+        std::fs::read_to_string(out.join(format!("{split}.jsonl")))
+            .expect("split file")
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn long_examples_are_rejected_and_tokens_counted_with_a_tokenizer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines = vec![text("a a a"), text(&"a ".repeat(10)), text("a a")];
+        let mut cfg = config(dir.path(), &lines);
+        cfg.tokenizer = Some(word_tokenizer(dir.path()));
+        cfg.max_tokens_per_example = Some(5);
+        let stats = run(&cfg).expect("prepares");
+        assert_eq!(stats.examples, 2);
+        assert_eq!(stats.invalid, 1);
+        assert_eq!(stats.tokens, Some(5));
+        assert_eq!(stats.invalid_samples[0].line, 2);
+        assert!(
+            stats.invalid_samples[0]
+                .reason
+                .contains("10 tokens, more than maxTokensPerExample (5)"),
+            "{:?}",
+            stats.invalid_samples
+        );
+        // Without a tokenizer nothing can be measured: the limit is not applied.
+        cfg.tokenizer = None;
+        cfg.output = dir.path().join("out2");
+        let stats = run(&cfg).expect("prepares");
+        assert_eq!((stats.examples, stats.invalid, stats.tokens), (3, 0, None));
+    }
+
+    #[test]
+    fn the_seed_draws_another_stable_split() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines: Vec<String> = (0..200).map(|i| text(&format!("example {i}"))).collect();
+        let mut cfg = config(dir.path(), &lines);
+        let unsalted = run(&cfg).expect("prepares");
+        let base = split_lines(&cfg.output, "validation");
+        cfg.seed = 7;
+        cfg.output = dir.path().join("seed7");
+        let salted = run(&cfg).expect("prepares");
+        let seven = split_lines(&cfg.output, "validation");
+        assert_ne!(base, seven, "another seed, another split");
+        assert_eq!(unsalted.content_hash, salted.content_hash, "same content");
+        assert!(
+            seven.len() > 30 && seven.len() < 90,
+            "{} of 200",
+            seven.len()
+        );
+        // The same seed with more data keeps every example where it was.
+        let mut more = lines.clone();
+        more.extend((200..260).map(|i| text(&format!("example {i}"))));
+        std::fs::write(&cfg.input, more.join("\n")).expect("write");
+        cfg.output = dir.path().join("seed7-more");
+        run(&cfg).expect("prepares");
+        let grown = split_lines(&cfg.output, "validation");
+        assert!(seven.iter().all(|l| grown.contains(l)));
+    }
+
+    #[test]
+    fn config_names_match_the_operator() {
+        let cfg: PrepareConfig = serde_json::from_value(serde_json::json!({
+            "input": "/in", "format": "chat", "output": "/out", "dedupe": true,
+            "redact": ["email", "phone", "creditCard", "ipAddress"],
+            "validationFraction": 0.1, "testFraction": 0.0, "minExamples": 10,
+            "maxTokensPerExample": 4096, "seed": 3, "tokenizer": "/models/base"
+        }))
+        .expect("the operator's prepare.json parses");
+        assert_eq!(cfg.seed, 3);
+        assert_eq!(cfg.max_tokens_per_example, Some(4096));
+        assert_eq!(cfg.redact.len(), 4);
+    }
 }

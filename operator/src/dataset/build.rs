@@ -23,6 +23,11 @@ use crate::jobs::{self, CONFIG_DIR, JOB_LABEL, PodState, PodVolumes, SPEC_HASH, 
 
 /// Label on the prepare Job and ConfigMap naming their Dataset.
 pub const DATASET_LABEL: &str = "tailor.dev/dataset";
+/// Annotation naming a model directory (`pvc://` or `file://` URI) whose `tokenizer.json`
+/// preparation uses to count tokens (`status.stats.tokens`) and to enforce
+/// `spec.preparation.maxTokensPerExample`; without it neither is possible. (The Dataset API has
+/// no field for it yet.)
+pub const TOKENIZER_ANNOTATION: &str = "tailor.dev/tokenizer";
 /// How many invalid lines status shows.
 pub const MAX_INVALID_SAMPLES: usize = 10;
 
@@ -44,6 +49,8 @@ pub struct Validated {
     pub output_path: String,
     pub prepared_uri: String,
     pub input: Input,
+    /// A model directory whose tokenizer counts tokens and enforces maxTokensPerExample.
+    pub tokenizer: Option<Location>,
     pub prepare_config: serde_json::Value,
 }
 
@@ -90,11 +97,25 @@ pub fn validate(
     let prep = &ds.spec.preparation;
     let ns = ds.namespace().unwrap_or_default();
     let name = ds.name_any();
+    let tokenizer = match ds.annotations().get(TOKENIZER_ANNOTATION) {
+        Some(uri) => {
+            let loc = artifacts::parse(uri)
+                .map_err(|e| Error::InvalidSpec(format!("{TOKENIZER_ANNOTATION}: {e}")))?;
+            if matches!(loc, Location::Remote(_)) {
+                return Err(Error::InvalidSpec(format!(
+                    "{TOKENIZER_ANNOTATION}: {uri} cannot be mounted into the prepare pod; use pvc:// or file://"
+                )));
+            }
+            Some(loc)
+        }
+        None => None,
+    };
     let identity = json!({
         "source": src,
         "format": ds.spec.format,
         "preparation": prep,
         "sourceContent": source_fingerprint,
+        "tokenizer": ds.annotations().get(TOKENIZER_ANNOTATION),
     });
     let hash = jobs::hash_json(&identity)[..16].to_string();
     let output_path = format!("datasets/{ns}/{name}/{hash}");
@@ -108,6 +129,7 @@ pub fn validate(
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
+    let tokenizer_path = tokenizer.as_ref().and_then(|loc| vols.add(cfg, loc, true));
     let output = artifacts::pod_path(
         cfg,
         &Location::Pvc {
@@ -116,7 +138,7 @@ pub fn validate(
         },
     )
     .unwrap_or_default();
-    let prepare_config = json!({
+    let mut prepare_config = json!({
         "input": input_path,
         "format": ds.spec.format,
         "output": output,
@@ -124,14 +146,20 @@ pub fn validate(
         "redact": prep.redact,
         "validationFraction": prep.split.validation,
         "testFraction": prep.split.test,
+        "seed": prep.split.seed,
         "minExamples": prep.min_examples,
+        "maxTokensPerExample": prep.max_tokens_per_example,
     });
+    if let Some(t) = tokenizer_path {
+        prepare_config["tokenizer"] = json!(t);
+    }
     Ok(Validated {
         job_name: jobs::child_name(&name, &format!("prepare-{}", &hash[..8])),
         hash,
         output_path,
         prepared_uri,
         input,
+        tokenizer,
         prepare_config,
     })
 }
@@ -197,6 +225,9 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
         }
         Input::Inline(_) => {}
     }
+    if let Some(loc) = &v.tokenizer {
+        vols.add(cfg, loc, true);
+    }
     let mut labels = jobs::managed_labels(DATASET_LABEL, &ds.name_any());
     labels.insert(JOB_LABEL.into(), v.job_name.clone());
     Job {
@@ -256,6 +287,9 @@ pub struct Summary {
     pub content_hash: String,
     #[serde(default)]
     pub invalid_samples: Vec<InvalidSample>,
+    /// The termination message was shortened to fit (stats.json has it all).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// What the I/O steps found.
@@ -518,6 +552,55 @@ spec:
                 .as_ref()
                 .is_some_and(|p| p.claim_name == "raw-data")
         }));
+    }
+
+    #[test]
+    fn seed_token_limit_and_tokenizer_reach_the_prepare_config() {
+        let cfg = OperatorConfig::for_tests();
+        let mut ds = fixture(QUICKSTART);
+        ds.spec.preparation.split.seed = 7;
+        ds.spec.preparation.max_tokens_per_example = 512;
+        ds.spec.preparation.redact = vec![
+            tailor_api::RedactKind::CreditCard,
+            tailor_api::RedactKind::IpAddress,
+        ];
+        let v = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert_eq!(v.prepare_config["seed"], 7);
+        assert_eq!(v.prepare_config["maxTokensPerExample"], 512);
+        assert_eq!(
+            v.prepare_config["redact"],
+            json!(["creditCard", "ipAddress"])
+        );
+        assert!(v.prepare_config.get("tokenizer").is_none());
+        // A tokenizer named by annotation is mounted and passed on; it changes the preparation.
+        ds.metadata.annotations = Some(BTreeMap::from([(
+            TOKENIZER_ANNOTATION.to_string(),
+            "pvc://models/llama/base".to_string(),
+        )]));
+        let t = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert_eq!(t.prepare_config["tokenizer"], "/mnt/models/llama/base");
+        assert_ne!(t.job_name, v.job_name);
+        let pod = job(&ds, &t, &cfg)
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        assert!(pod.volumes.expect("vols").iter().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|p| p.claim_name == "models")
+        }));
+        ds.metadata.annotations = Some(BTreeMap::from([(
+            TOKENIZER_ANNOTATION.to_string(),
+            "s3://bucket/model".to_string(),
+        )]));
+        assert_eq!(
+            validate(&ds, &cfg, Some("abc"))
+                .expect_err("object stores cannot be mounted")
+                .category(),
+            Category::InvalidSpec
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::apply;
 use crate::artifacts;
+use crate::cache;
 use crate::context::Context;
 use crate::error::{Category, Error};
 use crate::events;
@@ -34,11 +35,60 @@ use build::{DATASET_LABEL, Observation, Summary};
 
 pub const NAME: &str = "dataset";
 
+/// The Dataset controller's reconcile context: the shared [`Context`] and the caches of its
+/// prepare Jobs and pods (filled by the controller's own watches, see [`crate::cache`]).
+pub struct Ctx {
+    pub base: Arc<Context>,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.base
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
-    let datasets = Api::<Dataset>::all(ctx.client.clone());
-    let jobs = Api::<Job>::all(ctx.client.clone());
-    Controller::new(datasets, watcher::Config::default().any_semantic())
-        .owns(jobs, watcher::Config::default().labels(DATASET_LABEL))
+    let client = ctx.client.clone();
+    let (datasets, ds_writer) = reflector::store::<Dataset>();
+    let (jobs, jobs_writer) = reflector::store::<Job>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let config = controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles);
+    let main = cache::reflect_main(
+        ds_writer,
+        Api::<Dataset>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let ctx = Arc::new(Ctx {
+        base: ctx,
+        jobs,
+        pods,
+    });
+    Controller::for_stream(main, datasets)
+        .with_config(config)
+        .owns_stream(cache::reflect(
+            jobs_writer,
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels(DATASET_LABEL),
+            cache::trim_job,
+        ))
+        // Prepare pods: their phase and termination message (the stats).
+        .watches_stream(
+            cache::reflect(
+                pods_writer,
+                Api::<Pod>::all(client),
+                watcher::Config::default().labels(DATASET_LABEL),
+                cache::trim_pod,
+            ),
+            |pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                pod.labels()
+                    .get(DATASET_LABEL)
+                    .map(|n| ObjectRef::<Dataset>::new(n).within(&ns))
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -57,7 +107,7 @@ fn key(ds: &Dataset) -> String {
     )
 }
 
-fn error_policy(ds: Arc<Dataset>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(ds: Arc<Dataset>, err: &Error, ctx: Arc<Ctx>) -> Action {
     if err.category().is_transient() {
         Action::requeue(ctx.backoff(&key(&ds)))
     } else {
@@ -65,7 +115,10 @@ fn error_policy(ds: Arc<Dataset>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // The main store is ready before the first reconcile; the others may still be listing.
+    let _ = ctx.jobs.wait_until_ready().await;
+    let _ = ctx.pods.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile(NAME);
     let span = tracing::info_span!("reconcile", controller = NAME, namespace = %ds.namespace().unwrap_or_default(), resource = %ds.name_any());
     let result = pipeline(&ds, &ctx).instrument(span).await;
@@ -80,7 +133,7 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     result
 }
 
-async fn pipeline(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
+async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
     let ns = ds.namespace().unwrap_or_default();
     let cfg = &ctx.config;
     // Dereference.
@@ -131,12 +184,8 @@ async fn pipeline(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     };
     // Build and apply (the Job is immutable once created: apply only what is missing).
     let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), &ns);
-    let job = match jobs_api
-        .get_opt(&v.job_name)
-        .await
-        .map_err(Error::kube(format!("reading Job {}", v.job_name)))?
-    {
-        Some(j) => j,
+    let job = match cache::get(&ctx.jobs, &ns, &v.job_name) {
+        Some(j) => (*j).clone(),
         None => {
             let cms = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
             apply::apply(&cms, &build::config_map(ds, &v)).await?;
@@ -147,14 +196,10 @@ async fn pipeline(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     };
     // Observe.
     let state = jobs::job_state(&job);
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{JOB_LABEL}={}", v.job_name)))
-        .await
-        .map_err(Error::kube("listing prepare pods"))?;
-    let pod = jobs::newest(&pods.items).map(jobs::pod_state);
+    let pods = cache::pods_labelled(&ctx.pods, &ns, JOB_LABEL, &v.job_name);
+    let pod = jobs::newest(&pods).map(jobs::pod_state);
     let obs = if state.complete {
         let from_pods = pods
-            .items
             .iter()
             .map(jobs::pod_state)
             .filter(|p| p.phase == "Succeeded")
@@ -163,12 +208,15 @@ async fn pipeline(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
                     .and_then(|m| serde_json::from_str::<Summary>(&m).ok())
             });
         match from_pods {
+            // A shortened message lost invalid-line samples: stats.json has them all.
+            Some(s) if s.truncated => {
+                Observation::Prepared(read_stats(cfg, &v.prepared_uri).unwrap_or(s))
+            }
             Some(s) => Observation::Prepared(s),
             None => Observation::Prepared(read_stats(cfg, &v.prepared_uri)?),
         }
     } else if let Some((reason, message)) = &state.failed {
         let pod_message = pods
-            .items
             .iter()
             .map(jobs::pod_state)
             .find_map(|p| build::failure_message(p.termination_message.as_deref()));

@@ -30,6 +30,10 @@ use crate::jobs::{
 
 /// Label on the train Job, its ConfigMap and pods, and the LoraAdapter, naming the FineTuneJob.
 pub const FTJ_LABEL: &str = "tailor.dev/finetunejob";
+/// Annotation on the train Job with the [`run_spec_hash`] it was built for.
+pub const RUN_SPEC: &str = "tailor.dev/run-spec";
+/// Condition reason (and Event) when a spec change cancels the running attempt.
+pub const SPEC_CHANGED: &str = "SpecChanged";
 /// Annotation on a LoraAdapter with its lineage (JSON), which its controller copies to status.
 pub const LINEAGE_ANNOTATION: &str = "tailor.dev/lineage";
 const CONFIG_KEY: &str = "train.json";
@@ -76,8 +80,33 @@ pub fn dataset_gate(ftj: &FineTuneJob, ds: Option<&Dataset>) -> DatasetGate {
     }
 }
 
-/// Where a job's outputs go: fixed by the job's identity, so retries and a recreated Job
-/// resume from the same checkpoints.
+/// What makes a run: the whole spec except `suspend` (suspending and resuming continue the
+/// same run from its checkpoint; any other change makes a new run).
+pub fn run_spec_hash(ftj: &FineTuneJob) -> String {
+    let mut spec = serde_json::to_value(&ftj.spec).unwrap_or_default();
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("suspend");
+    }
+    jobs::hash_json(&spec)[..16].to_string()
+}
+
+/// Whether `job` was built for another spec than the current one after its run started: the
+/// running attempt is then cancelled and a new run starts (see [`restart_status`]). Jobs
+/// without the [`RUN_SPEC`] annotation predate it and are left alone.
+pub fn spec_changed_mid_run(ftj: &FineTuneJob, job: &Job, started: bool) -> bool {
+    let state = jobs::job_state(job);
+    started
+        && !state.complete
+        && state.failed.is_none()
+        && job
+            .annotations()
+            .get(RUN_SPEC)
+            .is_some_and(|h| *h != run_spec_hash(ftj))
+}
+
+/// Where a run's outputs go: fixed by the job's identity and its [`run_spec_hash`], so retries,
+/// a recreated Job and a suspended-then-resumed run continue from the same checkpoints, while
+/// a new spec never resumes a checkpoint of another one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outputs {
     pub output_path: String,
@@ -89,7 +118,8 @@ pub fn outputs(ftj: &FineTuneJob, cfg: &OperatorConfig) -> Outputs {
     let ns = ftj.namespace().unwrap_or_default();
     let name = ftj.name_any();
     let uid: String = ftj.uid().unwrap_or_default().chars().take(8).collect();
-    let output_path = format!("finetune/{ns}/{name}-{uid}");
+    let run = run_spec_hash(ftj);
+    let output_path = format!("finetune/{ns}/{name}-{uid}-{}", &run[..8]);
     Outputs {
         adapter_uri: artifacts::pvc_uri(&cfg.artifacts_claim, &output_path),
         output_path,
@@ -166,6 +196,7 @@ pub fn validate(
         train_config["validation"] = json!(prepared_path.join("validation.jsonl"));
     }
     let identity = json!({
+        "runSpec": run_spec_hash(ftj),
         "trainConfig": train_config,
         "image": cfg.trainer_image,
         "resources": ftj.spec.resources,
@@ -226,8 +257,12 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
     let mut labels = jobs::managed_labels(FTJ_LABEL, &ftj.name_any());
     labels.insert(JOB_LABEL.into(), v.job_name.clone());
     let port = cfg.progress_port;
+    let mut metadata = meta(ftj, &v.job_name, &v.hash);
+    if let Some(a) = metadata.annotations.as_mut() {
+        a.insert(RUN_SPEC.to_string(), run_spec_hash(ftj));
+    }
     Job {
-        metadata: meta(ftj, &v.job_name, &v.hash),
+        metadata,
         spec: Some(JobSpec {
             suspend: Some(ftj.spec.suspend),
             backoff_limit: Some(ftj.spec.backoff_limit),
@@ -368,7 +403,19 @@ pub fn status(
     now: Timestamp,
 ) -> FineTuneJobStatus {
     use FineTuneJobPhase as P;
-    let prev = ftj.status.clone().unwrap_or_default();
+    let mut prev = ftj.status.clone().unwrap_or_default();
+    // Status describes the current train Job: one built for another spec is another run, so
+    // nothing of the previous run carries over (this also holds when a reconcile reads a status
+    // from before the one that cancelled the old run).
+    if let (Some(old), Some(v)) = (&prev.job_name, v)
+        && *old != v.job_name
+    {
+        prev = FineTuneJobStatus {
+            phase: prev.phase,
+            conditions: prev.conditions,
+            ..FineTuneJobStatus::default()
+        };
+    }
     let generation = ftj.metadata.generation;
     let mut st = FineTuneJobStatus {
         observed_generation: generation,
@@ -610,6 +657,41 @@ pub fn status(
     );
     st.conditions = conds;
     st
+}
+
+/// The status that cancels the running attempt after a spec change: phase Cancelled with the
+/// reason [`SPEC_CHANGED`], and everything that described the old run cleared, so the next pass
+/// starts a new run for the current generation from scratch.
+pub fn restart_status(ftj: &FineTuneJob, old_job: &str, now: Timestamp) -> FineTuneJobStatus {
+    let prev = ftj.status.clone().unwrap_or_default();
+    let generation = ftj.metadata.generation;
+    let at = prev
+        .progress
+        .as_ref()
+        .map(|p| format!(" at step {} of {}", p.step, p.total_steps))
+        .unwrap_or_default();
+    let message = format!(
+        "the spec changed during the run (now generation {}): cancelled the running attempt (train Job {old_job}{at}); a new run starts from scratch",
+        generation.unwrap_or_default()
+    );
+    let mut conds = prev.conditions.clone();
+    for (t, s, reason, msg) in [
+        (READY, false, SPEC_CHANGED, message.as_str()),
+        (PROGRESSING, true, SPEC_CHANGED, message.as_str()),
+        (DEGRADED, false, "AsExpected", ""),
+    ] {
+        conditions::set(
+            &mut conds,
+            conditions::new(t, Some(s), reason, msg, generation),
+            now,
+        );
+    }
+    FineTuneJobStatus {
+        phase: FineTuneJobPhase::Cancelled,
+        observed_generation: generation,
+        conditions: conds,
+        ..FineTuneJobStatus::default()
+    }
 }
 
 /// The LoraAdapter a successful run records; not owned by the job, so it outlives it.

@@ -6,9 +6,15 @@
 //! is polled every `progressIntervalSeconds` into `status.progress`; the final summary comes
 //! from the pod's termination message (or `metrics.json`), so a missed poll loses nothing.
 //!
+//! Reconciles read the Dataset, the train Job and its pods from caches that the controller's own
+//! watches fill (see [`crate::cache`]); they write only what changed.
+//!
 //! The Job name is a hash of what it was built from, so a restarted operator finds the Job it
 //! created rather than creating another. A spec change before the run started replaces the
-//! Job; after that it is reported, not applied (create a new job instead).
+//! Job. A spec change mid-run (anything but `suspend`) cancels the running attempt — phase
+//! Cancelled, reason `SpecChanged` on Ready and an Event naming the cancelled Job — and the next
+//! pass starts a new run for the new generation, in outputs of its own (a checkpoint of another
+//! spec is never resumed). Suspending and resuming continue the same run.
 
 pub mod build;
 
@@ -19,9 +25,10 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use tailor_api::conditions::{DATASET_READY, DEGRADED, READY, SCHEDULED};
@@ -30,6 +37,7 @@ use tracing::Instrument;
 
 use crate::apply;
 use crate::artifacts;
+use crate::cache;
 use crate::context::Context;
 use crate::error::{Category, Error, is_not_found};
 use crate::events;
@@ -38,26 +46,62 @@ use build::{AdapterArtifact, DatasetGate, FTJ_LABEL, Observed, TrainSummary, Tra
 
 pub const NAME: &str = "finetunejob";
 
+/// The FineTuneJob controller's reconcile context: the shared [`Context`] and the caches of
+/// what its reconciles read (filled by the controller's own watches, see [`crate::cache`]).
+pub struct Ctx {
+    pub base: Arc<Context>,
+    datasets: Store<Dataset>,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.base
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
+    let (ftjs, ftj_writer) = reflector::store::<FineTuneJob>();
+    let (datasets, ds_writer) = reflector::store::<Dataset>();
+    let (jobs, jobs_writer) = reflector::store::<Job>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let main = cache::reflect_main(
+        ftj_writer,
         Api::<FineTuneJob>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     );
-    let store = controller.store();
-    controller
-        .owns(
+    let by_dataset = ftjs.clone();
+    let config = controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles);
+    let ctx = Arc::new(Ctx {
+        base: ctx,
+        datasets,
+        jobs,
+        pods,
+    });
+    Controller::for_stream(main, ftjs)
+        .with_config(config)
+        .owns_stream(cache::reflect(
+            jobs_writer,
             Api::<Job>::all(client.clone()),
             watcher::Config::default().labels(FTJ_LABEL),
-        )
+            cache::trim_job,
+        ))
         // A job waiting for its Dataset proceeds the moment the Dataset becomes Ready.
-        .watches(
-            Api::<Dataset>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            cache::reflect(
+                ds_writer,
+                Api::<Dataset>::all(client.clone()),
+                watcher::Config::default(),
+                // The gate reads status and generation; inline data can be large.
+                |ds: &mut Dataset| ds.spec.source.inline = None,
+            ),
             move |ds| {
                 let ns = ds.namespace();
                 let name = ds.name_any();
-                store
+                by_dataset
                     .state()
                     .into_iter()
                     .filter(|f| f.namespace() == ns && f.spec.dataset_ref.name == name)
@@ -65,10 +109,15 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        // Scheduling and start of trainer pods.
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default().labels(FTJ_LABEL),
+        // Scheduling, start and end of trainer pods: Queued → Running is seen the moment the
+        // pod is scheduled, not at the next poll.
+        .watches_stream(
+            cache::reflect(
+                pods_writer,
+                Api::<Pod>::all(client),
+                watcher::Config::default().labels(FTJ_LABEL),
+                cache::trim_pod,
+            ),
             |pod| {
                 let ns = pod.namespace().unwrap_or_default();
                 pod.labels()
@@ -94,7 +143,7 @@ fn key(ftj: &FineTuneJob) -> String {
     )
 }
 
-fn error_policy(ftj: Arc<FineTuneJob>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(ftj: Arc<FineTuneJob>, err: &Error, ctx: Arc<Ctx>) -> Action {
     if err.category().is_transient() {
         Action::requeue(ctx.backoff(&key(&ftj)))
     } else {
@@ -102,7 +151,11 @@ fn error_policy(ftj: Arc<FineTuneJob>, err: &Error, ctx: Arc<Context>) -> Action
     }
 }
 
-async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // The main store is ready before the first reconcile; the others may still be listing.
+    let _ = ctx.datasets.wait_until_ready().await;
+    let _ = ctx.jobs.wait_until_ready().await;
+    let _ = ctx.pods.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile(NAME);
     let span = tracing::info_span!("reconcile", controller = NAME, namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any());
     let result = pipeline(&ftj, &ctx).instrument(span).await;
@@ -117,7 +170,7 @@ async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
-async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
+async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
     let prev = ftj.status.clone().unwrap_or_default();
     // Final phases stay final; only an invalid spec waits for a corrected one.
     let invalid_spec = tailor_api::conditions::get(&prev.conditions, READY)
@@ -132,23 +185,27 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let jobs_api = Api::<Job>::namespaced(client.clone(), &ns);
 
-    // Dereference.
-    let ds = Api::<Dataset>::namespaced(client.clone(), &ns)
-        .get_opt(&ftj.spec.dataset_ref.name)
-        .await
-        .map_err(Error::kube(format!(
-            "reading Dataset {}",
-            ftj.spec.dataset_ref.name
-        )))?;
-    let gate = build::dataset_gate(ftj, ds.as_ref());
-    let mut existing = match &prev.job_name {
-        Some(n) => jobs_api
-            .get_opt(n)
-            .await
-            .map_err(Error::kube(format!("reading Job {n}")))?,
-        None => None,
-    };
+    // Dereference (from the caches).
+    let ds = cache::get(&ctx.datasets, &ns, &ftj.spec.dataset_ref.name);
+    let gate = build::dataset_gate(ftj, ds.as_deref());
+    let mut existing = prev
+        .job_name
+        .as_deref()
+        .and_then(|n| cache::get(&ctx.jobs, &ns, n))
+        .map(|j| (*j).clone());
     let started = prev.start_time.is_some();
+
+    // A spec change mid-run (anything but suspend): the running attempt is cancelled, and the
+    // next pass starts a new run for the new generation (its own outputs, no old checkpoint).
+    if let Some(job) = &existing
+        && build::spec_changed_mid_run(ftj, job, started)
+    {
+        let old = job.name_any();
+        tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %old, generation = ?ftj.metadata.generation, "spec changed mid-run; cancelling the running attempt");
+        delete_run(ctx, &ns, &old).await?;
+        write_status(ftj, ctx, build::restart_status(ftj, &old, Timestamp::now())).await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
 
     // Validate, build and apply the Job.
     let validated = match &gate {
@@ -182,32 +239,23 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
             // Not started yet (e.g. unschedulable): the new spec replaces the Job.
             let old = job.name_any();
             tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %old, "spec changed before the run started; replacing the train Job");
-            match jobs_api.delete(&old, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(Error::kube(format!("deleting Job {old}"))(e)),
-            }
+            delete_run(ctx, &ns, &old).await?;
             existing = None;
         }
     }
     let job = match (existing, &validated) {
         (Some(j), _) => Some(j),
-        (None, Some(v)) => Some(
-            match jobs_api
-                .get_opt(&v.job_name)
-                .await
-                .map_err(Error::kube(format!("reading Job {}", v.job_name)))?
-            {
-                Some(j) => j,
-                None => {
-                    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-                    apply::apply(&cms, &build::config_map(ftj, v)).await?;
-                    let j = apply::apply(&jobs_api, &build::job(ftj, v, cfg)).await?;
-                    tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %v.job_name, "created train job");
-                    j
-                }
-            },
-        ),
+        (None, Some(v)) => Some(match cache::get(&ctx.jobs, &ns, &v.job_name) {
+            Some(j) => (*j).clone(),
+            None => {
+                // The config first: the Job's pod mounts it.
+                let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+                apply::apply(&cms, &build::config_map(ftj, v)).await?;
+                let j = apply::apply(&jobs_api, &build::job(ftj, v, cfg)).await?;
+                tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %v.job_name, "created train job");
+                j
+            }
+        }),
         (None, None) => None,
     };
     // suspend is the one mutable field of a running Job.
@@ -236,16 +284,12 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
         if let Some(v) = status_validated.as_mut() {
             v.job_name = job_name.clone();
         }
-        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default().labels(&format!("{JOB_LABEL}={job_name}")))
-            .await
-            .map_err(Error::kube("listing trainer pods"))?;
+        let pods = cache::pods_labelled(&ctx.pods, &ns, JOB_LABEL, &job_name);
         obs.pods_seen = pods
-            .items
             .iter()
             .filter(|p| matches!(jobs::pod_state(p).scheduled, Some((true, ..))))
             .count() as u32;
-        let pod = jobs::newest(&pods.items).map(jobs::pod_state);
+        let pod = jobs::newest(&pods).map(jobs::pod_state);
         if let Some(p) = &pod
             && p.phase == "Running"
             && let Some(ip) = &p.ip
@@ -265,7 +309,6 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
             });
         }
         let summaries: Vec<TrainSummary> = pods
-            .items
             .iter()
             .map(jobs::pod_state)
             .filter_map(|p| {
@@ -313,14 +356,29 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
         FineTuneJobPhase::Running => {
             Action::requeue(Duration::from_secs(cfg.progress_interval_seconds))
         }
-        // The pod's move from Pending to Running changes no watched object (pods are owned by
-        // the Job, not by us), so look again as often as progress is polled.
-        FineTuneJobPhase::Queued => {
-            Action::requeue(Duration::from_secs(cfg.progress_interval_seconds))
-        }
+        // Trainer pods are watched (by label), so scheduling and start trigger a reconcile; a
+        // suspended job waits for a change. The requeue is only a safety net.
+        FineTuneJobPhase::Queued if ftj.spec.suspend => Action::await_change(),
+        FineTuneJobPhase::Queued => Action::requeue(Duration::from_secs(60)),
         FineTuneJobPhase::ValidatingData => Action::requeue(Duration::from_secs(60)),
         _ => Action::await_change(),
     })
+}
+
+/// Deletes a train Job (its pods with it) and its config ConfigMap (same name).
+async fn delete_run(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), ns);
+    match jobs_api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(Error::kube(format!("deleting Job {name}"))(e)),
+    }
+    let cms = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns);
+    match cms.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting ConfigMap {name}"))(e)),
+    }
 }
 
 async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {

@@ -492,3 +492,99 @@ fn operator_restart_mid_run_creates_no_duplicate_job() {
     );
     wait_phase(env, ns, "loraadapter", "survivor", "Ready", SHORT);
 }
+
+#[test]
+fn spec_change_mid_run_cancels_the_attempt_and_trains_the_new_spec() {
+    let env = Env::get();
+    let ns = "e2e-respec";
+    env.namespace(ns).expect("namespace");
+    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
+    env.apply(&inline_dataset(ns, "data", &lines, 10))
+        .expect("dataset");
+    env.apply(&small_job(ns, "respec", "data", 8, ""))
+        .expect("job");
+    let f = wait_for(
+        "a checkpoint while Running",
+        LONG,
+        || {
+            let f = env.object(ns, "finetunejob", "respec")?;
+            (phase(&f) == "Running"
+                && f["status"]["lastCheckpoint"]["step"].as_u64().unwrap_or(0) >= 5)
+                .then_some(f)
+        },
+        describe(env, ns),
+    );
+    let old_job = f["status"]["jobName"]
+        .as_str()
+        .expect("jobName")
+        .to_string();
+    let old_checkpoint = f["status"]["lastCheckpoint"]["uri"]
+        .as_str()
+        .expect("checkpoint uri")
+        .to_string();
+    env.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "finetunejob",
+        "respec",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"hyperparameters":{"epochs":2}}}"#,
+    ])
+    .expect("change the spec mid-run");
+    let f = wait_phase(env, ns, "finetunejob", "respec", "Succeeded", LONG);
+    let st = &f["status"];
+    assert_eq!(
+        st["observedGeneration"], f["metadata"]["generation"],
+        "{st}"
+    );
+    let new_job = st["jobName"].as_str().expect("jobName");
+    assert_ne!(new_job, old_job, "a new run for the new spec: {st}");
+    // The old attempt is gone; only the new run's Job is left.
+    let jobs = env
+        .get_json(&[
+            "-n",
+            ns,
+            "get",
+            "jobs",
+            "-l",
+            "tailor.dev/finetunejob=respec",
+        ])
+        .expect("jobs");
+    let names: Vec<&str> = jobs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|j| j["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, vec![new_job]);
+    // Why, as an Event on the FineTuneJob naming the cancelled Job.
+    let events = env.get_json(&["-n", ns, "get", "events"]).expect("events");
+    let why = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["reason"] == "SpecChanged" && e["involvedObject"]["name"] == "respec")
+        .unwrap_or_else(|| panic!("a SpecChanged event: {events}"));
+    assert!(
+        why["message"].as_str().unwrap_or("").contains(&old_job),
+        "{why}"
+    );
+    // The new run started from scratch, in outputs of its own.
+    let la = wait_phase(env, ns, "loraadapter", "respec", "Ready", SHORT);
+    let uri = la["spec"]["uri"].as_str().expect("uri");
+    assert!(
+        !old_checkpoint.starts_with(uri),
+        "{uri} vs {old_checkpoint}"
+    );
+    if let Some(dir) = env.artifact_path(uri) {
+        let metrics: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics.json"))
+                .expect("json");
+        assert!(metrics["resumedFromStep"].is_null(), "fresh run: {metrics}");
+        assert_eq!(metrics["epochs"], 2, "{metrics}");
+    }
+}

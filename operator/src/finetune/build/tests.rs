@@ -94,7 +94,10 @@ fn train_job_carries_gpus_scheduling_and_config() {
     );
     assert_eq!(
         v.train_config["output"],
-        "/artifacts/finetune/tailor-demo/support-v1-01234567"
+        format!(
+            "/artifacts/finetune/tailor-demo/support-v1-01234567-{}",
+            &run_spec_hash(&f)[..8]
+        )
     );
     assert_eq!(v.train_config["rank"], 8);
     assert_eq!(
@@ -336,4 +339,142 @@ fn failure_and_suspension() {
     });
     let st = status(&f, &ready_gate(), Some(&v), &suspended, now());
     assert_eq!(st.phase, P::Cancelled);
+}
+
+/// A running job whose train Job was built for generation 1.
+fn running(f: &FineTuneJob, cfg: &OperatorConfig) -> (Validated, Job, FineTuneJob) {
+    let v = validate(f, cfg, &ready_gate()).expect("valid");
+    let job = job(f, &v, cfg);
+    let mut running = f.clone();
+    running.status = Some(FineTuneJobStatus {
+        phase: P::Running,
+        job_name: Some(v.job_name.clone()),
+        start_time: Some(Time(now())),
+        attempts: 1,
+        progress: Some(Progress {
+            step: 12,
+            total_steps: 40,
+            ..Progress::default()
+        }),
+        last_checkpoint: Some(Checkpoint {
+            step: 10,
+            uri: Some(format!("{}/checkpoints/step-10", v.outputs.adapter_uri)),
+        }),
+        base_validation_loss: Some(2.5),
+        dataset_content_hash: Some("c0ffee".into()),
+        ..FineTuneJobStatus::default()
+    });
+    (v, job, running)
+}
+
+#[test]
+fn a_spec_change_mid_run_is_a_new_run_but_suspend_is_not() {
+    let cfg = OperatorConfig::for_tests();
+    let f = ftj();
+    let (v, job, _) = running(&f, &cfg);
+    assert_eq!(
+        job.annotations().get(RUN_SPEC),
+        Some(&run_spec_hash(&f)),
+        "the Job records the spec it runs"
+    );
+    assert!(!spec_changed_mid_run(&f, &job, true));
+    // Suspending and resuming continue the same run, from its checkpoints.
+    let mut suspended = f.clone();
+    suspended.spec.suspend = true;
+    suspended.metadata.generation = Some(2);
+    assert!(!spec_changed_mid_run(&suspended, &job, true));
+    assert_eq!(outputs(&suspended, &cfg), v.outputs);
+    // Any other change is a new run, with outputs of its own (no old checkpoint is resumed).
+    let mut changed = f.clone();
+    changed.spec.hyperparameters.learning_rate *= 2.0;
+    changed.metadata.generation = Some(2);
+    assert!(spec_changed_mid_run(&changed, &job, true));
+    let w = validate(&changed, &cfg, &ready_gate()).expect("valid");
+    assert_ne!(w.job_name, v.job_name);
+    assert_ne!(w.outputs.adapter_uri, v.outputs.adapter_uri);
+    // Not started yet: the Job is simply replaced (not a cancelled run).
+    assert!(!spec_changed_mid_run(&changed, &job, false));
+    // A finished Job is recorded, not cancelled; a Job from before the annotation is left alone.
+    let mut done = job.clone();
+    done.status = Some(k8s_openapi::api::batch::v1::JobStatus {
+        conditions: Some(vec![k8s_openapi::api::batch::v1::JobCondition {
+            type_: "Complete".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    assert!(!spec_changed_mid_run(&changed, &done, true));
+    let mut legacy = job.clone();
+    legacy
+        .metadata
+        .annotations
+        .as_mut()
+        .expect("annotations")
+        .remove(RUN_SPEC);
+    assert!(!spec_changed_mid_run(&changed, &legacy, true));
+}
+
+#[test]
+fn a_spec_change_mid_run_cancels_the_attempt_then_starts_over() {
+    let cfg = OperatorConfig::for_tests();
+    let f = ftj();
+    let (v, _, mut running) = running(&f, &cfg);
+    running.spec.hyperparameters.epochs += 1;
+    running.metadata.generation = Some(2);
+    let st = restart_status(&running, &v.job_name, now());
+    assert_eq!(st.phase, P::Cancelled);
+    assert_eq!(st.observed_generation, Some(2));
+    let ready = conditions::get(&st.conditions, READY).expect("Ready");
+    assert_eq!(ready.reason, SPEC_CHANGED);
+    assert!(ready.message.contains(&v.job_name), "{}", ready.message);
+    assert!(ready.message.contains("step 12 of 40"), "{}", ready.message);
+    assert!(conditions::is_true(&st.conditions, PROGRESSING));
+    assert!(!conditions::is_true(&st.conditions, DEGRADED));
+    assert!(crate::events::is_warning(SPEC_CHANGED));
+    // Nothing of the old run is left to be mistaken for the new one's.
+    assert_eq!(
+        (
+            st.job_name.as_ref(),
+            st.start_time.as_ref(),
+            st.progress.as_ref(),
+            st.last_checkpoint.as_ref(),
+            st.attempts,
+            st.base_validation_loss
+        ),
+        (None, None, None, None, 0, None)
+    );
+    // The next pass creates the new generation's Job: Queued until its pod runs.
+    running.status = Some(st);
+    let w = validate(&running, &cfg, &ready_gate()).expect("valid");
+    let queued = Observed {
+        job: Some(JobState::default()),
+        ..Observed::default()
+    };
+    let st = status(&running, &ready_gate(), Some(&w), &queued, now());
+    assert_eq!(st.phase, P::Queued);
+    assert_eq!(st.job_name.as_deref(), Some(w.job_name.as_str()));
+    assert_eq!(st.start_time, None);
+}
+
+#[test]
+fn a_status_read_before_the_cancel_does_not_leak_into_the_new_run() {
+    // A reconcile may still see the old run's status when the new Job already exists.
+    let cfg = OperatorConfig::for_tests();
+    let f = ftj();
+    let (_, _, mut stale) = running(&f, &cfg);
+    stale.spec.lora.rank = 16;
+    stale.metadata.generation = Some(2);
+    let w = validate(&stale, &cfg, &ready_gate()).expect("valid");
+    let obs = Observed {
+        job: Some(running_job()),
+        pod: Some(pod("Pending", None)),
+        ..Observed::default()
+    };
+    let st = status(&stale, &ready_gate(), Some(&w), &obs, now());
+    assert_eq!(st.phase, P::Queued);
+    assert_eq!(st.start_time, None);
+    assert_eq!(st.progress, None);
+    assert_eq!(st.last_checkpoint, None);
+    assert_eq!(st.attempts, 0);
 }
