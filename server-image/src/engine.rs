@@ -332,12 +332,13 @@ impl Engine {
     }
 }
 
-/// Below this many multiply-adds a forward pass runs on one thread. Splitting smaller work
-/// (a batch-1 decode step of a small model: a few matrix-vector products per layer) costs more
-/// in fork/join and spin-waiting than it saves, and far more when other processes compete for
-/// the cores: idle OpenMP workers spin on a barrier while the thread they wait for is
-/// descheduled.
-const PARALLEL_MIN_MACS: i64 = 32 << 20;
+/// Below this many multiply-adds a forward pass runs on one thread. Smaller work (decode steps
+/// of a small model, even at batch 16-32: a millisecond or two on one core) costs more in
+/// fork/join and spin-waiting than splitting saves, and it leaves the other cores to the HTTP
+/// side; far more so when other processes compete for the cores, as idle OpenMP workers spin
+/// on a barrier while the thread they wait for is descheduled. Measured on 2 shared cores:
+/// a 3M-parameter model decoded 16 rows faster on one thread than on two.
+const PARALLEL_MIN_MACS: i64 = 128 << 20;
 
 /// libtorch's intra-op thread count for the engine thread, chosen per forward pass by its size.
 struct Threads {
