@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use tailor_api::conditions::{DEGRADED, READY};
@@ -30,19 +31,40 @@ use crate::events;
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let children = || watcher::Config::default().labels(MDEP_LABEL);
-    Controller::new(
+    let controller = Controller::new(
         Api::<ModelDeployment>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), children())
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(controller = NAME, error = %e, "reconcile failed");
-        }
-    })
-    .await;
+    );
+    // A LoraAdapter becoming Ready (its job just finished) is what a waiting deployment needs:
+    // look again at once rather than at the next back-off.
+    let deployments = controller.store();
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), children())
+        .watches(
+            Api::<LoraAdapter>::all(client.clone()),
+            watcher::Config::default(),
+            move |la: LoraAdapter| {
+                let ns = la.namespace();
+                let name = la.name_any();
+                deployments
+                    .state()
+                    .into_iter()
+                    .filter(|md| {
+                        md.namespace() == ns
+                            && md.spec.adapters.iter().any(|a| a.adapter_ref.name == name)
+                    })
+                    .map(|md| ObjectRef::from_obj(&*md))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(controller = NAME, error = %e, "reconcile failed");
+            }
+        })
+        .await;
 }
 
 fn key(md: &ModelDeployment) -> String {
