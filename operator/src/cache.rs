@@ -77,6 +77,21 @@ pub fn trim_pod(pod: &mut Pod) {
     pod.spec = None;
 }
 
+/// Whether `store` has finished its first list. Reconciles check this and requeue rather than
+/// await it: the controller polls its watches only while it has room for more work, so
+/// reconciles waiting for a child store's first list can hold every slot while the watch that
+/// would fill that store goes unpolled (seen after an operator restart: nothing reconciled).
+pub fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use futures::FutureExt;
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+/// How soon a reconcile that found a cache still listing looks again.
+pub const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The cached object `name` in `ns`.
 pub fn get<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
 where

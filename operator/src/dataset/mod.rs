@@ -117,8 +117,9 @@ fn error_policy(ds: Arc<Dataset>, err: &Error, ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // The main store is ready before the first reconcile; the others may still be listing.
-    let _ = ctx.jobs.wait_until_ready().await;
-    let _ = ctx.pods.wait_until_ready().await;
+    if !(cache::is_ready(&ctx.jobs) && cache::is_ready(&ctx.pods)) {
+        return Ok(Action::requeue(cache::NOT_READY_RETRY));
+    }
     let _timer = ctx.metrics.reconcile(NAME);
     let span = tracing::info_span!("reconcile", controller = NAME, namespace = %ds.namespace().unwrap_or_default(), resource = %ds.name_any());
     let result = pipeline(&ds, &ctx).instrument(span).await;

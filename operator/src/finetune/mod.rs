@@ -153,9 +153,10 @@ fn error_policy(ftj: Arc<FineTuneJob>, err: &Error, ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // The main store is ready before the first reconcile; the others may still be listing.
-    let _ = ctx.datasets.wait_until_ready().await;
-    let _ = ctx.jobs.wait_until_ready().await;
-    let _ = ctx.pods.wait_until_ready().await;
+    if !(cache::is_ready(&ctx.datasets) && cache::is_ready(&ctx.jobs) && cache::is_ready(&ctx.pods))
+    {
+        return Ok(Action::requeue(cache::NOT_READY_RETRY));
+    }
     let _timer = ctx.metrics.reconcile(NAME);
     let span = tracing::info_span!("reconcile", controller = NAME, namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any());
     let result = pipeline(&ftj, &ctx).instrument(span).await;
