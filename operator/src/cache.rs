@@ -20,9 +20,27 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+/// The watch behind every cache: default back-off, managed fields dropped (the operator never
+/// reads them; they are often the largest part of an object), then `trim`.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            trim(o);
+        })
+}
+
 /// A watch of `api` that keeps `writer`'s store current; yields every object touched (applied
 /// or deleted), for a controller's `owns_stream`/`watches_stream`. `trim` drops what the
-/// reconciles never read before the object is stored (managed fields are always dropped).
+/// reconciles never read before the object is stored.
 pub fn reflect<K>(
     writer: Writer<K>,
     api: Api<K>,
@@ -32,16 +50,7 @@ pub fn reflect<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    reflector::reflector(
-        writer,
-        watcher(api, config)
-            .default_backoff()
-            .modify(move |o: &mut K| {
-                o.managed_fields_mut().clear();
-                trim(o);
-            }),
-    )
-    .touched_objects()
+    reflector::reflector(writer, watch(api, config, trim)).touched_objects()
 }
 
 /// Like [`reflect`], for a controller's own kind (`for_stream`): only applied objects, kept
@@ -54,13 +63,7 @@ pub fn reflect_main<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    reflector::reflector(
-        writer,
-        watcher(api, config)
-            .default_backoff()
-            .modify(|o: &mut K| o.managed_fields_mut().clear()),
-    )
-    .applied_objects()
+    reflector::reflector(writer, watch(api, config, |_| {})).applied_objects()
 }
 
 /// A Job as its owner's reconcile reads it: metadata, `suspend` and status. The pod template
