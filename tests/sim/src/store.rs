@@ -296,25 +296,38 @@ impl Store {
         g.compacted = g.rv;
     }
 
-    /// Write the snapshot if anything changed since the last write.
+    /// Write the snapshot if anything changed since the last write. Only the object handles are
+    /// taken under the lock (requests wait on it); serialising and writing happen outside it, so
+    /// call this from a blocking thread.
     pub fn persist(&self) -> anyhow::Result<()> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        let snapshot = {
+        let (rv, objects): (u64, Vec<(String, Vec<Arc<Value>>)>) = {
             let mut g = self.lock();
             if !g.dirty {
                 return Ok(());
             }
             g.dirty = false;
-            let mut objs = serde_json::Map::new();
-            for (gr, m) in &g.objects {
-                objs.insert(
-                    gr.clone(),
-                    Value::Array(m.values().map(|v| (**v).clone()).collect()),
-                );
-            }
-            json!({"resourceVersion": g.rv, "objects": objs})
+            let objects = g
+                .objects
+                .iter()
+                .map(|(gr, m)| (gr.clone(), m.values().cloned().collect()))
+                .collect();
+            (g.rv, objects)
+        };
+        #[derive(serde::Serialize)]
+        struct Snapshot<'a> {
+            #[serde(rename = "resourceVersion")]
+            rv: u64,
+            objects: BTreeMap<&'a str, Vec<&'a Value>>,
+        }
+        let snapshot = Snapshot {
+            rv,
+            objects: objects
+                .iter()
+                .map(|(gr, items)| (gr.as_str(), items.iter().map(|v| &**v).collect()))
+                .collect(),
         };
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&snapshot)?)?;

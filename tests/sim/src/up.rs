@@ -180,8 +180,11 @@ pub async fn up(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if let Err(e) = c.store.persist() {
-                    tracing::warn!(error = %e, "persisting state");
+                let store = c.clone();
+                match tokio::task::spawn_blocking(move || store.store.persist()).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "persisting state"),
+                    Err(e) => tracing::warn!(error = %e, "persisting state"),
+                    Ok(Ok(())) => {}
                 }
             }
         });
