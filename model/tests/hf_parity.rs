@@ -15,7 +15,8 @@ fn python() -> String {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference.py")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
+        .join("tests/reference.py")
 }
 
 /// The fixtures are built once per test binary.

@@ -47,7 +47,10 @@ async fn official_openai_python_client_through_the_router() {
         backend.url()
     );
     let router = RouterProc::start(&config).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let script = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"),
+    )
+    .join("tests/openai_client.py");
     let base = format!("{}/v1", router.url());
     let python = python();
     let out = tokio::task::spawn_blocking(move || {

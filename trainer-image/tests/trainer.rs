@@ -17,7 +17,8 @@ fn python() -> String {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
+        .join("..")
 }
 
 fn reference(args: &[&str]) -> Output {

@@ -26,12 +26,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// The repository root.
+/// The repository root, from the manifest directory cargo gives the process at run time (`cargo
+/// run`, `cargo test`), else the one this crate was compiled in. Run time first: a binary reused
+/// from a shared target directory after the checkout moved would otherwise build and run the
+/// sources of the old checkout (cargo does not rebuild when only the checkout's path changes).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let root = manifest.join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// A cluster under test.

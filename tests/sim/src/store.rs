@@ -303,13 +303,13 @@ impl Store {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        let (rv, objects): (u64, Vec<(String, Vec<Arc<Value>>)>) = {
+        let (rv, objects) = {
             let mut g = self.lock();
             if !g.dirty {
                 return Ok(());
             }
             g.dirty = false;
-            let objects = g
+            let objects: Vec<(String, Vec<Arc<Value>>)> = g
                 .objects
                 .iter()
                 .map(|(gr, m)| (gr.clone(), m.values().cloned().collect()))

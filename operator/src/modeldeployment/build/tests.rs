@@ -8,7 +8,10 @@ use crate::modeldeployment::revision::ResolvedAdapter;
 
 fn md() -> ModelDeployment {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/modeldeployment.yaml"),
+        Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"),
+        )
+        .join("../examples/quickstart/modeldeployment.yaml"),
     )
     .expect("quickstart");
     let mut md: ModelDeployment = serde_saphyr::from_str(&text).expect("typed");

@@ -177,6 +177,16 @@ fn main() -> anyhow::Result<()> {
     println!("finetunejob reconciles: {count}");
     println!("reconcile p50: {:.1} ms", quantile(&delta, 0.5) * 1000.0);
     println!("reconcile p99: {:.1} ms", quantile(&delta, 0.99) * 1000.0);
+    let mut below = 0.0;
+    let spread: Vec<String> = delta
+        .iter()
+        .filter_map(|&(le, c)| {
+            let n = c - below;
+            below = c;
+            (n > 0.0).then(|| format!("≤{}ms: {n}", le * 1000.0))
+        })
+        .collect();
+    println!("reconciles by duration: {}", spread.join(", "));
     match operator_rss_kib() {
         Some((hwm, rss)) => println!(
             "operator peak RSS: {:.1} MB (now {:.1} MB)",

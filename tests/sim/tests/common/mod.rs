@@ -14,7 +14,8 @@ pub struct Sim {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
+        .join("../..")
 }
 
 pub fn testpod() -> String {
