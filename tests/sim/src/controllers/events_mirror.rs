@@ -2,7 +2,7 @@
 //! shapes. Here they are two stores kept in step: each event written in one shape appears in
 //! the other (marked as a mirror), updates follow, and a mirror goes when its source goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -160,6 +160,15 @@ fn sync(cluster: &Cluster, from_gr: &str, to_group: &str, convert: fn(&Value) ->
     }
     // Mirrors whose source is gone.
     let (sources_now, _) = cluster.store.list(from_gr, None);
+    let live: HashSet<(&str, &str)> = sources_now
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["namespace"].as_str().unwrap_or(""),
+                s["metadata"]["name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
     for t in targets
         .iter()
         .filter(|t| !t["metadata"]["annotations"][MIRROR].is_null())
@@ -172,12 +181,7 @@ fn sync(cluster: &Cluster, from_gr: &str, to_group: &str, convert: fn(&Value) ->
             } else {
                 "events.k8s.io/v1"
             });
-        if from_here
-            && !sources_now.iter().any(|s| {
-                s["metadata"]["namespace"].as_str() == Some(ns)
-                    && s["metadata"]["name"].as_str() == Some(name)
-            })
-        {
+        if from_here && !live.contains(&(ns, name)) {
             let _ = cluster.delete(&to_rt, ns, name, &DeleteOpts::default());
         }
     }
