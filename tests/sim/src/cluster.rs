@@ -99,6 +99,11 @@ pub struct Cluster {
     pub token_key: Vec<u8>,
     pub admin_token: String,
     ips: Mutex<()>,
+    /// Held shared by every controller pass (kubelet and scheduler included) and taken
+    /// exclusively, for good, at shutdown: once it is taken no controller writes again, so the
+    /// saved state is what the cluster looked like before its node went down (a reboot, not a
+    /// drain) rather than pods failed by the shutdown itself and their replacements.
+    controllers: std::sync::RwLock<bool>,
 }
 
 pub fn new_uid() -> String {
@@ -167,7 +172,24 @@ impl Cluster {
             token_key,
             admin_token,
             ips: Mutex::new(()),
+            controllers: std::sync::RwLock::new(false),
         }
+    }
+
+    /// Run one controller pass unless the controllers are halted; false once they are.
+    pub fn controller_pass(&self, f: impl FnOnce()) -> bool {
+        let halted = self.controllers.read().unwrap_or_else(|e| e.into_inner());
+        if *halted {
+            return false;
+        }
+        f();
+        true
+    }
+
+    /// Stop every controller for good, waiting for passes in flight (blocks: call it off the
+    /// async workers).
+    pub fn halt_controllers(&self) {
+        *self.controllers.write().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
     pub fn rt(&self, group: &str, plural: &str) -> ApiResult<Arc<ResourceType>> {

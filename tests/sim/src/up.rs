@@ -216,6 +216,12 @@ pub async fn up(
         }
     }
     tracing::info!("shutting down: stopping pods and saving state");
+    // As a node going down: the controllers stop first and the pods' last reported state is
+    // kept, so nothing reacts to the processes being killed (no pod marked failed by the
+    // shutdown, no replacement for it). The next start picks the pods up as after a reboot.
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.halt_controllers()).await?;
+    kl.flush_status();
     kl.shutdown().await;
     cluster.store.persist()?;
     Ok(())

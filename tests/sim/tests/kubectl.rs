@@ -725,30 +725,169 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     out.contains("200 OK").then_some(out)
 }
 
+/// Pods matching a label selector, as JSON.
+fn pods(sim: &Sim, selector: &str) -> Vec<Value> {
+    let out = sim.ok(&["get", "pods", "-l", selector, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn pod_ready(p: &Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn names_and_uids(ps: &[Value]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = ps
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A restart is a node reboot: objects are kept, the same pods run their containers again
+/// (restartCount + 1) and become Ready by probe, a running Job pod that may not restart fails
+/// with ContainerStatusUnknown and is replaced exactly once, completed pods stay completed.
 #[test]
 fn state_survives_a_restart_and_pods_are_recreated() {
     let mut sim = Sim::start(&[]);
     install_widgets(&sim);
     sim.apply("apiVersion: example.tailor.dev/v1\nkind: Widget\nmetadata: {name: keep}\nspec: {size: 2, uri: 'file:///k'}\n");
     sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec:\n  containers:\n  - name: c\n    image: testpod\n    args: [serve, '8081']\n    env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]\n    readinessProbe: {httpGet: {path: /, port: 8081}, periodSeconds: 1}\n");
+    sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: onfailure}\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  containers: [{name: c, image: busybox, command: [sh, -c, 'exec sleep 3600']}]\n");
+    sim.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: web\n        image: testpod\n        args: [serve, '8080']\n        env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]\n        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}\n");
+    sim.apply("apiVersion: batch/v1\nkind: Job\nmetadata: {name: long}\nspec:\n  backoffLimit: 3\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: 1\n      containers: [{name: c, image: busybox, command: [sh, -c, 'exec sleep 3600']}]\n");
+    sim.apply("apiVersion: batch/v1\nkind: Job\nmetadata: {name: done}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [sh, -c, 'echo finished']}]\n");
     sim.ok(&[
         "wait",
         "--for=condition=Ready",
         "--timeout=180s",
         "pod/server",
+        "pod/onfailure",
     ]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    sim.ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "--timeout=180s",
+        "job/done",
+    ]);
+    let long_pod = wait_for(
+        "the long job's pod to run",
+        Duration::from_secs(120),
+        || {
+            let ps = pods(&sim, "job-name=long");
+            (ps.len() == 1
+                && ps[0]["status"]["containerStatuses"][0]["state"]["running"].is_object())
+            .then(|| ps[0].clone())
+        },
+    );
+    let web_before = names_and_uids(&pods(&sim, "app=web"));
+    assert_eq!(web_before.len(), 2, "{web_before:?}");
+    let done_before = pods(&sim, "job-name=done");
+    assert_eq!(done_before.len(), 1);
     let uid = sim.jsonpath(&["get", "widget", "keep"], "{.metadata.uid}");
+    let server_uid = sim.jsonpath(&["get", "pod", "server"], "{.metadata.uid}");
+
     sim.restart();
+
     assert_eq!(
         sim.jsonpath(&["get", "widget", "keep"], "{.metadata.uid}"),
         uid
     );
-    sim.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "--timeout=180s",
-        "pod/server",
-    ]);
+    // The Job's running pod could not restart (restartPolicy Never): it failed as the kubelet
+    // reports a container it lost, and the Job replaced it once.
+    let long_name = long_pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let (failed, replacement) = wait_for(
+        "the long job to count its lost pod as failed and replace it",
+        Duration::from_secs(120),
+        || {
+            let ps = pods(&sim, "job-name=long");
+            assert!(ps.len() <= 2, "more than one replacement: {ps:#?}");
+            let failed = ps
+                .iter()
+                .find(|p| p["metadata"]["name"] == long_name.as_str())?
+                .clone();
+            let replacement = ps
+                .iter()
+                .find(|p| p["metadata"]["name"] != long_name.as_str())?
+                .clone();
+            let job = sim.jsonpath(&["get", "job", "long"], "{.status.failed}/{.status.active}");
+            (failed["status"]["phase"] == "Failed"
+                && replacement["status"]["phase"] == "Running"
+                && job == "1/1")
+                .then_some((failed, replacement))
+        },
+    );
+    assert_eq!(failed["metadata"]["uid"], long_pod["metadata"]["uid"]);
+    let term = &failed["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 137, "{term}");
+    assert_eq!(term["reason"], "ContainerStatusUnknown", "{term}");
+    assert_eq!(
+        replacement["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+    // The Deployment keeps its pods: the same two, run again, Ready by probe again.
+    wait_for(
+        "the deployment's pods to run again and become ready",
+        Duration::from_secs(120),
+        || {
+            let ps = pods(&sim, "app=web");
+            assert_eq!(
+                names_and_uids(&ps),
+                web_before,
+                "the deployment's pods changed"
+            );
+            let again = ps
+                .iter()
+                .all(|p| pod_ready(p) && p["status"]["containerStatuses"][0]["restartCount"] == 1);
+            let ready = sim.jsonpath(&["get", "deploy", "web"], "{.status.readyReplicas}");
+            (again && ready == "2").then_some(())
+        },
+    );
+    let lost =
+        &pods(&sim, "app=web")[0]["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(lost["reason"], "ContainerStatusUnknown", "{lost}");
+    assert_eq!(
+        sim.jsonpath(
+            &["get", "rs", "-l", "app=web"],
+            "{.items[*].status.replicas}"
+        ),
+        "2"
+    );
+    // Bare pods that may restart run again in place.
+    for p in ["server", "onfailure"] {
+        sim.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=120s",
+            &format!("pod/{p}"),
+        ]);
+        assert_eq!(
+            sim.jsonpath(
+                &["get", "pod", p],
+                "{.status.containerStatuses[0].restartCount}"
+            ),
+            "1",
+            "pod {p}"
+        );
+    }
+    assert_eq!(
+        sim.jsonpath(&["get", "pod", "server"], "{.metadata.uid}"),
+        server_uid
+    );
     let ip = sim.jsonpath(&["get", "pod", "server"], "{.status.podIP}");
     let body = wait_for(
         "pod to answer after restart",
@@ -756,6 +895,28 @@ fn state_survives_a_restart_and_pods_are_recreated() {
         || http_get(&format!("{ip}:8081"), "/"),
     );
     assert!(body.contains("hello from server"), "{body}");
+    // The completed Job's pod stays as it was and is not run again.
+    let done_after = pods(&sim, "job-name=done");
+    assert_eq!(done_after.len(), 1);
+    assert_eq!(
+        done_after[0]["metadata"]["uid"],
+        done_before[0]["metadata"]["uid"]
+    );
+    assert_eq!(done_after[0]["status"]["phase"], "Succeeded");
+    assert_eq!(
+        done_after[0]["status"]["containerStatuses"],
+        done_before[0]["status"]["containerStatuses"]
+    );
+    assert_eq!(
+        sim.jsonpath(&["get", "job", "done"], "{.status.succeeded}"),
+        "1"
+    );
+    // Still exactly one replacement for the lost Job pod.
+    assert_eq!(pods(&sim, "job-name=long").len(), 2);
+    assert_eq!(
+        sim.jsonpath(&["get", "job", "long"], "{.status.failed}/{.status.active}"),
+        "1/1"
+    );
 }
 
 #[test]

@@ -26,7 +26,10 @@ where
             let c = cluster.clone();
             let f_ref = &f;
             // Reconcilers are synchronous and quick; keep them off the async workers' hot path.
-            tokio::task::block_in_place(|| f_ref(&c));
+            if !tokio::task::block_in_place(|| c.controller_pass(|| f_ref(&c))) {
+                tracing::debug!(controller = name, "halted");
+                return;
+            }
             tokio::select! {
                 _ = notified => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ = tokio::time::sleep(period) => {}

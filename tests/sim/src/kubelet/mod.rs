@@ -68,6 +68,87 @@ fn waiting(reason: &str, message: &str) -> Value {
     }
 }
 
+/// What the kubelet reports for a container it ran but can no longer find (its runtime lost
+/// it, as in a node reboot).
+fn lost_container() -> Value {
+    json!({"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+        "message": "The container could not be located when the pod was terminated"}})
+}
+
+/// Container states for a pod that ran under an earlier tailor-sim on this state dir, from the
+/// status it last reported, as the kubelet rebuilds them after a node reboot: a container that
+/// was running is lost (`ContainerStatusUnknown`, exit code 137, restartCount + 1) and the
+/// restart policy decides what follows. `Always` and `OnFailure` pods get a new sandbox, so
+/// their init containers and their restartable containers run again; a `Never` pod that had
+/// started is not run again (the kubelet does not recreate its sandbox) and ends with the states
+/// it has. Returns true when no container of the pod will run again.
+fn recover(pod: &Value, containers: &mut [CState], init: &mut [CState]) -> bool {
+    let statuses =
+        |list: &str| -> Vec<Value> { pod["status"][list].as_array().cloned().unwrap_or_default() };
+    let (old_main, old_init) = (
+        statuses("containerStatuses"),
+        statuses("initContainerStatuses"),
+    );
+    let ran = |s: &Value| s["state"]["running"].is_object() || s["state"]["terminated"].is_object();
+    if !old_main.iter().chain(&old_init).any(ran) {
+        return false;
+    }
+    let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+    let find = |old: &[Value], name: &str| old.iter().find(|s| s["name"] == name).cloned();
+    let carry = |c: &mut CState, o: &Value| {
+        c.restart_count = o["restartCount"].as_i64().unwrap_or(0);
+        if o["lastState"].is_object() {
+            c.last_state = o["lastState"].clone();
+        }
+    };
+    if policy == "Never" {
+        for (cs, old) in [(&mut *containers, &old_main), (&mut *init, &old_init)] {
+            for c in cs.iter_mut() {
+                if let Some(o) = find(old, &c.name) {
+                    carry(c, &o);
+                    c.state = o["state"].clone();
+                    if o["state"]["running"].is_object() {
+                        c.state = lost_container();
+                        c.restart_count += 1;
+                    }
+                }
+                c.done = true;
+            }
+        }
+        return true;
+    }
+    for c in init.iter_mut() {
+        if let Some(o) = find(&old_init, &c.name) {
+            carry(c, &o);
+            if o["state"]["running"].is_object() {
+                c.last_state = lost_container();
+                c.restart_count += 1;
+            }
+        }
+    }
+    for c in containers.iter_mut() {
+        let Some(o) = find(&old_main, &c.name) else {
+            continue;
+        };
+        carry(c, &o);
+        let t = &o["state"]["terminated"];
+        if o["state"]["running"].is_object() {
+            c.last_state = lost_container();
+            c.restart_count += 1;
+        } else if t.is_object() {
+            if policy == "OnFailure" && t["exitCode"].as_i64() == Some(0) {
+                c.state = o["state"].clone();
+                c.done = true;
+            } else {
+                // Exited and due to restart (the restart had not been reported yet).
+                c.last_state = o["state"].clone();
+                c.restart_count += 1;
+            }
+        }
+    }
+    containers.iter().all(|c| c.done)
+}
+
 fn node_index(node: &str) -> u32 {
     node.rsplit('-')
         .next()
@@ -230,6 +311,33 @@ impl Kubelet {
                         started: false,
                         done: false,
                     };
+                    let mut containers: Vec<CState> = pod["spec"]["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(mk)
+                        .collect();
+                    let mut init: Vec<CState> = pod["spec"]["initContainers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let mut s = mk(c);
+                            s.state = waiting("PodInitializing", "");
+                            s
+                        })
+                        .collect();
+                    let no_init = init.is_empty();
+                    // A pod with container statuses but no runtime here ran under an earlier
+                    // tailor-sim on this state dir: pick it up as a kubelet does after a reboot.
+                    let over = recover(pod, &mut containers, &mut init);
+                    let initialized = no_init
+                        || over
+                            && pod["status"]["conditions"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|c| c["type"] == "Initialized" && c["status"] == "True");
                     let rt = Arc::new(PodRt {
                         uid: uid.clone(),
                         ip,
@@ -237,37 +345,19 @@ impl Kubelet {
                             .as_str()
                             .map(String::from)
                             .unwrap_or_else(now),
-                        containers: Mutex::new(
-                            pod["spec"]["containers"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(mk)
-                                .collect(),
-                        ),
-                        init: Mutex::new(
-                            pod["spec"]["initContainers"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|c| {
-                                    let mut s = mk(c);
-                                    s.state = waiting("PodInitializing", "");
-                                    s
-                                })
-                                .collect(),
-                        ),
-                        initialized: AtomicBool::new(
-                            pod["spec"]["initContainers"]
-                                .as_array()
-                                .is_none_or(|a| a.is_empty()),
-                        ),
+                        containers: Mutex::new(containers),
+                        init: Mutex::new(init),
+                        initialized: AtomicBool::new(initialized),
                         failed_init: AtomicBool::new(false),
-                        finished: AtomicBool::new(false),
+                        finished: AtomicBool::new(over),
                         stop: tx,
                         stopping: AtomicBool::new(false),
                     });
                     map.insert(uid.clone(), rt.clone());
+                    if over {
+                        // Nothing to run again: the next pass reports the final phase.
+                        continue;
+                    }
                     let me = self.clone();
                     let mut p = (**pod).clone();
                     p["status"]["podIP"] = json!(rt.ip);
@@ -571,6 +661,10 @@ impl Kubelet {
             .unwrap_or("Always")
             .to_string();
         let mut stop = rt.stop.subscribe();
+        if Self::get_state(rt, false, idx).is_some_and(|s| s.done) {
+            // Finished before a restart of tailor-sim and not to be run again.
+            return;
+        }
         let mut backoff = 1u64;
         loop {
             let Some(code) = self
@@ -1160,6 +1254,21 @@ async fn terminate(
 }
 
 impl Kubelet {
+    /// Report every running pod's current state once more (at shutdown, after the controllers
+    /// have stopped and before the processes are killed, so the saved state is up to date).
+    pub fn flush_status(&self) {
+        let Ok(pod_rt) = self.cluster.rt("", "pods") else {
+            return;
+        };
+        let (pods, _) = self.cluster.store.list(&pod_rt.gr(), None);
+        let map = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        for pod in &pods {
+            if let Some(rt) = pod["metadata"]["uid"].as_str().and_then(|u| map.get(u)) {
+                self.write_status(pod, rt);
+            }
+        }
+    }
+
     /// Stop every pod's processes (as a node shutdown would), briefly waiting for them.
     pub async fn shutdown(&self) {
         let pods: Vec<Arc<PodRt>> = self
