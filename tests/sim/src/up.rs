@@ -173,6 +173,7 @@ pub async fn up(
         Duration::from_millis(300),
         scheduler::reconcile,
     );
+    kubelet::kill_leftover_containers(&state_dir);
     let kl = kubelet::Kubelet::new(cluster.clone());
     kl.start();
     {

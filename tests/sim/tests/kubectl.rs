@@ -919,6 +919,57 @@ fn state_survives_a_restart_and_pods_are_recreated() {
     );
 }
 
+/// A tailor-sim killed outright leaves its containers running; the next start kills them (as a
+/// reboot would) so the pods run again on their own IPs and ports.
+#[test]
+fn a_crashed_sim_kills_its_leftover_containers_and_reruns_the_pods() {
+    let mut sim = Sim::start(&[]);
+    sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: survivor}\nspec:\n  containers:\n  - name: c\n    image: testpod\n    args: [serve, '8082']\n    env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]\n    readinessProbe: {httpGet: {path: /, port: 8082}, periodSeconds: 1}\n");
+    sim.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=180s",
+        "pod/survivor",
+    ]);
+    // The snapshot is written a few times a second: crash once it has the running container.
+    wait_for(
+        "the running pod to be saved",
+        Duration::from_secs(30),
+        || {
+            let saved = sim.saved_objects();
+            saved["objects"]["/pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| {
+                    p["metadata"]["name"] == "survivor"
+                        && p["status"]["containerStatuses"][0]["ready"] == true
+                })
+                .then_some(())
+        },
+    );
+    sim.crash_and_restart();
+    wait_for(
+        "the pod to run again in place of the leftover container",
+        Duration::from_secs(120),
+        || {
+            let p: Value =
+                serde_json::from_str(&sim.ok(&["get", "pod", "survivor", "-o", "json"])).ok()?;
+            let c = &p["status"]["containerStatuses"][0];
+            (c["restartCount"] == 1 && c["ready"] == true && c["state"]["running"].is_object())
+                .then_some(())
+        },
+    );
+    // Its new process listens: the port was free again.
+    let logs = sim.ok(&["logs", "survivor"]);
+    assert!(logs.contains("listening on"), "{logs}");
+    let ip = sim.jsonpath(&["get", "pod", "survivor"], "{.status.podIP}");
+    let body = wait_for("the pod to answer", Duration::from_secs(60), || {
+        http_get(&format!("{ip}:8082"), "/")
+    });
+    assert!(body.contains("hello from survivor"), "{body}");
+}
+
 #[test]
 fn pods_get_sigterm_and_deletion_cascades() {
     let sim = Sim::start(&[]);

@@ -1072,6 +1072,12 @@ impl Kubelet {
             }
         };
         let pid = child.id().unwrap_or(0) as i32;
+        // Recorded so that the next start can kill it should tailor-sim die without stopping it.
+        let pid_file = dir.join("pids").join(&cname);
+        if let Some(t) = proc_start_time(pid) {
+            let _ = std::fs::create_dir_all(dir.join("pids"));
+            let _ = std::fs::write(&pid_file, format!("{pid} {t}"));
+        }
         let started_at = now();
         let has_readiness = c["readinessProbe"].is_object();
         Self::set_state(rt, init, idx, |s| {
@@ -1166,6 +1172,7 @@ impl Kubelet {
             }
         };
         let _ = probe_stop_tx.send(true);
+        let _ = std::fs::remove_file(&pid_file);
         let code = status
             .and_then(|s| {
                 use std::os::unix::process::ExitStatusExt;
@@ -1217,6 +1224,60 @@ fn which(prog: &str) -> bool {
         .unwrap_or_default()
         .split(':')
         .any(|d| Path::new(d).join(prog).exists())
+}
+
+/// When a process started, in clock ticks since boot (`/proc/PID/stat` field 22): with the pid
+/// it names one process for good, as pids are reused.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Kill the containers an earlier tailor-sim on this state dir left running (it was killed
+/// without stopping its pods), as a node reboot would, and wait until they are gone so their
+/// pods can start again on the same IPs and ports.
+pub fn kill_leftover_containers(state: &Path) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let mut left = vec![];
+    for pod in std::fs::read_dir(state.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(pod.path().join("pids"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let rec = std::fs::read_to_string(f.path()).unwrap_or_default();
+            let _ = std::fs::remove_file(f.path());
+            let mut it = rec.split_whitespace().map(|x| x.parse::<u64>().ok());
+            let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(pid) = i32::try_from(pid) else {
+                continue;
+            };
+            if pid > 0 && proc_start_time(pid) == Some(start) {
+                tracing::info!(pid, pod = ?pod.file_name(), "killing a container left running by an earlier tailor-sim");
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                left.push((pid, start));
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while left.iter().any(|(p, s)| proc_start_time(*p) == Some(*s))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// SIGTERM the container's process group, SIGKILL after the grace period.

@@ -100,6 +100,24 @@ impl Sim {
         self.spawn();
     }
 
+    /// Kill with SIGKILL (a crash: nothing is stopped or saved) and start again on the same
+    /// state dir.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
+    /// The objects tailor-sim last saved in its state dir, by type key (`/pods`, `apps/deployments`).
+    pub fn saved_objects(&self) -> serde_json::Value {
+        std::fs::read(self.dir.path().join("state").join("objects.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
