@@ -85,6 +85,90 @@ fn crds_and_every_example_apply_client_and_server_side() {
     // kubectl explain reads the CRD schema through OpenAPI v3.
     let explain = sim.ok(&["explain", "finetunejob.spec.lora.rank"]);
     assert!(explain.contains("FIELD: rank"), "{explain}");
+    // The demo overlay of the quickstart, both ways.
+    sim.ok(&["apply", "-k", "examples/demo"]);
+    sim.ok(&["apply", "--server-side", "-k", "examples/demo"]);
+    // kubectl patch of each kind, merge and JSON patch (strategic merge patch is for built-in
+    // kinds only: see the widget test and the Deployment below).
+    for (kind, name, merge, json, path, want) in [
+        (
+            "dataset",
+            "support-chat",
+            r#"{"spec":{"preparation":{"minExamples":50}}}"#,
+            r#"[{"op":"replace","path":"/spec/format","value":"completion"}]"#,
+            "{.spec.preparation.minExamples} {.spec.format}",
+            "50 completion",
+        ),
+        (
+            "finetunejob",
+            "support-v1",
+            r#"{"spec":{"lora":{"alpha":32}}}"#,
+            r#"[{"op":"replace","path":"/spec/hyperparameters/epochs","value":3}]"#,
+            "{.spec.lora.alpha} {.spec.hyperparameters.epochs}",
+            "32 3",
+        ),
+        (
+            "modeldeployment",
+            "support",
+            r#"{"spec":{"replicas":3}}"#,
+            r#"[{"op":"replace","path":"/spec/adapters/0/name","value":"support2"}]"#,
+            "{.spec.replicas} {.spec.adapters[0].name}",
+            "3 support2",
+        ),
+        (
+            "loraadapter",
+            "support-imported",
+            r#"{"spec":{"alpha":32}}"#,
+            r#"[{"op":"replace","path":"/spec/rank","value":16}]"#,
+            "{.spec.alpha} {.spec.rank}",
+            "32 16",
+        ),
+    ] {
+        let generation = |sim: &Sim| {
+            sim.jsonpath(
+                &["get", kind, name, "-n", "tailor-demo"],
+                "{.metadata.generation}",
+            )
+            .parse::<i64>()
+            .unwrap_or(0)
+        };
+        let before = generation(&sim);
+        for (ty, patch) in [("merge", merge), ("json", json)] {
+            sim.ok(&[
+                "patch",
+                kind,
+                name,
+                "-n",
+                "tailor-demo",
+                "--type",
+                ty,
+                "-p",
+                patch,
+            ]);
+        }
+        assert_eq!(
+            sim.jsonpath(&["get", kind, name, "-n", "tailor-demo"], path),
+            want,
+            "{kind}"
+        );
+        assert_eq!(generation(&sim), before + 2, "{kind} generation");
+    }
+    // Strategic merge patch of a built-in kind merges containers by name.
+    sim.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: idle}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: idle}}\n  template:\n    metadata: {labels: {app: idle}}\n    spec:\n      containers: [{name: a, image: testpod}, {name: b, image: testpod}]\n");
+    sim.ok(&[
+        "patch",
+        "deployment",
+        "idle",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"b","env":[{"name":"MODE","value":"x"}]}]}}}}"#,
+    ]);
+    assert_eq!(
+        sim.jsonpath(
+            &["get", "deployment", "idle"],
+            "{.spec.template.spec.containers[*].name} {.spec.template.spec.containers[1].image} {.spec.template.spec.containers[1].env[0].value}"
+        ),
+        "a b testpod x"
+    );
 }
 
 fn dataset(spec: Value) -> Value {
@@ -138,23 +222,27 @@ fn invalid_manifests_are_rejected_by_kubectl_apply_naming_the_field() {
         "crd",
         "--all",
     ]);
-    // The foundation issue's table (same manifests as api/tests/admission.rs), here rejected
-    // by the simulated apiserver: structural schema or CEL, with the field named.
-    let cases: Vec<(&str, Value, &str)> = vec![
+    // The foundation issue's table (the manifests of api/tests/admission.rs), here rejected by
+    // the simulated apiserver: structural schema or CEL, with the field named and the reason in
+    // the apiserver's words.
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
         (
             "two dataset sources",
             dataset(json!({"source": {"inline": "{}", "uri": "s3://b/k"}})),
             "spec.source",
+            "exactly one",
         ),
         (
             "no dataset source",
             dataset(json!({"source": {}})),
             "spec.source",
+            "exactly one",
         ),
         (
             "unknown format",
             dataset(json!({"source": {"inline": "{}"}, "format": "parquet"})),
             "spec.format",
+            "Unsupported value: \"parquet\"",
         ),
         (
             "splits sum to 1",
@@ -162,6 +250,7 @@ fn invalid_manifests_are_rejected_by_kubectl_apply_naming_the_field() {
                 json!({"source": {"inline": "{}"}, "preparation": {"split": {"validation": 0.6, "test": 0.4}}}),
             ),
             "spec.preparation.split",
+            "below 1",
         ),
         (
             "negative split",
@@ -169,66 +258,97 @@ fn invalid_manifests_are_rejected_by_kubectl_apply_naming_the_field() {
                 json!({"source": {"inline": "{}"}, "preparation": {"split": {"validation": -0.1}}}),
             ),
             "spec.preparation.split.validation",
+            "should be greater than or equal to 0",
         ),
         (
             "unknown redaction",
             dataset(json!({"source": {"inline": "{}"}, "preparation": {"redact": ["ssn"]}})),
             "spec.preparation.redact[0]",
+            "Unsupported value: \"ssn\"",
         ),
         (
             "minExamples as string",
             dataset(json!({"source": {"inline": "{}"}, "preparation": {"minExamples": "many"}})),
             "spec.preparation.minExamples",
+            "must be of type integer",
         ),
         (
             "missing datasetRef",
             ftj(json!({"datasetRef": null})),
             "spec.datasetRef",
+            "Required value",
         ),
         (
             "rank 0",
             ftj(json!({"lora": {"rank": 0}})),
             "spec.lora.rank",
+            "should be greater than or equal to 1",
         ),
         (
             "learning rate 0",
             ftj(json!({"hyperparameters": {"learningRate": 0.0}})),
             "spec.hyperparameters.learningRate",
+            "must be greater than 0",
         ),
         (
             "unknown scheduler",
             ftj(json!({"hyperparameters": {"scheduler": "exponential"}})),
             "spec.hyperparameters.scheduler",
+            "Unsupported value: \"exponential\"",
         ),
         (
             "epochs as string",
             ftj(json!({"hyperparameters": {"epochs": "three"}})),
             "spec.hyperparameters.epochs",
+            "must be of type integer",
+        ),
+        (
+            "unknown target module",
+            ftj(json!({"lora": {"targetModules": ["attn"]}})),
+            "spec.lora.targetModules",
+            "targetModules may only name",
         ),
         (
             "bad base model URI",
             ftj(json!({"baseModel": {"uri": "ftp://x/y"}})),
             "spec.baseModel.uri",
+            "should match",
         ),
         (
             "too many GPUs",
             ftj(json!({"resources": {"gpus": 1000}})),
             "spec.resources.gpus",
+            "should be less than or equal to",
         ),
         (
             "unknown method",
             ftj(json!({"method": "full"})),
             "spec.method",
+            "Unsupported value: \"full\"",
         ),
         (
             "weights not increasing",
             mdep(json!({"rollout": {"steps": [{"weight": 50}, {"weight": 20}]}})),
             "spec.rollout.steps",
+            "strictly increasing",
+        ),
+        (
+            "repeated weight",
+            mdep(json!({"rollout": {"steps": [{"weight": 20}, {"weight": 20}]}})),
+            "spec.rollout.steps",
+            "strictly increasing",
         ),
         (
             "weight above 100",
             mdep(json!({"rollout": {"steps": [{"weight": 150}]}})),
             "spec.rollout.steps[0].weight",
+            "should be less than or equal to 100",
+        ),
+        (
+            "weight 0",
+            mdep(json!({"rollout": {"steps": [{"weight": 0}]}})),
+            "spec.rollout.steps[0].weight",
+            "should be greater than or equal to 1",
         ),
         (
             "duplicate adapter names",
@@ -236,30 +356,89 @@ fn invalid_manifests_are_rejected_by_kubectl_apply_naming_the_field() {
                 json!({"adapters": [{"name": "x", "adapterRef": {"name": "a"}}, {"name": "x", "adapterRef": {"name": "b"}}]}),
             ),
             "spec.adapters",
+            "unique",
+        ),
+        (
+            "adapter named like the base",
+            mdep(json!({"adapters": [{"name": "base", "adapterRef": {"name": "a"}}]})),
+            "spec",
+            "servedName",
+        ),
+        (
+            "bad pause duration",
+            mdep(json!({"rollout": {"steps": [{"weight": 10, "pause": "five minutes"}]}})),
+            "spec.rollout.steps[0].pause",
+            "should match",
+        ),
+        (
+            "error rate above 1",
+            mdep(json!({"rollout": {"analysis": {"maxErrorRate": 1.5}}})),
+            "spec.rollout.analysis.maxErrorRate",
+            "should be less than or equal to 1",
+        ),
+        (
+            "prometheus without address",
+            mdep(json!({"rollout": {"analysis": {"metricsSource": "prometheus"}}})),
+            "spec.rollout.analysis",
+            "prometheus.address",
         ),
         (
             "unknown dtype",
             mdep(json!({"server": {"dtype": "int3"}})),
             "spec.server.dtype",
+            "Unsupported value: \"int3\"",
         ),
         (
             "replicas negative",
             mdep(json!({"replicas": -1})),
             "spec.replicas",
+            "should be greater than or equal to 0",
         ),
-        ("bad sha256", lora(json!({"sha256": "xyz"})), "spec.sha256"),
+        (
+            "missing servedName",
+            mdep(json!({"baseModel": {"uri": "pvc://a/b", "servedName": null}})),
+            "spec.baseModel.servedName",
+            "Required value",
+        ),
+        (
+            "bad sha256",
+            lora(json!({"sha256": "xyz"})),
+            "spec.sha256",
+            "should match",
+        ),
+        (
+            "unknown deletion policy",
+            lora(json!({"deletionPolicy": "Shred"})),
+            "spec.deletionPolicy",
+            "Unsupported value: \"Shred\"",
+        ),
     ];
     let mut failures = vec![];
-    for (name, obj, field) in &cases {
+    for (name, obj, field, reason) in &cases {
         let out = sim.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.success() {
             failures.push(format!("{name}: accepted"));
-        } else if !err.contains(field) || !err.contains("is invalid") {
-            failures.push(format!("{name}: error does not name {field}: {err}"));
+        } else if !err.contains("is invalid")
+            || !err.lines().any(|l| l.contains(field) && l.contains(reason))
+        {
+            failures.push(format!(
+                "{name}: error does not name {field} with {reason:?}: {err}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A transition rule: an adapter's artifact is immutable once recorded.
+    sim.apply(&lora(json!({})).to_string());
+    let out = sim.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &lora(json!({"uri": "pvc://artifacts/adapters/other"})).to_string(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.uri") && err.contains("immutable"),
+        "{err}"
+    );
     // Unknown fields: kubectl's strict field validation gets the apiserver's decoding error.
     let bad = dataset(json!({"source": {"inline": "{}"}, "colour": "blue"}));
     let out = sim.kubectl_stdin(&["apply", "-f", "-"], &bad.to_string());
