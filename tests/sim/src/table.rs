@@ -474,7 +474,14 @@ fn builtin_columns(rt: &ResourceType, o: &Value) -> (Vec<Value>, Vec<Value>) {
                 col("Reason", "string", "", "Reason", 0),
                 col("Object", "string", "", "Object", 0),
                 col("Message", "string", "", "Message", 0),
-                name_col(),
+                // As the apiserver's events table: the name only with `-o wide`.
+                col(
+                    "Name",
+                    "string",
+                    "name",
+                    "Name must be unique within a namespace.",
+                    1,
+                ),
             ],
             vec![
                 json!(

@@ -1067,6 +1067,15 @@ fn state_survives_a_restart_and_pods_are_recreated() {
         sim.jsonpath(&["get", "pod", "server"], "{.metadata.uid}"),
         server_uid
     );
+    let events = sim.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=server,reason=SandboxChanged",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "no SandboxChanged event");
     let ip = sim.jsonpath(&["get", "pod", "server"], "{.status.podIP}");
     let body = wait_for(
         "pod to answer after restart",
@@ -1147,6 +1156,30 @@ fn a_crashed_sim_kills_its_leftover_containers_and_reruns_the_pods() {
         http_get(&format!("{ip}:8082"), "/")
     });
     assert!(body.contains("hello from survivor"), "{body}");
+}
+
+/// The benchmark command runs and reports what it measures (its numbers are not asserted).
+#[test]
+fn bench_reports_request_latency_watch_delivery_and_memory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tailor-sim"))
+        .args(["bench", "--objects", "100", "--watchers", "5"])
+        .output()
+        .expect("run tailor-sim bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in [
+        "create  p50",
+        "get     p50",
+        "list of 100:",
+        "every watcher saw [100, 100, 100, 100, 100] ADDED events",
+        "memory (VmRSS of the simulator)",
+    ] {
+        assert!(stdout.contains(part), "{part:?} missing from {stdout}");
+    }
 }
 
 #[test]

@@ -81,8 +81,8 @@ fn lost_container() -> Value {
 /// restart policy decides what follows. `Always` and `OnFailure` pods get a new sandbox, so
 /// their init containers and their restartable containers run again; a `Never` pod that had
 /// started is not run again (the kubelet does not recreate its sandbox) and ends with the states
-/// it has. Returns true when no container of the pod will run again.
-fn recover(pod: &Value, containers: &mut [CState], init: &mut [CState]) -> bool {
+/// it has. None for a pod that never ran; otherwise whether no container of it will run again.
+fn recover(pod: &Value, containers: &mut [CState], init: &mut [CState]) -> Option<bool> {
     let statuses =
         |list: &str| -> Vec<Value> { pod["status"][list].as_array().cloned().unwrap_or_default() };
     let (old_main, old_init) = (
@@ -91,7 +91,7 @@ fn recover(pod: &Value, containers: &mut [CState], init: &mut [CState]) -> bool 
     );
     let ran = |s: &Value| s["state"]["running"].is_object() || s["state"]["terminated"].is_object();
     if !old_main.iter().chain(&old_init).any(ran) {
-        return false;
+        return None;
     }
     let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
     let find = |old: &[Value], name: &str| old.iter().find(|s| s["name"] == name).cloned();
@@ -115,7 +115,7 @@ fn recover(pod: &Value, containers: &mut [CState], init: &mut [CState]) -> bool 
                 c.done = true;
             }
         }
-        return true;
+        return Some(true);
     }
     for c in init.iter_mut() {
         if let Some(o) = find(&old_init, &c.name) {
@@ -146,7 +146,7 @@ fn recover(pod: &Value, containers: &mut [CState], init: &mut [CState]) -> bool 
             }
         }
     }
-    containers.iter().all(|c| c.done)
+    Some(containers.iter().all(|c| c.done))
 }
 
 fn node_index(node: &str) -> u32 {
@@ -330,7 +330,18 @@ impl Kubelet {
                     let no_init = init.is_empty();
                     // A pod with container statuses but no runtime here ran under an earlier
                     // tailor-sim on this state dir: pick it up as a kubelet does after a reboot.
-                    let over = recover(pod, &mut containers, &mut init);
+                    let recovered = recover(pod, &mut containers, &mut init);
+                    let over = recovered == Some(true);
+                    if recovered == Some(false) {
+                        crate::events::record(
+                            &self.cluster,
+                            pod,
+                            "Normal",
+                            "SandboxChanged",
+                            "Pod sandbox changed, it will be killed and re-created.",
+                            "kubelet",
+                        );
+                    }
                     let initialized = no_init
                         || over
                             && pod["status"]["conditions"]
