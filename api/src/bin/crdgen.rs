@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            None if file.ends_with(".yaml") && file != "kustomization.yaml" => {
+            None if file.ends_with(".yaml") => {
                 print!("---\n{yaml}")
             }
             None => {}

@@ -26,8 +26,9 @@ fn install_widgets(sim: &Sim) {
 #[test]
 fn crds_and_every_example_apply_client_and_server_side() {
     let sim = Sim::start(&[]);
+    // As a user would: every file in the directory (its kustomization has no .yaml suffix).
     let crds = repo_root().join("crds");
-    sim.ok(&["apply", "-k", crds.to_str().unwrap_or("crds")]);
+    sim.ok(&["apply", "-f", crds.to_str().unwrap_or("crds")]);
     sim.ok(&[
         "wait",
         "--for",
