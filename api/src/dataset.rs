@@ -110,10 +110,21 @@ pub struct Preparation {
     #[serde(default = "default_min_examples")]
     #[schemars(range(min = 1, max = 100000000))]
     pub min_examples: u32,
-    /// Examples longer than this many tokens (with the base model's tokenizer) are rejected as invalid.
+    /// Examples longer than this many tokens (rendered with `tokenizer`'s chat template) are
+    /// rejected as invalid. Applied only when `tokenizer` is set: without a tokenizer, lengths
+    /// cannot be measured.
     #[serde(default = "default_max_tokens")]
     #[schemars(range(min = 16, max = 1048576))]
     pub max_tokens_per_example: u32,
+    /// The tokenizer that measures examples: a model directory holding `tokenizer.json` (and
+    /// optionally `tokenizer_config.json` with the chat template), or that `tokenizer.json`
+    /// itself, as `pvc://<claim>/<path>` or `file:///<path>`; usually the base model the data
+    /// is for. It is mounted read-only into the prepare pod, enforces `maxTokensPerExample` and
+    /// counts `status.stats.tokens`. Unset: neither happens. Changing it prepares again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(pvc|file)://.+"), length(max = 4096))]
+    #[x_kube(validation = Rule::new("!self.endsWith('.json') || self.endsWith('/tokenizer.json')").message("tokenizer names a model directory or its tokenizer.json file"))]
+    pub tokenizer: Option<String>,
     /// Held-out fractions. Assignment is by a stable hash of each example, so adding data never
     /// moves an existing example between splits.
     #[serde(default)]
@@ -140,6 +151,7 @@ impl Default for Preparation {
             redact: default_redact(),
             min_examples: default_min_examples(),
             max_tokens_per_example: default_max_tokens(),
+            tokenizer: None,
             split: Split::default(),
         }
     }

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{LocalRef, ModelRef, Resources};
 
-/// A LoRA fine-tuning run. Immutable in effect: a changed spec after the run started is
-/// reported, not applied; create a new job instead (as hosted fine-tuning APIs do).
+/// A LoRA fine-tuning run. Until it ends, a changed spec (anything but `suspend`) cancels the
+/// running attempt and starts a new run for the new spec; `suspend` pauses and resumes the same
+/// run. After `Failed`, a changed spec starts a new run. After `Succeeded` the spec is frozen,
+/// `suspend` aside, because the LoraAdapter's lineage records it: create a new FineTuneJob for
+/// another run (as hosted fine-tuning APIs do).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "tailor.dev",
@@ -19,6 +22,10 @@ use crate::common::{LocalRef, ModelRef, Resources};
     kind = "FineTuneJob",
     namespaced,
     status = "FineTuneJobStatus",
+    validation = Rule::new(spec_frozen_after_success_rule())
+        .message(SPEC_FROZEN_MESSAGE)
+        .field_path(".spec")
+        .reason(Reason::FieldValueForbidden),
     shortname = "ftj",
     category = "tailor",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -75,6 +82,45 @@ pub struct FineTuneJobSpec {
     /// What to call the result.
     #[serde(default)]
     pub output: Output,
+}
+
+/// The spec fields that make a run: all but `suspend`. A Succeeded job's are frozen (see
+/// [`spec_frozen_after_success_rule`]).
+pub const RUN_SPEC_FIELDS: [&str; 13] = [
+    "baseModel",
+    "datasetRef",
+    "method",
+    "lora",
+    "hyperparameters",
+    "resources",
+    "nodeSelector",
+    "tolerations",
+    "priorityClassName",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+    "checkpointEverySteps",
+    "output",
+];
+
+/// Why an update of a Succeeded job's spec is refused.
+pub const SPEC_FROZEN_MESSAGE: &str = "this FineTuneJob has Succeeded and its LoraAdapter's lineage records this spec, so only spec.suspend may change; create a new FineTuneJob (with another name) for a new run";
+
+/// The CEL transition rule on the FineTuneJob root: once `status.phase` is `Succeeded`, every
+/// field of [`RUN_SPEC_FIELDS`] keeps its value (present or absent alike). Status writes keep
+/// the spec, so they always pass.
+pub fn spec_frozen_after_success_rule() -> String {
+    let same: Vec<String> = RUN_SPEC_FIELDS
+        .iter()
+        .map(|f| {
+            format!(
+                "(has(self.spec.{f}) ? has(oldSelf.spec.{f}) && self.spec.{f} == oldSelf.spec.{f} : !has(oldSelf.spec.{f}))"
+            )
+        })
+        .collect();
+    format!(
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase != 'Succeeded' || ({})",
+        same.join(" && ")
+    )
 }
 
 fn default_backoff_limit() -> i32 {

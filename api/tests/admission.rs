@@ -164,6 +164,30 @@ fn invalid_manifests_are_rejected_naming_the_field() {
             "integer",
         ),
         (
+            "tokenizer in an object store",
+            dataset(
+                json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": "s3://b/models/base"}}),
+            ),
+            "spec.preparation.tokenizer",
+            "does not match",
+        ),
+        (
+            "tokenizer not a URI",
+            dataset(
+                json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": "models/base"}}),
+            ),
+            "spec.preparation.tokenizer",
+            "does not match",
+        ),
+        (
+            "tokenizer a JSON file other than tokenizer.json",
+            dataset(
+                json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": "pvc://models/base/config.json"}}),
+            ),
+            "spec.preparation.tokenizer",
+            "model directory or its tokenizer.json",
+        ),
+        (
             "missing datasetRef",
             ftj(json!({"datasetRef": null})),
             "spec",
@@ -318,6 +342,139 @@ fn invalid_manifests_are_rejected_naming_the_field() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn tokenizer_uris_are_admitted() {
+    for uri in [
+        "pvc://tailor-artifacts/models/base",
+        "pvc://models/llama/tokenizer.json",
+        "file:///srv/models/base",
+    ] {
+        let obj = dataset(json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": uri}}));
+        assert_eq!(
+            common::admission_errors(&obj, None),
+            Vec::<String>::new(),
+            "{uri}"
+        );
+    }
+}
+
+fn with_phase(mut obj: Value, phase: &str) -> Value {
+    obj["status"] = json!({"phase": phase, "observedGeneration": 1});
+    obj
+}
+
+#[test]
+fn a_succeeded_jobs_spec_is_frozen_but_suspend() {
+    let full = json!({"hyperparameters": {"epochs": 2}, "nodeSelector": {"gpu": "a100"},
+                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                      "priorityClassName": "training", "activeDeadlineSeconds": 3600});
+    let old = with_phase(ftj(full.clone()), "Succeeded");
+    let frozen = |new: &Value| {
+        let errors = common::admission_errors(new, Some(&old));
+        errors
+            .iter()
+            .any(|e| {
+                // The rule's fieldPath is `.spec`.
+                e.trim_start_matches('.').starts_with("spec:")
+                    && e.contains("create a new FineTuneJob")
+            })
+            .then_some(())
+            .ok_or(errors)
+    };
+    // Every field that makes a run, changed, added or removed, is refused.
+    let changes = [
+        json!({"baseModel": {"uri": "pvc://artifacts/models/other"}}),
+        json!({"datasetRef": {"name": "other"}}),
+        json!({"lora": {"rank": 16}}),
+        json!({"hyperparameters": {"epochs": 3}}),
+        json!({"resources": {"gpus": 2}}),
+        json!({"nodeSelector": {"gpu": "h100"}}),
+        json!({"nodeSelector": null}),
+        json!({"tolerations": null}),
+        json!({"priorityClassName": "other"}),
+        json!({"backoffLimit": 0}),
+        json!({"activeDeadlineSeconds": null}),
+        json!({"checkpointEverySteps": 7}),
+        json!({"output": {"adapterName": "other"}}),
+    ];
+    for change in changes {
+        let mut patch = full.clone();
+        merge(&mut patch, change.clone());
+        let new = with_phase(ftj(patch), "Succeeded");
+        if let Err(errors) = frozen(&new) {
+            panic!("{change}: expected the frozen-spec error, got {errors:?}");
+        }
+    }
+    // suspend may change; status writes (same spec) pass.
+    let mut suspend = full.clone();
+    merge(&mut suspend, json!({"suspend": true}));
+    let new = with_phase(ftj(suspend), "Succeeded");
+    assert_eq!(
+        common::admission_errors(&new, Some(&old)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        common::admission_errors(&old, Some(&old)),
+        Vec::<String>::new()
+    );
+    // Before success (running, failed, no status yet) the spec may change: the operator starts a
+    // new run for it.
+    let mut epochs = full.clone();
+    merge(&mut epochs, json!({"hyperparameters": {"epochs": 9}}));
+    for phase in ["Running", "Failed", "Cancelled", "Queued"] {
+        let old = with_phase(ftj(full.clone()), phase);
+        let new = with_phase(ftj(epochs.clone()), phase);
+        assert_eq!(
+            common::admission_errors(&new, Some(&old)),
+            Vec::<String>::new(),
+            "{phase}"
+        );
+    }
+    assert_eq!(
+        common::admission_errors(&ftj(epochs), Some(&ftj(full))),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn the_frozen_spec_rule_names_every_field_but_suspend() {
+    // A spec with every optional field set: its keys are the schema's spec properties.
+    let spec: tailor_api::FineTuneJobSpec = serde_json::from_value(json!({
+        "baseModel": {"uri": "pvc://a/b"}, "datasetRef": {"name": "d"},
+        "nodeSelector": {"a": "b"}, "tolerations": [{"key": "k"}], "priorityClassName": "p",
+        "activeDeadlineSeconds": 5, "output": {"adapterName": "x"}
+    }))
+    .expect("spec");
+    let mut keys: Vec<String> = serde_json::to_value(&spec)
+        .expect("json")
+        .as_object()
+        .expect("object")
+        .keys()
+        .filter(|k| *k != "suspend")
+        .cloned()
+        .collect();
+    keys.sort();
+    let schema = common::schema_of("FineTuneJob");
+    let mut props: Vec<String> = schema["properties"]["spec"]["properties"]
+        .as_object()
+        .expect("spec properties")
+        .keys()
+        .filter(|k| *k != "suspend")
+        .cloned()
+        .collect();
+    props.sort();
+    assert_eq!(keys, props);
+    let mut fields: Vec<String> = tailor_api::RUN_SPEC_FIELDS
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields, props,
+        "RUN_SPEC_FIELDS must list every spec field but suspend"
+    );
 }
 
 #[test]

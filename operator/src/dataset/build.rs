@@ -23,11 +23,6 @@ use crate::jobs::{self, CONFIG_DIR, JOB_LABEL, PodState, PodVolumes, SPEC_HASH, 
 
 /// Label on the prepare Job and ConfigMap naming their Dataset.
 pub const DATASET_LABEL: &str = "tailor.dev/dataset";
-/// Annotation naming a model directory (`pvc://` or `file://` URI) whose `tokenizer.json`
-/// preparation uses to count tokens (`status.stats.tokens`) and to enforce
-/// `spec.preparation.maxTokensPerExample`; without it neither is possible. (The Dataset API has
-/// no field for it yet.)
-pub const TOKENIZER_ANNOTATION: &str = "tailor.dev/tokenizer";
 /// How many invalid lines status shows.
 pub const MAX_INVALID_SAMPLES: usize = 10;
 
@@ -97,25 +92,13 @@ pub fn validate(
     let prep = &ds.spec.preparation;
     let ns = ds.namespace().unwrap_or_default();
     let name = ds.name_any();
-    let tokenizer = match ds.annotations().get(TOKENIZER_ANNOTATION) {
-        Some(uri) => {
-            let loc = artifacts::parse(uri)
-                .map_err(|e| Error::InvalidSpec(format!("{TOKENIZER_ANNOTATION}: {e}")))?;
-            if matches!(loc, Location::Remote(_)) {
-                return Err(Error::InvalidSpec(format!(
-                    "{TOKENIZER_ANNOTATION}: {uri} cannot be mounted into the prepare pod; use pvc:// or file://"
-                )));
-            }
-            Some(loc)
-        }
-        None => None,
-    };
+    let tokenizer = prep.tokenizer.as_deref().map(tokenizer_dir).transpose()?;
+    // `preparation` includes the tokenizer: another tokenizer prepares again.
     let identity = json!({
         "source": src,
         "format": ds.spec.format,
         "preparation": prep,
         "sourceContent": source_fingerprint,
-        "tokenizer": ds.annotations().get(TOKENIZER_ANNOTATION),
     });
     let hash = jobs::hash_json(&identity)[..16].to_string();
     let output_path = format!("datasets/{ns}/{name}/{hash}");
@@ -162,6 +145,36 @@ pub fn validate(
         tokenizer,
         prepare_config,
     })
+}
+
+/// The directory whose tokenizer `spec.preparation.tokenizer` names: the URI itself, or the
+/// directory of a `.../tokenizer.json` (the prepare command reads `<dir>/tokenizer.json` and,
+/// when present, `<dir>/tokenizer_config.json`).
+pub fn tokenizer_dir(uri: &str) -> Result<Location, Error> {
+    let field = "spec.preparation.tokenizer";
+    let loc = artifacts::parse(uri).map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))?;
+    let strip = |p: &str| -> Option<String> {
+        p.strip_suffix("tokenizer.json")
+            .filter(|d| d.is_empty() || d.ends_with('/'))
+            .map(|d| d.trim_end_matches('/').to_string())
+    };
+    match loc {
+        Location::Remote(_) => Err(Error::InvalidSpec(format!(
+            "{field}: {uri} cannot be mounted into the prepare pod; use pvc:// or file://"
+        ))),
+        Location::Pvc { claim, path } => Ok(Location::Pvc {
+            path: strip(&path).unwrap_or(path),
+            claim,
+        }),
+        Location::File(p) => {
+            let dir = strip(&p.to_string_lossy()).map(std::path::PathBuf::from);
+            Ok(Location::File(match dir {
+                Some(d) if d.as_os_str().is_empty() => "/".into(),
+                Some(d) => d,
+                None => p,
+            }))
+        }
+    }
 }
 
 const SOURCE_DIR: &str = "/data/source";
@@ -572,35 +585,112 @@ spec:
             json!(["creditCard", "ipAddress"])
         );
         assert!(v.prepare_config.get("tokenizer").is_none());
-        // A tokenizer named by annotation is mounted and passed on; it changes the preparation.
-        ds.metadata.annotations = Some(BTreeMap::from([(
-            TOKENIZER_ANNOTATION.to_string(),
-            "pvc://models/llama/base".to_string(),
-        )]));
+        // spec.preparation.tokenizer is mounted and passed on; it changes the preparation.
+        ds.spec.preparation.tokenizer = Some("pvc://models/llama/base".into());
         let t = validate(&ds, &cfg, Some("abc")).expect("valid");
         assert_eq!(t.prepare_config["tokenizer"], "/mnt/models/llama/base");
         assert_ne!(t.job_name, v.job_name);
+        assert_ne!(t.prepared_uri, v.prepared_uri);
         let pod = job(&ds, &t, &cfg)
             .spec
             .expect("spec")
             .template
             .spec
             .expect("pod");
-        assert!(pod.volumes.expect("vols").iter().any(|v| {
-            v.persistent_volume_claim
-                .as_ref()
-                .is_some_and(|p| p.claim_name == "models")
-        }));
-        ds.metadata.annotations = Some(BTreeMap::from([(
-            TOKENIZER_ANNOTATION.to_string(),
-            "s3://bucket/model".to_string(),
-        )]));
-        assert_eq!(
-            validate(&ds, &cfg, Some("abc"))
-                .expect_err("object stores cannot be mounted")
-                .category(),
-            Category::InvalidSpec
+        let claim = pod
+            .volumes
+            .expect("vols")
+            .into_iter()
+            .find_map(|v| {
+                v.persistent_volume_claim
+                    .filter(|p| p.claim_name == "models")
+            })
+            .expect("the tokenizer's claim is mounted");
+        assert_eq!(claim.read_only, Some(true));
+        // Another tokenizer prepares again.
+        ds.spec.preparation.tokenizer = Some("pvc://models/mistral".into());
+        let m = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert_ne!(m.job_name, t.job_name);
+        // Its tokenizer.json: the directory is what the prepare command reads.
+        ds.spec.preparation.tokenizer = Some("pvc://models/llama/base/tokenizer.json".into());
+        let f = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert_eq!(f.prepare_config["tokenizer"], "/mnt/models/llama/base");
+        ds.spec.preparation.tokenizer = Some("s3://bucket/model".into());
+        let err = validate(&ds, &cfg, Some("abc")).expect_err("object stores cannot be mounted");
+        assert_eq!(err.category(), Category::InvalidSpec);
+        assert!(
+            err.to_string().contains("spec.preparation.tokenizer"),
+            "{err}"
         );
+    }
+
+    #[test]
+    fn tokenizer_uris_resolve_to_a_mountable_directory() {
+        let pvc = |claim: &str, path: &str| Location::Pvc {
+            claim: claim.into(),
+            path: path.into(),
+        };
+        for (uri, want) in [
+            ("pvc://models/llama", pvc("models", "llama")),
+            ("pvc://models/llama/", pvc("models", "llama")),
+            ("pvc://models/llama/tokenizer.json", pvc("models", "llama")),
+            ("pvc://models/tokenizer.json", pvc("models", "")),
+            (
+                "pvc://models/my-tokenizer.json",
+                pvc("models", "my-tokenizer.json"),
+            ),
+            (
+                "file:///models/llama",
+                Location::File("/models/llama".into()),
+            ),
+            (
+                "file:///models/llama/tokenizer.json",
+                Location::File("/models/llama".into()),
+            ),
+            ("file:///tokenizer.json", Location::File("/".into())),
+        ] {
+            assert_eq!(tokenizer_dir(uri).expect(uri), want, "{uri}");
+        }
+        for bad in [
+            "gs://b/m",
+            "hf://meta/llama",
+            "models/llama",
+            "file://rel/path",
+        ] {
+            assert_eq!(
+                tokenizer_dir(bad).expect_err(bad).category(),
+                Category::InvalidSpec,
+                "{bad}"
+            );
+        }
+        // A file:// tokenizer.json mounts its directory (read-only) into the pod.
+        let cfg = OperatorConfig::for_tests();
+        let mut ds = fixture(QUICKSTART);
+        ds.spec.preparation.tokenizer = Some("file:///srv/models/base/tokenizer.json".into());
+        let v = validate(&ds, &cfg, Some("abc")).expect("valid");
+        assert_eq!(v.prepare_config["tokenizer"], "/srv/models/base");
+        let pod = job(&ds, &v, &cfg)
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        let host = pod
+            .volumes
+            .expect("vols")
+            .into_iter()
+            .find_map(|v| v.host_path)
+            .expect("hostPath volume");
+        assert_eq!(host.path, "/srv/models/base");
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.mount_path == "/srv/models/base")
+            .cloned()
+            .expect("mounted at its own path");
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]

@@ -659,25 +659,22 @@ pub fn status(
     st
 }
 
-/// The status that cancels the running attempt after a spec change: phase Cancelled with the
-/// reason [`SPEC_CHANGED`], and everything that described the old run cleared, so the next pass
-/// starts a new run for the current generation from scratch.
-pub fn restart_status(ftj: &FineTuneJob, old_job: &str, now: Timestamp) -> FineTuneJobStatus {
+/// A status that starts over for the current generation: `phase` with `reason` and `message` on
+/// Ready and Progressing, and everything that described the old run (job, progress, checkpoint,
+/// attempts, losses, times) cleared, so the next pass starts a new run from scratch.
+fn new_run_status(
+    ftj: &FineTuneJob,
+    phase: FineTuneJobPhase,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> FineTuneJobStatus {
     let prev = ftj.status.clone().unwrap_or_default();
     let generation = ftj.metadata.generation;
-    let at = prev
-        .progress
-        .as_ref()
-        .map(|p| format!(" at step {} of {}", p.step, p.total_steps))
-        .unwrap_or_default();
-    let message = format!(
-        "the spec changed during the run (now generation {}): cancelled the running attempt (train Job {old_job}{at}); a new run starts from scratch",
-        generation.unwrap_or_default()
-    );
     let mut conds = prev.conditions.clone();
     for (t, s, reason, msg) in [
-        (READY, false, SPEC_CHANGED, message.as_str()),
-        (PROGRESSING, true, SPEC_CHANGED, message.as_str()),
+        (READY, false, reason, message),
+        (PROGRESSING, true, reason, message),
         (DEGRADED, false, "AsExpected", ""),
     ] {
         conditions::set(
@@ -687,11 +684,214 @@ pub fn restart_status(ftj: &FineTuneJob, old_job: &str, now: Timestamp) -> FineT
         );
     }
     FineTuneJobStatus {
-        phase: FineTuneJobPhase::Cancelled,
+        phase,
         observed_generation: generation,
         conditions: conds,
         ..FineTuneJobStatus::default()
     }
+}
+
+/// " at step 12 of 40" when status has progress.
+fn at_step(st: &FineTuneJobStatus) -> String {
+    st.progress
+        .as_ref()
+        .map(|p| format!(" at step {} of {}", p.step, p.total_steps))
+        .unwrap_or_default()
+}
+
+/// The status that cancels the running attempt after a spec change: phase Cancelled with the
+/// reason [`SPEC_CHANGED`], and everything that described the old run cleared, so the next pass
+/// starts a new run for the current generation from scratch.
+pub fn restart_status(ftj: &FineTuneJob, old_job: &str, now: Timestamp) -> FineTuneJobStatus {
+    let prev = ftj.status.clone().unwrap_or_default();
+    let message = format!(
+        "the spec changed during the run (now generation {}): cancelled the running attempt (train Job {old_job}{}); a new run starts from scratch",
+        ftj.metadata.generation.unwrap_or_default(),
+        at_step(&prev)
+    );
+    new_run_status(
+        ftj,
+        FineTuneJobPhase::Cancelled,
+        SPEC_CHANGED,
+        &message,
+        now,
+    )
+}
+
+/// What a reconcile does about a job whose run ended, given the train Job that status names
+/// (from the cache; `None` when it is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterEnd {
+    /// The run has not ended, or it failed on an invalid spec (which waits for a corrected
+    /// one): reconcile as usual.
+    Reconcile,
+    /// Ended, and status describes the current generation: nothing to do.
+    Done,
+    /// Ended, and the spec changed only in `suspend` (or was changed back): the run stands;
+    /// status records the generation as observed (and drops a [`AfterEnd::ChangeIgnored`]
+    /// Degraded).
+    Observe,
+    /// Succeeded, and the spec changed since. Admission refuses this (CEL transition rule on the
+    /// FineTuneJob); where that rule does not run, the change is not applied either: Degraded
+    /// (reason [`SPEC_CHANGED`]) says so, and a Warning Event.
+    ChangeIgnored,
+    /// Failed (not on an invalid spec), and the spec changed since: the failed Job is deleted
+    /// and a new run starts for the new generation (own outputs, attempts from 0).
+    Rerun,
+}
+
+pub fn after_end(ftj: &FineTuneJob, run_job: Option<&Job>) -> AfterEnd {
+    use FineTuneJobPhase as P;
+    let Some(st) = &ftj.status else {
+        return AfterEnd::Reconcile;
+    };
+    let invalid_spec = conditions::get(&st.conditions, READY)
+        .is_some_and(|c| c.reason == Category::InvalidSpec.as_str());
+    let ended = match st.phase {
+        P::Succeeded => true,
+        P::Failed => !invalid_spec,
+        _ => false,
+    };
+    if !ended {
+        return AfterEnd::Reconcile;
+    }
+    if ftj.metadata.generation.unwrap_or(0) <= st.observed_generation.unwrap_or(0) {
+        return AfterEnd::Done;
+    }
+    // The run's spec, as its Job records it. A Job that is gone cannot say: a Succeeded job is
+    // then taken as unchanged (admission lets only `suspend` change), a Failed one as changed.
+    let same_run = match run_job {
+        Some(j) => j
+            .annotations()
+            .get(RUN_SPEC)
+            .is_some_and(|h| *h == run_spec_hash(ftj)),
+        None => st.phase == P::Succeeded,
+    };
+    match (st.phase, same_run) {
+        (_, true) => AfterEnd::Observe,
+        (P::Succeeded, false) => AfterEnd::ChangeIgnored,
+        _ => AfterEnd::Rerun,
+    }
+}
+
+/// The status for [`AfterEnd::Observe`] and [`AfterEnd::ChangeIgnored`]: the ended run's, at the
+/// current generation. `None` for the other decisions.
+pub fn ended_status(
+    ftj: &FineTuneJob,
+    decision: AfterEnd,
+    now: Timestamp,
+) -> Option<FineTuneJobStatus> {
+    let prev = ftj.status.clone().unwrap_or_default();
+    let generation = ftj.metadata.generation;
+    let mut st = FineTuneJobStatus {
+        observed_generation: generation,
+        ..prev.clone()
+    };
+    let degraded = match decision {
+        AfterEnd::Observe => {
+            let ignored = conditions::get(&prev.conditions, DEGRADED)
+                .is_some_and(|c| c.reason == SPEC_CHANGED && c.status == "True");
+            if !ignored {
+                return Some(st);
+            }
+            (false, "AsExpected".to_string(), String::new())
+        }
+        AfterEnd::ChangeIgnored => (
+            true,
+            SPEC_CHANGED.to_string(),
+            format!(
+                "the spec changed after the job Succeeded (now generation {}) and was not applied: the adapter {} was trained on the earlier spec, which its lineage records; create a new FineTuneJob for a new run",
+                generation.unwrap_or_default(),
+                prev.adapter_ref
+                    .as_ref()
+                    .map(|a| format!("{:?}", a.name))
+                    .unwrap_or_default()
+            ),
+        ),
+        _ => return None,
+    };
+    conditions::set(
+        &mut st.conditions,
+        conditions::new(
+            DEGRADED,
+            Some(degraded.0),
+            &degraded.1,
+            &degraded.2,
+            generation,
+        ),
+        now,
+    );
+    Some(st)
+}
+
+/// The status for [`AfterEnd::Rerun`]: phase Pending with reason [`SPEC_CHANGED`], the failed
+/// run (its Job `old_job`) forgotten.
+pub fn rerun_status(ftj: &FineTuneJob, old_job: Option<&str>, now: Timestamp) -> FineTuneJobStatus {
+    let message = format!(
+        "the spec changed after the run failed (now generation {}): a new run starts from scratch{}",
+        ftj.metadata.generation.unwrap_or_default(),
+        old_job
+            .map(|j| format!(" (the failed train Job {j} is deleted)"))
+            .unwrap_or_default()
+    );
+    new_run_status(ftj, FineTuneJobPhase::Pending, SPEC_CHANGED, &message, now)
+}
+
+/// Whether an invalid spec cancels the current train Job: any that has not ended (running,
+/// waiting to be scheduled, or suspended) was built for an earlier spec and must not go on.
+pub fn cancel_on_invalid(job: Option<&Job>) -> bool {
+    job.is_some_and(|j| {
+        let s = jobs::job_state(j);
+        !s.complete && s.failed.is_none()
+    })
+}
+
+/// The status of an invalid spec: phase Failed, reason InvalidSpec on Ready, Progressing and
+/// Degraded, and `message`. When the spec change cancelled a train Job (`cancelled`), the
+/// message names it and the old run is cleared from status, so a corrected spec starts afresh.
+pub fn invalid_status(
+    ftj: &FineTuneJob,
+    gate: &DatasetGate,
+    message: &str,
+    cancelled: Option<&str>,
+    now: Timestamp,
+) -> FineTuneJobStatus {
+    let mut base = ftj.clone();
+    let mut message = message.to_string();
+    let prev = ftj.status.clone().unwrap_or_default();
+    let g = ftj.metadata.generation;
+    // A later pass of the same generation finds nothing left to cancel: the first pass's message
+    // (which names what it cancelled) stands.
+    if let Some(c) = conditions::get(&prev.conditions, READY)
+        && cancelled.is_none()
+        && prev.phase == FineTuneJobPhase::Failed
+        && c.reason == Category::InvalidSpec.as_str()
+        && c.observed_generation == g
+        && c.message.starts_with(&message)
+    {
+        message = c.message.clone();
+    }
+    if let Some(job) = cancelled {
+        message = format!(
+            "{message}; cancelled the attempt of the earlier spec (train Job {job}{})",
+            at_step(&prev)
+        );
+        base.status = Some(FineTuneJobStatus {
+            phase: prev.phase,
+            conditions: prev.conditions,
+            ..FineTuneJobStatus::default()
+        });
+    }
+    let mut st = status(&base, gate, None, &Observed::default(), now);
+    st.phase = FineTuneJobPhase::Failed;
+    for (t, s) in [(READY, false), (PROGRESSING, false), (DEGRADED, true)] {
+        conditions::set(
+            &mut st.conditions,
+            conditions::new(t, Some(s), Category::InvalidSpec.as_str(), &message, g),
+            now,
+        );
+    }
+    st
 }
 
 /// The LoraAdapter a successful run records; not owned by the job, so it outlives it.

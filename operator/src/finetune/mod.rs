@@ -42,7 +42,9 @@ use crate::context::Context;
 use crate::error::{Category, Error, is_not_found};
 use crate::events;
 use crate::jobs::{self, JOB_LABEL, SPEC_HASH};
-use build::{AdapterArtifact, DatasetGate, FTJ_LABEL, Observed, TrainSummary, TrainerProgress};
+use build::{
+    AdapterArtifact, AfterEnd, DatasetGate, FTJ_LABEL, Observed, TrainSummary, TrainerProgress,
+};
 
 pub const NAME: &str = "finetunejob";
 
@@ -173,48 +175,64 @@ async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Ctx>) -> Result<Action, Error
 
 async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
     let prev = ftj.status.clone().unwrap_or_default();
-    // Final phases stay final; only an invalid spec waits for a corrected one.
-    let invalid_spec = tailor_api::conditions::get(&prev.conditions, READY)
-        .is_some_and(|c| c.reason == Category::InvalidSpec.as_str());
-    if prev.phase == FineTuneJobPhase::Succeeded
-        || (prev.phase == FineTuneJobPhase::Failed && !invalid_spec)
-    {
-        return Ok(Action::await_change());
-    }
     let ns = ftj.namespace().unwrap_or_default();
     let cfg = &ctx.config;
     let client = &ctx.client;
     let jobs_api = Api::<Job>::namespaced(client.clone(), &ns);
-
-    // Dereference (from the caches).
-    let ds = cache::get(&ctx.datasets, &ns, &ftj.spec.dataset_ref.name);
-    let gate = build::dataset_gate(ftj, ds.as_deref());
     let mut existing = prev
         .job_name
         .as_deref()
         .and_then(|n| cache::get(&ctx.jobs, &ns, n))
         .map(|j| (*j).clone());
-    let started = prev.start_time.is_some();
 
-    // A spec change mid-run (anything but suspend): the running attempt is cancelled, and the
-    // next pass starts a new run for the new generation (its own outputs, no old checkpoint).
-    if let Some(job) = &existing
-        && build::spec_changed_mid_run(ftj, job, started)
-    {
-        let old = job.name_any();
-        tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %old, generation = ?ftj.metadata.generation, "spec changed mid-run; cancelling the running attempt");
-        delete_run(ctx, &ns, &old).await?;
-        write_status(ftj, ctx, build::restart_status(ftj, &old, Timestamp::now())).await?;
-        return Ok(Action::requeue(Duration::from_secs(1)));
+    // An ended run stays ended; what a later spec change does is decided here.
+    match build::after_end(ftj, existing.as_ref()) {
+        AfterEnd::Reconcile => {}
+        AfterEnd::Done => return Ok(Action::await_change()),
+        AfterEnd::Rerun => {
+            let old = prev.job_name.as_deref();
+            tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = ?old, generation = ?ftj.metadata.generation, "spec changed after the run failed; starting a new run");
+            if let Some(old) = old {
+                delete_run(ctx, &ns, old).await?;
+            }
+            write_status(ftj, ctx, build::rerun_status(ftj, old, Timestamp::now())).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        decision => {
+            if decision == AfterEnd::ChangeIgnored {
+                tracing::warn!(namespace = %ns, resource = %ftj.name_any(), generation = ?ftj.metadata.generation, "spec changed after the job succeeded; not applied");
+            }
+            if let Some(st) = build::ended_status(ftj, decision, Timestamp::now()) {
+                write_status(ftj, ctx, st).await?;
+            }
+            return Ok(Action::await_change());
+        }
     }
 
-    // Validate, build and apply the Job.
+    // Dereference (from the caches).
+    let ds = cache::get(&ctx.datasets, &ns, &ftj.spec.dataset_ref.name);
+    let gate = build::dataset_gate(ftj, ds.as_deref());
+    let started = prev.start_time.is_some();
+
+    // Validate. An invalid spec cancels the attempt of the earlier spec, as any other change
+    // does, then waits for a corrected one.
     let validated = match &gate {
         DatasetGate::Ready { .. } => match build::validate(ftj, cfg, &gate) {
             Ok(v) => Some(v),
             Err(Error::InvalidSpec(msg)) => {
                 ctx.metrics.error(NAME, Category::InvalidSpec);
-                return invalid(ftj, ctx, &gate, msg).await;
+                let cancelled = if build::cancel_on_invalid(existing.as_ref()) {
+                    let old = existing.as_ref().map(|j| j.name_any()).unwrap_or_default();
+                    tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %old, "spec changed to an invalid one; cancelling the earlier spec's attempt");
+                    delete_run(ctx, &ns, &old).await?;
+                    Some(old)
+                } else {
+                    None
+                };
+                let st =
+                    build::invalid_status(ftj, &gate, &msg, cancelled.as_deref(), Timestamp::now());
+                write_status(ftj, ctx, st).await?;
+                return Ok(Action::await_change());
             }
             Err(e) => return Err(e),
         },
@@ -230,6 +248,20 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             None
         }
     };
+
+    // A spec change mid-run (anything but suspend): the running attempt is cancelled, and the
+    // next pass starts a new run for the new generation (its own outputs, no old checkpoint).
+    if let Some(job) = &existing
+        && build::spec_changed_mid_run(ftj, job, started)
+    {
+        let old = job.name_any();
+        tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %old, generation = ?ftj.metadata.generation, "spec changed mid-run; cancelling the running attempt");
+        delete_run(ctx, &ns, &old).await?;
+        write_status(ftj, ctx, build::restart_status(ftj, &old, Timestamp::now())).await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    // Build and apply the Job.
     if let (Some(v), Some(job)) = (&validated, &existing) {
         let hash = job
             .annotations()
@@ -439,31 +471,6 @@ async fn record_adapter(ctx: &Context, ns: &str, la: &LoraAdapter) -> Result<(),
     apply::apply(&api, la).await?;
     tracing::info!(namespace = %ns, adapter = %name, uri = %la.spec.uri, "recorded adapter");
     Ok(())
-}
-
-async fn invalid(
-    ftj: &FineTuneJob,
-    ctx: &Context,
-    gate: &DatasetGate,
-    msg: String,
-) -> Result<Action, Error> {
-    let mut st = build::status(ftj, gate, None, &Observed::default(), Timestamp::now());
-    let now = Timestamp::now();
-    let g = ftj.metadata.generation;
-    st.phase = FineTuneJobPhase::Failed;
-    for (t, s) in [
-        (READY, false),
-        (tailor_api::conditions::PROGRESSING, false),
-        (DEGRADED, true),
-    ] {
-        tailor_api::conditions::set(
-            &mut st.conditions,
-            tailor_api::conditions::new(t, Some(s), Category::InvalidSpec.as_str(), &msg, g),
-            now,
-        );
-    }
-    write_status(ftj, ctx, st).await?;
-    Ok(Action::await_change())
 }
 
 async fn write_status(

@@ -274,6 +274,30 @@ fn invalid_manifests_are_rejected_by_kubectl_apply_naming_the_field() {
             "must be of type integer",
         ),
         (
+            "tokenizer in an object store",
+            dataset(
+                json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": "s3://b/models/base"}}),
+            ),
+            "spec.preparation.tokenizer",
+            "should match",
+        ),
+        (
+            "tokenizer not a URI",
+            dataset(
+                json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": "models/base"}}),
+            ),
+            "spec.preparation.tokenizer",
+            "should match",
+        ),
+        (
+            "tokenizer a JSON file other than tokenizer.json",
+            dataset(
+                json!({"source": {"inline": "{}"}, "preparation": {"tokenizer": "pvc://models/base/config.json"}}),
+            ),
+            "spec.preparation.tokenizer",
+            "model directory or its tokenizer.json",
+        ),
+        (
             "missing datasetRef",
             ftj(json!({"datasetRef": null})),
             "spec.datasetRef",

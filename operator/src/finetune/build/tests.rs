@@ -478,3 +478,282 @@ fn a_status_read_before_the_cancel_does_not_leak_into_the_new_run() {
     assert_eq!(st.last_checkpoint, None);
     assert_eq!(st.attempts, 0);
 }
+
+/// `job` with a final condition (`Complete` or `Failed`).
+fn ended(job: &Job, type_: &str) -> Job {
+    let mut j = job.clone();
+    j.status = Some(k8s_openapi::api::batch::v1::JobStatus {
+        conditions: Some(vec![k8s_openapi::api::batch::v1::JobCondition {
+            type_: type_.into(),
+            status: "True".into(),
+            reason: Some("BackoffLimitExceeded".into()),
+            message: Some("Job has reached the specified backoff limit".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    j
+}
+
+/// A job of generation 1 whose run ended in `phase` (its train Job `ended` accordingly).
+fn ended_run(phase: P, reason: &str) -> (Job, FineTuneJob) {
+    let cfg = OperatorConfig::for_tests();
+    let (v, job, mut f) = running(&ftj(), &cfg);
+    let st = f.status.as_mut().expect("status");
+    st.phase = phase;
+    st.observed_generation = Some(1);
+    st.adapter_ref = (phase == P::Succeeded).then(|| LocalRef {
+        name: v.outputs.adapter_name.clone(),
+    });
+    conditions::set(
+        &mut st.conditions,
+        conditions::new(READY, Some(phase == P::Succeeded), reason, "", Some(1)),
+        now(),
+    );
+    let job = ended(
+        &job,
+        if phase == P::Succeeded {
+            "Complete"
+        } else {
+            "Failed"
+        },
+    );
+    (job, f)
+}
+
+#[test]
+fn an_ended_run_is_left_alone_until_its_spec_changes() {
+    for (phase, reason) in [(P::Succeeded, "Succeeded"), (P::Failed, "JobFailed")] {
+        let (job, f) = ended_run(phase, reason);
+        assert_eq!(after_end(&f, Some(&job)), AfterEnd::Done, "{phase:?}");
+        assert_eq!(after_end(&f, None), AfterEnd::Done, "{phase:?}");
+        // `suspend` alone does not make another run: the generation is recorded, nothing else.
+        let mut suspended = f.clone();
+        suspended.spec.suspend = true;
+        suspended.metadata.generation = Some(2);
+        assert_eq!(after_end(&suspended, Some(&job)), AfterEnd::Observe);
+        let st = ended_status(&suspended, AfterEnd::Observe, now()).expect("status");
+        assert_eq!(st.observed_generation, Some(2));
+        assert_eq!(st.phase, phase);
+        assert_eq!(
+            st.conditions,
+            f.status.as_ref().expect("status").conditions,
+            "no condition changes"
+        );
+    }
+    // Runs that did not end are reconciled as usual, whatever changed.
+    let cfg = OperatorConfig::for_tests();
+    let (_, job, mut running) = running(&ftj(), &cfg);
+    running.metadata.generation = Some(2);
+    running.spec.lora.rank = 4;
+    assert_eq!(after_end(&running, Some(&job)), AfterEnd::Reconcile);
+    assert_eq!(
+        after_end(&ftj(), None),
+        AfterEnd::Reconcile,
+        "no status yet"
+    );
+}
+
+#[test]
+fn a_succeeded_runs_spec_change_is_not_applied_and_says_so() {
+    let (job, f) = ended_run(P::Succeeded, "Succeeded");
+    let mut changed = f.clone();
+    changed.spec.hyperparameters.epochs = 7;
+    changed.metadata.generation = Some(2);
+    assert_eq!(after_end(&changed, Some(&job)), AfterEnd::ChangeIgnored);
+    let st = ended_status(&changed, AfterEnd::ChangeIgnored, now()).expect("status");
+    assert_eq!(st.phase, P::Succeeded, "the run and its adapter stand");
+    assert_eq!(st.observed_generation, Some(2));
+    assert_eq!(st.adapter_ref, f.status.as_ref().expect("st").adapter_ref);
+    assert!(conditions::is_true(&st.conditions, READY));
+    let degraded = conditions::get(&st.conditions, DEGRADED).expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", SPEC_CHANGED)
+    );
+    assert!(
+        degraded.message.contains("not applied")
+            && degraded.message.contains("new FineTuneJob")
+            && degraded.message.contains("support-v1"),
+        "{}",
+        degraded.message
+    );
+    assert!(crate::events::is_warning(&degraded.reason));
+    // The next pass has nothing to do; changing the spec back clears the warning.
+    changed.status = Some(st);
+    assert_eq!(after_end(&changed, Some(&job)), AfterEnd::Done);
+    let mut reverted = f.clone();
+    reverted.status = changed.status.clone();
+    reverted.metadata.generation = Some(3);
+    assert_eq!(after_end(&reverted, Some(&job)), AfterEnd::Observe);
+    let st = ended_status(&reverted, AfterEnd::Observe, now()).expect("status");
+    assert!(!conditions::is_true(&st.conditions, DEGRADED));
+    assert_eq!(st.observed_generation, Some(3));
+    // Without its Job (deleted by hand) a change cannot be told from `suspend`: admission
+    // refuses the rest, so it is taken as unchanged.
+    assert_eq!(
+        after_end(&changed_generation(&f, 2), None),
+        AfterEnd::Observe
+    );
+    assert_eq!(
+        ended_status(&f, AfterEnd::Rerun, now()),
+        None,
+        "only Observe and ChangeIgnored keep the run"
+    );
+}
+
+fn changed_generation(f: &FineTuneJob, generation: i64) -> FineTuneJob {
+    let mut c = f.clone();
+    c.spec.hyperparameters.seed += 1;
+    c.metadata.generation = Some(generation);
+    c
+}
+
+#[test]
+fn a_failed_runs_spec_change_starts_a_new_run() {
+    let cfg = OperatorConfig::for_tests();
+    let (job, f) = ended_run(P::Failed, "JobFailed");
+    let old = f
+        .status
+        .as_ref()
+        .and_then(|s| s.job_name.clone())
+        .expect("job");
+    let changed = changed_generation(&f, 2);
+    assert_eq!(after_end(&changed, Some(&job)), AfterEnd::Rerun);
+    assert_eq!(after_end(&changed, None), AfterEnd::Rerun, "Job gone");
+    let st = rerun_status(&changed, Some(&old), now());
+    assert_eq!(st.phase, P::Pending);
+    assert_eq!(st.observed_generation, Some(2));
+    let ready = conditions::get(&st.conditions, READY).expect("Ready");
+    assert_eq!(ready.reason, SPEC_CHANGED);
+    assert!(
+        ready.message.contains("failed") && ready.message.contains(&old),
+        "{}",
+        ready.message
+    );
+    assert!(conditions::is_true(&st.conditions, PROGRESSING));
+    assert!(!conditions::is_true(&st.conditions, DEGRADED));
+    assert_eq!(
+        (
+            st.job_name.as_ref(),
+            st.start_time.as_ref(),
+            st.completion_time.as_ref(),
+            st.progress.as_ref(),
+            st.last_checkpoint.as_ref(),
+            st.attempts
+        ),
+        (None, None, None, None, None, 0),
+        "attempts and the old run are reset"
+    );
+    // The next pass is an ordinary one, for a new Job in new outputs.
+    let mut next = changed.clone();
+    next.status = Some(st);
+    assert_eq!(after_end(&next, None), AfterEnd::Reconcile);
+    let w = validate(&next, &cfg, &ready_gate()).expect("valid");
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    assert_ne!(w.job_name, v.job_name);
+    assert_ne!(w.outputs.output_path, v.outputs.output_path);
+    let st = status(
+        &next,
+        &ready_gate(),
+        Some(&w),
+        &Observed {
+            job: Some(JobState::default()),
+            ..Observed::default()
+        },
+        now(),
+    );
+    assert_eq!(st.phase, P::Queued);
+    assert_eq!(st.attempts, 0);
+}
+
+#[test]
+fn an_invalid_spec_waits_for_a_correction_not_a_rerun() {
+    let (_, mut f) = ended_run(P::Failed, "InvalidSpec");
+    f.metadata.generation = Some(2);
+    assert_eq!(
+        after_end(&f, None),
+        AfterEnd::Reconcile,
+        "an invalid spec is revalidated on every change"
+    );
+}
+
+#[test]
+fn a_change_to_an_invalid_spec_cancels_the_earlier_attempt() {
+    let cfg = OperatorConfig::for_tests();
+    let (v, job, mut f) = running(&ftj(), &cfg);
+    f.spec.base_model.uri = "hf://meta-llama/Llama-3.2-1B".into();
+    f.metadata.generation = Some(2);
+    let Err(Error::InvalidSpec(msg)) = validate(&f, &cfg, &ready_gate()) else {
+        panic!("an hf:// base model cannot be mounted");
+    };
+    // Running, waiting to be scheduled or suspended: cancelled. Ended: left alone.
+    assert!(cancel_on_invalid(Some(&job)));
+    let mut suspended = job.clone();
+    if let Some(s) = suspended.spec.as_mut() {
+        s.suspend = Some(true);
+    }
+    assert!(cancel_on_invalid(Some(&suspended)));
+    assert!(!cancel_on_invalid(Some(&ended(&job, "Complete"))));
+    assert!(!cancel_on_invalid(Some(&ended(&job, "Failed"))));
+    assert!(!cancel_on_invalid(None));
+
+    let st = invalid_status(&f, &ready_gate(), &msg, Some(&v.job_name), now());
+    assert_eq!(st.phase, P::Failed);
+    assert_eq!(st.observed_generation, Some(2));
+    for t in [READY, PROGRESSING, DEGRADED] {
+        let c = conditions::get(&st.conditions, t).expect("condition");
+        assert_eq!(c.reason, "InvalidSpec", "{t}");
+        assert_eq!(c.status, if t == DEGRADED { "True" } else { "False" });
+        assert!(
+            c.message.contains("spec.baseModel.uri")
+                && c.message.contains(&v.job_name)
+                && c.message.contains("step 12 of 40"),
+            "{}",
+            c.message
+        );
+    }
+    assert_eq!(
+        (
+            st.job_name.as_ref(),
+            st.start_time.as_ref(),
+            st.progress.as_ref(),
+            st.attempts
+        ),
+        (None, None, None, 0),
+        "the cancelled run is gone from status"
+    );
+    // The next pass (the Job is gone) keeps the message that names the cancelled attempt.
+    let mut again = f.clone();
+    again.status = Some(st.clone());
+    let next = invalid_status(&again, &ready_gate(), &msg, None, now());
+    assert_eq!(next, st);
+    // Failed on an invalid spec: the corrected spec is reconciled into a new run.
+    let mut corrected = f.clone();
+    corrected.status = Some(st);
+    corrected.spec.base_model.uri = "pvc://tailor-artifacts/models/base".into();
+    corrected.metadata.generation = Some(3);
+    assert_eq!(after_end(&corrected, None), AfterEnd::Reconcile);
+    let w = validate(&corrected, &cfg, &ready_gate()).expect("valid");
+    let st = status(
+        &corrected,
+        &ready_gate(),
+        Some(&w),
+        &Observed {
+            job: Some(JobState::default()),
+            ..Observed::default()
+        },
+        now(),
+    );
+    assert_eq!(st.phase, P::Queued);
+    assert!(!conditions::is_true(&st.conditions, DEGRADED));
+
+    // Nothing was cancelled (no Job yet): the message is the validation error alone.
+    let st = invalid_status(&f, &ready_gate(), &msg, None, now());
+    assert_eq!(
+        conditions::get(&st.conditions, READY)
+            .expect("Ready")
+            .message,
+        msg
+    );
+}

@@ -1,0 +1,236 @@
+//! FineTuneJob spec changes after the run ended, or to an invalid spec, against the operator in
+//! tailor-sim (or the cluster of `TAILOR_E2E_KUBECONFIG`):
+//! - after `Failed`, a changed spec starts a new run (the failed Job deleted, attempts from 0);
+//! - after `Succeeded`, admission refuses a spec change (`suspend` aside);
+//! - a change to a spec the operator cannot run cancels the running attempt and says why.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tailor_e2e::{Env, condition, inline_dataset, phase, quickstart_examples, small_job, wait_for};
+
+const LONG: Duration = Duration::from_secs(420);
+const SHORT: Duration = Duration::from_secs(120);
+
+fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
+    let ns = ns.to_string();
+    move || {
+        let objs = env
+            .kubectl(&["-n", &ns, "get", "tailor,jobs,pods", "-o", "yaml"])
+            .unwrap_or_else(|e| e.to_string());
+        format!("{objs}\n--- operator log ---\n{}", env.operator_logs())
+    }
+}
+
+fn wait_phase(env: &'static Env, ns: &str, name: &str, want: &str, limit: Duration) -> Value {
+    wait_for(
+        &format!("finetunejob {ns}/{name} to be {want}"),
+        limit,
+        || {
+            env.object(ns, "finetunejob", name)
+                .filter(|o| phase(o) == want)
+        },
+        describe(env, ns),
+    )
+}
+
+/// Names of the (not deleting) train Jobs of a FineTuneJob.
+fn train_jobs(env: &Env, ns: &str, ftj: &str) -> Vec<String> {
+    let jobs = env
+        .get_json(&[
+            "-n",
+            ns,
+            "get",
+            "jobs",
+            "-l",
+            &format!("tailor.dev/finetunejob={ftj}"),
+        ])
+        .expect("jobs");
+    jobs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|j| j["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+fn patch(env: &Env, ns: &str, name: &str, json: &str) -> anyhow::Result<String> {
+    env.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "finetunejob",
+        name,
+        "--type",
+        "merge",
+        "-p",
+        json,
+    ])
+}
+
+#[test]
+fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
+    let t0 = std::time::Instant::now();
+    let env = Env::get();
+    let at = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
+    let ns = "e2e-after-end";
+    env.namespace(ns).expect("namespace");
+    let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
+    env.apply(&inline_dataset(ns, "data", &lines, 10))
+        .expect("dataset");
+    // A base model that is not there: each trainer pod fails at once; one retry, then Failed.
+    let job = small_job(ns, "rerun", "data", 1, "")
+        .replace("models/base", "models/missing")
+        .replace("backoffLimit: 4", "backoffLimit: 1");
+    env.apply(&job).expect("apply job");
+    at("cluster up");
+    let failed = wait_phase(env, ns, "rerun", "Failed", LONG);
+    at("Failed");
+    let st = &failed["status"];
+    let ready = condition(&failed, "Ready").expect("Ready");
+    assert_eq!(ready["reason"], "JobFailed", "{st}");
+    assert_eq!(st["attempts"], 2, "a first try and one retry: {st}");
+    let failed_job = st["jobName"].as_str().expect("jobName").to_string();
+
+    // The fix: a new run for the new generation, from scratch.
+    patch(
+        env,
+        ns,
+        "rerun",
+        r#"{"spec":{"baseModel":{"uri":"pvc://tailor-artifacts/models/base"}}}"#,
+    )
+    .expect("fix the base model");
+    let done = wait_phase(env, ns, "rerun", "Succeeded", LONG);
+    at("Succeeded after the fix");
+    let st = &done["status"];
+    assert_eq!(
+        st["observedGeneration"], done["metadata"]["generation"],
+        "{st}"
+    );
+    let new_job = st["jobName"].as_str().expect("jobName").to_string();
+    assert_ne!(new_job, failed_job, "a new run: {st}");
+    assert_eq!(st["attempts"], 1, "attempts start again: {st}");
+    assert_eq!(
+        train_jobs(env, ns, "rerun"),
+        vec![new_job.clone()],
+        "the failed Job was replaced"
+    );
+    let events = env.get_json(&["-n", ns, "get", "events"]).expect("events");
+    let why = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["reason"] == "SpecChanged" && e["involvedObject"]["name"] == "rerun")
+        .unwrap_or_else(|| panic!("a SpecChanged event: {events}"));
+    let msg = why["message"].as_str().unwrap_or("");
+    assert!(msg.contains("failed") && msg.contains(&failed_job), "{why}");
+    let la = wait_for(
+        "the LoraAdapter of the new run",
+        SHORT,
+        || {
+            env.object(ns, "loraadapter", "rerun")
+                .filter(|o| phase(o) == "Ready")
+        },
+        describe(env, ns),
+    );
+    let uri = la["spec"]["uri"].as_str().expect("uri").to_string();
+
+    // Succeeded: the spec its adapter records is frozen. Admission says what to do instead.
+    let err = patch(
+        env,
+        ns,
+        "rerun",
+        r#"{"spec":{"hyperparameters":{"epochs":2}}}"#,
+    )
+    .expect_err("a Succeeded job's spec is frozen");
+    assert!(
+        err.to_string().contains("create a new FineTuneJob"),
+        "{err}"
+    );
+    let f = env.object(ns, "finetunejob", "rerun").expect("ftj");
+    assert_eq!(f["spec"]["hyperparameters"]["epochs"], 1);
+    assert_eq!(f["metadata"]["generation"], done["metadata"]["generation"]);
+    // suspend may still change: the run stands, the generation is observed.
+    patch(env, ns, "rerun", r#"{"spec":{"suspend":true}}"#).expect("suspend is allowed");
+    let f = wait_for(
+        "the suspend generation to be observed",
+        SHORT,
+        || {
+            env.object(ns, "finetunejob", "rerun")
+                .filter(|o| o["status"]["observedGeneration"] == o["metadata"]["generation"])
+        },
+        describe(env, ns),
+    );
+    assert_eq!(phase(&f), "Succeeded");
+    assert!(condition(&f, "Ready").is_some_and(|c| c["status"] == "True"));
+    assert!(condition(&f, "Degraded").is_some_and(|c| c["status"] == "False"));
+    assert_eq!(f["status"]["jobName"], new_job.as_str());
+    let la = env.object(ns, "loraadapter", "rerun").expect("adapter");
+    assert_eq!(la["spec"]["uri"], uri.as_str());
+}
+
+#[test]
+fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
+    let t0 = std::time::Instant::now();
+    let env = Env::get();
+    let at = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
+    let ns = "e2e-invalid-mid-run";
+    env.namespace(ns).expect("namespace");
+    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
+    env.apply(&inline_dataset(ns, "data", &lines, 10))
+        .expect("dataset");
+    env.apply(&small_job(ns, "moved", "data", 8, ""))
+        .expect("job");
+    at("cluster up");
+    let running = wait_phase(env, ns, "moved", "Running", LONG);
+    at("Running");
+    let old_job = running["status"]["jobName"]
+        .as_str()
+        .expect("jobName")
+        .to_string();
+    // Admitted (a well-formed URI), but an hf:// checkpoint cannot be mounted into a pod.
+    patch(
+        env,
+        ns,
+        "moved",
+        r#"{"spec":{"baseModel":{"uri":"hf://meta-llama/Llama-3.2-1B"}}}"#,
+    )
+    .expect("admitted");
+    let f = wait_phase(env, ns, "moved", "Failed", SHORT);
+    at("Failed on the invalid spec");
+    let ready = condition(&f, "Ready").expect("Ready");
+    assert_eq!(ready["reason"], "InvalidSpec", "{}", f["status"]);
+    let msg = ready["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("spec.baseModel.uri") && msg.contains(&old_job),
+        "says what is wrong and which attempt it cancelled: {msg}"
+    );
+    assert_eq!(
+        f["status"]["observedGeneration"],
+        f["metadata"]["generation"]
+    );
+    wait_for(
+        "the cancelled attempt's Job and pods to go",
+        SHORT,
+        || {
+            let pods = env
+                .get_json(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "pods",
+                    "-l",
+                    "tailor.dev/finetunejob=moved",
+                ])
+                .ok()?;
+            let live = pods["items"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .count();
+            (train_jobs(env, ns, "moved").is_empty() && live == 0).then_some(())
+        },
+        describe(env, ns),
+    );
+}
