@@ -73,6 +73,36 @@ pub fn wait_for<T>(
     }
 }
 
+/// What a timed-out wait prints: the tailor objects, Jobs and pods of `ns` and the operator's log.
+pub fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
+    let ns = ns.to_string();
+    move || {
+        format!(
+            "--- objects in {ns}:\n{}\n--- operator logs:\n{}",
+            env.kubectl(&["-n", &ns, "get", "tailor,jobs,pods", "-o", "yaml"])
+                .unwrap_or_else(|e| e.to_string()),
+            env.operator_logs()
+        )
+    }
+}
+
+/// Waits until `kind` `ns/name` is in phase `want`, and returns it.
+pub fn wait_phase(
+    env: &'static Env,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+) -> Value {
+    wait_for(
+        &format!("{kind} {ns}/{name} to be {want}"),
+        timeout,
+        || env.object(ns, kind, name).filter(|o| phase(o) == want),
+        describe(env, ns),
+    )
+}
+
 fn target_dir() -> PathBuf {
     // .../target/debug/deps/<test binary> or .../target/debug/<bin>
     let exe = std::env::current_exe().unwrap_or_default();

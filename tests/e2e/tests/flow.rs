@@ -7,39 +7,12 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tailor_e2e::{
-    Env, condition, inline_dataset, phase, quickstart_examples, repo_root, small_job, wait_for,
+    Env, condition, describe, inline_dataset, phase, quickstart_examples, repo_root, small_job,
+    wait_for, wait_phase,
 };
 
 const LONG: Duration = Duration::from_secs(300);
 const SHORT: Duration = Duration::from_secs(90);
-
-fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
-    let ns = ns.to_string();
-    move || {
-        format!(
-            "--- objects in {ns}:\n{}\n--- operator logs:\n{}",
-            env.kubectl(&["-n", &ns, "get", "tailor,jobs,pods", "-o", "yaml"])
-                .unwrap_or_else(|e| e.to_string()),
-            env.operator_logs()
-        )
-    }
-}
-
-fn wait_phase(
-    env: &'static Env,
-    ns: &str,
-    kind: &str,
-    name: &str,
-    want: &str,
-    timeout: Duration,
-) -> Value {
-    wait_for(
-        &format!("{kind} {ns}/{name} to be {want}"),
-        timeout,
-        || env.object(ns, kind, name).filter(|o| phase(o) == want),
-        describe(env, ns),
-    )
-}
 
 fn sha256_hex(path: &std::path::Path) -> String {
     hex::encode(Sha256::digest(

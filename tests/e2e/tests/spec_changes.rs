@@ -6,33 +6,13 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use tailor_e2e::{Env, condition, inline_dataset, phase, quickstart_examples, small_job, wait_for};
+use tailor_e2e::{
+    Env, condition, describe, inline_dataset, phase, quickstart_examples, small_job, wait_for,
+    wait_phase,
+};
 
 const LONG: Duration = Duration::from_secs(420);
 const SHORT: Duration = Duration::from_secs(120);
-
-fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
-    let ns = ns.to_string();
-    move || {
-        let objs = env
-            .kubectl(&["-n", &ns, "get", "tailor,jobs,pods", "-o", "yaml"])
-            .unwrap_or_else(|e| e.to_string());
-        format!("{objs}\n--- operator log ---\n{}", env.operator_logs())
-    }
-}
-
-fn wait_phase(env: &'static Env, ns: &str, name: &str, want: &str, limit: Duration) -> Value {
-    wait_for(
-        &format!("finetunejob {ns}/{name} to be {want}"),
-        limit,
-        || {
-            env.object(ns, "finetunejob", name)
-                .filter(|o| phase(o) == want)
-        },
-        describe(env, ns),
-    )
-}
 
 /// Names of the (not deleting) train Jobs of a FineTuneJob.
 fn train_jobs(env: &Env, ns: &str, ftj: &str) -> Vec<String> {
@@ -85,7 +65,7 @@ fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
         .replace("backoffLimit: 4", "backoffLimit: 1");
     env.apply(&job).expect("apply job");
     at("cluster up");
-    let failed = wait_phase(env, ns, "rerun", "Failed", LONG);
+    let failed = wait_phase(env, ns, "finetunejob", "rerun", "Failed", LONG);
     at("Failed");
     let st = &failed["status"];
     let ready = condition(&failed, "Ready").expect("Ready");
@@ -101,7 +81,7 @@ fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
         r#"{"spec":{"baseModel":{"uri":"pvc://tailor-artifacts/models/base"}}}"#,
     )
     .expect("fix the base model");
-    let done = wait_phase(env, ns, "rerun", "Succeeded", LONG);
+    let done = wait_phase(env, ns, "finetunejob", "rerun", "Succeeded", LONG);
     at("Succeeded after the fix");
     let st = &done["status"];
     assert_eq!(
@@ -183,7 +163,7 @@ fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
     env.apply(&small_job(ns, "moved", "data", 8, ""))
         .expect("job");
     at("cluster up");
-    let running = wait_phase(env, ns, "moved", "Running", LONG);
+    let running = wait_phase(env, ns, "finetunejob", "moved", "Running", LONG);
     at("Running");
     let old_job = running["status"]["jobName"]
         .as_str()
@@ -197,7 +177,7 @@ fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
         r#"{"spec":{"baseModel":{"uri":"hf://meta-llama/Llama-3.2-1B"}}}"#,
     )
     .expect("admitted");
-    let f = wait_phase(env, ns, "moved", "Failed", SHORT);
+    let f = wait_phase(env, ns, "finetunejob", "moved", "Failed", SHORT);
     at("Failed on the invalid spec");
     let ready = condition(&f, "Ready").expect("Ready");
     assert_eq!(ready["reason"], "InvalidSpec", "{}", f["status"]);
