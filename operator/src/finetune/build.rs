@@ -91,13 +91,13 @@ pub fn run_spec_hash(ftj: &FineTuneJob) -> String {
 }
 
 /// Whether `job` was built for another spec than the current one after its run started: the
-/// running attempt is then cancelled and a new run starts (see [`restart_status`]). Jobs
-/// without the [`RUN_SPEC`] annotation predate it and are left alone.
+/// attempt is then cancelled and a new run starts (see [`restart_status`]). Called only while
+/// status has not recorded the run's end (see [`after_end`]), so this holds for a Job that
+/// finished too: its spec was replaced before its outcome was recorded, and recording it
+/// under the new spec would give the adapter a lineage it was not trained with. Jobs without
+/// the [`RUN_SPEC`] annotation predate it and are left alone.
 pub fn spec_changed_mid_run(ftj: &FineTuneJob, job: &Job, started: bool) -> bool {
-    let state = jobs::job_state(job);
     started
-        && !state.complete
-        && state.failed.is_none()
         && job
             .annotations()
             .get(RUN_SPEC)

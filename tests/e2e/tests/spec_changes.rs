@@ -160,7 +160,8 @@ fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
     let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
     env.apply(&inline_dataset(ns, "data", &lines, 10))
         .expect("dataset");
-    env.apply(&small_job(ns, "moved", "data", 8, ""))
+    // Epochs enough to be still running when the spec changes (the change cancels it).
+    env.apply(&small_job(ns, "moved", "data", 1000, ""))
         .expect("job");
     at("cluster up");
     let running = wait_phase(env, ns, "finetunejob", "moved", "Running", LONG);

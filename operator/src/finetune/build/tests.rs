@@ -394,7 +394,8 @@ fn a_spec_change_mid_run_is_a_new_run_but_suspend_is_not() {
     assert_ne!(w.outputs.adapter_uri, v.outputs.adapter_uri);
     // Not started yet: the Job is simply replaced (not a cancelled run).
     assert!(!spec_changed_mid_run(&changed, &job, false));
-    // A finished Job is recorded, not cancelled; a Job from before the annotation is left alone.
+    // A Job that finished before its end was recorded is replaced all the same (its outcome
+    // belongs to the old spec); a Job from before the annotation is left alone.
     let mut done = job.clone();
     done.status = Some(k8s_openapi::api::batch::v1::JobStatus {
         conditions: Some(vec![k8s_openapi::api::batch::v1::JobCondition {
@@ -404,7 +405,8 @@ fn a_spec_change_mid_run_is_a_new_run_but_suspend_is_not() {
         }]),
         ..Default::default()
     });
-    assert!(!spec_changed_mid_run(&changed, &done, true));
+    assert!(spec_changed_mid_run(&changed, &done, true));
+    assert!(!spec_changed_mid_run(&f, &done, true));
     let mut legacy = job.clone();
     legacy
         .metadata
