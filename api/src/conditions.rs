@@ -28,7 +28,24 @@ pub fn status_str(value: Option<bool>) -> &'static str {
     }
 }
 
-/// Builds a condition; `set` fills in the transition time.
+/// The longest condition message kept (Kubernetes allows 32 KiB; messages quote things users
+/// and pods control, so status stays small whatever they write).
+pub const MESSAGE_MAX: usize = 2048;
+
+/// `message` cut to [`MESSAGE_MAX`] bytes at a character boundary, marked when cut.
+fn bounded(message: String) -> String {
+    if message.len() <= MESSAGE_MAX {
+        return message;
+    }
+    let mut end = MESSAGE_MAX - " […]".len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} […]", &message[..end])
+}
+
+/// Builds a condition (its message bounded, see [`MESSAGE_MAX`]); `set` fills in the
+/// transition time.
 pub fn new(
     type_: &str,
     status: Option<bool>,
@@ -40,7 +57,7 @@ pub fn new(
         type_: type_.to_string(),
         status: status_str(status).to_string(),
         reason: reason.to_string(),
-        message: message.into(),
+        message: bounded(message.into()),
         observed_generation,
         last_transition_time: Time(Timestamp::UNIX_EPOCH),
     }
@@ -82,6 +99,14 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_bounded_with_a_marker() {
+        let c = new("Ready", Some(false), "X", "é".repeat(5000), None);
+        assert!(c.message.len() <= MESSAGE_MAX, "{}", c.message.len());
+        assert!(c.message.ends_with(" […]"));
+        assert_eq!(new("Ready", None, "X", "short", None).message, "short");
+    }
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(secs).expect("valid timestamp")

@@ -56,7 +56,9 @@ pub struct LoraAdapterSpec {
     /// The FineTuneJob that produced it (empty when imported by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_job: Option<String>,
-    /// What happens to the artifact when this object is deleted.
+    /// What happens to the artifact when this object is deleted. `Delete` removes only files the
+    /// operator itself created for this adapter (see `status.producedBy`); an imported
+    /// adapter's files are never deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -99,9 +101,16 @@ pub struct LoraAdapterStatus {
     /// Result of the last artifact check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
-    /// Where the adapter came from.
+    /// Where the adapter came from, as the operator observed it: copied from the status of the
+    /// FineTuneJob that produced it (never from anything a user can edit). Unset for an
+    /// imported adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// The FineTuneJob whose output this artifact is, recorded when the operator saw that job
+    /// record this adapter: the operator created these files, so `deletionPolicy: Delete`
+    /// removes them. Unset for an imported adapter, whose files the operator never deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produced_by: Option<String>,
 }
 
 /// Result of checking the artifact.

@@ -1,12 +1,21 @@
-//! Artifact-store URIs and what the operator reads from the store.
+//! Artifact URIs, as a tenant may use them, and what the operator reads from the store.
 //!
-//! `pvc://<claim>/<path>` names a file on a PersistentVolumeClaim. Pods the operator creates
-//! mount the namespace's artifact claim at `artifactsMount`, other claims under `/mnt/<claim>`.
-//! The operator itself mounts the artifact claim of its own namespace at `artifactsMount` and
-//! resolves `pvc://<artifacts claim>/<path>` there: for it to verify adapters and read
-//! checkpoints of other namespaces, their artifact claims must be backed by the same storage (an
-//! RWX share bound in each namespace). `file://` URIs are local paths (single-node clusters,
-//! the simulator), mounted into pods as hostPath volumes.
+//! The artifact store is one volume shared by every namespace: the operator mounts it whole
+//! (the `artifactsClaim` of its own namespace at `artifactsMount`), and each namespace binds
+//! its own `artifactsClaim` to the same storage. The store is divided into one **area per
+//! namespace** (`<namespace>/` at the store's root), and a tenant's `pvc://<artifactsClaim>/<path>`
+//! means `<path>` inside its own area: it cannot name another namespace's files, and the pods the
+//! operator creates mount only their namespace's area (a `subPath`). Prefixes the admin lists in
+//! `sharedPrefixes` (e.g. `models`, where the platform team puts base models) are the exception:
+//! `pvc://<artifactsClaim>/models/...` resolves at the store's root and is read-only for tenants.
+//!
+//! Other claims of the tenant's own namespace (`pvc://<claim>/<path>`) are mounted read-only into
+//! its pods; the operator cannot read them. `file://` (node paths, mounted as hostPath) works only
+//! where the admin enables `allowFileUris` (single-node dev clusters, the simulator): a tenant
+//! must not be able to mount the node's filesystem without pod rights.
+//!
+//! Everything the operator reads from the store is bounded ([`read_bounded`]) and must stay
+//! inside the area it was resolved in after symlinks are followed ([`contained`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,7 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::OperatorConfig;
 
-/// A parsed artifact URI.
+/// Where the pods the operator creates see the admin's shared prefixes (read-only).
+pub const SHARED_MOUNT: &str = "/artifacts-shared";
+
+/// A parsed artifact URI (syntax only; [`resolve`] applies the namespace policy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Pvc {
@@ -42,8 +54,10 @@ pub fn parse(uri: &str) -> Result<Location, String> {
                 ));
             }
             let path = path.trim_matches('/');
-            if path.split('/').any(|seg| seg == "..") {
-                return Err(format!("{uri:?}: '..' is not allowed in artifact paths"));
+            if path.split('/').any(|seg| seg == ".." || seg == ".") {
+                return Err(format!(
+                    "{uri:?}: '.' and '..' are not allowed in artifact paths"
+                ));
             }
             Ok(Location::Pvc {
                 claim: claim.to_string(),
@@ -56,6 +70,9 @@ pub fn parse(uri: &str) -> Result<Location, String> {
                     "{uri:?}: file:// URIs need an absolute path (file:///...)"
                 ));
             }
+            if rest.split('/').any(|seg| seg == "..") {
+                return Err(format!("{uri:?}: '..' is not allowed in artifact paths"));
+            }
             Ok(Location::File(PathBuf::from(rest)))
         }
         "s3" | "gs" | "hf" => Ok(Location::Remote(uri.to_string())),
@@ -67,15 +84,60 @@ pub fn pvc_uri(claim: &str, path: &str) -> String {
     format!("pvc://{claim}/{}", path.trim_matches('/'))
 }
 
-/// Where a pod the operator creates sees `loc`.
-pub fn pod_path(cfg: &OperatorConfig, loc: &Location) -> Option<PathBuf> {
-    match loc {
-        Location::Pvc { claim, path } if *claim == cfg.artifacts_claim => {
-            Some(join(&cfg.artifacts_mount, path))
+/// What a tenant's URI refers to under the namespace policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// In the namespace's own area of the store: `path` relative to the area.
+    Area { path: String },
+    /// Under a prefix the admin shares with every namespace (read-only): `path` from the root.
+    Shared { path: String },
+    /// Another claim of the namespace itself (mounted read-only; the operator cannot read it).
+    Claim { claim: String, path: String },
+    /// A node path (only where `allowFileUris` is on).
+    Host(PathBuf),
+}
+
+/// Resolves `uri` as a tenant of `ns` may use it, or says why it may not.
+pub fn resolve(cfg: &OperatorConfig, uri: &str) -> Result<Resolved, String> {
+    match parse(uri)? {
+        Location::Pvc { claim, path } if claim == cfg.artifacts_claim => {
+            if is_shared(cfg, &path) {
+                Ok(Resolved::Shared { path })
+            } else if path.is_empty() {
+                Err(format!(
+                    "{uri:?} names the whole artifact volume; name a path in it (pvc://{claim}/<path>)"
+                ))
+            } else {
+                Ok(Resolved::Area { path })
+            }
         }
-        Location::Pvc { claim, path } => Some(join(&PathBuf::from(format!("/mnt/{claim}")), path)),
-        Location::File(p) => Some(p.clone()),
-        Location::Remote(_) => None,
+        Location::Pvc { claim, path } => Ok(Resolved::Claim { claim, path }),
+        Location::File(p) if cfg.allow_file_uris => Ok(Resolved::Host(p)),
+        Location::File(_) => Err(format!(
+            "{uri:?}: file:// URIs are disabled on this cluster (the operator config's allowFileUris); put the data on the artifact volume (pvc://{}/...)",
+            cfg.artifacts_claim
+        )),
+        Location::Remote(u) => Err(format!(
+            "{u}: object stores are not supported yet; put the data on the artifact volume (pvc://{}/...)",
+            cfg.artifacts_claim
+        )),
+    }
+}
+
+fn is_shared(cfg: &OperatorConfig, path: &str) -> bool {
+    cfg.shared_prefixes.iter().any(|p| {
+        let p = p.trim_matches('/');
+        !p.is_empty() && (path == p || path.starts_with(&format!("{p}/")))
+    })
+}
+
+/// Where a pod of `ns` sees `r` (see [`crate::jobs::PodVolumes`] for the mounts).
+pub fn pod_path(cfg: &OperatorConfig, r: &Resolved) -> PathBuf {
+    match r {
+        Resolved::Area { path } => join(&cfg.artifacts_mount, path),
+        Resolved::Shared { path } => join(Path::new(SHARED_MOUNT), path),
+        Resolved::Claim { claim, path } => join(&PathBuf::from(format!("/mnt/{claim}")), path),
+        Resolved::Host(p) => p.clone(),
     }
 }
 
@@ -87,26 +149,103 @@ fn join(base: &Path, rel: &str) -> PathBuf {
     }
 }
 
-/// Where the operator itself reads `uri`, or why it cannot.
-pub fn operator_path(cfg: &OperatorConfig, uri: &str) -> Result<PathBuf, String> {
-    match parse(uri)? {
-        Location::Pvc { claim, path } if claim == cfg.artifacts_claim => {
-            Ok(join(&cfg.artifacts_mount, &path))
+/// Where the operator reads what `uri` names for a tenant of `ns`, and the directory it must
+/// stay inside (the namespace's area, or the shared prefix's root), or why it cannot.
+pub fn operator_path(cfg: &OperatorConfig, ns: &str, uri: &str) -> Result<StorePath, String> {
+    if ns.is_empty() || ns.contains('/') || ns == ".." {
+        return Err(format!("{uri}: no namespace to resolve it in"));
+    }
+    match resolve(cfg, uri)? {
+        Resolved::Area { path } => {
+            let area = cfg.artifacts_mount.join(ns);
+            Ok(StorePath {
+                path: join(&area, &path),
+                within: area,
+            })
         }
-        Location::Pvc { claim, .. } => Err(format!(
-            "the operator mounts only the artifact claim {:?}, not {claim:?}",
+        Resolved::Shared { path } => Ok(StorePath {
+            path: join(&cfg.artifacts_mount, &path),
+            within: cfg.artifacts_mount.clone(),
+        }),
+        Resolved::Claim { claim, .. } => Err(format!(
+            "{uri}: the operator reads only the artifact volume ({}), not the claim {claim:?}",
             cfg.artifacts_claim
         )),
-        Location::File(p) => Ok(p),
-        Location::Remote(u) => Err(format!(
-            "{u}: object stores are not readable by the operator yet"
-        )),
+        Resolved::Host(p) => Ok(StorePath {
+            within: p.clone(),
+            path: p,
+        }),
     }
 }
 
-/// SHA-256 (lowercase hex) and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+/// A path of the store, with the directory that reads through it must stay inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePath {
+    pub path: PathBuf,
+    pub within: PathBuf,
+}
+
+impl StorePath {
+    pub fn join(&self, rel: &str) -> StorePath {
+        StorePath {
+            path: self.path.join(rel),
+            within: self.within.clone(),
+        }
+    }
+}
+
+/// `p` with symlinks followed, if it stays inside `sp.within` (a tenant with pod rights could
+/// plant a symlink in its area that points into another namespace's).
+pub fn contained(sp: &StorePath) -> std::io::Result<PathBuf> {
+    let real = std::fs::canonicalize(&sp.path)?;
+    let root = std::fs::canonicalize(&sp.within)?;
+    if real.starts_with(&root) {
+        Ok(real)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} leads outside {} (a symlink?)",
+                sp.path.display(),
+                sp.within.display()
+            ),
+        ))
+    }
+}
+
+/// The contained path of a regular file: checked before opening, since opening a FIFO for
+/// reading blocks until someone writes to it.
+fn regular_file(sp: &StorePath) -> std::io::Result<PathBuf> {
+    let real = contained(sp)?;
+    if !std::fs::metadata(&real)?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            sp.path.display()
+        )));
+    }
+    Ok(real)
+}
+
+/// The whole of a small file, refusing more than `max` bytes and anything but a regular file
+/// (a FIFO would block the reader for good).
+pub fn read_bounded(sp: &StorePath, max: u64) -> std::io::Result<Vec<u8>> {
+    let real = regular_file(sp)?;
+    let f = std::fs::File::open(&real)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "{} is larger than {max} bytes",
+            sp.path.display()
+        )));
+    }
+    Ok(buf)
+}
+
+/// SHA-256 (lowercase hex) and size of a regular file, streamed.
+pub fn sha256_file(sp: &StorePath) -> std::io::Result<(String, u64)> {
+    let real = regular_file(sp)?;
+    let mut f = std::fs::File::open(&real)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -166,6 +305,12 @@ pub fn same_base(declared_uri: &str, recorded: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn cfg() -> OperatorConfig {
+        let mut c = OperatorConfig::for_tests();
+        c.shared_prefixes = vec!["models".into()];
+        c
+    }
+
     #[test]
     fn parses_the_schemes() {
         assert_eq!(
@@ -182,32 +327,107 @@ mod tests {
         assert!(matches!(parse("hf://org/m"), Ok(Location::Remote(_))));
         assert!(parse("ftp://x").is_err());
         assert!(parse("pvc://c/../etc").is_err());
+        assert!(parse("pvc://c/a/./b").is_err());
         assert!(parse("file://relative").is_err());
+        assert!(parse("file:///a/../etc").is_err());
     }
 
     #[test]
-    fn resolves_paths_for_pods_and_operator() {
-        let cfg = OperatorConfig::for_tests();
-        let loc = parse("pvc://tailor-artifacts/models/base").expect("ok");
+    fn tenant_uris_resolve_in_their_own_area_or_a_shared_prefix() {
+        let c = cfg();
         assert_eq!(
-            pod_path(&cfg, &loc),
-            Some(PathBuf::from("/artifacts/models/base"))
-        );
-        let other = parse("pvc://data/raw.jsonl").expect("ok");
-        assert_eq!(
-            pod_path(&cfg, &other),
-            Some(PathBuf::from("/mnt/data/raw.jsonl"))
+            resolve(&c, "pvc://tailor-artifacts/finetune/x").expect("ok"),
+            Resolved::Area {
+                path: "finetune/x".into()
+            }
         );
         assert_eq!(
-            operator_path(&cfg, "pvc://tailor-artifacts/a/b").expect("ok"),
-            PathBuf::from("/artifacts/a/b")
+            resolve(&c, "pvc://tailor-artifacts/models/base").expect("ok"),
+            Resolved::Shared {
+                path: "models/base".into()
+            }
         );
-        assert!(operator_path(&cfg, "pvc://other/a").is_err());
-        assert!(operator_path(&cfg, "s3://b/k").is_err());
+        // A prefix is a whole path segment.
+        assert_eq!(
+            resolve(&c, "pvc://tailor-artifacts/models2/x").expect("ok"),
+            Resolved::Area {
+                path: "models2/x".into()
+            }
+        );
+        // The whole volume is nobody's area.
+        let e = resolve(&c, "pvc://tailor-artifacts").expect_err("whole volume");
+        assert!(e.contains("whole artifact volume"), "{e}");
+        let e = resolve(&c, "pvc://tailor-artifacts/").expect_err("whole volume");
+        assert!(e.contains("whole artifact volume"), "{e}");
+        // file:// is off unless the admin turns it on.
+        let e = resolve(&c, "file:///etc").expect_err("off");
+        assert!(e.contains("allowFileUris"), "{e}");
+        let mut on = cfg();
+        on.allow_file_uris = true;
+        assert_eq!(
+            resolve(&on, "file:///data/x").expect("on"),
+            Resolved::Host("/data/x".into())
+        );
+    }
+
+    #[test]
+    fn the_operator_reads_only_inside_the_namespace_area() {
+        let c = cfg();
+        let sp = operator_path(&c, "team-a", "pvc://tailor-artifacts/finetune/x").expect("ok");
+        assert_eq!(sp.path, PathBuf::from("/artifacts/team-a/finetune/x"));
+        assert_eq!(sp.within, PathBuf::from("/artifacts/team-a"));
+        let shared = operator_path(&c, "team-a", "pvc://tailor-artifacts/models/b").expect("ok");
+        assert_eq!(shared.path, PathBuf::from("/artifacts/models/b"));
+        assert!(operator_path(&c, "team-a", "pvc://other/a").is_err());
+        assert!(operator_path(&c, "team-a", "s3://b/k").is_err());
+        assert!(operator_path(&c, "", "pvc://tailor-artifacts/a").is_err());
+        assert_eq!(
+            pod_path(&c, &resolve(&c, "pvc://tailor-artifacts/models/b").expect("ok")),
+            PathBuf::from("/artifacts-shared/models/b")
+        );
+        assert_eq!(
+            pod_path(&c, &resolve(&c, "pvc://data/raw.jsonl").expect("ok")),
+            PathBuf::from("/mnt/data/raw.jsonl")
+        );
+    }
+
+    #[test]
+    fn reads_refuse_symlinks_out_of_the_area_big_files_and_fifos() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let area = dir.path().join("team-a");
+        let other = dir.path().join("team-b");
+        std::fs::create_dir_all(&area).expect("mkdir");
+        std::fs::create_dir_all(&other).expect("mkdir");
+        std::fs::write(other.join("secret"), b"theirs").expect("write");
+        std::fs::write(area.join("small"), b"abc").expect("write");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(other.join("secret"), area.join("link")).expect("symlink");
+        let sp = |name: &str| StorePath {
+            path: area.join(name),
+            within: area.clone(),
+        };
+        assert_eq!(read_bounded(&sp("small"), 3).expect("fits"), b"abc");
+        let e = read_bounded(&sp("small"), 2).expect_err("too big");
+        assert!(e.to_string().contains("larger than 2 bytes"), "{e}");
+        let e = read_bounded(&sp("link"), 100).expect_err("escapes");
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(sha256_file(&sp("link")).is_err());
+        let fifo = area.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let e = read_bounded(&sp("fifo"), 100).expect_err("fifo");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     #[test]
     fn base_model_comparison_accepts_the_pod_path() {
+        assert!(same_base(
+            "pvc://tailor-artifacts/models/base",
+            "/artifacts-shared/models/base"
+        ));
         assert!(same_base(
             "pvc://tailor-artifacts/models/base",
             "/artifacts/models/base"
@@ -223,7 +443,11 @@ mod tests {
     fn hashes_files_and_finds_checkpoints() {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("f"), b"abc").expect("write");
-        let (h, n) = sha256_file(&dir.path().join("f")).expect("hash");
+        let sp = StorePath {
+            path: dir.path().join("f"),
+            within: dir.path().to_path_buf(),
+        };
+        let (h, n) = sha256_file(&sp).expect("hash");
         assert_eq!(n, 3);
         assert_eq!(
             h,

@@ -75,6 +75,11 @@ pub fn trim_job(job: &mut Job) {
     }
 }
 
+/// A Deployment as reconciles read it: metadata and status (the pod template is only written).
+pub fn trim_deployment(d: &mut k8s_openapi::api::apps::v1::Deployment) {
+    d.spec.template = Default::default();
+}
+
 /// A pod as reconciles read it: metadata and status.
 pub fn trim_pod(pod: &mut Pod) {
     pod.spec = None;

@@ -38,6 +38,42 @@ pub struct OperatorConfig {
     /// reconcile tail).
     #[serde(default = "default_concurrency")]
     pub max_concurrent_reconciles: u16,
+    /// Prefixes of the artifact volume every namespace may read (never write): where the
+    /// platform team puts base models, e.g. `["models"]`. Tenants name them as
+    /// `pvc://<artifactsClaim>/<prefix>/...`; every other path of that claim is inside the
+    /// tenant's own area (see [`crate::artifacts`]).
+    #[serde(default)]
+    pub shared_prefixes: Vec<String>,
+    /// Whether `file://` URIs (node paths, mounted as hostPath) are allowed: only for
+    /// single-node development clusters and the simulator. Off, a tenant cannot reach the
+    /// node's filesystem through a Dataset or a model URI.
+    #[serde(default)]
+    pub allow_file_uris: bool,
+    /// Whether the test-only fault-injection annotation of ModelDeployments is honoured
+    /// (test clusters and the local demo only).
+    #[serde(default)]
+    pub allow_fault_injection: bool,
+    /// Prometheus base URLs a ModelDeployment's `analysis.prometheus.address` may name, exactly
+    /// (`http://prometheus.monitoring.svc:9090`). The operator fetches no other address a user
+    /// writes.
+    #[serde(default)]
+    pub prometheus_allow_list: Vec<String>,
+    /// Whether each ModelDeployment gets NetworkPolicies that let only its router reach its
+    /// servers and only the operator reach the servers' and router's admin endpoints (needs a
+    /// CNI that enforces NetworkPolicy; harmless where none does).
+    #[serde(default = "yes")]
+    pub network_policies: bool,
+    /// The operator's own namespace (from `POD_NAMESPACE`, not the file): the NetworkPolicies
+    /// admit admin calls from the operator's pods there.
+    #[serde(skip, default = "default_operator_namespace")]
+    pub operator_namespace: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_operator_namespace() -> String {
+    "tailor-system".into()
 }
 
 fn default_mount() -> PathBuf {
@@ -78,6 +114,15 @@ impl OperatorConfig {
             anyhow::bail!(
                 "artifactsMount must be an absolute path, got {}",
                 self.artifacts_mount.display()
+            );
+        }
+        if let Some(p) = self
+            .shared_prefixes
+            .iter()
+            .find(|p| p.trim_matches('/').is_empty() || p.split('/').any(|s| s == ".."))
+        {
+            anyhow::bail!(
+                "sharedPrefixes: {p:?} is not a path prefix of the artifact volume (e.g. \"models\")"
             );
         }
         if !(1..=15).contains(&self.progress_interval_seconds) {

@@ -3,10 +3,21 @@
 //! The category is the Event reason, the condition reason and the `category` label of
 //! `tailor_operator_reconcile_errors_total`; the full chain goes into the Event note.
 
-use std::fmt;
-
-/// Fixed, short error categories (a closed set: safe as a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Fixed, short error categories (a closed set: safe as a metric label). The variant name is
+/// the reason string (PascalCase, as Kubernetes spells reasons).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::Display,
+)]
 pub enum Category {
     /// The spec cannot be acted on; waits for a change.
     InvalidSpec,
@@ -16,6 +27,8 @@ pub enum Category {
     DatasetNotReady,
     /// A Dataset's source (ConfigMap, claim) does not exist.
     SourceNotFound,
+    /// A Secret the spec names does not exist (yet) or lacks the key.
+    SecretNotFound,
     /// Server-side apply of a child or of status failed.
     ApplyFailed,
     /// Reading from the API failed.
@@ -32,33 +45,11 @@ pub enum Category {
 
 impl Category {
     /// Every category, for pre-registering metric series.
-    pub const ALL: [Category; 10] = [
-        Category::InvalidSpec,
-        Category::DatasetNotFound,
-        Category::DatasetNotReady,
-        Category::SourceNotFound,
-        Category::ApplyFailed,
-        Category::KubeApiError,
-        Category::JobFailed,
-        Category::ArtifactUnavailable,
-        Category::VerificationFailed,
-        Category::NameConflict,
-    ];
+    pub const ALL: &'static [Category] = <Category as strum::VariantArray>::VARIANTS;
 
     /// PascalCase name, as Kubernetes spells reasons.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Category::InvalidSpec => "InvalidSpec",
-            Category::DatasetNotFound => "DatasetNotFound",
-            Category::DatasetNotReady => "DatasetNotReady",
-            Category::SourceNotFound => "SourceNotFound",
-            Category::ApplyFailed => "ApplyFailed",
-            Category::KubeApiError => "KubeApiError",
-            Category::JobFailed => "JobFailed",
-            Category::ArtifactUnavailable => "ArtifactUnavailable",
-            Category::VerificationFailed => "VerificationFailed",
-            Category::NameConflict => "NameConflict",
-        }
+        self.into()
     }
 
     /// Transient errors requeue with backoff; the others wait for a change of the object (or
@@ -66,14 +57,11 @@ impl Category {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Category::ApplyFailed | Category::KubeApiError | Category::ArtifactUnavailable
+            Category::ApplyFailed
+                | Category::KubeApiError
+                | Category::ArtifactUnavailable
+                | Category::SecretNotFound
         )
-    }
-}
-
-impl fmt::Display for Category {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -100,6 +88,8 @@ pub enum Error {
     Verification(String),
     #[error("{0}")]
     NameConflict(String),
+    #[error("{0}")]
+    SecretNotFound(String),
 }
 
 impl Error {
@@ -111,6 +101,7 @@ impl Error {
             Error::Artifact { .. } => Category::ArtifactUnavailable,
             Error::Verification(_) => Category::VerificationFailed,
             Error::NameConflict(_) => Category::NameConflict,
+            Error::SecretNotFound(_) => Category::SecretNotFound,
         }
     }
 

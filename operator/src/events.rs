@@ -7,9 +7,10 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::context::Context;
 
+use crate::error::{Category, Error, truncate};
+
 /// Events being sent at once, at most.
 pub const EVENTS_IN_FLIGHT: usize = 8;
-use crate::error::{Category, Error, truncate};
 
 /// Whether a condition reason names a problem (an error category or a failure).
 pub fn is_warning(reason: &str) -> bool {
@@ -69,7 +70,7 @@ pub fn publish(
 }
 
 /// Publishes the transitions of the given condition types (in the background).
-pub async fn publish_transitions(
+pub fn publish_transitions(
     ctx: &Context,
     obj: &ObjectReference,
     before: &[Condition],
@@ -92,7 +93,7 @@ pub async fn publish_transitions(
 }
 
 /// Publishes a reconcile error as a Warning whose reason is its category.
-pub async fn publish_error(ctx: &Context, obj: &ObjectReference, err: &Error) {
+pub fn publish_error(ctx: &Context, obj: &ObjectReference, err: &Error) {
     publish(
         ctx,
         obj,

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::artifacts::{self, Location};
+use crate::artifacts::{self, Resolved};
 use crate::config::OperatorConfig;
 
 /// Where each pod finds its mounted JSON config.
@@ -113,7 +113,9 @@ pub fn pod_state(pod: &Pod) -> PodState {
                 .state
                 .and_then(|s| s.terminated)
                 .or_else(|| cs.last_state.and_then(|s| s.terminated))?;
-            t.message.filter(|m| !m.trim().is_empty())
+            t.message
+                .filter(|m| !m.trim().is_empty())
+                .map(|m| cut(m, TERMINATION_MESSAGE_MAX))
         });
     PodState {
         name: pod.metadata.name.clone().unwrap_or_default(),
@@ -137,6 +139,32 @@ pub fn newest(pods: &[Pod]) -> Option<&Pod> {
     })
 }
 
+/// Whether `pod` is controlled by the object with `uid` (its Job or ReplicaSet): what the
+/// operator reads from a pod (termination message, `/progress`) comes only from pods its own
+/// children made, never from any pod that merely carries the right labels.
+pub fn controlled_by(pod: &Pod, uid: &str) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// A termination message as the operator keeps it: the kubelet caps them at 4096 bytes, and a
+/// message from elsewhere is cut there too.
+pub const TERMINATION_MESSAGE_MAX: usize = 4096;
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// Volumes and mounts of a pod the operator builds.
 #[derive(Debug, Default, Clone)]
 pub struct PodVolumes {
@@ -145,9 +173,10 @@ pub struct PodVolumes {
 }
 
 impl PodVolumes {
-    /// The namespace's artifact claim at `artifactsMount` (read-write: outputs go there), and
-    /// the pod's config ConfigMap at `/etc/tailor`.
-    pub fn new(cfg: &OperatorConfig, config_map: &str) -> Self {
+    /// The namespace's area of the artifact volume at `artifactsMount` (a `subPath`: the pod sees
+    /// nothing of other namespaces; writable only where the pod writes outputs), and the pod's
+    /// config ConfigMap at `/etc/tailor`.
+    pub fn new(cfg: &OperatorConfig, ns: &str, config_map: &str, writable: bool) -> Self {
         let mut v = Self::default();
         v.volumes.push(Volume {
             name: "config".into(),
@@ -167,13 +196,15 @@ impl PodVolumes {
             name: "artifacts".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: cfg.artifacts_claim.clone(),
-                read_only: None,
+                read_only: (!writable).then_some(true),
             }),
             ..Default::default()
         });
         v.mounts.push(VolumeMount {
             name: "artifacts".into(),
             mount_path: cfg.artifacts_mount.to_string_lossy().into_owned(),
+            sub_path: Some(ns.to_string()),
+            read_only: (!writable).then_some(true),
             ..Default::default()
         });
         v
@@ -183,60 +214,86 @@ impl PodVolumes {
         self.mounts.iter().any(|m| m.mount_path == path)
     }
 
-    /// Makes `loc` visible in the pod (read-only unless it is on the artifact claim) and
-    /// returns its path there. `is_dir` says whether `loc` names a directory (a file's parent
-    /// is mounted). `None` for object stores, which pods cannot mount.
-    pub fn add(&mut self, cfg: &OperatorConfig, loc: &Location, is_dir: bool) -> Option<PathBuf> {
-        let path = artifacts::pod_path(cfg, loc)?;
-        match loc {
-            Location::Pvc { claim, .. } if *claim != cfg.artifacts_claim => {
-                let mount = format!("/mnt/{claim}");
-                if !self.has_mount(&mount) {
-                    let name = format!("claim-{}", self.volumes.len());
-                    self.volumes.push(Volume {
-                        name: name.clone(),
+    fn mount(&mut self, prefix: &str, volume: Volume, path: String, sub_path: Option<String>) {
+        if self.has_mount(&path) {
+            return;
+        }
+        let name = format!("{prefix}-{}", self.volumes.len());
+        self.volumes.push(Volume { name: name.clone(), ..volume });
+        self.mounts.push(VolumeMount {
+            name,
+            mount_path: path,
+            sub_path,
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    /// Makes what `uri` names visible in the pod, read-only unless it is in the namespace's own
+    /// area, and returns its path there; `Err` says why the tenant may not use `uri` (see
+    /// [`artifacts::resolve`]). `is_dir` says whether it names a directory (a file's parent is
+    /// mounted).
+    pub fn add(&mut self, cfg: &OperatorConfig, uri: &str, is_dir: bool) -> Result<PathBuf, String> {
+        let r = artifacts::resolve(cfg, uri)?;
+        let path = artifacts::pod_path(cfg, &r);
+        match &r {
+            Resolved::Area { .. } => {}
+            Resolved::Shared { path: rel } => {
+                // Each shared prefix is its own read-only subPath mount of the artifact claim.
+                let prefix = cfg
+                    .shared_prefixes
+                    .iter()
+                    .map(|p| p.trim_matches('/'))
+                    .find(|p| rel == p || rel.starts_with(&format!("{p}/")))
+                    .unwrap_or(rel)
+                    .to_string();
+                self.mount(
+                    "shared",
+                    Volume {
                         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: claim.clone(),
+                            claim_name: cfg.artifacts_claim.clone(),
                             read_only: Some(true),
                         }),
                         ..Default::default()
-                    });
-                    self.mounts.push(VolumeMount {
-                        name,
-                        mount_path: mount,
-                        read_only: Some(true),
-                        ..Default::default()
-                    });
-                }
+                    },
+                    format!("{}/{prefix}", artifacts::SHARED_MOUNT),
+                    Some(prefix),
+                );
             }
-            Location::File(p) => {
+            Resolved::Claim { claim, .. } => self.mount(
+                "claim",
+                Volume {
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.clone(),
+                        read_only: Some(true),
+                    }),
+                    ..Default::default()
+                },
+                format!("/mnt/{claim}"),
+                None,
+            ),
+            Resolved::Host(p) => {
                 let dir = if is_dir {
                     p.clone()
                 } else {
                     p.parent().map(PathBuf::from).unwrap_or_else(|| p.clone())
                 };
                 let mount = dir.to_string_lossy().into_owned();
-                if !self.has_mount(&mount) {
-                    let name = format!("host-{}", self.volumes.len());
-                    self.volumes.push(Volume {
-                        name: name.clone(),
+                self.mount(
+                    "host",
+                    Volume {
                         host_path: Some(HostPathVolumeSource {
                             path: mount.clone(),
                             type_: Some("Directory".into()),
                         }),
                         ..Default::default()
-                    });
-                    self.mounts.push(VolumeMount {
-                        name,
-                        mount_path: mount,
-                        read_only: Some(true),
-                        ..Default::default()
-                    });
-                }
+                    },
+                    mount,
+                    None,
+                );
             }
-            _ => {}
         }
-        Some(path)
+        Ok(path)
     }
 }
 
@@ -258,44 +315,40 @@ mod tests {
     }
 
     #[test]
-    fn volumes_for_other_claims_and_host_paths() {
-        let cfg = OperatorConfig::for_tests();
-        let mut v = PodVolumes::new(&cfg, "cm");
+    fn pods_see_their_namespace_area_shared_prefixes_and_their_own_claims() {
+        let mut cfg = OperatorConfig::for_tests();
+        cfg.shared_prefixes = vec!["models".into()];
+        let mut v = PodVolumes::new(&cfg, "team-a", "cm", false);
+        let area = &v.mounts[1];
+        assert_eq!(area.mount_path, "/artifacts");
+        assert_eq!(area.sub_path.as_deref(), Some("team-a"));
+        assert_eq!(area.read_only, Some(true));
         let p = v
-            .add(
-                &cfg,
-                &crate::artifacts::parse("pvc://data/raw/x.jsonl").expect("ok"),
-                false,
-            )
-            .expect("path");
+            .add(&cfg, "pvc://data/raw/x.jsonl", false)
+            .expect("own claim");
         assert_eq!(p, PathBuf::from("/mnt/data/raw/x.jsonl"));
-        v.add(
-            &cfg,
-            &crate::artifacts::parse("pvc://data/other.jsonl").expect("ok"),
-            false,
-        );
+        v.add(&cfg, "pvc://data/other.jsonl", false).expect("same claim");
         let p = v
-            .add(
-                &cfg,
-                &crate::artifacts::parse("file:///models/base").expect("ok"),
-                true,
-            )
-            .expect("path");
-        assert_eq!(p, PathBuf::from("/models/base"));
-        v.add(
-            &cfg,
-            &crate::artifacts::parse("pvc://tailor-artifacts/m").expect("ok"),
-            true,
-        );
-        // config, artifacts, one for the `data` claim, one host path.
+            .add(&cfg, "pvc://tailor-artifacts/models/base", true)
+            .expect("shared");
+        assert_eq!(p, PathBuf::from("/artifacts-shared/models/base"));
+        let shared = v.mounts.last().expect("mount");
+        assert_eq!(shared.sub_path.as_deref(), Some("models"));
+        assert_eq!(shared.read_only, Some(true));
+        let p = v
+            .add(&cfg, "pvc://tailor-artifacts/finetune/x", true)
+            .expect("area");
+        assert_eq!(p, PathBuf::from("/artifacts/finetune/x"));
+        // config, artifacts area, the `data` claim, the shared prefix.
         assert_eq!(v.volumes.len(), 4);
-        assert!(
-            v.add(
-                &cfg,
-                &crate::artifacts::parse("s3://b/k").expect("ok"),
-                true
-            )
-            .is_none()
-        );
+        let e = v.add(&cfg, "file:///etc", true).expect_err("host paths are off");
+        assert!(e.contains("allowFileUris"), "{e}");
+        assert!(v.add(&cfg, "s3://b/k", true).is_err());
+        cfg.allow_file_uris = true;
+        let p = v.add(&cfg, "file:///models/base", true).expect("on");
+        assert_eq!(p, PathBuf::from("/models/base"));
+        assert!(v.volumes.iter().any(|vol| vol.host_path.is_some()));
+        let writable = PodVolumes::new(&cfg, "team-a", "cm", true);
+        assert_eq!(writable.mounts[1].read_only, None);
     }
 }

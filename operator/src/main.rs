@@ -43,12 +43,19 @@ struct Cli {
     /// Name of the leader Lease.
     #[arg(long, default_value = "tailor-operator")]
     lease_name: String,
-    /// Seconds a Lease holds without renewal.
-    #[arg(long, default_value_t = 15)]
-    lease_seconds: u64,
-    /// Human-readable logs instead of JSON lines.
-    #[arg(long, env = "TAILOR_LOG_TEXT")]
-    log_text: bool,
+    /// How long a Lease holds without renewal (`15s`).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines; the
+    /// install manifests set json.
+    #[arg(long, env = "TAILOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[tokio::main]
@@ -58,19 +65,19 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
-    if cli.log_text {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt()
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
             .with_env_filter(filter)
-            .init();
+            .init(),
     }
     let mut cfg = OperatorConfig::load(&cli.config)?;
     if let Some(l) = cli.listen {
         cfg.listen = l;
     }
+    cfg.operator_namespace = cli.namespace.clone();
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -104,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         Api::<Lease>::namespaced(client.clone(), &cli.namespace),
         &cli.lease_name,
         &identity,
-        Duration::from_secs(cli.lease_seconds),
+        cli.lease_duration,
     );
     // A standby replica is healthy and ready: it serves metrics and waits for the Lease.
     ready.store(true, Ordering::Relaxed);

@@ -78,6 +78,22 @@ pub struct Stats {
 }
 
 const MAX_INVALID_SAMPLES: usize = 20;
+/// The most of one rejection reason kept: reasons quote the input (an unknown role, a bad
+/// value), and a hostile line must not make `stats.json`, the termination message or the
+/// Dataset's status large.
+pub const MAX_REASON_BYTES: usize = 200;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary, marked when cut.
+fn short_reason(reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_REASON_BYTES - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
+}
 
 /// The split of an example: a fraction in [0, 1) from the first 8 bytes of its hash (salted
 /// with `seed` unless it is 0).
@@ -150,7 +166,10 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
     let reject = |stats: &mut Stats, line: usize, reason: String| {
         stats.invalid += 1;
         if stats.invalid_samples.len() < MAX_INVALID_SAMPLES {
-            stats.invalid_samples.push(InvalidSample { line, reason });
+            stats.invalid_samples.push(InvalidSample {
+                line,
+                reason: short_reason(reason),
+            });
         }
     };
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -364,5 +383,29 @@ mod tests {
         assert_eq!(cfg.seed, 3);
         assert_eq!(cfg.max_tokens_per_example, Some(4096));
         assert_eq!(cfg.redact.len(), 4);
+    }
+
+    #[test]
+    fn hostile_lines_cannot_make_the_stats_large() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // 25 chat lines whose unknown role is 2 MB each: the rejection reasons quote it.
+        let role = "r".repeat(2 << 20);
+        let mut lines: Vec<String> = (0..25)
+            .map(|_| {
+                serde_json::json!({"messages": [{"role": role, "content": "x"}]}).to_string()
+            })
+            .collect();
+        lines.push(serde_json::json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}).to_string());
+        let mut cfg = config(dir.path(), &lines);
+        cfg.format = Format::Chat;
+        let stats = run(&cfg).expect("prepares");
+        assert_eq!(stats.invalid, 25);
+        assert_eq!(stats.invalid_samples.len(), MAX_INVALID_SAMPLES);
+        for s in &stats.invalid_samples {
+            assert!(s.reason.len() <= MAX_REASON_BYTES, "{}", s.reason.len());
+            assert!(s.reason.ends_with('…'), "{}", s.reason);
+        }
+        let on_disk = std::fs::metadata(cfg.output.join("stats.json")).expect("stats.json");
+        assert!(on_disk.len() < 16 * 1024, "stats.json is {} bytes", on_disk.len());
     }
 }

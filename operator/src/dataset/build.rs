@@ -18,19 +18,34 @@ use tailor_api::{Dataset, DatasetPhase, DatasetStats, DatasetStatus, InvalidSamp
 
 use crate::artifacts::{self, Location};
 use crate::config::OperatorConfig;
-use crate::error::{Category, Error};
+use crate::error::{Category, Error, truncate};
 use crate::jobs::{self, CONFIG_DIR, JOB_LABEL, PodState, PodVolumes, SPEC_HASH, TERMINATION_PATH};
 
 /// Label on the prepare Job and ConfigMap naming their Dataset.
 pub const DATASET_LABEL: &str = "tailor.dev/dataset";
 /// How many invalid lines status shows.
 pub const MAX_INVALID_SAMPLES: usize = 10;
+/// The most of one reason status keeps: reasons quote the data, which a tenant controls.
+pub const MAX_REASON_BYTES: usize = 300;
+
+/// The invalid lines status shows: the first few, each reason cut with a marker.
+fn bounded_samples(samples: &[InvalidSample]) -> Vec<InvalidSample> {
+    samples
+        .iter()
+        .take(MAX_INVALID_SAMPLES)
+        .map(|s| InvalidSample {
+            line: s.line,
+            reason: truncate(&s.reason, MAX_REASON_BYTES),
+        })
+        .collect()
+}
 
 /// Where the prepare pod reads the raw JSONL from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     ConfigMap { name: String, key: String },
-    Location(Location),
+    /// An artifact URI, and the spec field it came from.
+    Uri { uri: String, field: &'static str },
     Inline(String),
 }
 
@@ -44,8 +59,8 @@ pub struct Validated {
     pub output_path: String,
     pub prepared_uri: String,
     pub input: Input,
-    /// A model directory whose tokenizer counts tokens and enforces maxTokensPerExample.
-    pub tokenizer: Option<Location>,
+    /// A model directory (URI) whose tokenizer counts tokens and enforces maxTokensPerExample.
+    pub tokenizer: Option<String>,
     pub prepare_config: serde_json::Value,
 }
 
@@ -74,18 +89,15 @@ pub fn validate(
             key: cm.key.clone(),
         }
     } else if let Some(p) = &src.pvc {
-        let loc = artifacts::parse(&artifacts::pvc_uri(&p.claim_name, &p.path))
-            .map_err(|e| Error::InvalidSpec(format!("spec.source.pvc: {e}")))?;
-        Input::Location(loc)
-    } else if let Some(uri) = &src.uri {
-        let loc = artifacts::parse(uri)
-            .map_err(|e| Error::InvalidSpec(format!("spec.source.uri: {e}")))?;
-        if matches!(loc, Location::Remote(_)) {
-            return Err(Error::InvalidSpec(format!(
-                "spec.source.uri: {uri} is in an object store, which prepare pods cannot read yet; use pvc://, file://, a configMap or inline"
-            )));
+        Input::Uri {
+            uri: artifacts::pvc_uri(&p.claim_name, &p.path),
+            field: "spec.source.pvc",
         }
-        Input::Location(loc)
+    } else if let Some(uri) = &src.uri {
+        Input::Uri {
+            uri: uri.clone(),
+            field: "spec.source.uri",
+        }
     } else {
         Input::Inline(src.inline.clone().unwrap_or_default())
     };
@@ -101,26 +113,28 @@ pub fn validate(
         "sourceContent": source_fingerprint,
     });
     let hash = jobs::hash_json(&identity)[..16].to_string();
-    let output_path = format!("datasets/{ns}/{name}/{hash}");
+    let output_path = format!("datasets/{name}/{hash}");
     let prepared_uri = artifacts::pvc_uri(&cfg.artifacts_claim, &output_path);
-    let mut vols = PodVolumes::new(cfg, "unused");
+    let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
     let input_path = match &input {
         Input::ConfigMap { .. } => format!("{SOURCE_DIR}/data.jsonl"),
         Input::Inline(_) => format!("{CONFIG_DIR}/{INLINE_KEY}"),
-        Input::Location(loc) => vols
-            .add(cfg, loc, false)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        Input::Uri { uri, field } => vols
+            .add(cfg, uri, false)
+            .map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))?
+            .to_string_lossy()
+            .into_owned(),
     };
-    let tokenizer_path = tokenizer.as_ref().and_then(|loc| vols.add(cfg, loc, true));
-    let output = artifacts::pod_path(
-        cfg,
-        &Location::Pvc {
-            claim: cfg.artifacts_claim.clone(),
-            path: output_path.clone(),
-        },
-    )
-    .unwrap_or_default();
+    let tokenizer_path = match &tokenizer {
+        Some(uri) => Some(
+            vols.add(cfg, uri, true)
+                .map_err(|e| Error::InvalidSpec(format!("spec.preparation.tokenizer: {e}")))?,
+        ),
+        None => None,
+    };
+    let output = vols
+        .add(cfg, &prepared_uri, true)
+        .map_err(Error::InvalidSpec)?;
     let mut prepare_config = json!({
         "input": input_path,
         "format": ds.spec.format,
@@ -150,7 +164,7 @@ pub fn validate(
 /// The directory whose tokenizer `spec.preparation.tokenizer` names: the URI itself, or the
 /// directory of a `.../tokenizer.json` (the prepare command reads `<dir>/tokenizer.json` and,
 /// when present, `<dir>/tokenizer_config.json`).
-pub fn tokenizer_dir(uri: &str) -> Result<Location, Error> {
+pub fn tokenizer_dir(uri: &str) -> Result<String, Error> {
     let field = "spec.preparation.tokenizer";
     let loc = artifacts::parse(uri).map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))?;
     let strip = |p: &str| -> Option<String> {
@@ -162,17 +176,15 @@ pub fn tokenizer_dir(uri: &str) -> Result<Location, Error> {
         Location::Remote(_) => Err(Error::InvalidSpec(format!(
             "{field}: {uri} cannot be mounted into the prepare pod; use pvc:// or file://"
         ))),
-        Location::Pvc { claim, path } => Ok(Location::Pvc {
-            path: strip(&path).unwrap_or(path),
-            claim,
-        }),
+        Location::Pvc { claim, path } => Ok(artifacts::pvc_uri(&claim, &strip(&path).unwrap_or(path))),
         Location::File(p) => {
-            let dir = strip(&p.to_string_lossy()).map(std::path::PathBuf::from);
-            Ok(Location::File(match dir {
-                Some(d) if d.as_os_str().is_empty() => "/".into(),
+            let p = p.to_string_lossy().into_owned();
+            let dir = match strip(&p) {
+                Some(d) if d.is_empty() => "/".to_string(),
                 Some(d) => d,
                 None => p,
-            }))
+            };
+            Ok(format!("file://{dir}"))
         }
     }
 }
@@ -210,7 +222,8 @@ pub fn config_map(ds: &Dataset, v: &Validated) -> ConfigMap {
 
 /// The prepare Job. Owned by the Dataset, so deleting it cascades.
 pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
-    let mut vols = PodVolumes::new(cfg, &v.job_name);
+    let ns = ds.namespace().unwrap_or_default();
+    let mut vols = PodVolumes::new(cfg, &ns, &v.job_name, true);
     match &v.input {
         Input::ConfigMap { name, key } => {
             vols.volumes.push(Volume {
@@ -233,13 +246,14 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
                 ..Default::default()
             });
         }
-        Input::Location(loc) => {
-            vols.add(cfg, loc, false);
+        // Validated: these resolve.
+        Input::Uri { uri, .. } => {
+            let _ = vols.add(cfg, uri, false);
         }
         Input::Inline(_) => {}
     }
-    if let Some(loc) = &v.tokenizer {
-        vols.add(cfg, loc, true);
+    if let Some(uri) = &v.tokenizer {
+        let _ = vols.add(cfg, uri, true);
     }
     let mut labels = jobs::managed_labels(DATASET_LABEL, &ds.name_any());
     labels.insert(JOB_LABEL.into(), v.job_name.clone());
@@ -396,12 +410,7 @@ pub fn status(
             st.stats = Some(stats_of(s));
             st.content_hash = Some(s.content_hash.clone());
             st.prepared_uri = v.map(|v| v.prepared_uri.clone());
-            st.invalid_samples = s
-                .invalid_samples
-                .iter()
-                .take(MAX_INVALID_SAMPLES)
-                .cloned()
-                .collect();
+            st.invalid_samples = bounded_samples(&s.invalid_samples);
             let msg = format!(
                 "{} examples ({} train, {} validation, {} test); {} invalid lines, {} duplicates removed, {} redactions",
                 s.examples,
@@ -420,12 +429,7 @@ pub fn status(
             st.phase = DatasetPhase::Failed;
             if let Some(s) = stats {
                 st.stats = Some(stats_of(s));
-                st.invalid_samples = s
-                    .invalid_samples
-                    .iter()
-                    .take(MAX_INVALID_SAMPLES)
-                    .cloned()
-                    .collect();
+                st.invalid_samples = bounded_samples(&s.invalid_samples);
             }
             st.content_hash = None;
             st.prepared_uri = None;
@@ -477,7 +481,7 @@ spec:
         assert!(v.job_name.starts_with("support-chat-prepare-"));
         assert!(
             v.prepared_uri
-                .starts_with("pvc://tailor-artifacts/datasets/tailor-demo/support-chat/")
+                .starts_with("pvc://tailor-artifacts/datasets/support-chat/")
         );
         assert_eq!(v.prepare_config["input"], "/data/source/data.jsonl");
         assert_eq!(v.prepare_config["format"], "chat");
@@ -626,28 +630,18 @@ spec:
 
     #[test]
     fn tokenizer_uris_resolve_to_a_mountable_directory() {
-        let pvc = |claim: &str, path: &str| Location::Pvc {
-            claim: claim.into(),
-            path: path.into(),
-        };
         for (uri, want) in [
-            ("pvc://models/llama", pvc("models", "llama")),
-            ("pvc://models/llama/", pvc("models", "llama")),
-            ("pvc://models/llama/tokenizer.json", pvc("models", "llama")),
-            ("pvc://models/tokenizer.json", pvc("models", "")),
+            ("pvc://models/llama", "pvc://models/llama"),
+            ("pvc://models/llama/", "pvc://models/llama"),
+            ("pvc://models/llama/tokenizer.json", "pvc://models/llama"),
+            ("pvc://models/tokenizer.json", "pvc://models/"),
             (
                 "pvc://models/my-tokenizer.json",
-                pvc("models", "my-tokenizer.json"),
+                "pvc://models/my-tokenizer.json",
             ),
-            (
-                "file:///models/llama",
-                Location::File("/models/llama".into()),
-            ),
-            (
-                "file:///models/llama/tokenizer.json",
-                Location::File("/models/llama".into()),
-            ),
-            ("file:///tokenizer.json", Location::File("/".into())),
+            ("file:///models/llama", "file:///models/llama"),
+            ("file:///models/llama/tokenizer.json", "file:///models/llama"),
+            ("file:///tokenizer.json", "file:///"),
         ] {
             assert_eq!(tokenizer_dir(uri).expect(uri), want, "{uri}");
         }
@@ -663,10 +657,14 @@ spec:
                 "{bad}"
             );
         }
-        // A file:// tokenizer.json mounts its directory (read-only) into the pod.
-        let cfg = OperatorConfig::for_tests();
+        // A file:// tokenizer.json mounts its directory (read-only) into the pod, where the
+        // admin allows node paths at all.
+        let mut cfg = OperatorConfig::for_tests();
         let mut ds = fixture(QUICKSTART);
         ds.spec.preparation.tokenizer = Some("file:///srv/models/base/tokenizer.json".into());
+        let err = validate(&ds, &cfg, Some("abc")).expect_err("file:// is off by default");
+        assert!(err.to_string().contains("allowFileUris"), "{err}");
+        cfg.allow_file_uris = true;
         let v = validate(&ds, &cfg, Some("abc")).expect("valid");
         assert_eq!(v.prepare_config["tokenizer"], "/srv/models/base");
         let pod = job(&ds, &v, &cfg)

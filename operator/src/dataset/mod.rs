@@ -11,32 +11,29 @@ pub mod build;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
-use tailor_api::conditions::{DEGRADED, READY};
 use tailor_api::{Dataset, DatasetPhase};
-use tracing::Instrument;
 
 use crate::apply;
 use crate::artifacts;
 use crate::cache;
 use crate::context::Context;
+use crate::controller;
 use crate::error::{Category, Error};
-use crate::events;
 use crate::jobs::{self, JOB_LABEL};
 use build::{DATASET_LABEL, Observation, Summary};
 
 pub const NAME: &str = "dataset";
 
-/// The Dataset controller's reconcile context: the shared [`Context`] and the caches of its
-/// prepare Jobs and pods (filled by the controller's own watches, see [`crate::cache`]).
+/// The Dataset controller: the shared [`Context`] and the caches of its prepare Jobs and pods
+/// (filled by the controller's own watches, see [`crate::cache`]).
 pub struct Ctx {
     pub base: Arc<Context>,
     jobs: Store<Job>,
@@ -50,24 +47,26 @@ impl std::ops::Deref for Ctx {
     }
 }
 
+impl controller::Reconciler for Ctx {
+    type K = Dataset;
+    const NAME: &'static str = NAME;
+    fn context(&self) -> &Context {
+        &self.base
+    }
+    fn caches_ready(&self) -> bool {
+        cache::is_ready(&self.jobs) && cache::is_ready(&self.pods)
+    }
+    async fn reconcile(&self, ds: &Dataset) -> Result<Action, Error> {
+        pipeline(ds, self).await
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (datasets, ds_writer) = reflector::store::<Dataset>();
     let (jobs, jobs_writer) = reflector::store::<Job>();
     let (pods, pods_writer) = reflector::store::<Pod>();
-    let config = controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles);
-    let main = cache::reflect_main(
-        ds_writer,
-        Api::<Dataset>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
-    let ctx = Arc::new(Ctx {
-        base: ctx,
-        jobs,
-        pods,
-    });
-    Controller::for_stream(main, datasets)
-        .with_config(config)
+    let (c, _) = controller::new::<Dataset>(client.clone());
+    let c = c
         .owns_stream(cache::reflect(
             jobs_writer,
             Api::<Job>::all(client.clone()),
@@ -86,52 +85,18 @@ pub async fn run(ctx: Arc<Context>) {
                 let ns = pod.namespace().unwrap_or_default();
                 pod.labels()
                     .get(DATASET_LABEL)
-                    .map(|n| ObjectRef::<Dataset>::new(n).within(&ns))
+                    .map(|n| ObjectRef::new(n).within(&ns))
             },
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(controller = NAME, error = %e, "reconcile failed");
-            }
-        })
-        .await;
-}
-
-fn key(ds: &Dataset) -> String {
-    format!(
-        "{NAME}/{}/{}",
-        ds.namespace().unwrap_or_default(),
-        ds.name_any()
+        );
+    controller::run(
+        c,
+        Arc::new(Ctx {
+            base: ctx,
+            jobs,
+            pods,
+        }),
     )
-}
-
-fn error_policy(ds: Arc<Dataset>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    if err.category().is_transient() {
-        Action::requeue(ctx.backoff(&key(&ds)))
-    } else {
-        Action::await_change()
-    }
-}
-
-async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    // The main store is ready before the first reconcile; the others may still be listing.
-    if !(cache::is_ready(&ctx.jobs) && cache::is_ready(&ctx.pods)) {
-        return Ok(Action::requeue(cache::NOT_READY_RETRY));
-    }
-    let _timer = ctx.metrics.reconcile(NAME);
-    let span = tracing::info_span!("reconcile", controller = NAME, namespace = %ds.namespace().unwrap_or_default(), resource = %ds.name_any());
-    let result = pipeline(&ds, &ctx).instrument(span).await;
-    match &result {
-        Ok(_) => ctx.succeeded(&key(&ds)),
-        Err(e) => {
-            tracing::warn!(controller = NAME, namespace = %ds.namespace().unwrap_or_default(), resource = %ds.name_any(), category = %e.category(), error = %e.chain(), "reconcile error");
-            ctx.metrics.error(NAME, e.category());
-            events::publish_error(&ctx, &ds.object_ref(&()), e).await;
-        }
-    }
-    result
+    .await;
 }
 
 async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
@@ -197,7 +162,12 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
     };
     // Observe.
     let state = jobs::job_state(&job);
-    let pods = cache::pods_labelled(&ctx.pods, &ns, JOB_LABEL, &v.job_name);
+    // Only the Job's own pods: a pod that merely carries its labels is not believed.
+    let job_uid = job.metadata.uid.clone().unwrap_or_default();
+    let pods: Vec<_> = cache::pods_labelled(&ctx.pods, &ns, JOB_LABEL, &v.job_name)
+        .into_iter()
+        .filter(|p| jobs::controlled_by(p, &job_uid))
+        .collect();
     let pod = jobs::newest(&pods).map(jobs::pod_state);
     let obs = if state.complete {
         let from_pods = pods
@@ -211,10 +181,10 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
         match from_pods {
             // A shortened message lost invalid-line samples: stats.json has them all.
             Some(s) if s.truncated => {
-                Observation::Prepared(read_stats(cfg, &v.prepared_uri).unwrap_or(s))
+                Observation::Prepared(read_stats(cfg, &ns, &v.prepared_uri).unwrap_or(s))
             }
             Some(s) => Observation::Prepared(s),
-            None => Observation::Prepared(read_stats(cfg, &v.prepared_uri)?),
+            None => Observation::Prepared(read_stats(cfg, &ns, &v.prepared_uri)?),
         }
     } else if let Some((reason, message)) = &state.failed {
         let pod_message = pods
@@ -224,7 +194,7 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
         Observation::Failed {
             message: pod_message
                 .unwrap_or_else(|| format!("prepare Job {}: {reason}: {message}", v.job_name)),
-            stats: read_stats(cfg, &v.prepared_uri).ok(),
+            stats: read_stats(cfg, &ns, &v.prepared_uri).ok(),
         }
     } else {
         Observation::Preparing { pod }
@@ -244,13 +214,19 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
     })
 }
 
-fn read_stats(cfg: &crate::config::OperatorConfig, prepared_uri: &str) -> Result<Summary, Error> {
+fn read_stats(
+    cfg: &crate::config::OperatorConfig,
+    ns: &str,
+    prepared_uri: &str,
+) -> Result<Summary, Error> {
     let unavailable = |message: String| Error::Artifact {
         uri: format!("{prepared_uri}/stats.json"),
         message,
     };
-    let dir = artifacts::operator_path(cfg, prepared_uri).map_err(unavailable)?;
-    let bytes = std::fs::read(dir.join("stats.json")).map_err(|e| unavailable(e.to_string()))?;
+    let dir = artifacts::operator_path(cfg, ns, prepared_uri).map_err(unavailable)?;
+    // Written by a pod of the tenant's: bounded (a well-formed one is a few KiB).
+    let bytes = artifacts::read_bounded(&dir.join("stats.json"), crate::endpoints::SMALL_BODY)
+        .map_err(|e| unavailable(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| unavailable(format!("invalid stats.json: {e}")))
 }
 
@@ -280,22 +256,12 @@ async fn write_status(
     ctx: &Context,
     st: tailor_api::DatasetStatus,
 ) -> Result<(), Error> {
-    let prev = ds.status.clone().unwrap_or_default();
-    if prev == st {
-        return Ok(());
-    }
-    let api = Api::<Dataset>::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
-    apply::apply_status(&api, &ds.name_any(), &st).await?;
-    if prev.phase != st.phase && st.phase == DatasetPhase::Ready {
+    let prev_phase = ds.status.as_ref().map(|s| s.phase);
+    if controller::write_status(ctx, ds, &st).await?
+        && prev_phase != Some(st.phase)
+        && st.phase == DatasetPhase::Ready
+    {
         tracing::info!(namespace = %ds.namespace().unwrap_or_default(), resource = %ds.name_any(), "dataset ready");
     }
-    events::publish_transitions(
-        ctx,
-        &ds.object_ref(&()),
-        &prev.conditions,
-        &st.conditions,
-        &[READY, DEGRADED],
-    )
-    .await;
     Ok(())
 }

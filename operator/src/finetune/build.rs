@@ -21,7 +21,7 @@ use tailor_api::{
     FineTuneJobStatus, Lineage, LocalRef, LoraAdapter, LoraAdapterSpec, Progress,
 };
 
-use crate::artifacts::{self, Location};
+use crate::artifacts;
 use crate::config::OperatorConfig;
 use crate::error::{Category, Error};
 use crate::jobs::{
@@ -34,8 +34,6 @@ pub const FTJ_LABEL: &str = "tailor.dev/finetunejob";
 pub const RUN_SPEC: &str = "tailor.dev/run-spec";
 /// Condition reason (and Event) when a spec change cancels the running attempt.
 pub const SPEC_CHANGED: &str = "SpecChanged";
-/// Annotation on a LoraAdapter with its lineage (JSON), which its controller copies to status.
-pub const LINEAGE_ANNOTATION: &str = "tailor.dev/lineage";
 const CONFIG_KEY: &str = "train.json";
 
 /// What the Dataset says about being trained on.
@@ -115,11 +113,11 @@ pub struct Outputs {
 }
 
 pub fn outputs(ftj: &FineTuneJob, cfg: &OperatorConfig) -> Outputs {
-    let ns = ftj.namespace().unwrap_or_default();
     let name = ftj.name_any();
     let uid: String = ftj.uid().unwrap_or_default().chars().take(8).collect();
     let run = run_spec_hash(ftj);
-    let output_path = format!("finetune/{ns}/{name}-{uid}-{}", &run[..8]);
+    // Relative to the namespace's area of the artifact volume (see crate::artifacts).
+    let output_path = format!("finetune/{name}-{uid}-{}", &run[..8]);
     Outputs {
         adapter_uri: artifacts::pvc_uri(&cfg.artifacts_claim, &output_path),
         output_path,
@@ -134,7 +132,6 @@ pub struct Validated {
     pub job_name: String,
     pub train_config: serde_json::Value,
     pub outputs: Outputs,
-    base: Location,
 }
 
 pub fn validate(
@@ -150,28 +147,18 @@ pub fn validate(
     else {
         return Err(Error::InvalidSpec("dataset is not Ready".into()));
     };
-    let base = artifacts::parse(&ftj.spec.base_model.uri)
+    let ns = ftj.namespace().unwrap_or_default();
+    let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
+    let base_path = vols
+        .add(cfg, &ftj.spec.base_model.uri, true)
         .map_err(|e| Error::InvalidSpec(format!("spec.baseModel.uri: {e}")))?;
-    if matches!(base, Location::Remote(_)) {
-        return Err(Error::InvalidSpec(format!(
-            "spec.baseModel.uri: {} cannot be mounted into the trainer pod; put the checkpoint on a claim (pvc://) or a node path (file://)",
-            ftj.spec.base_model.uri
-        )));
-    }
-    let mut vols = PodVolumes::new(cfg, "unused");
-    let base_path = vols.add(cfg, &base, true).unwrap_or_default();
-    let prepared = artifacts::parse(prepared_uri)
+    let prepared_path = vols
+        .add(cfg, prepared_uri, true)
         .map_err(|e| Error::InvalidSpec(format!("dataset preparedUri: {e}")))?;
-    let prepared_path = vols.add(cfg, &prepared, true).unwrap_or_default();
     let outputs = outputs(ftj, cfg);
-    let output = artifacts::pod_path(
-        cfg,
-        &Location::Pvc {
-            claim: cfg.artifacts_claim.clone(),
-            path: outputs.output_path.clone(),
-        },
-    )
-    .unwrap_or_default();
+    let output = vols
+        .add(cfg, &outputs.adapter_uri, true)
+        .map_err(Error::InvalidSpec)?;
     let h = &ftj.spec.hyperparameters;
     let l = &ftj.spec.lora;
     let mut train_config = json!({
@@ -212,7 +199,6 @@ pub fn validate(
         hash,
         train_config,
         outputs,
-        base,
     })
 }
 
@@ -241,8 +227,10 @@ pub fn config_map(ftj: &FineTuneJob, v: &Validated) -> ConfigMap {
 
 /// The train Job. Owned by the FineTuneJob; `suspend` follows the spec.
 pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
-    let mut vols = PodVolumes::new(cfg, &v.job_name);
-    vols.add(cfg, &v.base, true);
+    let ns = ftj.namespace().unwrap_or_default();
+    let mut vols = PodVolumes::new(cfg, &ns, &v.job_name, true);
+    // Validated: it resolves.
+    let _ = vols.add(cfg, &ftj.spec.base_model.uri, true);
     let mut limits = BTreeMap::new();
     let r = &ftj.spec.resources;
     if r.gpus > 0 {
@@ -895,23 +883,7 @@ pub fn invalid_status(
 }
 
 /// The LoraAdapter a successful run records; not owned by the job, so it outlives it.
-pub fn adapter(
-    ftj: &FineTuneJob,
-    outputs: &Outputs,
-    status: &FineTuneJobStatus,
-    summary: Option<&TrainSummary>,
-    artifact: &AdapterArtifact,
-) -> LoraAdapter {
-    let lineage = Lineage {
-        dataset: Some(ftj.spec.dataset_ref.name.clone()),
-        dataset_content_hash: status.dataset_content_hash.clone(),
-        hyperparameters: Some(ftj.spec.hyperparameters.clone()),
-        base_validation_loss: summary
-            .and_then(|s| s.base_validation_loss)
-            .or(status.base_validation_loss),
-        validation_loss: summary.and_then(|s| s.validation_loss),
-        trained_tokens: summary.and_then(|s| s.tokens),
-    };
+pub fn adapter(ftj: &FineTuneJob, outputs: &Outputs, artifact: &AdapterArtifact) -> LoraAdapter {
     let mut la = LoraAdapter::new(
         &outputs.adapter_name,
         LoraAdapterSpec {
@@ -928,11 +900,26 @@ pub fn adapter(
     );
     la.metadata.namespace = ftj.namespace();
     la.metadata.labels = Some(jobs::managed_labels(FTJ_LABEL, &ftj.name_any()));
-    la.metadata.annotations = Some(BTreeMap::from([(
-        LINEAGE_ANNOTATION.to_string(),
-        serde_json::to_string(&lineage).unwrap_or_default(),
-    )]));
     la
+}
+
+/// The lineage of the adapter a FineTuneJob produced, from what the operator recorded in the
+/// job's status when the run succeeded (and its frozen spec): `None` until then. This, not
+/// anything on the LoraAdapter a user could edit, is what its status and the rollout gate trust.
+pub fn lineage(ftj: &FineTuneJob, cfg: &OperatorConfig, adapter: &LoraAdapter) -> Option<Lineage> {
+    let st = ftj.status.as_ref()?;
+    let recorded = st.phase == FineTuneJobPhase::Succeeded
+        && st.adapter_ref.as_ref().map(|r| r.name.as_str()) == Some(adapter.name_any().as_str())
+        && outputs(ftj, cfg).adapter_uri == adapter.spec.uri
+        && ftj.namespace() == adapter.namespace();
+    recorded.then(|| Lineage {
+        dataset: Some(ftj.spec.dataset_ref.name.clone()),
+        dataset_content_hash: st.dataset_content_hash.clone(),
+        hyperparameters: Some(ftj.spec.hyperparameters.clone()),
+        base_validation_loss: st.base_validation_loss,
+        validation_loss: st.validation_loss,
+        trained_tokens: st.trained_tokens,
+    })
 }
 
 #[cfg(test)]

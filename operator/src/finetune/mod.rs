@@ -21,26 +21,24 @@ pub mod build;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
-use tailor_api::conditions::{DATASET_READY, DEGRADED, READY, SCHEDULED};
+use kube::{Api, ResourceExt};
 use tailor_api::{Checkpoint, Dataset, FineTuneJob, FineTuneJobPhase, LoraAdapter};
-use tracing::Instrument;
 
 use crate::apply;
 use crate::artifacts;
 use crate::cache;
 use crate::context::Context;
+use crate::controller;
 use crate::error::{Category, Error, is_not_found};
-use crate::events;
 use crate::jobs::{self, JOB_LABEL, SPEC_HASH};
 use build::{
     AdapterArtifact, AfterEnd, DatasetGate, FTJ_LABEL, Observed, TrainSummary, TrainerProgress,
@@ -48,11 +46,11 @@ use build::{
 
 pub const NAME: &str = "finetunejob";
 
-/// The FineTuneJob controller's reconcile context: the shared [`Context`] and the caches of
-/// what its reconciles read (filled by the controller's own watches, see [`crate::cache`]).
+/// The FineTuneJob controller: the shared [`Context`] and the caches of what its reconciles
+/// read (filled by the controller's own watches, see [`crate::cache`]).
 pub struct Ctx {
     pub base: Arc<Context>,
-    datasets: Store<Dataset>,
+    datasets: Store<DeserializeGuard<Dataset>>,
     jobs: Store<Job>,
     pods: Store<Pod>,
 }
@@ -64,27 +62,27 @@ impl std::ops::Deref for Ctx {
     }
 }
 
+impl controller::Reconciler for Ctx {
+    type K = FineTuneJob;
+    const NAME: &'static str = NAME;
+    fn context(&self) -> &Context {
+        &self.base
+    }
+    fn caches_ready(&self) -> bool {
+        cache::is_ready(&self.datasets) && cache::is_ready(&self.jobs) && cache::is_ready(&self.pods)
+    }
+    async fn reconcile(&self, ftj: &FineTuneJob) -> Result<Action, Error> {
+        pipeline(ftj, self).await
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (ftjs, ftj_writer) = reflector::store::<FineTuneJob>();
-    let (datasets, ds_writer) = reflector::store::<Dataset>();
+    let (datasets, ds_writer) = reflector::store::<DeserializeGuard<Dataset>>();
     let (jobs, jobs_writer) = reflector::store::<Job>();
     let (pods, pods_writer) = reflector::store::<Pod>();
-    let main = cache::reflect_main(
-        ftj_writer,
-        Api::<FineTuneJob>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
-    let by_dataset = ftjs.clone();
-    let config = controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles);
-    let ctx = Arc::new(Ctx {
-        base: ctx,
-        datasets,
-        jobs,
-        pods,
-    });
-    Controller::for_stream(main, ftjs)
-        .with_config(config)
+    let (c, ftjs) = controller::new::<FineTuneJob>(client.clone());
+    let c = c
         .owns_stream(cache::reflect(
             jobs_writer,
             Api::<Job>::all(client.clone()),
@@ -95,19 +93,23 @@ pub async fn run(ctx: Arc<Context>) {
         .watches_stream(
             cache::reflect(
                 ds_writer,
-                Api::<Dataset>::all(client.clone()),
+                Api::<DeserializeGuard<Dataset>>::all(client.clone()),
                 watcher::Config::default(),
                 // The gate reads status and generation; inline data can be large.
-                |ds: &mut Dataset| ds.spec.source.inline = None,
+                |g: &mut DeserializeGuard<Dataset>| {
+                    if let Ok(ds) = g.0.as_mut() {
+                        ds.spec.source.inline = None;
+                    }
+                },
             ),
             move |ds| {
                 let ns = ds.namespace();
                 let name = ds.name_any();
-                by_dataset
-                    .state()
-                    .into_iter()
+                ftjs.state()
+                    .iter()
+                    .filter_map(|f| controller::valid(f))
                     .filter(|f| f.namespace() == ns && f.spec.dataset_ref.name == name)
-                    .map(|f| ObjectRef::from_obj(&*f))
+                    .map(|f| ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default()))
                     .collect::<Vec<_>>()
             },
         )
@@ -124,53 +126,19 @@ pub async fn run(ctx: Arc<Context>) {
                 let ns = pod.namespace().unwrap_or_default();
                 pod.labels()
                     .get(FTJ_LABEL)
-                    .map(|n| ObjectRef::<FineTuneJob>::new(n).within(&ns))
+                    .map(|n| ObjectRef::new(n).within(&ns))
             },
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(controller = NAME, error = %e, "reconcile failed");
-            }
-        })
-        .await;
-}
-
-fn key(ftj: &FineTuneJob) -> String {
-    format!(
-        "{NAME}/{}/{}",
-        ftj.namespace().unwrap_or_default(),
-        ftj.name_any()
+        );
+    controller::run(
+        c,
+        Arc::new(Ctx {
+            base: ctx,
+            datasets,
+            jobs,
+            pods,
+        }),
     )
-}
-
-fn error_policy(ftj: Arc<FineTuneJob>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    if err.category().is_transient() {
-        Action::requeue(ctx.backoff(&key(&ftj)))
-    } else {
-        Action::await_change()
-    }
-}
-
-async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    // The main store is ready before the first reconcile; the others may still be listing.
-    if !(cache::is_ready(&ctx.datasets) && cache::is_ready(&ctx.jobs) && cache::is_ready(&ctx.pods))
-    {
-        return Ok(Action::requeue(cache::NOT_READY_RETRY));
-    }
-    let _timer = ctx.metrics.reconcile(NAME);
-    let span = tracing::info_span!("reconcile", controller = NAME, namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any());
-    let result = pipeline(&ftj, &ctx).instrument(span).await;
-    match &result {
-        Ok(_) => ctx.succeeded(&key(&ftj)),
-        Err(e) => {
-            tracing::warn!(controller = NAME, namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any(), category = %e.category(), error = %e.chain(), "reconcile error");
-            ctx.metrics.error(NAME, e.category());
-            events::publish_error(&ctx, &ftj.object_ref(&()), e).await;
-        }
-    }
-    result
+    .await;
 }
 
 async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
@@ -211,7 +179,13 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
 
     // Dereference (from the caches).
     let ds = cache::get(&ctx.datasets, &ns, &ftj.spec.dataset_ref.name);
-    let gate = build::dataset_gate(ftj, ds.as_deref());
+    let gate = match ds.as_deref().map(|g| &g.0) {
+        Some(Err(bad)) => DatasetGate::NotReady(format!(
+            "Dataset {:?} could not be read: {}",
+            ftj.spec.dataset_ref.name, bad.error
+        )),
+        found => build::dataset_gate(ftj, found.and_then(|r| r.as_ref().ok())),
+    };
     let started = prev.start_time.is_some();
 
     // Validate. An invalid spec cancels the attempt of the earlier spec, as any other change
@@ -317,7 +291,12 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         if let Some(v) = status_validated.as_mut() {
             v.job_name = job_name.clone();
         }
-        let pods = cache::pods_labelled(&ctx.pods, &ns, JOB_LABEL, &job_name);
+        // Only the Job's own pods: a pod that merely carries its labels is not believed.
+        let job_uid = j.metadata.uid.clone().unwrap_or_default();
+        let pods: Vec<_> = cache::pods_labelled(&ctx.pods, &ns, JOB_LABEL, &job_name)
+            .into_iter()
+            .filter(|p| jobs::controlled_by(p, &job_uid))
+            .collect();
         obs.pods_seen = pods
             .iter()
             .filter(|p| matches!(jobs::pod_state(p).scheduled, Some((true, ..))))
@@ -329,8 +308,8 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         {
             obs.progress = poll_progress(ctx, ip).await;
         }
-        if let Ok(dir) = artifacts::operator_path(cfg, &outputs.adapter_uri)
-            && let Some((step, path)) = artifacts::latest_checkpoint(&dir)
+        if let Ok(dir) = artifacts::operator_path(cfg, &ns, &outputs.adapter_uri)
+            && let Some((step, path)) = artifacts::latest_checkpoint(&dir.path)
         {
             let rel = path
                 .file_name()
@@ -354,18 +333,11 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 .iter()
                 .find(|s| s.status == "Succeeded")
                 .cloned()
-                .or_else(|| read_metrics(cfg, &outputs.adapter_uri));
-            let artifact = adapter_artifact(cfg, &outputs.adapter_uri).await?;
+                .or_else(|| read_metrics(cfg, &ns, &outputs.adapter_uri));
+            let artifact = adapter_artifact(cfg, &ns, &outputs.adapter_uri).await?;
             obs.summary = summary;
             obs.job = Some(state.clone());
-            let pre = build::status(
-                ftj,
-                &gate,
-                status_validated.as_ref(),
-                &obs,
-                Timestamp::now(),
-            );
-            let la = build::adapter(ftj, &outputs, &pre, obs.summary.as_ref(), &artifact);
+            let la = build::adapter(ftj, &outputs, &artifact);
             record_adapter(ctx, &ns, &la).await?;
             obs.adapter = Some(outputs.adapter_name.clone());
         } else if state.failed.is_some() {
@@ -416,12 +388,8 @@ async fn delete_run(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
 
 async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {
     let url = format!("http://{ip}:{}/progress", ctx.config.progress_port);
-    match ctx.http.get(&url).send().await {
-        Ok(r) if r.status().is_success() => r.json::<TrainerProgress>().await.ok(),
-        Ok(r) => {
-            tracing::debug!(%url, status = %r.status(), "progress not available");
-            None
-        }
+    match crate::endpoints::get_json(&ctx.http, &url, None, crate::endpoints::SMALL_BODY).await {
+        Ok(p) => Some(p),
         Err(e) => {
             tracing::debug!(%url, error = %e, "progress not available");
             None
@@ -429,20 +397,22 @@ async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {
     }
 }
 
-fn read_metrics(cfg: &crate::config::OperatorConfig, uri: &str) -> Option<TrainSummary> {
-    let dir = artifacts::operator_path(cfg, uri).ok()?;
-    serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).ok()?).ok()
+fn read_metrics(cfg: &crate::config::OperatorConfig, ns: &str, uri: &str) -> Option<TrainSummary> {
+    let dir = artifacts::operator_path(cfg, ns, uri).ok()?;
+    let bytes = artifacts::read_bounded(&dir.join("metrics.json"), crate::endpoints::SMALL_BODY).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 async fn adapter_artifact(
     cfg: &crate::config::OperatorConfig,
+    ns: &str,
     uri: &str,
 ) -> Result<AdapterArtifact, Error> {
     let unavailable = |message: String| Error::Artifact {
         uri: uri.to_string(),
         message,
     };
-    let dir = artifacts::operator_path(cfg, uri).map_err(unavailable)?;
+    let dir = artifacts::operator_path(cfg, ns, uri).map_err(unavailable)?;
     let file = dir.join("adapter_model.safetensors");
     let (sha256, size_bytes) = tokio::task::spawn_blocking(move || artifacts::sha256_file(&file))
         .await
@@ -478,23 +448,9 @@ async fn write_status(
     ctx: &Context,
     st: tailor_api::FineTuneJobStatus,
 ) -> Result<(), Error> {
-    let prev = ftj.status.clone().unwrap_or_default();
-    if prev == st {
-        return Ok(());
+    let prev_phase = ftj.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if controller::write_status(ctx, ftj, &st).await? && prev_phase != st.phase {
+        tracing::info!(namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any(), from = ?prev_phase, to = ?st.phase, "phase changed");
     }
-    let api =
-        Api::<FineTuneJob>::namespaced(ctx.client.clone(), &ftj.namespace().unwrap_or_default());
-    apply::apply_status(&api, &ftj.name_any(), &st).await?;
-    if prev.phase != st.phase {
-        tracing::info!(namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any(), from = ?prev.phase, to = ?st.phase, "phase changed");
-    }
-    events::publish_transitions(
-        ctx,
-        &ftj.object_ref(&()),
-        &prev.conditions,
-        &st.conditions,
-        &[READY, DEGRADED, DATASET_READY, SCHEDULED],
-    )
-    .await;
     Ok(())
 }

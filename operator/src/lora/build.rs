@@ -8,7 +8,10 @@ use tailor_api::conditions::{self, DEGRADED, READY};
 use tailor_api::{Lineage, LoraAdapter, LoraAdapterPhase, LoraAdapterStatus, Verification};
 
 use crate::artifacts;
-use crate::error::Category;
+use crate::error::{Category, truncate};
+
+/// Longest message status keeps (adapter_config.json values are echoed into it).
+const MESSAGE_MAX: usize = 1000;
 
 /// What was found at the artifact's location.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,13 +124,16 @@ pub fn status(
     la: &LoraAdapter,
     outcome: &Outcome,
     lineage: Option<Lineage>,
+    produced_by: Option<String>,
     now: Timestamp,
 ) -> LoraAdapterStatus {
     let prev = la.status.clone().unwrap_or_default();
     let generation = la.metadata.generation;
+    // Once observed, lineage and ownership stay: they outlive the job (the URI is immutable).
     let mut st = LoraAdapterStatus {
         observed_generation: generation,
         lineage: lineage.or(prev.lineage.clone()),
+        produced_by: produced_by.or(prev.produced_by.clone()),
         ..prev.clone()
     };
     let mut conds = prev.conditions.clone();
@@ -137,6 +143,21 @@ pub fn status(
             conditions::new(t, Some(s), reason, msg, generation),
             now,
         );
+    };
+    let short;
+    let outcome = match outcome {
+        Outcome::Mismatch { found, message } => {
+            short = Outcome::Mismatch {
+                found: found.clone(),
+                message: truncate(message, MESSAGE_MAX),
+            };
+            &short
+        }
+        Outcome::Unavailable(m) => {
+            short = Outcome::Unavailable(truncate(m, MESSAGE_MAX));
+            &short
+        }
+        o => o,
     };
     match outcome {
         Outcome::Verified { found, message } => {
@@ -157,7 +178,7 @@ pub fn status(
                 verified: false,
                 sha256: found.as_ref().map(|f| f.sha256.clone()),
                 size_bytes: found.as_ref().map(|f| f.size_bytes),
-                message: message.clone(),
+                message: truncate(message, MESSAGE_MAX),
                 checked_at: Some(Time(now)),
             });
             let r = Category::VerificationFailed.as_str();
@@ -190,7 +211,7 @@ kind: LoraAdapter
 metadata: {name: support-v1, namespace: tailor-demo}
 spec:
   baseModel: {uri: pvc://tailor-artifacts/models/base}
-  uri: pvc://tailor-artifacts/finetune/tailor-demo/support-v1-abcd
+  uri: pvc://tailor-artifacts/finetune/support-v1-abcd
   rank: 8
   alpha: 16
   targetModules: [q_proj, v_proj]
@@ -222,6 +243,7 @@ spec:
                 message: msg,
             },
             None,
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(st.phase, LoraAdapterPhase::Ready);
@@ -246,6 +268,7 @@ spec:
                 message: err,
             },
             None,
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(st.phase, LoraAdapterPhase::Failed);
@@ -268,6 +291,7 @@ spec:
                 message: msg,
             },
             None,
+            None,
             Timestamp::UNIX_EPOCH,
         ));
         let mut changed = found();
@@ -281,6 +305,7 @@ spec:
         let st = status(
             &la,
             &Outcome::Unavailable("no such file".into()),
+            None,
             None,
             Timestamp::UNIX_EPOCH,
         );

@@ -1,152 +1,134 @@
 //! LoraAdapter controller: verifies adapter artifacts (ones its FineTuneJobs produced and ones
 //! imported by hand) and honours `deletionPolicy` with a finalizer.
 //!
-//! Pipeline: dereference (read the artifact: `adapter_model.safetensors` digest and size,
-//! `adapter_config.json`) → validate/build (pure: [`build::verify`], [`build::status`]) → status.
-//! A Ready adapter is immutable: it is verified once per generation. The lineage a FineTuneJob
-//! recorded in the `tailor.dev/lineage` annotation is copied into status, so it survives the job.
+//! Pipeline: observe (the FineTuneJob that produced it, from the cache) → read the artifact
+//! (`adapter_model.safetensors` digest and size, `adapter_config.json`; bounded, inside the
+//! namespace's area) → validate/build (pure: [`build::verify`], [`build::status`]) → status.
+//! A Ready adapter is immutable: it is verified once per generation.
+//!
+//! Lineage and ownership come only from what the operator observed: the status of the
+//! FineTuneJob that recorded this adapter as its output ([`crate::finetune::build::lineage`]).
+//! That job's status is written by the operator alone; an annotation or a spec field a user
+//! could edit is never believed. Once seen, both are kept in the adapter's status, so they
+//! survive the job. `deletionPolicy: Delete` removes files only where `status.producedBy` says
+//! the operator created them, inside the namespace's own area; an imported adapter's files are
+//! never deleted, whatever its URI says.
 
 pub mod build;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use tailor_api::conditions::{DEGRADED, READY};
-use tailor_api::{DeletionPolicy, Lineage, LoraAdapter, LoraAdapterPhase};
-use tracing::Instrument;
+use tailor_api::{DeletionPolicy, FineTuneJob, LoraAdapter, LoraAdapterPhase};
 
-use crate::apply;
 use crate::artifacts;
+use crate::cache;
 use crate::context::Context;
+use crate::controller::{self, valid};
+use crate::endpoints::SMALL_BODY;
 use crate::error::{Category, Error};
 use crate::events;
-use crate::finetune::build::LINEAGE_ANNOTATION;
 use build::{Found, Outcome};
 
 pub const NAME: &str = "loraadapter";
-/// Held while `deletionPolicy: Delete` has files to remove.
+/// Held while `deletionPolicy: Delete` may have files to remove.
 pub const FINALIZER: &str = "tailor.dev/adapter-artifact";
 
-pub async fn run(ctx: Arc<Context>) {
-    Controller::new(
-        Api::<LoraAdapter>::all(ctx.client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(controller = NAME, error = %e, "reconcile failed");
-        }
-    })
-    .await;
+/// The LoraAdapter controller: the shared [`Context`] and the FineTuneJobs (where lineage and
+/// ownership come from).
+pub struct Ctx {
+    pub base: Arc<Context>,
+    jobs: Store<DeserializeGuard<FineTuneJob>>,
 }
 
-fn key(la: &LoraAdapter) -> String {
-    format!(
-        "{NAME}/{}/{}",
-        la.namespace().unwrap_or_default(),
-        la.name_any()
-    )
-}
-
-fn error_policy(la: Arc<LoraAdapter>, err: &Error, ctx: Arc<Context>) -> Action {
-    if err.category().is_transient() {
-        Action::requeue(ctx.backoff(&key(&la)))
-    } else {
-        Action::await_change()
+impl controller::Reconciler for Ctx {
+    type K = LoraAdapter;
+    const NAME: &'static str = NAME;
+    fn context(&self) -> &Context {
+        &self.base
     }
-}
-
-async fn reconcile(la: Arc<LoraAdapter>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile(NAME);
-    let span = tracing::info_span!("reconcile", controller = NAME, namespace = %la.namespace().unwrap_or_default(), resource = %la.name_any());
-    let result = pipeline(&la, &ctx).instrument(span).await;
-    match &result {
-        Ok(_) => ctx.succeeded(&key(&la)),
-        Err(e) => {
-            tracing::warn!(controller = NAME, namespace = %la.namespace().unwrap_or_default(), resource = %la.name_any(), category = %e.category(), error = %e.chain(), "reconcile error");
-            ctx.metrics.error(NAME, e.category());
-            events::publish_error(&ctx, &la.object_ref(&()), e).await;
-        }
+    fn caches_ready(&self) -> bool {
+        cache::is_ready(&self.jobs)
     }
-    result
-}
-
-async fn set_finalizers(
-    api: &Api<LoraAdapter>,
-    la: &LoraAdapter,
-    finalizers: Vec<String>,
-) -> Result<(), Error> {
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": la.resource_version()}});
-    api.patch(
-        &la.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(Error::apply(format!(
-        "finalizers of LoraAdapter {}",
-        la.name_any()
-    )))
-}
-
-async fn pipeline(la: &LoraAdapter, ctx: &Context) -> Result<Action, Error> {
-    let ns = la.namespace().unwrap_or_default();
-    let api = Api::<LoraAdapter>::namespaced(ctx.client.clone(), &ns);
-    let has_finalizer = la.finalizers().iter().any(|f| f == FINALIZER);
-    if la.meta().deletion_timestamp.is_some() {
-        if has_finalizer {
-            if la.spec.deletion_policy == DeletionPolicy::Delete {
-                delete_artifact(ctx, &la.spec.uri).await?;
+    async fn reconcile(&self, la: &LoraAdapter) -> Result<Action, Error> {
+        let ctx = &self.base;
+        let wants = la.spec.deletion_policy == DeletionPolicy::Delete;
+        let has = la.finalizers().iter().any(|f| f == FINALIZER);
+        if !wants && !has {
+            return verify(la, self).await;
+        }
+        let api = Api::<LoraAdapter>::namespaced(
+            ctx.client.clone(),
+            &la.namespace().unwrap_or_default(),
+        );
+        finalizer(&api, FINALIZER, Arc::new(la.clone()), |event| async move {
+            match event {
+                finalizer::Event::Apply(la) => verify(&la, self).await,
+                finalizer::Event::Cleanup(la) => cleanup(&la, self).await,
             }
-            let rest = la
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            set_finalizers(&api, la, rest).await?;
-        }
-        return Ok(Action::await_change());
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            finalizer::Error::AddFinalizer(k) | finalizer::Error::RemoveFinalizer(k) => {
+                Error::apply(format!("finalizer of LoraAdapter {}", la.name_any()))(k)
+            }
+            other => Error::InvalidSpec(other.to_string()),
+        })
     }
-    let wants_finalizer = la.spec.deletion_policy == DeletionPolicy::Delete;
-    if wants_finalizer != has_finalizer {
-        let mut f: Vec<String> = la
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        if wants_finalizer {
-            f.push(FINALIZER.to_string());
-        }
-        // The patch triggers another reconcile, which verifies.
-        return set_finalizers(&api, la, f)
-            .await
-            .map(|_| Action::await_change());
-    }
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (jobs, jobs_writer) = reflector::store::<DeserializeGuard<FineTuneJob>>();
+    let (c, _) = controller::new::<LoraAdapter>(client.clone());
+    // A FineTuneJob recording its adapter (status.adapterRef) is what gives the adapter its
+    // lineage: look again then.
+    let c = c.watches_stream(
+        cache::reflect(
+            jobs_writer,
+            Api::<DeserializeGuard<FineTuneJob>>::all(client),
+            watcher::Config::default(),
+            |_| {},
+        ),
+        |g| {
+            let ftj = valid(&g)?;
+            let name = ftj.status.as_ref()?.adapter_ref.as_ref()?.name.clone();
+            Some(ObjectRef::new(&name).within(&ftj.namespace().unwrap_or_default()))
+        },
+    );
+    controller::run(c, Arc::new(Ctx { base: ctx, jobs })).await;
+}
+
+async fn verify(la: &LoraAdapter, r: &Ctx) -> Result<Action, Error> {
+    let ctx = &r.base;
+    let ns = la.namespace().unwrap_or_default();
     let prev = la.status.clone().unwrap_or_default();
-    let lineage: Option<Lineage> = la
-        .annotations()
-        .get(LINEAGE_ANNOTATION)
-        .and_then(|s| serde_json::from_str(s).ok());
-    // The artifact is immutable once Ready: verified once per generation.
+    let source = la
+        .spec
+        .source_job
+        .as_deref()
+        .and_then(|j| cache::get(&r.jobs, &ns, j));
+    let lineage = source
+        .as_deref()
+        .and_then(valid)
+        .and_then(|ftj| crate::finetune::build::lineage(ftj, &ctx.config, la));
+    // The artifact is immutable once Ready: verified once per generation, and again only when
+    // its producing job's record newly appears.
     if prev.phase == LoraAdapterPhase::Ready
         && prev.observed_generation == la.metadata.generation
-        && (lineage.is_none() || prev.lineage == lineage)
+        && (lineage.is_none() || prev.produced_by.is_some())
     {
         return Ok(Action::await_change());
     }
-    let outcome = match read_artifact(ctx, &la.spec.uri).await {
+    let outcome = match read_artifact(ctx, &ns, &la.spec.uri).await {
         Err(message) => Outcome::Unavailable(message),
         Ok(found) => match build::verify(la, &found) {
             Ok(message) => Outcome::Verified { found, message },
@@ -156,18 +138,9 @@ async fn pipeline(la: &LoraAdapter, ctx: &Context) -> Result<Action, Error> {
             },
         },
     };
-    let st = build::status(la, &outcome, lineage, Timestamp::now());
-    if st != prev {
-        apply::apply_status(&api, &la.name_any(), &st).await?;
-        events::publish_transitions(
-            ctx,
-            &la.object_ref(&()),
-            &prev.conditions,
-            &st.conditions,
-            &[READY, DEGRADED],
-        )
-        .await;
-    }
+    let produced_by = lineage.as_ref().and(la.spec.source_job.clone());
+    let st = build::status(la, &outcome, lineage, produced_by, Timestamp::now());
+    controller::write_status(ctx, la, &st).await?;
     Ok(match outcome {
         Outcome::Verified { .. } => Action::await_change(),
         Outcome::Mismatch { .. } => {
@@ -176,21 +149,25 @@ async fn pipeline(la: &LoraAdapter, ctx: &Context) -> Result<Action, Error> {
         }
         Outcome::Unavailable(_) => {
             ctx.metrics.error(NAME, Category::ArtifactUnavailable);
-            Action::requeue(ctx.backoff(&key(la)).max(Duration::from_secs(5)))
+            Action::requeue(
+                ctx.backoff(&format!("{NAME}/{ns}/{}", la.name_any()))
+                    .max(Duration::from_secs(5)),
+            )
         }
     })
 }
 
-async fn read_artifact(ctx: &Context, uri: &str) -> Result<Found, String> {
-    let dir: PathBuf = artifacts::operator_path(&ctx.config, uri)?;
+async fn read_artifact(ctx: &Context, ns: &str, uri: &str) -> Result<Found, String> {
+    let dir = artifacts::operator_path(&ctx.config, ns, uri)?;
     tokio::task::spawn_blocking(move || {
         let weights = dir.join("adapter_model.safetensors");
-        let (sha256, size_bytes) =
-            artifacts::sha256_file(&weights).map_err(|e| format!("{}: {e}", weights.display()))?;
+        let (sha256, size_bytes) = artifacts::sha256_file(&weights)
+            .map_err(|e| format!("{}: {e}", weights.path.display()))?;
         let cfg_path = dir.join("adapter_config.json");
-        let bytes = std::fs::read(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+        let bytes = artifacts::read_bounded(&cfg_path, SMALL_BODY)
+            .map_err(|e| format!("{}: {e}", cfg_path.path.display()))?;
         let adapter_config = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: invalid JSON: {e}", cfg_path.display()))?;
+            .map_err(|e| format!("{}: invalid JSON: {e}", cfg_path.path.display()))?;
         Ok(Found {
             sha256,
             size_bytes,
@@ -201,21 +178,57 @@ async fn read_artifact(ctx: &Context, uri: &str) -> Result<Found, String> {
     .map_err(|e| e.to_string())?
 }
 
-async fn delete_artifact(ctx: &Context, uri: &str) -> Result<(), Error> {
-    let dir = match artifacts::operator_path(&ctx.config, uri) {
-        Ok(d) => d,
-        Err(message) => {
-            // Nothing the operator can reach: keep the object from hanging forever.
-            tracing::warn!(%uri, %message, "cannot delete adapter artifact");
-            return Ok(());
-        }
+/// Deletion with `deletionPolicy: Delete`: removes the artifact only if the operator created it
+/// (`status.producedBy`), and only inside the namespace's own area.
+async fn cleanup(la: &LoraAdapter, r: &Ctx) -> Result<Action, Error> {
+    let ctx = &r.base;
+    let ns = la.namespace().unwrap_or_default();
+    let uri = &la.spec.uri;
+    let produced_by = la.status.as_ref().and_then(|s| s.produced_by.clone());
+    let in_area = matches!(
+        artifacts::resolve(&ctx.config, uri),
+        Ok(artifacts::Resolved::Area { .. })
+    );
+    let keep = |why: String| {
+        tracing::info!(namespace = %ns, resource = %la.name_any(), %uri, reason = %why, "not deleting adapter artifact");
+        events::publish(
+            ctx,
+            &la.object_ref(&()),
+            kube::runtime::events::EventType::Normal,
+            "ArtifactRetained",
+            &format!("{uri} was not deleted: {why}"),
+            "Delete",
+        );
+        Ok(Action::await_change())
     };
-    match tokio::fs::remove_dir_all(&dir).await {
+    if la.spec.deletion_policy != DeletionPolicy::Delete {
+        return keep("deletionPolicy is Retain".into());
+    }
+    let Some(job) = produced_by else {
+        return keep(
+            "the operator did not create these files (an imported adapter, or one never verified as a FineTuneJob's output)"
+                .into(),
+        );
+    };
+    if !in_area {
+        return keep("it is outside the namespace's own artifact area".into());
+    }
+    let dir = match artifacts::operator_path(&ctx.config, &ns, uri) {
+        Ok(d) => d,
+        Err(message) => return keep(message),
+    };
+    // Symlinks followed first: a planted link must not lead the deletion into another area.
+    let real = match artifacts::contained(&dir) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Action::await_change()),
+        Err(e) => return keep(e.to_string()),
+    };
+    match tokio::fs::remove_dir_all(&real).await {
         Ok(()) => {
-            tracing::info!(%uri, "deleted adapter artifact");
-            Ok(())
+            tracing::info!(namespace = %ns, resource = %la.name_any(), %uri, job = %job, "deleted adapter artifact");
+            Ok(Action::await_change())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Action::await_change()),
         Err(e) => Err(Error::Artifact {
             uri: uri.to_string(),
             message: format!("deleting: {e}"),

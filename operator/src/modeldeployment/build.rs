@@ -13,7 +13,12 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSpec as K8sPodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ResourceRequirements, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -24,7 +29,6 @@ use serde_json::{Value, json};
 use tailor_api::ModelDeployment;
 
 use super::revision::{RevisionSpec, pod_part};
-use crate::artifacts;
 use crate::config::OperatorConfig;
 use crate::jobs::{self, CONFIG_DIR, PodVolumes};
 
@@ -45,6 +49,51 @@ pub const SERVER_CONFIG_KEY: &str = "server.json";
 pub const ROUTER_CONFIG_DIR: &str = "/etc/tailor-router";
 pub const ROUTER_CONFIG_KEY: &str = "config.yaml";
 pub const SNAPSHOT_KEY: &str = "revision.json";
+/// Where server and router pods find the deployment's serving token.
+pub const TOKEN_DIR: &str = "/etc/tailor-token";
+/// The key of the token in its Secret (and the file name in [`TOKEN_DIR`]).
+pub const TOKEN_KEY: &str = "token";
+
+/// The Secret with the deployment's serving token.
+pub fn token_secret_name(md: &str) -> String {
+    jobs::child_name(md, "token")
+}
+
+/// The serving token's Secret, owned by the deployment (made once; never re-applied, so the
+/// token does not change under running pods).
+pub fn token_secret(md: &ModelDeployment, token: &str) -> Secret {
+    let md_name = md.name_any();
+    Secret {
+        metadata: meta(md, token_secret_name(&md_name), labels(&md_name, "tailor-token")),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+fn token_volume(md: &str) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(token_secret_name(md)),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    )
+}
+
+fn token_file() -> String {
+    format!("{TOKEN_DIR}/{TOKEN_KEY}")
+}
 
 /// Deployment, Service and server ConfigMap of a pod revision.
 pub fn serving_name(md: &str, pod_revision: &str) -> String {
@@ -145,23 +194,24 @@ pub struct ServingVolumes {
 /// Resolves the base model and `adapters` (name → artifact URI) to paths in the serving pods.
 pub fn serving_volumes(
     cfg: &OperatorConfig,
+    ns: &str,
     config_map: &str,
     base_uri: &str,
     adapters: &BTreeMap<String, String>,
 ) -> Result<ServingVolumes, String> {
-    let mut vols = PodVolumes::new(cfg, config_map);
-    let mut add = |uri: &str| -> Result<String, String> {
-        let loc = artifacts::parse(uri)?;
-        vols.add(cfg, &loc, true)
-            .map(|p| p.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                format!("{uri}: serving pods can only mount pvc:// and file:// artifacts")
-            })
-    };
-    let base_path = add(base_uri)?;
+    // Serving pods only read: the namespace's area is mounted read-only.
+    let mut vols = PodVolumes::new(cfg, ns, config_map, false);
+    let base_path = vols
+        .add(cfg, base_uri, true)
+        .map_err(|e| format!("spec.baseModel.uri: {e}"))?
+        .to_string_lossy()
+        .into_owned();
     let mut paths = BTreeMap::new();
     for (name, uri) in adapters {
-        paths.insert(name.clone(), add(uri)?);
+        let p = vols
+            .add(cfg, uri, true)
+            .map_err(|e| format!("adapter {name}: {e}"))?;
+        paths.insert(name.clone(), p.to_string_lossy().into_owned());
     }
     Ok(ServingVolumes {
         volumes: vols,
@@ -257,7 +307,15 @@ pub fn server_deployment(
         p.dtype.clone(),
         "--config".into(),
         format!("{CONFIG_DIR}/{SERVER_CONFIG_KEY}"),
+        // Inference and the admin API answer only the router and the operator.
+        "--api-key-file".into(),
+        token_file(),
     ];
+    let (token_vol, token_mount) = token_volume(&md_name);
+    let mut mounts = vols.volumes.mounts.clone();
+    mounts.push(token_mount);
+    let mut volumes = vols.volumes.volumes.clone();
+    volumes.push(token_vol);
     Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
@@ -301,10 +359,10 @@ pub fn server_deployment(
                             limits: (!limits.is_empty()).then_some(limits),
                             ..Default::default()
                         }),
-                        volume_mounts: Some(vols.volumes.mounts.clone()),
+                        volume_mounts: Some(mounts),
                         ..Default::default()
                     }],
-                    volumes: Some(vols.volumes.volumes.clone()),
+                    volumes: Some(volumes),
                     node_selector: (!md.spec.node_selector.is_empty())
                         .then(|| md.spec.node_selector.clone()),
                     tolerations: (!md.spec.tolerations.is_empty())
@@ -545,6 +603,11 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
                             format!("$(POD_IP):{ROUTER_PORT}"),
                             "--admin-listen".into(),
                             format!("$(POD_IP):{ROUTER_ADMIN_PORT}"),
+                            // Sent to the servers; required of /stats (the operator).
+                            "--backend-token-file".into(),
+                            token_file(),
+                            "--admin-token-file".into(),
+                            token_file(),
                         ]),
                         env: Some(vec![pod_ip_env()]),
                         ports: Some(vec![
@@ -561,22 +624,28 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
                         ]),
                         readiness_probe: Some(http_probe("/readyz", "http", 2, 3)),
                         liveness_probe: Some(http_probe("/healthz", "http", 10, 3)),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "config".into(),
-                            mount_path: ROUTER_CONFIG_DIR.into(),
-                            read_only: Some(true),
-                            ..Default::default()
-                        }]),
+                        volume_mounts: Some(vec![
+                            VolumeMount {
+                                name: "config".into(),
+                                mount_path: ROUTER_CONFIG_DIR.into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            },
+                            token_volume(&md_name).1,
+                        ]),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: name.clone(),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.clone(),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        },
+                        token_volume(&md_name).0,
+                    ]),
                     termination_grace_period_seconds: Some(45),
                     ..Default::default()
                 }),
@@ -608,6 +677,87 @@ pub fn router_service(md: &ModelDeployment) -> Service {
         }),
         ..Default::default()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network
+
+fn peer(labels: BTreeMap<String, String>, namespace: Option<&str>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(labels),
+            ..Default::default()
+        }),
+        namespace_selector: namespace.map(|ns| LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                ns.to_string(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn port(p: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// The NetworkPolicies of a deployment: its servers accept only its router and the operator;
+/// its router accepts clients on the API port and only the operator on the admin port (`/stats`).
+pub fn network_policies(md: &ModelDeployment, operator_namespace: &str) -> Vec<NetworkPolicy> {
+    let md_name = md.name_any();
+    let operator = peer(
+        BTreeMap::from([(
+            "app.kubernetes.io/name".to_string(),
+            "tailor-operator".to_string(),
+        )]),
+        Some(operator_namespace),
+    );
+    let router_pods = selector(&labels(&md_name, "tailor-router"));
+    let server_pods = selector(&labels(&md_name, "tailor-server"));
+    let policy = |name: String, pods: BTreeMap<String, String>, ingress: Vec<NetworkPolicyIngressRule>| {
+        NetworkPolicy {
+            metadata: meta(md, name, labels(&md_name, "tailor-network")),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(pods),
+                    ..Default::default()
+                }),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(ingress),
+                ..Default::default()
+            }),
+        }
+    };
+    vec![
+        policy(
+            jobs::child_name(&md_name, "servers"),
+            server_pods,
+            vec![NetworkPolicyIngressRule {
+                from: Some(vec![peer(router_pods.clone(), None), operator.clone()]),
+                ports: Some(vec![port(SERVER_PORT)]),
+            }],
+        ),
+        policy(
+            router_name(&md_name),
+            router_pods,
+            vec![
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![port(ROUTER_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![operator]),
+                    ports: Some(vec![port(ROUTER_ADMIN_PORT)]),
+                },
+            ],
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -1,125 +1,221 @@
 //! The ModelDeployment controller: the I/O around the pure pipeline (see the module header).
+//!
+//! Reconciles read Deployments, ReplicaSets, Services, ConfigMaps, pods and LoraAdapters from
+//! caches the controller's own watches fill; the only reads from the API server are the two
+//! Secrets a deployment uses (its users' API keys and the serving token), by name in its
+//! namespace. HTTP calls to pods go through [`super::clients`], concurrently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::api::{DeleteParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use tailor_api::conditions::{DEGRADED, READY};
 use tailor_api::{LoraAdapter, LoraAdapterPhase, MetricsSource, ModelDeployment, PodAdapters};
-use tracing::Instrument;
 
-use super::analysis::Sample;
 use super::build::{self, MDEP_LABEL, REVISION_LABEL, SNAPSHOT_LABEL, Side};
+use super::clients::{self, Peer};
 use super::revision::{ResolvedAdapter, RevisionSpec};
 use super::rollout::{self, Readiness, Window};
 use super::{NAME, gate, pods, stats};
 use crate::apply;
+use crate::cache;
 use crate::context::Context;
-use crate::error::{Error, truncate};
+use crate::controller::{self, valid};
+use crate::error::{Category, Error, is_not_found};
 use crate::events;
+use crate::jobs;
+
+/// The ModelDeployment controller: the shared [`Context`] and the caches of everything its
+/// reconciles read.
+pub struct Ctx {
+    pub base: Arc<Context>,
+    deployments: Store<Deployment>,
+    replica_sets: Store<ReplicaSet>,
+    services: Store<Service>,
+    config_maps: Store<ConfigMap>,
+    pods: Store<Pod>,
+    adapters: Store<DeserializeGuard<LoraAdapter>>,
+}
+
+impl controller::Reconciler for Ctx {
+    type K = ModelDeployment;
+    const NAME: &'static str = NAME;
+    fn context(&self) -> &Context {
+        &self.base
+    }
+    fn caches_ready(&self) -> bool {
+        cache::is_ready(&self.deployments)
+            && cache::is_ready(&self.replica_sets)
+            && cache::is_ready(&self.services)
+            && cache::is_ready(&self.config_maps)
+            && cache::is_ready(&self.pods)
+            && cache::is_ready(&self.adapters)
+    }
+    async fn reconcile(&self, md: &ModelDeployment) -> Result<Action, Error> {
+        if md.meta().deletion_timestamp.is_some() {
+            // Children are owned: garbage collection removes them.
+            return Ok(Action::await_change());
+        }
+        match pipeline(md, self).await {
+            Err(Error::InvalidSpec(message)) => {
+                invalid(md, &self.base, Category::InvalidSpec, &message).await?;
+                Ok(Action::await_change())
+            }
+            other => other,
+        }
+    }
+}
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let children = || watcher::Config::default().labels(MDEP_LABEL);
-    let controller = Controller::new(
-        Api::<ModelDeployment>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
-    // A LoraAdapter becoming Ready (its job just finished) is what a waiting deployment needs:
-    // look again at once rather than at the next back-off.
-    let deployments = controller.store();
-    controller
-        .owns(Api::<Deployment>::all(client.clone()), children())
-        .watches(
-            Api::<LoraAdapter>::all(client.clone()),
-            watcher::Config::default(),
-            move |la: LoraAdapter| {
+    let (deployments, deployments_w) = reflector::store::<Deployment>();
+    let (replica_sets, replica_sets_w) = reflector::store::<ReplicaSet>();
+    let (services, services_w) = reflector::store::<Service>();
+    let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let (adapters, adapters_w) = reflector::store::<DeserializeGuard<LoraAdapter>>();
+    // Caches that trigger nothing (a reconcile's own writes to them would only wake it again):
+    // their watches are polled on their own.
+    let quiet = futures::stream::select_all([
+        cache::reflect(
+            replica_sets_w,
+            Api::<ReplicaSet>::all(client.clone()),
+            children(),
+            |_| {},
+        )
+        .map(|_| ())
+        .boxed(),
+        cache::reflect(
+            services_w,
+            Api::<Service>::all(client.clone()),
+            children(),
+            |_| {},
+        )
+        .map(|_| ())
+        .boxed(),
+        cache::reflect(
+            config_maps_w,
+            Api::<ConfigMap>::all(client.clone()),
+            children(),
+            |_| {},
+        )
+        .map(|_| ())
+        .boxed(),
+    ]);
+    tokio::spawn(quiet.for_each(|_| async {}));
+    let (c, mds) = controller::new::<ModelDeployment>(client.clone());
+    let c = c
+        .owns_stream(cache::reflect(
+            deployments_w,
+            Api::<Deployment>::all(client.clone()),
+            children(),
+            cache::trim_deployment,
+        ))
+        // A serving pod becoming ready (or going away) changes what serves.
+        .watches_stream(
+            cache::reflect(
+                pods_w,
+                Api::<Pod>::all(client.clone()),
+                children(),
+                cache::trim_pod,
+            ),
+            |pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                pod.labels()
+                    .get(MDEP_LABEL)
+                    .map(|n| ObjectRef::new(n).within(&ns))
+            },
+        )
+        // A LoraAdapter becoming Ready (its job just finished) is what a waiting deployment
+        // needs: look again at once rather than at the next back-off.
+        .watches_stream(
+            cache::reflect(
+                adapters_w,
+                Api::<DeserializeGuard<LoraAdapter>>::all(client),
+                watcher::Config::default(),
+                |_| {},
+            ),
+            move |la| {
                 let ns = la.namespace();
                 let name = la.name_any();
-                deployments
-                    .state()
-                    .into_iter()
+                mds.state()
+                    .iter()
+                    .filter_map(|g| valid(g))
                     .filter(|md| {
                         md.namespace() == ns
                             && md.spec.adapters.iter().any(|a| a.adapter_ref.name == name)
                     })
-                    .map(|md| ObjectRef::from_obj(&*md))
+                    .map(|md| {
+                        ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default())
+                    })
                     .collect::<Vec<_>>()
             },
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(controller = NAME, error = %e, "reconcile failed");
-            }
-        })
-        .await;
-}
-
-fn key(md: &ModelDeployment) -> String {
-    format!(
-        "{NAME}/{}/{}",
-        md.namespace().unwrap_or_default(),
-        md.name_any()
+        );
+    controller::run(
+        c,
+        Arc::new(Ctx {
+            base: ctx,
+            deployments,
+            replica_sets,
+            services,
+            config_maps,
+            pods,
+            adapters,
+        }),
     )
+    .await;
 }
 
-fn error_policy(md: Arc<ModelDeployment>, err: &Error, ctx: Arc<Context>) -> Action {
-    if err.category().is_transient() {
-        Action::requeue(ctx.backoff(&key(&md)))
-    } else {
-        Action::await_change()
-    }
-}
-
-async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile(NAME);
-    let span = tracing::info_span!("reconcile", controller = NAME, namespace = %md.namespace().unwrap_or_default(), resource = %md.name_any());
-    let result = pipeline(&md, &ctx).instrument(span).await;
-    match &result {
-        Ok(_) => ctx.succeeded(&key(&md)),
-        Err(e) => {
-            tracing::warn!(controller = NAME, namespace = %md.namespace().unwrap_or_default(), resource = %md.name_any(), category = %e.category(), error = %e.chain(), "reconcile error");
-            ctx.metrics.error(NAME, e.category());
-            events::publish_error(&ctx, &md.object_ref(&()), e).await;
-        }
-    }
-    result
-}
-
-/// The LoraAdapters the spec names, resolved. A missing or unverified adapter is waited for
-/// (transient: its FineTuneJob may still be writing it).
-async fn resolve_adapters(
+/// Status for a spec the operator cannot act on: the condition says why; the children that
+/// serve keep serving, untouched, until the spec changes.
+async fn invalid(
     md: &ModelDeployment,
     ctx: &Context,
-    ns: &str,
-) -> Result<Vec<ResolvedAdapter>, Error> {
-    let api = Api::<LoraAdapter>::namespaced(ctx.client.clone(), ns);
+    category: Category,
+    message: &str,
+) -> Result<(), Error> {
+    ctx.metrics.error(NAME, category);
+    let st = rollout::invalid_status(md, category.as_str(), message, Timestamp::now());
+    controller::write_status(ctx, md, &st).await?;
+    Ok(())
+}
+
+/// The LoraAdapters the spec names, resolved from the cache. A missing or unverified adapter is
+/// waited for (transient: its FineTuneJob may still be writing it).
+fn resolve_adapters(md: &ModelDeployment, r: &Ctx, ns: &str) -> Result<Vec<ResolvedAdapter>, Error> {
     let mut out = vec![];
     for a in &md.spec.adapters {
         let name = &a.adapter_ref.name;
-        let la = api
-            .get_opt(name)
-            .await
-            .map_err(Error::kube(format!("reading LoraAdapter {name}")))?
-            .ok_or_else(|| Error::Artifact {
-                uri: format!("LoraAdapter {name}"),
-                message: format!(
+        let waiting = |message: String| Error::Artifact {
+            uri: format!("LoraAdapter {name}"),
+            message,
+        };
+        let la = match cache::get(&r.adapters, ns, name).as_deref().map(|g| g.0.clone()) {
+            None => {
+                return Err(waiting(format!(
                     "adapter {:?} refers to LoraAdapter {name}, which does not exist (yet)",
                     a.name
-                ),
-            })?;
+                )));
+            }
+            Some(Err(bad)) => {
+                return Err(waiting(format!(
+                    "LoraAdapter {name} could not be read: {}",
+                    bad.error
+                )));
+            }
+            Some(Ok(la)) => la,
+        };
         let st = la.status.clone().unwrap_or_default();
         if st.phase != LoraAdapterPhase::Ready {
             return Err(Error::Artifact {
@@ -140,40 +236,94 @@ async fn resolve_adapters(
     Ok(out)
 }
 
+/// A key of a Secret in `ns`, read by name (the operator has no list or watch on Secrets).
+/// A Secret that does not exist yet is waited for with back-off.
+async fn secret_key(
+    ctx: &Context,
+    ns: &str,
+    field: &str,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, Error> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+        .ok_or_else(|| {
+            Error::SecretNotFound(format!(
+                "{field}: Secret {name:?} not found in {ns}; waiting for it"
+            ))
+        })?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .ok_or_else(|| {
+            Error::SecretNotFound(format!(
+                "{field}: Secret {name:?} has no key {key:?}; waiting for it"
+            ))
+        })
+}
+
 /// API keys from the Secret, one per line.
 async fn api_keys(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Vec<String>, Error> {
     let Some(auth) = &md.spec.auth else {
         return Ok(vec![]);
     };
     let r = &auth.api_key_secret_ref;
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&r.name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {}", r.name)))?
-        .ok_or_else(|| {
-            Error::InvalidSpec(format!(
-                "spec.auth.apiKeySecretRef: Secret {} not found",
-                r.name
-            ))
-        })?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .ok_or_else(|| {
-            Error::InvalidSpec(format!(
-                "spec.auth.apiKeySecretRef: Secret {} has no key {:?}",
-                r.name, r.key
-            ))
-        })?;
+    let bytes = secret_key(ctx, ns, "spec.auth.apiKeySecretRef", &r.name, &r.key).await?;
     Ok(String::from_utf8_lossy(&bytes)
         .lines()
         .map(str::to_string)
         .collect())
 }
 
-/// A serving pod that is ready, with its IP.
+/// The deployment's serving token (a Secret it owns, made once with a random value): servers
+/// require it, the router sends it to them, and the operator uses it for their admin API and
+/// the router's `/stats`.
+async fn serving_token(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<String, Error> {
+    let name = build::token_secret_name(&md.name_any());
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    let read = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(build::TOKEN_KEY))
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    if let Some(s) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+        && let Some(t) = read(&s)
+    {
+        return Ok(t);
+    }
+    let secret = build::token_secret(md, &new_token());
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(s) => read(&s).ok_or_else(|| Error::Verification(format!("Secret {name} has no token"))),
+        // Another pass made it first: use that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let s = api
+                .get(&name)
+                .await
+                .map_err(Error::kube(format!("reading Secret {name}")))?;
+            read(&s).ok_or_else(|| Error::Verification(format!("Secret {name} has no token")))
+        }
+        Err(e) => Err(Error::apply(format!("Secret {name}"))(e)),
+    }
+}
+
+/// 32 random bytes, hex.
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A serving pod that is ready, with its IP and what it holds.
 struct ServingPod {
     name: String,
     ip: String,
@@ -187,50 +337,65 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn admin_list(ctx: &Context, ip: &str) -> Result<Vec<pods::ServerAdapter>, String> {
-    let url = format!("http://{ip}:{}/admin/adapters", build::SERVER_PORT);
-    let resp = ctx
-        .http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-    pods::parse_adapters(&body)
-}
-
-/// Ready serving pods of a pod revision and the adapters each holds.
-async fn serving_pods(
-    ctx: &Context,
-    ns: &str,
-    md: &str,
-    pod_revision: &str,
-) -> Result<Vec<ServingPod>, Error> {
-    let selector = format!(
-        "{MDEP_LABEL}={md},{REVISION_LABEL}={pod_revision},app.kubernetes.io/name=tailor-server"
-    );
-    let list = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube("listing serving pods"))?;
-    let mut out = vec![];
-    for p in list
-        .items
-        .iter()
-        .filter(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
-    {
-        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-            continue;
+impl Ctx {
+    /// Ready serving pods of a pod revision: only pods of a ReplicaSet of the revision's own
+    /// Deployment (a pod that merely carries the labels is not called), with the adapters each
+    /// holds.
+    async fn serving_pods(
+        &self,
+        peer: Peer<'_>,
+        ns: &str,
+        md: &str,
+        pod_revision: &str,
+    ) -> Vec<ServingPod> {
+        let Some(deployment) = cache::get(&self.deployments, ns, &build::serving_name(md, pod_revision))
+        else {
+            return vec![];
         };
-        let listed = admin_list(ctx, &ip).await.unwrap_or_default();
-        out.push(ServingPod {
-            name: p.name_any(),
-            ip,
-            listed,
-        });
+        let dep_uid = deployment.metadata.uid.clone().unwrap_or_default();
+        let rs_uids: BTreeSet<String> = self
+            .replica_sets
+            .state()
+            .iter()
+            .filter(|rs| rs.namespace().as_deref() == Some(ns))
+            .filter(|rs| {
+                rs.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.controller == Some(true) && o.uid == dep_uid)
+            })
+            .filter_map(|rs| rs.metadata.uid.clone())
+            .collect();
+        let mut found: Vec<(String, String)> = cache::pods_labelled(&self.pods, ns, MDEP_LABEL, md)
+            .into_iter()
+            .filter(|p| {
+                p.labels().get(REVISION_LABEL).map(String::as_str) == Some(pod_revision)
+                    && p.labels().get("app.kubernetes.io/name").map(String::as_str)
+                        == Some("tailor-server")
+                    && pod_ready(p)
+                    && p.metadata.deletion_timestamp.is_none()
+                    && rs_uids.iter().any(|uid| jobs::controlled_by(p, uid))
+            })
+            .filter_map(|p| {
+                let ip = p.status.as_ref()?.pod_ip.clone()?;
+                Some((p.name_any(), ip))
+            })
+            .collect();
+        found.sort();
+        clients::fan_out(found, |(name, ip)| async move {
+            let listed = peer.list_adapters(&ip).await.unwrap_or_else(|e| {
+                tracing::debug!(pod = %name, error = %e, "listing adapters");
+                vec![]
+            });
+            ServingPod { name, ip, listed }
+        })
+        .await
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+
+    fn config_map(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        cache::get(&self.config_maps, ns, name)
+    }
 }
 
 fn readiness_of(pods_: &[ServingPod], replicas: i32, spec: &RevisionSpec) -> Readiness {
@@ -246,134 +411,39 @@ fn readiness_of(pods_: &[ServingPod], replicas: i32, spec: &RevisionSpec) -> Rea
 /// status lines. Unloading waits (`unload` false) until the router runs a config that no
 /// longer sends requests to what would be unloaded.
 async fn sync_adapters(
-    ctx: &Context,
+    peer: Peer<'_>,
     pods_: &[ServingPod],
     pod_revision: &str,
     desired: &BTreeMap<String, String>,
     unload: bool,
 ) -> Vec<PodAdapters> {
-    let mut out = vec![];
-    for p in pods_ {
-        let mut plan = pods::load_plan(&p.listed, desired);
-        if !unload {
-            plan.unload.clear();
-        }
-        let mut errors = BTreeMap::new();
-        let base = format!("http://{}:{}/admin/adapters", p.ip, build::SERVER_PORT);
-        for (name, path) in &plan.load {
-            let body = serde_json::json!({"name": name, "path": path});
-            match ctx.http.post(&base).json(&body).send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    errors.insert(name.clone(), truncate(&format!("{status}: {text}"), 300));
-                }
-                Err(e) => {
-                    errors.insert(name.clone(), truncate(&e.to_string(), 300));
-                }
+    // Collected: a lazy iterator over borrowed pods held across the awaits below makes the
+    // reconcile future's Send proof fail.
+    let plans: Vec<_> = pods_
+        .iter()
+        .map(|p| {
+            let mut plan = pods::load_plan(&p.listed, desired);
+            if !unload {
+                plan.unload.clear();
             }
-        }
-        for name in &plan.unload {
-            if let Err(e) = ctx.http.delete(format!("{base}/{name}")).send().await {
-                tracing::warn!(pod = %p.name, adapter = %name, error = %e, "unloading adapter");
-            }
-        }
-        let listed = if plan == pods::LoadPlan::default() {
-            p.listed.clone()
-        } else {
-            admin_list(ctx, &p.ip).await.unwrap_or_default()
-        };
-        out.push(pods::pod_status(&p.name, pod_revision, &listed, &errors));
-    }
-    out
-}
-
-async fn router_stats(
-    ctx: &Context,
-    router_ip: &str,
-    window: Duration,
-) -> Result<stats::Stats, String> {
-    let url = format!(
-        "http://{router_ip}:{}/stats?window={}s",
-        build::ROUTER_ADMIN_PORT,
-        window.as_secs().max(1)
-    );
-    let resp = ctx
-        .http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-    stats::parse(&body)
-}
-
-/// Percent-encodes a query parameter value (RFC 3986 unreserved characters pass).
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+            (p.name.clone(), p.ip.clone(), p.listed.clone(), plan)
         })
-        .collect()
-}
-
-/// One instant query; the value of its single sample (0 when empty).
-async fn prom_scalar(ctx: &Context, address: &str, query: &str) -> Result<Option<f64>, String> {
-    let url = format!(
-        "{}/api/v1/query?query={}",
-        address.trim_end_matches('/'),
-        percent_encode(query)
-    );
-    let resp = ctx
-        .http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let v: serde_json::Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
-    let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
-    Ok(result
-        .first()
-        .and_then(|s| s["value"][1].as_str())
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|x| x.is_finite()))
-}
-
-/// Prometheus queries for one target over the window, recorded in status.
-fn prom_queries(ns: &str, md: &str, target: &str, secs: u64) -> [String; 3] {
-    let sel = format!("namespace=\"{ns}\", modeldeployment=\"{md}\", target=\"{target}\"");
-    [
-        format!("sum(increase(tailor_router_requests_total{{{sel}}}[{secs}s]))"),
-        format!("sum(increase(tailor_router_errors_total{{{sel}}}[{secs}s]))"),
-        format!(
-            "histogram_quantile(0.95, sum by (le) (rate(tailor_router_request_duration_seconds_bucket{{{sel}}}[{secs}s])))"
-        ),
-    ]
-}
-
-async fn prom_sample(
-    ctx: &Context,
-    address: &str,
-    queries: &[String; 3],
-    revision: &str,
-) -> Result<Sample, String> {
-    let requests = prom_scalar(ctx, address, &queries[0]).await?.unwrap_or(0.0);
-    let errors = prom_scalar(ctx, address, &queries[1]).await?.unwrap_or(0.0);
-    let p95 = prom_scalar(ctx, address, &queries[2]).await?;
-    Ok(Sample {
-        revision: revision.to_string(),
-        requests: requests.round().max(0.0) as u64,
-        errors: errors.round().max(0.0) as u64,
-        p95_seconds: p95,
+        .collect();
+    clients::fan_out(plans, |(name, ip, listed, plan)| async move {
+        let errors = peer.apply_plan(&ip, &plan).await;
+        let listed = if plan == pods::LoadPlan::default() {
+            listed
+        } else {
+            peer.list_adapters(&ip).await.unwrap_or_default()
+        };
+        pods::pod_status(&name, pod_revision, &listed, &errors)
     })
+    .await
 }
 
 async fn analysis_window(
     ctx: &Context,
+    peer: Peer<'_>,
     md: &ModelDeployment,
     router_ip: Option<&str>,
     stable: &str,
@@ -387,10 +457,10 @@ async fn analysis_window(
         let ns = md.namespace().unwrap_or_default();
         let name = md.name_any();
         let secs = window.as_secs().max(1);
-        let cq = prom_queries(&ns, &name, &build::canary_target(canary), secs);
-        let sq = prom_queries(&ns, &name, &build::stable_target(stable), secs);
-        let c = prom_sample(ctx, &p.address, &cq, canary).await;
-        let s = prom_sample(ctx, &p.address, &sq, stable).await;
+        let cq = clients::prom_queries(&ns, &name, &build::canary_target(canary), secs);
+        let sq = clients::prom_queries(&ns, &name, &build::stable_target(stable), secs);
+        let c = clients::prom_sample(&ctx.http, &p.address, &cq, canary).await;
+        let s = clients::prom_sample(&ctx.http, &p.address, &sq, stable).await;
         return match (c, s) {
             (Ok(c), Ok(s)) => Some(Window {
                 canary: c,
@@ -404,7 +474,7 @@ async fn analysis_window(
         };
     }
     let ip = router_ip?;
-    match router_stats(ctx, ip, window).await {
+    match peer.router_stats(ip, window).await {
         Ok(st) => stats::window(&st, stable, canary).map(|(c, s)| Window {
             canary: c,
             stable: s,
@@ -424,79 +494,87 @@ fn cluster_ip(svc: &Service) -> Option<String> {
         .filter(|ip| !ip.is_empty() && ip != "None")
 }
 
-async fn publish(ctx: &Context, md: &ModelDeployment, e: &rollout::Event) {
-    let ev = KubeEvent {
-        type_: if e.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: e.reason.to_string(),
-        note: Some(truncate(&e.note, 1000)),
-        action: "Rollout".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&ev, &md.object_ref(&())).await {
-        tracing::warn!(error = %err, reason = e.reason, "publishing event");
-    }
-}
-
-/// Deletes children of `kind` labelled for this ModelDeployment whose label `label` is not in
-/// `keep` (old revisions after a promotion or rollback).
+/// Deletes the children of `kind` labelled for this ModelDeployment (and `extra`) whose label
+/// `label` is not in `keep` (old revisions after a promotion or rollback), as the cache lists
+/// them.
 async fn prune<K>(
     api: &Api<K>,
+    store: &Store<K>,
+    ns: &str,
     md: &str,
-    extra: &str,
+    extra: (&str, &str),
     label: &str,
     keep: &BTreeSet<String>,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
-    let selector = format!("{MDEP_LABEL}={md},{extra}");
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube(format!("listing {}s", K::kind(&()))))?;
-    for obj in list.items {
-        let value = obj.labels().get(label).cloned().unwrap_or_default();
-        if !keep.contains(&value) {
-            let name = obj.name_any();
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(e) if crate::error::is_not_found(&e) => {}
-                Err(e) => return Err(Error::kube(format!("deleting {} {name}", K::kind(&())))(e)),
-            }
+    let old: Vec<String> = store
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .filter(|o| {
+            let l = o.labels();
+            l.get(MDEP_LABEL).map(String::as_str) == Some(md)
+                && l.get(extra.0).map(String::as_str) == Some(extra.1)
+                && !keep.contains(l.get(label).map(String::as_str).unwrap_or_default())
+        })
+        .map(|o| o.name_any())
+        .collect();
+    for name in old {
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::kube(format!("deleting {} {name}", K::kind(&())))(e)),
         }
     }
     Ok(())
 }
 
-async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
-    if md.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change()); // children are owned: garbage collection removes them
-    }
+async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
+    let ctx = &*r.base;
     let ns = md.namespace().unwrap_or_default();
     let name = md.name_any();
+    let cfg = &ctx.config;
+
+    // Validate what needs no lookup.
     if name.len() > 40 {
         return Err(Error::InvalidSpec(format!(
             "metadata.name {name:?} is {} characters; ModelDeployment names may be at most 40 so that child names stay valid",
             name.len()
         )));
     }
+    let analysis = &md.spec.rollout.analysis;
+    if analysis.metrics_source == MetricsSource::Prometheus {
+        let address = analysis
+            .prometheus
+            .as_ref()
+            .map(|p| p.address.as_str())
+            .unwrap_or_default();
+        if !clients::prometheus_allowed(&cfg.prometheus_allow_list, address) {
+            return Err(Error::InvalidSpec(format!(
+                "spec.rollout.analysis.prometheus.address {address:?} is not one the operator may query: the cluster admin lists the allowed Prometheus addresses in the operator config (prometheusAllowList: {:?})",
+                cfg.prometheus_allow_list
+            )));
+        }
+    }
+
     let client = ctx.client.clone();
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
     let deploys = Api::<Deployment>::namespaced(client.clone(), &ns);
     let svcs = Api::<Service>::namespaced(client.clone(), &ns);
-    let api = Api::<ModelDeployment>::namespaced(client.clone(), &ns);
-    let cfg = &ctx.config;
     let prev = md.status.clone().unwrap_or_default();
     let now = Timestamp::now();
 
-    // Dereference and validate: what the desired revision serves.
-    let desired = RevisionSpec::new(&md.spec, resolve_adapters(md, ctx, &ns).await?);
+    // Observe and validate: what the desired revision serves.
+    let desired = RevisionSpec::new(&md.spec, resolve_adapters(md, r, &ns)?);
     let desired_rev = desired.revision();
     let keys = api_keys(md, ctx, &ns).await?;
+    let token = serving_token(md, ctx, &ns).await?;
+    let peer = Peer {
+        http: &ctx.http,
+        token: Some(&token),
+    };
     apply::apply(&cms, &build::snapshot_config_map(md, &desired)).await?;
 
     // The stable revision's spec from its snapshot (the spec may have moved on).
@@ -506,11 +584,10 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
         if *s == desired_rev {
             stable_spec = Some(desired.clone());
         } else {
-            let snap = cms
-                .get_opt(&build::snapshot_name(&name, s))
-                .await
-                .map_err(Error::kube("reading revision snapshot"))?;
-            stable_spec = snap.as_ref().and_then(build::read_snapshot);
+            stable_spec = r
+                .config_map(&ns, &build::snapshot_name(&name, s))
+                .as_deref()
+                .and_then(build::read_snapshot);
             if stable_spec.is_none() {
                 tracing::warn!(revision = %s, "stable revision snapshot missing: serving the desired revision outright");
                 previous.stable_revision = None;
@@ -526,23 +603,20 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     let canary_spec = plan.canary.as_ref().map(|_| desired.clone());
 
     // Observe: serving pods and the adapters they hold, the router.
-    let stable_pods = serving_pods(ctx, &ns, &name, &stable_spec.pod_revision()).await?;
+    let stable_pods = r
+        .serving_pods(peer, &ns, &name, &stable_spec.pod_revision())
+        .await;
     let canary_pods = match &canary_spec {
         Some(c) if c.pod_revision() != stable_spec.pod_revision() => {
-            Some(serving_pods(ctx, &ns, &name, &c.pod_revision()).await?)
+            Some(r.serving_pods(peer, &ns, &name, &c.pod_revision()).await)
         }
         _ => None,
     };
-    let router_svc = svcs
-        .get_opt(&build::endpoint_service_name(&name))
-        .await
-        .map_err(Error::kube("reading router Service"))?;
-    let router_ip = router_svc.as_ref().and_then(cluster_ip);
-    let router_ready = deploys
-        .get_opt(&build::router_name(&name))
-        .await
-        .map_err(Error::kube("reading router Deployment"))?
-        .and_then(|d| d.status)
+    let router_ip = cache::get(&r.services, &ns, &build::endpoint_service_name(&name))
+        .as_deref()
+        .and_then(cluster_ip);
+    let router_ready = cache::get(&r.deployments, &ns, &build::router_name(&name))
+        .and_then(|d| d.status.clone())
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0)
         > 0;
@@ -567,7 +641,7 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
         &plan.canary,
     ) {
         (Some(w), Some(c)) => {
-            analysis_window(ctx, md, router_ip.as_deref(), &plan.stable, c, w).await
+            analysis_window(ctx, peer, md, router_ip.as_deref(), &plan.stable, c, w).await
         }
         _ => None,
     };
@@ -606,12 +680,12 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
             entry.1.insert(a.adapter.clone(), a.uri.clone());
         }
     }
-    let fault = build::fault_injection(md);
+    let fault = build::fault_injection(md).filter(|_| cfg.allow_fault_injection);
     let mut backends = BTreeMap::new();
     let mut serving_vols = BTreeMap::new();
     for (pod_rev, (spec, uris)) in &by_pod {
         let cm_name = build::serving_name(&name, pod_rev);
-        let vols = build::serving_volumes(cfg, &cm_name, &spec.pods.base_model_uri, uris)
+        let vols = build::serving_volumes(cfg, &ns, &cm_name, &spec.pods.base_model_uri, uris)
             .map_err(Error::InvalidSpec)?;
         let svc = apply::apply(&svcs, &build::server_service(md, pod_rev)).await?;
         let host = cluster_ip(&svc)
@@ -654,6 +728,12 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     let router_config = build::router_config(routes, &keys, window_secs);
     let router_cm = build::router_config_map(md, &router_config);
     apply::apply(&cms, &router_cm).await?;
+    if cfg.network_policies {
+        let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+        for np in build::network_policies(md, &cfg.operator_namespace) {
+            apply::apply(&nps, &np).await?;
+        }
+    }
     apply::apply(&deploys, &build::router_deployment(md, cfg)).await?;
     let router_svc = apply::apply(&svcs, &build::router_service(md)).await?;
     let router_ip = cluster_ip(&router_svc).or(router_ip);
@@ -664,7 +744,7 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     // reaches its pod and is reloaded a moment after the apply, and until then requests still
     // arrive for the old adapter or revision.
     let router_current = match &router_ip {
-        Some(ip) => router_runs(ctx, ip, &router_cm).await,
+        Some(ip) => router_runs(peer, ip, &router_cm).await,
         None => false,
     };
 
@@ -677,12 +757,9 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
         };
         let mut adapters = vols.adapters.clone();
         if !router_current {
-            let old = cms
-                .get_opt(&build::serving_name(&name, pod_rev))
-                .await
-                .map_err(Error::kube("reading server config"))?;
+            let old = r.config_map(&ns, &build::serving_name(&name, pod_rev));
             for (k, v) in old
-                .as_ref()
+                .as_deref()
                 .map(build::read_server_adapters)
                 .unwrap_or_default()
             {
@@ -706,7 +783,7 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
                 None => continue,
             }
         };
-        pod_lines.extend(sync_adapters(ctx, pods_, pod_rev, paths, router_current).await);
+        pod_lines.extend(sync_adapters(peer, pods_, pod_rev, paths, router_current).await);
     }
     st.pods = pod_lines;
     let mut requeue = decision.requeue_after;
@@ -721,7 +798,10 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     // snapshots of revisions neither serving nor asked for.
     let live_pods: BTreeSet<String> = by_pod.keys().cloned().collect();
     if router_current {
-        prune_pod_revisions(&deploys, &svcs, &cms, &name, &live_pods).await?;
+        let server = ("app.kubernetes.io/name", "tailor-server");
+        prune(&deploys, &r.deployments, &ns, &name, server, REVISION_LABEL, &live_pods).await?;
+        prune(&svcs, &r.services, &ns, &name, server, REVISION_LABEL, &live_pods).await?;
+        prune(&cms, &r.config_maps, &ns, &name, server, REVISION_LABEL, &live_pods).await?;
     }
     let live_revs: BTreeSet<String> = [
         Some(stable_rev.clone()),
@@ -733,27 +813,30 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
     .collect();
     prune(
         &cms,
+        &r.config_maps,
+        &ns,
         &name,
-        &format!("{SNAPSHOT_LABEL}=true"),
+        (SNAPSHOT_LABEL, "true"),
         REVISION_LABEL,
         &live_revs,
     )
     .await?;
 
     // Status and Events.
-    if st != prev {
-        apply::apply_status(&api, &name, &st).await?;
-        events::publish_transitions(
+    controller::write_status(ctx, md, &st).await?;
+    for e in &decision.events {
+        events::publish(
             ctx,
             &md.object_ref(&()),
-            &prev.conditions,
-            &st.conditions,
-            &[READY, DEGRADED],
-        )
-        .await;
-    }
-    for e in &decision.events {
-        publish(ctx, md, e).await;
+            if e.warning {
+                kube::runtime::events::EventType::Warning
+            } else {
+                kube::runtime::events::EventType::Normal
+            },
+            e.reason,
+            &e.note,
+            "Rollout",
+        );
     }
     ctx.metrics
         .canary
@@ -762,7 +845,7 @@ async fn pipeline(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> 
 }
 
 /// Whether the router has loaded the config in `cm` (its `/stats` reports the file's SHA-256).
-async fn router_runs(ctx: &Context, router_ip: &str, cm: &ConfigMap) -> bool {
+async fn router_runs(peer: Peer<'_>, router_ip: &str, cm: &ConfigMap) -> bool {
     let Some(text) = cm
         .data
         .as_ref()
@@ -770,26 +853,11 @@ async fn router_runs(ctx: &Context, router_ip: &str, cm: &ConfigMap) -> bool {
     else {
         return false;
     };
-    match router_stats(ctx, router_ip, Duration::from_secs(1)).await {
+    match peer.router_stats(router_ip, Duration::from_secs(1)).await {
         Ok(st) => st.config.sha256 == stats::config_sha256(text),
         Err(e) => {
             tracing::debug!(error = %e, "router stats");
             false
         }
     }
-}
-
-/// Deletes the serving Deployments, Services and server ConfigMaps of pod revisions no longer
-/// serving.
-async fn prune_pod_revisions(
-    deploys: &Api<Deployment>,
-    svcs: &Api<Service>,
-    cms: &Api<ConfigMap>,
-    name: &str,
-    live_pods: &BTreeSet<String>,
-) -> Result<(), Error> {
-    let server = "app.kubernetes.io/name=tailor-server";
-    prune(deploys, name, server, REVISION_LABEL, live_pods).await?;
-    prune(svcs, name, server, REVISION_LABEL, live_pods).await?;
-    prune(cms, name, server, REVISION_LABEL, live_pods).await
 }

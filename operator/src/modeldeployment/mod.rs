@@ -14,6 +14,7 @@
 
 pub mod analysis;
 pub mod build;
+pub mod clients;
 pub mod controller;
 pub mod gate;
 pub mod metrics;

@@ -558,6 +558,29 @@ pub fn decide(inp: &Input<'_>) -> Decision {
     }
 }
 
+/// The status of a deployment whose spec the operator cannot act on (`reason` says which kind
+/// of problem): what serves keeps serving and stays recorded; the conditions say why nothing
+/// else happens until the spec changes.
+pub fn invalid_status(
+    md: &tailor_api::ModelDeployment,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> ModelDeploymentStatus {
+    let mut st = md.status.clone().unwrap_or_default();
+    let g = md.metadata.generation;
+    st.observed_generation = g;
+    st.phase = Phase::Degraded;
+    for (t, s) in [(READY, false), (PROGRESSING, false), (DEGRADED, true)] {
+        conditions::set(
+            &mut st.conditions,
+            conditions::new(t, Some(s), reason, message, g),
+            now,
+        );
+    }
+    st
+}
+
 fn set_conditions(pass: &mut Pass<'_>) {
     let inp = pass.inp;
     let g = inp.generation;

@@ -15,7 +15,7 @@ fn ftj() -> FineTuneJob {
 fn ready_gate() -> DatasetGate {
     DatasetGate::Ready {
         content_hash: "c0ffee".into(),
-        prepared_uri: "pvc://tailor-artifacts/datasets/tailor-demo/support-chat/abcd".into(),
+        prepared_uri: "pvc://tailor-artifacts/datasets/support-chat/abcd".into(),
         validation_examples: 19,
     }
 }
@@ -90,12 +90,12 @@ fn train_job_carries_gpus_scheduling_and_config() {
     assert_eq!(v.train_config["baseModel"], "/artifacts/models/base");
     assert_eq!(
         v.train_config["train"],
-        "/artifacts/datasets/tailor-demo/support-chat/abcd/train.jsonl"
+        "/artifacts/datasets/support-chat/abcd/train.jsonl"
     );
     assert_eq!(
         v.train_config["output"],
         format!(
-            "/artifacts/finetune/tailor-demo/support-v1-01234567-{}",
+            "/artifacts/finetune/support-v1-01234567-{}",
             &run_spec_hash(&f)[..8]
         )
     );
@@ -269,8 +269,6 @@ fn success_needs_the_adapter_and_records_final_metrics() {
     let la = adapter(
         &f,
         &v.outputs,
-        &st,
-        done.summary.as_ref(),
         &AdapterArtifact {
             sha256: "a".repeat(64),
             size_bytes: 42,
@@ -283,12 +281,24 @@ fn success_needs_the_adapter_and_records_final_metrics() {
         la.metadata.owner_references.is_none(),
         "adapters outlive their job"
     );
-    let lineage: Lineage =
-        serde_json::from_str(&la.metadata.annotations.as_ref().expect("ann")[LINEAGE_ANNOTATION])
-            .expect("lineage json");
-    assert_eq!(lineage.dataset_content_hash.as_deref(), Some("c0ffee"));
-    assert_eq!(lineage.validation_loss, Some(1.2));
-    assert_eq!(lineage.trained_tokens, Some(12345));
+    assert!(
+        la.metadata.annotations.is_none(),
+        "nothing on the adapter is trusted as lineage"
+    );
+    // Lineage comes from the job's own status, and only for the adapter it recorded.
+    let l: Lineage = lineage(&f, &cfg, &la).expect("recorded");
+    assert_eq!(l.dataset_content_hash.as_deref(), Some("c0ffee"));
+    assert_eq!(l.validation_loss, Some(1.2));
+    assert_eq!(l.trained_tokens, Some(12345));
+    let mut other = la.clone();
+    other.spec.uri = "pvc://tailor-artifacts/finetune/someone-else".into();
+    assert!(lineage(&f, &cfg, &other).is_none());
+    let mut renamed = la.clone();
+    renamed.metadata.name = Some("not-the-recorded-one".into());
+    assert!(lineage(&f, &cfg, &renamed).is_none());
+    let mut elsewhere = la.clone();
+    elsewhere.metadata.namespace = Some("other-namespace".into());
+    assert!(lineage(&f, &cfg, &elsewhere).is_none());
 }
 
 #[test]

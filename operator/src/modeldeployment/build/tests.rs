@@ -65,6 +65,7 @@ fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
     let cm = serving_name("support", &rev.pod_revision());
     let vols = serving_volumes(
         &cfg(),
+        "tailor-demo",
         &cm,
         &rev.pods.base_model_uri,
         &BTreeMap::from([(
@@ -159,7 +160,13 @@ fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
 
 #[test]
 fn object_store_artifacts_cannot_be_served_and_say_why() {
-    let err = serving_volumes(&cfg(), "cm", "s3://bucket/models/base", &BTreeMap::new())
+    let err = serving_volumes(
+        &cfg(),
+        "tailor-demo",
+        "cm",
+        "s3://bucket/models/base",
+        &BTreeMap::new(),
+    )
         .err()
         .expect("error");
     assert!(err.contains("s3://bucket/models/base"), "{err}");

@@ -1,0 +1,214 @@
+//! The ModelDeployment controller's HTTP side: the servers' adapter API (list, load, unload),
+//! the router's `/stats`, and Prometheus instant queries. Every call carries the
+//! ModelDeployment's token where the peer requires it, reads a bounded answer (see
+//! [`crate::endpoints`]), and the calls over pods run concurrently with a bounded fan-out.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::analysis::Sample;
+use super::build::{ROUTER_ADMIN_PORT, SERVER_PORT};
+use super::pods::{LoadPlan, ServerAdapter};
+use super::stats;
+use crate::endpoints::{self, SMALL_BODY};
+use crate::error::truncate;
+
+/// Calls to pods of one reconcile in flight at once.
+pub const FAN_OUT: usize = 8;
+
+/// Runs `f` over `items` with at most [`FAN_OUT`] at once, results in `items`' order.
+pub async fn fan_out<T, R, F, Fut>(items: impl IntoIterator<Item = T>, f: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    futures::stream::iter(items.into_iter().map(f))
+        .buffered(FAN_OUT)
+        .collect()
+        .await
+}
+
+/// A peer and the token it requires.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    pub http: &'a reqwest::Client,
+    pub token: Option<&'a str>,
+}
+
+impl Peer<'_> {
+    fn with_token(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// The adapters a serving pod holds.
+    pub async fn list_adapters(&self, ip: &str) -> Result<Vec<ServerAdapter>, String> {
+        let url = format!("http://{ip}:{SERVER_PORT}/admin/adapters");
+        endpoints::get_json(self.http, &url, self.token, SMALL_BODY).await
+    }
+
+    /// Loads and unloads on one pod; the load errors by adapter name.
+    pub async fn apply_plan(&self, ip: &str, plan: &LoadPlan) -> BTreeMap<String, String> {
+        let base = format!("http://{ip}:{SERVER_PORT}/admin/adapters");
+        let mut errors = BTreeMap::new();
+        for (name, path) in &plan.load {
+            let body = serde_json::json!({"name": name, "path": path});
+            let req = self.with_token(self.http.post(&base).json(&body));
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => {
+                    let status = r.status();
+                    let text = endpoints::read_body(r, SMALL_BODY)
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
+                    errors.insert(name.clone(), truncate(&format!("{status}: {text}"), 300));
+                }
+                Err(e) => {
+                    errors.insert(name.clone(), endpoints::describe(&base, &e));
+                }
+            }
+        }
+        for name in &plan.unload {
+            let req = self.with_token(self.http.delete(format!("{base}/{name}")));
+            if let Err(e) = req.send().await {
+                tracing::warn!(adapter = %name, error = %endpoints::describe(&base, &e), "unloading adapter");
+            }
+        }
+        errors
+    }
+
+    /// The router's `/stats` over `window`.
+    pub async fn router_stats(&self, ip: &str, window: Duration) -> Result<stats::Stats, String> {
+        let url = format!(
+            "http://{ip}:{ROUTER_ADMIN_PORT}/stats?window={}s",
+            window.as_secs().max(1)
+        );
+        endpoints::get_json(self.http, &url, self.token, SMALL_BODY).await
+    }
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters pass).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One instant query against an allowed Prometheus; the value of its single sample.
+async fn prom_scalar(
+    http: &reqwest::Client,
+    address: &str,
+    query: &str,
+) -> Result<Option<f64>, String> {
+    let url = format!(
+        "{}/api/v1/query?query={}",
+        address.trim_end_matches('/'),
+        percent_encode(query)
+    );
+    let v: serde_json::Value = endpoints::get_json(http, &url, None, SMALL_BODY).await?;
+    let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+    Ok(result
+        .first()
+        .and_then(|s| s["value"][1].as_str())
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|x| x.is_finite()))
+}
+
+/// Prometheus queries for one target over the window, recorded in status.
+pub fn prom_queries(ns: &str, md: &str, target: &str, secs: u64) -> [String; 3] {
+    let sel = format!("namespace=\"{ns}\", modeldeployment=\"{md}\", target=\"{target}\"");
+    [
+        format!("sum(increase(tailor_router_requests_total{{{sel}}}[{secs}s]))"),
+        format!("sum(increase(tailor_router_errors_total{{{sel}}}[{secs}s]))"),
+        format!(
+            "histogram_quantile(0.95, sum by (le) (rate(tailor_router_request_duration_seconds_bucket{{{sel}}}[{secs}s])))"
+        ),
+    ]
+}
+
+pub async fn prom_sample(
+    http: &reqwest::Client,
+    address: &str,
+    queries: &[String; 3],
+    revision: &str,
+) -> Result<Sample, String> {
+    let requests = prom_scalar(http, address, &queries[0])
+        .await?
+        .unwrap_or(0.0);
+    let errors = prom_scalar(http, address, &queries[1])
+        .await?
+        .unwrap_or(0.0);
+    let p95 = prom_scalar(http, address, &queries[2]).await?;
+    Ok(Sample {
+        revision: revision.to_string(),
+        requests: requests.round().max(0.0) as u64,
+        errors: errors.round().max(0.0) as u64,
+        p95_seconds: p95,
+    })
+}
+
+/// Whether `address` is one the operator's admin allows, exactly (no path, query or fragment
+/// tricks: `http://10.0.0.1:9090/latest/meta-data/#` is not `http://10.0.0.1:9090`).
+pub fn prometheus_allowed(allow_list: &[String], address: &str) -> bool {
+    let norm = |s: &str| s.trim().trim_end_matches('/').to_string();
+    let a = norm(address);
+    !a.is_empty() && allow_list.iter().any(|x| norm(x) == a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_prometheus_addresses_are_called() {
+        let allow = vec!["http://prometheus.monitoring.svc:9090".to_string()];
+        assert!(prometheus_allowed(
+            &allow,
+            "http://prometheus.monitoring.svc:9090/"
+        ));
+        for bad in [
+            "http://127.0.0.1:19999/latest/meta-data/iam/security-credentials/#",
+            "http://prometheus.monitoring.svc:9090/latest/meta-data/#",
+            "http://prometheus.monitoring.svc:9090@169.254.169.254",
+            "",
+        ] {
+            assert!(!prometheus_allowed(&allow, bad), "{bad}");
+        }
+        assert!(!prometheus_allowed(&[], "http://prometheus:9090"));
+    }
+
+    #[tokio::test]
+    async fn fan_out_keeps_order_and_bounds_concurrency() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let out = fan_out(0..40, |i| {
+            let now = now.clone();
+            let peak = peak.clone();
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                i * 2
+            }
+        })
+        .await;
+        assert_eq!(out, (0..40).map(|i| i * 2).collect::<Vec<_>>());
+        let p = peak.load(Ordering::SeqCst);
+        assert!(p > 1 && p <= FAN_OUT, "peak {p}");
+    }
+}
