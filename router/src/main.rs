@@ -40,7 +40,6 @@ struct Cli {
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
-        .ok_or_else(|| format!("expected a duration such as 500ms, 2s or 5m, got {s:?}"))
 }
 
 async fn shutdown_signal() {

@@ -3,8 +3,10 @@
 //!
 //! - `tailor_router_requests_total{route,target,status_class}`: proxied requests by the status
 //!   class sent to the client.
-//! - `tailor_router_errors_total{route,target,class}`: class is `5xx`, `timeout`, `connect` or
-//!   `other` (see [`crate::stats::ErrorClass`]).
+//! - `tailor_router_errors_total{route,target,class}`: what the target caused; class is `5xx`,
+//!   `404` (model or adapter missing on the pod), `timeout`, `connect` or `other` (see
+//!   [`crate::stats::ErrorClass`]). The client's own mistakes (400, 401, 413, 422, 429 from the
+//!   backend) are in `requests_total` only.
 //! - `tailor_router_request_duration_seconds{route,target}`: histogram, until the response body
 //!   (or stream) has been sent.
 //! - `tailor_router_retries_total{route,target}`: connection failures retried on another URL.
@@ -94,7 +96,7 @@ impl Metrics {
         );
         registry.register(
             "errors",
-            "Proxied requests that failed, by class (5xx, timeout, connect, other)",
+            "Proxied requests that failed by the target's doing, by class (5xx, 404, timeout, connect, other)",
             errors.clone(),
         );
         registry.register(

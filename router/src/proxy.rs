@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::metrics::{ErrorLabels, RequestLabels, TargetLabels};
 use crate::split;
 use crate::state::{AppState, Snapshot};
-use crate::stats::{ErrorClass, Outcome, TargetStats, status_class};
+use crate::stats::{ErrorClass, Outcome, TargetStats, classify, status_class};
 
 /// The fixed `reason` label of `tailor_router_rejected_total` for an error.
 fn reject_reason(e: &ApiError) -> &'static str {
@@ -398,9 +398,7 @@ async fn forward(
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
                 completion.status = parts.status.as_u16();
-                if parts.status.is_server_error() {
-                    completion.error = Some(ErrorClass::Status5xx);
-                }
+                completion.error = classify(completion.status);
                 let mut builder = Response::builder().status(parts.status);
                 if let Some(h) = builder.headers_mut() {
                     for (name, value) in &parts.headers {
