@@ -3,7 +3,8 @@
 //!
 //! `/stats` answers `tailor_wire::router::Stats` (router/README.md shows it): per target of the
 //! current configuration, in file order, counters kept per (served name, target name) across
-//! reloads.
+//! reloads. With `--admin-token-file` it requires `Authorization: Bearer <admin token>`;
+//! `/metrics`, `/healthz` and `/readyz` stay open for Prometheus and the kubelet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use indexmap::IndexMap;
@@ -89,8 +90,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn stats(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(token) = &state.admin_token
+        && !token.accepts(&headers)
+    {
+        let e = if crate::auth::presented_key(&headers).is_some() {
+            ApiError::InvalidAdminToken
+        } else {
+            ApiError::MissingAdminToken
+        };
+        return proxy::reject(&state, e);
+    }
     let snap = state.snapshot();
     let window = match query.get("window") {
         None => snap.config.stats_window,
