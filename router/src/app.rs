@@ -1,66 +1,27 @@
 //! The HTTP surface: the public API (`/v1/...`, behind API keys when configured) and the
 //! operational endpoints (`/healthz`, `/readyz`, `/metrics`, `/stats`).
 //!
-//! # `/stats`
-//!
-//! `GET /stats[?window=30s]` (window: `500ms`, `30s`, `5m` or seconds; default the config's
-//! `stats.window`, at most `--stats-retention`). Shape (`null` percentiles when the window holds
-//! no request; latencies in milliseconds, from request to the end of the response body):
-//!
-//! ```json
-//! {
-//!   "window_seconds": 60.0,
-//!   "config": {"sha256": "<hex of the config file>", "generation": 2,
-//!              "loaded_at_unix_ms": 1764130000000, "last_error": null},
-//!   "routes": {
-//!     "support-bot": {
-//!       "targets": {
-//!         "stable": {
-//!           "model": "support-bot-v1", "revision": "v1", "weight": 90, "share": 0.9,
-//!           "backends": ["http://support-bot-v1:8000"],
-//!           "window": {
-//!             "requests": 120,
-//!             "status": {"1xx": 0, "2xx": 118, "3xx": 0, "4xx": 1, "5xx": 1},
-//!             "errors": {"5xx": 1, "timeout": 0, "connect": 0, "other": 0, "total": 1},
-//!             "error_rate": 0.0083,
-//!             "latency_ms": {"p50": 41.2, "p95": 180.5, "p99": 240.0}
-//!           },
-//!           "cumulative": {
-//!             "requests": 5000,
-//!             "status": {"1xx": 0, "2xx": 4990, "3xx": 0, "4xx": 4, "5xx": 6},
-//!             "errors": {"5xx": 5, "timeout": 1, "connect": 0, "other": 0, "total": 6},
-//!             "retries": 2
-//!           }
-//!         }
-//!       }
-//!     }
-//!   }
-//! }
-//! ```
-//!
-//! `routes` and `targets` follow the current configuration (file order); counters are kept per
-//! (served name, target name) across reloads, so cumulative counts survive weight changes. Error
-//! classes: `5xx` the backend answered 5xx; `timeout` no response headers within
-//! `timeouts.request` (router answers 504); `connect` no connection on either attempt (502);
-//! `other` any other transport failure. `errors.total` is their sum and `error_rate` is
-//! `errors.total / requests`. `4xx` answers are not errors. `retries` counts connection failures
-//! that were retried on another URL.
+//! `/stats` answers `tailor_wire::router::Stats` (router/README.md shows it): per target of the
+//! current configuration, in file order, counters kept per (served name, target name) across
+//! reloads. With `--admin-token-file` it requires `Authorization: Bearer <admin token>`;
+//! `/metrics`, `/healthz` and `/readyz` stay open for Prometheus and the kubelet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Map, Value, json};
+use indexmap::IndexMap;
+use tailor_wire::router as wire;
 
 use crate::config::parse_duration;
 use crate::error::ApiError;
 use crate::proxy;
-use crate::state::AppState;
+use crate::state::{AppState, Snapshot};
 
 /// The public API. With `with_ops`, also the operational endpoints (no admin listener).
 pub fn app(state: Arc<AppState>, with_ops: bool) -> Router {
@@ -129,33 +90,44 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn stats(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(token) = &state.admin_token
+        && !token.accepts(&headers)
+    {
+        let e = if crate::auth::presented_key(&headers).is_some() {
+            ApiError::InvalidAdminToken
+        } else {
+            ApiError::MissingAdminToken
+        };
+        return proxy::reject(&state, e);
+    }
     let snap = state.snapshot();
     let window = match query.get("window") {
         None => snap.config.stats_window,
         Some(w) => match parse_duration(w) {
-            Some(d) => d,
-            None => {
-                return ApiError::InvalidRequest(format!(
-                    "window: expected a duration such as 30s or 5m, got {w:?}"
-                ))
-                .into_response();
+            Ok(d) => d,
+            Err(e) => {
+                return ApiError::InvalidRequest(format!("window: {e}")).into_response();
             }
         },
     }
     .min(state.stats.retention());
-    let now = Instant::now();
-    let mut routes = Map::new();
+    axum::Json(stats_of(&state, &snap, window, Instant::now())).into_response()
+}
+
+/// The `/stats` answer for `window`.
+fn stats_of(state: &AppState, snap: &Snapshot, window: Duration, now: Instant) -> wire::Stats {
+    let mut routes = IndexMap::new();
     for name in &snap.config.route_order {
         let Some(route) = snap.config.routes.get(name) else {
             continue;
         };
         let total: u64 = route.targets.iter().map(|t| u64::from(t.weight)).sum();
-        let mut targets = Map::new();
+        let mut targets = IndexMap::new();
         for t in &route.targets {
-            let (window_json, cumulative_json) =
-                state.stats.target(name, &t.name).to_json(now, window);
+            let (window, cumulative) = state.stats.target(name, &t.name).to_wire(now, window);
             let share = if total == 0 {
                 0.0
             } else {
@@ -163,33 +135,32 @@ async fn stats(
             };
             targets.insert(
                 t.name.clone(),
-                json!({
-                    "model": t.model,
-                    "revision": t.revision,
-                    "weight": t.weight,
-                    "share": share,
-                    "backends": t.backends,
-                    "window": window_json,
-                    "cumulative": cumulative_json,
-                }),
+                wire::TargetStats {
+                    model: t.model.clone(),
+                    revision: t.revision.clone(),
+                    weight: t.weight,
+                    share,
+                    backends: t.backends.clone(),
+                    window,
+                    cumulative,
+                },
             );
         }
-        routes.insert(name.clone(), json!({ "targets": Value::Object(targets) }));
+        routes.insert(name.clone(), wire::RouteStats { targets });
     }
-    let loaded_at_ms = snap
+    let loaded_at_unix_ms = snap
         .loaded_at
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    axum::Json(json!({
-        "window_seconds": window.as_secs_f64(),
-        "config": {
-            "sha256": snap.sha256,
-            "generation": snap.generation,
-            "loaded_at_unix_ms": loaded_at_ms,
-            "last_error": state.last_error(),
+    wire::Stats {
+        window_seconds: window.as_secs_f64(),
+        config: wire::ConfigStatus {
+            sha256: snap.sha256.clone(),
+            generation: snap.generation,
+            loaded_at_unix_ms,
+            last_error: state.last_error(),
         },
-        "routes": Value::Object(routes),
-    }))
-    .into_response()
+        routes,
+    }
 }

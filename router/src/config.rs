@@ -1,5 +1,6 @@
-//! The router's configuration file: YAML as written by the operator ([`FileConfig`]), and the
-//! validated form the request path reads ([`RouterConfig`]).
+//! The router's configuration file: YAML (or JSON) as written by the operator ([`FileConfig`],
+//! whose serde shape is `tailor_wire::router::Config`), and the validated form the request path
+//! reads ([`RouterConfig`]).
 //!
 //! ```yaml
 //! routes:
@@ -25,7 +26,7 @@
 //!   - name: team-c
 //!     sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //! timeouts:
-//!   connect: 2s                          # number of seconds, or "500ms" / "2s" / "5m"
+//!   connect: 2s                          # "500ms" / "2s" / "5m" / "1h 30m", or a number of seconds
 //!   request: 300s                        # until the backend's response headers arrive
 //! maxBodyBytes: 4194304
 //! stats:
@@ -38,8 +39,9 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::Uri;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
+pub use tailor_wire::router::parse_duration;
+use tailor_wire::router::{Config, DurationValue};
 
 /// Why a configuration was rejected. The previous configuration stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -55,124 +57,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The file as written, before validation.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileConfig {
-    #[serde(default)]
-    pub routes: Vec<FileRoute>,
-    #[serde(default)]
-    pub api_keys: Option<Vec<FileApiKey>>,
-    #[serde(default)]
-    pub timeouts: FileTimeouts,
-    #[serde(default)]
-    pub max_body_bytes: Option<usize>,
-    #[serde(default)]
-    pub stats: FileStats,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileRoute {
-    pub model: String,
-    pub targets: Vec<FileTarget>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileTarget {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    pub backend: OneOrMany,
-    pub model: String,
-    pub weight: u32,
-}
-
-/// `backend: URL` or `backend: [URL, ...]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileApiKey {
-    pub name: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    #[serde(default)]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub requests_per_minute: Option<u32>,
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileTimeouts {
-    #[serde(default)]
-    pub connect: Option<DurationValue>,
-    #[serde(default)]
-    pub request: Option<DurationValue>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileStats {
-    #[serde(default)]
-    pub window: Option<DurationValue>,
-}
-
-/// A duration written as a number of seconds or as a string with a unit (`ms`, `s`, `m`, `h`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum DurationValue {
-    Seconds(f64),
-    Text(String),
-}
-
-impl DurationValue {
-    fn to_duration(&self, field: &str) -> Result<Duration, ConfigError> {
-        let parsed = match self {
-            DurationValue::Seconds(s) => seconds(*s),
-            DurationValue::Text(t) => parse_duration(t),
-        };
-        parsed.ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "{field}: expected a positive duration such as 500ms, 2s or 5m, got {self:?}"
-            ))
-        })
-    }
-}
-
-fn seconds(s: f64) -> Option<Duration> {
-    (s.is_finite() && s > 0.0 && s < 1e9).then(|| Duration::from_secs_f64(s))
-}
-
-/// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let factor = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
-    };
-    seconds(n * factor)
-}
+/// The file as written, before validation. Its shape is [`tailor_wire::router::Config`], the
+/// type the operator writes it with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileConfig(pub Config);
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -235,23 +123,20 @@ pub fn key_digest(key: &str) -> [u8; 32] {
 impl FileConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         if text.trim().is_empty() {
-            return Ok(FileConfig {
-                routes: Vec::new(),
-                api_keys: None,
-                timeouts: FileTimeouts::default(),
-                max_body_bytes: None,
-                stats: FileStats::default(),
-            });
+            return Ok(FileConfig::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+        serde_saphyr::from_str(text)
+            .map(FileConfig)
+            .map_err(|e| ConfigError::Yaml(e.to_string()))
     }
 
     /// Checks the file and resolves key files (relative to `base_dir`).
     pub fn validate(self, base_dir: &Path) -> Result<RouterConfig, ConfigError> {
+        let file = self.0;
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let mut routes = HashMap::new();
         let mut route_order = Vec::new();
-        for route in self.routes {
+        for route in file.routes {
             if route.model.is_empty() {
                 return invalid("routes: a route has an empty `model`".into());
             }
@@ -278,10 +163,7 @@ impl FileConfig {
                         route.model
                     ));
                 }
-                let urls = match t.backend {
-                    OneOrMany::One(u) => vec![u],
-                    OneOrMany::Many(us) => us,
-                };
+                let urls = t.backend.urls();
                 if urls.is_empty() {
                     return invalid(format!(
                         "route {:?} target {name:?}: empty backend list",
@@ -324,7 +206,7 @@ impl FileConfig {
         }
 
         let mut watched_files = Vec::new();
-        let api_keys = match self.api_keys {
+        let api_keys = match file.api_keys {
             None => None,
             Some(keys) if keys.is_empty() => None,
             Some(keys) => {
@@ -391,7 +273,7 @@ impl FileConfig {
             }
         };
 
-        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             return invalid("maxBodyBytes must be positive".into());
         }
@@ -399,12 +281,12 @@ impl FileConfig {
             routes,
             route_order,
             api_keys,
-            connect_timeout: opt_duration(&self.timeouts.connect, "timeouts.connect")?
+            connect_timeout: opt_duration(&file.timeouts.connect, "timeouts.connect")?
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            request_timeout: opt_duration(&self.timeouts.request, "timeouts.request")?
+            request_timeout: opt_duration(&file.timeouts.request, "timeouts.request")?
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             max_body_bytes,
-            stats_window: opt_duration(&self.stats.window, "stats.window")?
+            stats_window: opt_duration(&file.stats.window, "stats.window")?
                 .unwrap_or(DEFAULT_STATS_WINDOW),
             watched_files,
         })
@@ -412,7 +294,12 @@ impl FileConfig {
 }
 
 fn opt_duration(v: &Option<DurationValue>, field: &str) -> Result<Option<Duration>, ConfigError> {
-    v.as_ref().map(|d| d.to_duration(field)).transpose()
+    v.as_ref()
+        .map(|d| {
+            d.to_duration()
+                .map_err(|e| ConfigError::Invalid(format!("{field}: {e}")))
+        })
+        .transpose()
 }
 
 /// Checks a backend URL (plain `http://host:port[/prefix]`) and drops a trailing slash.
@@ -531,16 +418,5 @@ stats:
                 "{yaml}: {err} should mention {expected}"
             );
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("3d"), None);
     }
 }

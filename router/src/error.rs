@@ -12,12 +12,20 @@ pub enum ApiError {
     MissingApiKey,
     #[error("invalid API key")]
     InvalidApiKey,
+    #[error("missing admin token: send `Authorization: Bearer <token>`")]
+    MissingAdminToken,
+    #[error("invalid admin token")]
+    InvalidAdminToken,
     #[error("rate limit exceeded for API key {key:?}; retry after {retry_after_secs} s")]
     RateLimited { key: String, retry_after_secs: u64 },
+    #[error("the router has {limit} requests in progress, its limit; retry shortly")]
+    Overloaded { limit: usize },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(f64),
     #[error("malformed JSON body: {0}")]
     MalformedJson(String),
     #[error("{0}")]
@@ -50,7 +58,7 @@ impl ApiError {
     ) {
         use ApiError::*;
         match self {
-            MissingApiKey | InvalidApiKey => (
+            MissingApiKey | InvalidApiKey | MissingAdminToken | InvalidAdminToken => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 None,
@@ -61,6 +69,18 @@ impl ApiError {
                 "rate_limit_error",
                 None,
                 Some("rate_limit_exceeded"),
+            ),
+            Overloaded { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                Some("overloaded"),
+            ),
+            BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
             ),
             BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -144,13 +164,21 @@ impl IntoResponse for ApiError {
             }
         });
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::RateLimited {
-            retry_after_secs, ..
-        } = &self
-        {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Overloaded { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            // The rest of the body may still come: the connection cannot carry another request.
+            ApiError::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

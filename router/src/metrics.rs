@@ -3,16 +3,21 @@
 //!
 //! - `tailor_router_requests_total{route,target,status_class}`: proxied requests by the status
 //!   class sent to the client.
-//! - `tailor_router_errors_total{route,target,class}`: class is `5xx`, `timeout`, `connect` or
-//!   `other` (see [`crate::stats::ErrorClass`]).
+//! - `tailor_router_errors_total{route,target,class}`: what the target caused; class is `5xx`,
+//!   `404` (model or adapter missing on the pod), `timeout`, `connect` or `other` (see
+//!   [`crate::stats::ErrorClass`]). The client's own mistakes (400, 401, 413, 422, 429 from the
+//!   backend) are in `requests_total` only.
 //! - `tailor_router_request_duration_seconds{route,target}`: histogram, until the response body
 //!   (or stream) has been sent.
 //! - `tailor_router_retries_total{route,target}`: connection failures retried on another URL.
 //! - `tailor_router_rejected_total{reason}`: requests answered by the router itself before a
-//!   target was chosen (`unauthorized`, `rate_limited`, `bad_request`, `too_large`,
-//!   `model_not_found`, `not_found`).
+//!   target was chosen (`unauthorized`, `rate_limited`, `overloaded`, `bad_request`,
+//!   `too_large`, `body_timeout`, `model_not_found`, `not_found`).
 //! - `tailor_router_in_flight_requests`: proxied requests not yet finished.
 //! - `tailor_router_config_reloads_total{result}`: `ok` or `error`.
+//! - `tailor_router_open_connections`: client connections open on both listeners.
+//! - `tailor_router_connection_timeouts_total{phase}`: connections closed by a deadline
+//!   (`header`, `idle`, `write`; see [`crate::serve`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +56,11 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 5 ms .. ~164 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -67,6 +77,8 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabels, Counter>,
     pub in_flight: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
+    pub open_connections: Gauge,
+    pub connection_timeouts: Family<PhaseLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +99,8 @@ impl Metrics {
         let rejected = Family::<ReasonLabels, Counter>::default();
         let in_flight = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
+        let open_connections = Gauge::default();
+        let connection_timeouts = Family::<PhaseLabels, Counter>::default();
         registry.register(
             "requests",
             "Proxied requests by route, target and status class",
@@ -94,7 +108,7 @@ impl Metrics {
         );
         registry.register(
             "errors",
-            "Proxied requests that failed, by class (5xx, timeout, connect, other)",
+            "Proxied requests that failed by the target's doing, by class (5xx, 404, timeout, connect, other)",
             errors.clone(),
         );
         registry.register(
@@ -122,6 +136,16 @@ impl Metrics {
             "Configuration reloads by result",
             reloads.clone(),
         );
+        registry.register(
+            "open_connections",
+            "Client connections open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Client connections closed by a deadline, by phase (header, idle, write)",
+            connection_timeouts.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -131,6 +155,8 @@ impl Metrics {
             rejected,
             in_flight,
             reloads,
+            open_connections,
+            connection_timeouts,
         }
     }
 

@@ -4,6 +4,9 @@
 //! The response body is passed through byte for byte: its `model` field is the *target's* model
 //! name (the adapter that served it), not the served name the client asked for. The router adds
 //! `x-tailor-target` (target name) and `x-tailor-revision` (if set) response headers.
+//!
+//! The client's `Authorization` (and `api-key`) header is a user's key for the router: it never
+//! goes upstream. With `--backend-token-file` the router presents its own token instead.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,20 +22,26 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Frame, SizeHint};
 use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth;
 use crate::error::ApiError;
 use crate::metrics::{ErrorLabels, RequestLabels, TargetLabels};
 use crate::split;
 use crate::state::{AppState, Snapshot};
-use crate::stats::{ErrorClass, Outcome, TargetStats, status_class};
+use crate::stats::{ErrorClass, Outcome, TargetStats, classify, status_class};
 
 /// The fixed `reason` label of `tailor_router_rejected_total` for an error.
 fn reject_reason(e: &ApiError) -> &'static str {
     match e {
-        ApiError::MissingApiKey | ApiError::InvalidApiKey => "unauthorized",
+        ApiError::MissingApiKey
+        | ApiError::InvalidApiKey
+        | ApiError::MissingAdminToken
+        | ApiError::InvalidAdminToken => "unauthorized",
         ApiError::RateLimited { .. } => "rate_limited",
+        ApiError::Overloaded { .. } => "overloaded",
         ApiError::BodyTooLarge { .. } => "too_large",
+        ApiError::BodyTimeout(_) => "body_timeout",
         ApiError::BodyRead(_) | ApiError::MalformedJson(_) | ApiError::InvalidRequest(_) => {
             "bad_request"
         }
@@ -90,6 +99,16 @@ pub async fn method_not_allowed(State(state): State<Arc<AppState>>, req: Request
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`.
 pub async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    // Taken before the body is read (bodies are what a flood of requests holds in memory) and
+    // held until the response body ends.
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        return reject(
+            &state,
+            ApiError::Overloaded {
+                limit: state.max_in_flight,
+            },
+        );
+    };
     let snap = state.snapshot();
     let (parts, body) = req.into_parts();
     let prepared = match prepare(&state, &snap, &parts.headers, body).await {
@@ -100,7 +119,15 @@ pub async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Re
         || parts.uri.path().to_string(),
         |pq| pq.as_str().to_string(),
     );
-    forward(&state, &snap, prepared, &path_and_query, &parts.headers).await
+    forward(
+        &state,
+        &snap,
+        prepared,
+        &path_and_query,
+        &parts.headers,
+        permit,
+    )
+    .await
 }
 
 struct Prepared {
@@ -137,12 +164,14 @@ async fn prepare(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let deadline = state.body_read_timeout;
+    let bytes = match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Err(_) => return Err(ApiError::BodyTimeout(deadline.as_secs_f64())),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(ApiError::BodyTooLarge { limit });
         }
-        Err(e) => return Err(ApiError::BodyRead(e.to_string())),
+        Ok(Err(e)) => return Err(ApiError::BodyRead(e.to_string())),
     };
     let mut json: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
@@ -204,11 +233,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The request to a backend: the client's headers less hop-by-hop ones and the client's own
+/// credentials, plus the router's backend token when it has one.
 fn upstream_request(
     base: &str,
     path_and_query: &str,
     headers: &HeaderMap,
-    strip_auth: bool,
+    backend_auth: Option<HeaderValue>,
     body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, http::Error> {
     let mut builder = http::Request::post(format!("{base}{path_and_query}"));
@@ -217,13 +248,17 @@ fn upstream_request(
             if is_hop_by_hop(name)
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
-                || (strip_auth && (name == header::AUTHORIZATION || name.as_str() == "api-key"))
+                || name == header::AUTHORIZATION
+                || name.as_str() == "api-key"
             {
                 continue;
             }
             h.append(name.clone(), value.clone());
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Some(auth) = backend_auth {
+            h.insert(header::AUTHORIZATION, auth);
+        }
     }
     builder.body(Full::new(body))
 }
@@ -238,6 +273,8 @@ struct Completion {
     start: Instant,
     status: u16,
     error: Option<ErrorClass>,
+    /// The request's in-flight slot, freed with the completion.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Completion {
@@ -318,6 +355,7 @@ async fn forward(
     prepared: Prepared,
     path_and_query: &str,
     headers: &HeaderMap,
+    permit: OwnedSemaphorePermit,
 ) -> Response {
     let Some(route) = snap.config.routes.get(&prepared.route) else {
         return reject(state, ApiError::ModelNotFound(prepared.route));
@@ -333,6 +371,7 @@ async fn forward(
         start: Instant::now(),
         status: 502,
         error: None,
+        _permit: permit,
     };
 
     let start = target.next_backend.fetch_add(1, Ordering::Relaxed);
@@ -349,7 +388,6 @@ async fn forward(
         // One URL (a Service): the retry goes through it again, to whichever pod it picks.
         urls.push(urls[0]);
     }
-    let strip_auth = snap.config.api_keys.is_some();
     let timeout = snap.config.request_timeout;
 
     for (attempt, base) in urls.iter().take(2).enumerate() {
@@ -357,7 +395,7 @@ async fn forward(
             base,
             path_and_query,
             headers,
-            strip_auth,
+            state.backend_token.as_ref().map(|t| t.bearer()),
             prepared.body.clone(),
         ) {
             Ok(r) => r,
@@ -398,9 +436,7 @@ async fn forward(
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
                 completion.status = parts.status.as_u16();
-                if parts.status.is_server_error() {
-                    completion.error = Some(ErrorClass::Status5xx);
-                }
+                completion.error = classify(completion.status);
                 let mut builder = Response::builder().status(parts.status);
                 if let Some(h) = builder.headers_mut() {
                     for (name, value) in &parts.headers {

@@ -1,5 +1,6 @@
-//! Shared state: the current configuration snapshot (swapped whole on reload) and the parts that
-//! outlive reloads (metrics, statistics, rate-limit buckets).
+//! Shared state: the current configuration snapshot (swapped whole on reload), the parts that
+//! outlive reloads (metrics, statistics, rate-limit buckets, tokens) and the command line's
+//! request limits.
 //!
 //! A request clones the `Arc<Snapshot>` once at its start and uses only that, so a reload never
 //! changes a request midway and never waits for requests to finish: the old snapshot is freed
@@ -15,11 +16,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::auth::Limiters;
 use crate::config::{ConfigError, FileConfig, RouterConfig};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::stats::StatsRegistry;
+use crate::tokens::TokenFile;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -36,6 +39,34 @@ pub struct Snapshot {
     fingerprint: [u8; 32],
 }
 
+/// What the command line sets beside the config file.
+#[derive(Debug)]
+pub struct Settings {
+    /// The longest `/stats` window (and how long request samples are kept).
+    pub stats_retention: Duration,
+    /// How long a request body may take to arrive, whole.
+    pub body_read_timeout: Duration,
+    /// Proxied requests in progress at once; beyond, 429.
+    pub max_in_flight: usize,
+    /// Presented to the backends as `Authorization: Bearer`.
+    pub backend_token: Option<TokenFile>,
+    /// Required by `/stats` when set.
+    pub admin_token: Option<TokenFile>,
+}
+
+impl Settings {
+    /// Defaults for everything but the retention (tests, tools).
+    pub fn new(stats_retention: Duration) -> Self {
+        Settings {
+            stats_retention,
+            body_read_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            backend_token: None,
+            admin_token: None,
+        }
+    }
+}
+
 pub struct AppState {
     current: RwLock<Arc<Snapshot>>,
     pub metrics: Metrics,
@@ -43,6 +74,14 @@ pub struct AppState {
     pub limiters: Limiters,
     pub config_path: PathBuf,
     last_error: Mutex<Option<String>>,
+    pub body_read_timeout: Duration,
+    /// One permit per proxied request in progress, held until its response body ends.
+    pub in_flight: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub backend_token: Option<TokenFile>,
+    pub admin_token: Option<TokenFile>,
+    /// The last error of each token file (backend, admin), so it is logged once.
+    token_errors: Mutex<[Option<String>; 2]>,
 }
 
 fn build_client(connect_timeout: Duration) -> HttpClient {
@@ -80,8 +119,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
 }
 
 impl AppState {
-    /// Loads the configuration at `path`; `stats_retention` is the longest `/stats` window.
-    pub fn load(path: &Path, stats_retention: Duration) -> Result<Arc<Self>, ConfigError> {
+    /// Loads the configuration at `path`.
+    pub fn load(path: &Path, settings: Settings) -> Result<Arc<Self>, ConfigError> {
         let bytes = read(path)?;
         let config = parse(path, &bytes)?;
         let snapshot = Snapshot {
@@ -102,11 +141,49 @@ impl AppState {
         Ok(Arc::new(AppState {
             current: RwLock::new(Arc::new(snapshot)),
             metrics,
-            stats: StatsRegistry::new(stats_retention),
+            stats: StatsRegistry::new(settings.stats_retention),
             limiters: Limiters::default(),
             config_path: path.to_path_buf(),
             last_error: Mutex::new(None),
+            body_read_timeout: settings.body_read_timeout,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            max_in_flight: settings.max_in_flight,
+            backend_token: settings.backend_token,
+            admin_token: settings.admin_token,
+            token_errors: Mutex::new([None, None]),
         }))
+    }
+
+    /// Re-reads the token files, logging a change or a new error (by path: never the value).
+    /// A file that cannot be read keeps its previous token.
+    pub fn reload_tokens(&self) {
+        let files = [
+            ("backend", &self.backend_token),
+            ("admin", &self.admin_token),
+        ];
+        for (i, (which, file)) in files.into_iter().enumerate() {
+            let Some(file) = file else { continue };
+            let result = file.reload_if_changed();
+            let mut errors = self
+                .token_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match result {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(token = which, path = %file.path().display(), "token file changed: using the new token");
+                    }
+                    errors[i] = None;
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if errors[i].as_deref() != Some(message.as_str()) {
+                        tracing::error!(token = which, error = %message, "keeping the previous token");
+                        errors[i] = Some(message);
+                    }
+                }
+            }
+        }
     }
 
     /// The configuration in force now.

@@ -10,13 +10,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use tailor_wire::router as wire;
 
-/// Why a request counts as an error for its target.
+/// Why a request counts as an error for its target in canary analysis: what the target caused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// The backend answered with a 5xx status.
     Status5xx,
+    /// The backend answered 404: the model (adapter) the router asked for is missing on the pod.
+    NotFound,
     /// No response headers within `timeouts.request` (the router answered 504).
     Timeout,
     /// No connection to any backend URL tried (the router answered 502).
@@ -26,8 +28,9 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 4] = [
+    pub const ALL: [ErrorClass; 5] = [
         ErrorClass::Status5xx,
+        ErrorClass::NotFound,
         ErrorClass::Timeout,
         ErrorClass::Connect,
         ErrorClass::Other,
@@ -37,6 +40,7 @@ impl ErrorClass {
     pub fn label(self) -> &'static str {
         match self {
             ErrorClass::Status5xx => "5xx",
+            ErrorClass::NotFound => "404",
             ErrorClass::Timeout => "timeout",
             ErrorClass::Connect => "connect",
             ErrorClass::Other => "other",
@@ -45,6 +49,19 @@ impl ErrorClass {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// Whether a backend's answer counts against its target. 5xx is the backend failing; 404 is
+/// the model or adapter missing on the pod (the router forwards only the paths every backend
+/// serves, with the model its config names), e.g. an adapter that failed to load or was
+/// unloaded. Every other answer is not the target's doing: the client's own mistakes (400, 401,
+/// 413, 422) and a backend's 429 (it is busy, not broken) count as answered requests.
+pub fn classify(status: u16) -> Option<ErrorClass> {
+    match status {
+        404 => Some(ErrorClass::NotFound),
+        500..=599 => Some(ErrorClass::Status5xx),
+        _ => None,
     }
 }
 
@@ -58,8 +75,6 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
-
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn status_index(status: u16) -> usize {
     match status {
@@ -85,7 +100,7 @@ pub struct Outcome {
 pub struct Counts {
     pub requests: u64,
     pub status: [u64; 5],
-    pub errors: [u64; 4],
+    pub errors: [u64; 5],
 }
 
 impl Counts {
@@ -101,21 +116,27 @@ impl Counts {
         self.errors.iter().sum()
     }
 
-    fn status_json(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        for (label, n) in STATUS_CLASSES.iter().zip(self.status) {
-            m.insert((*label).to_string(), json!(n));
+    fn status_wire(&self) -> wire::StatusCounts {
+        let [s1xx, s2xx, s3xx, s4xx, s5xx] = self.status;
+        wire::StatusCounts {
+            s1xx,
+            s2xx,
+            s3xx,
+            s4xx,
+            s5xx,
         }
-        Value::Object(m)
     }
 
-    fn errors_json(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        for class in ErrorClass::ALL {
-            m.insert(class.label().to_string(), json!(self.errors[class.index()]));
+    fn errors_wire(&self) -> wire::ErrorCounts {
+        let e = |c: ErrorClass| self.errors[c.index()];
+        wire::ErrorCounts {
+            s5xx: e(ErrorClass::Status5xx),
+            not_found: e(ErrorClass::NotFound),
+            timeout: e(ErrorClass::Timeout),
+            connect: e(ErrorClass::Connect),
+            other: e(ErrorClass::Other),
+            total: self.error_total(),
         }
-        m.insert("total".to_string(), json!(self.error_total()));
-        Value::Object(m)
     }
 }
 
@@ -220,7 +241,11 @@ impl TargetStats {
     }
 
     /// The `window` and `cumulative` members of a target's `/stats` entry.
-    pub fn to_json(&self, now: Instant, window: Duration) -> (Value, Value) {
+    pub fn to_wire(
+        &self,
+        now: Instant,
+        window: Duration,
+    ) -> (wire::WindowStats, wire::CumulativeStats) {
         let w = self.window(now, window);
         let (total, retries) = self.cumulative();
         let error_rate = if w.counts.requests == 0 {
@@ -228,20 +253,24 @@ impl TargetStats {
         } else {
             w.counts.error_total() as f64 / w.counts.requests as f64
         };
-        let window_json = json!({
-            "requests": w.counts.requests,
-            "status": w.counts.status_json(),
-            "errors": w.counts.errors_json(),
-            "error_rate": error_rate,
-            "latency_ms": {"p50": w.p50_ms, "p95": w.p95_ms, "p99": w.p99_ms},
-        });
-        let cumulative_json = json!({
-            "requests": total.requests,
-            "status": total.status_json(),
-            "errors": total.errors_json(),
-            "retries": retries,
-        });
-        (window_json, cumulative_json)
+        let window = wire::WindowStats {
+            requests: w.counts.requests,
+            status: w.counts.status_wire(),
+            errors: w.counts.errors_wire(),
+            error_rate,
+            latency_ms: wire::LatencyMs {
+                p50: w.p50_ms,
+                p95: w.p95_ms,
+                p99: w.p99_ms,
+            },
+        };
+        let cumulative = wire::CumulativeStats {
+            requests: total.requests,
+            status: total.status_wire(),
+            errors: total.errors_wire(),
+            retries,
+        };
+        (window, cumulative)
     }
 }
 
@@ -324,12 +353,12 @@ mod tests {
         assert_eq!(w.counts.requests, 20);
         assert_eq!(w.counts.status[1], 18);
         assert_eq!(w.counts.status[4], 2);
-        assert_eq!(w.counts.errors, [2, 0, 0, 0]);
+        assert_eq!(w.counts.errors, [2, 0, 0, 0, 0]);
         assert_eq!(w.p50_ms, Some(100.0));
         assert_eq!(w.p95_ms, Some(190.0));
         let all = t.window(t1, Duration::from_secs(200));
         assert_eq!(all.counts.requests, 30);
-        assert_eq!(all.counts.errors, [2, 0, 10, 0]);
+        assert_eq!(all.counts.errors, [2, 0, 0, 10, 0]);
         let (total, _) = t.cumulative();
         assert_eq!(total.requests, 30);
         // Past the retention the old events are gone from the window but not from the totals.
@@ -340,22 +369,49 @@ mod tests {
     }
 
     #[test]
-    fn json_shape() {
+    fn wire_shape() {
         let registry = StatsRegistry::new(Duration::from_secs(60));
         let t = registry.target("bot", "canary");
         let now = Instant::now();
         t.record(outcome(200, None, 10), now);
         t.record(outcome(504, Some(ErrorClass::Timeout), 30), now);
+        t.record(outcome(404, classify(404), 20), now);
+        t.record(outcome(422, classify(422), 5), now);
         t.record_retry();
-        let (w, c) = t.to_json(now, Duration::from_secs(60));
-        assert_eq!(w["requests"], 2);
-        assert_eq!(w["errors"]["timeout"], 1);
-        assert_eq!(w["errors"]["total"], 1);
-        assert_eq!(w["status"]["2xx"], 1);
-        assert_eq!(w["error_rate"], 0.5);
-        assert_eq!(w["latency_ms"]["p50"], 10.0);
-        assert_eq!(w["latency_ms"]["p95"], 30.0);
-        assert_eq!(c["requests"], 2);
-        assert_eq!(c["retries"], 1);
+        let (w, c) = t.to_wire(now, Duration::from_secs(60));
+        assert_eq!(w.requests, 4);
+        assert_eq!(w.errors.timeout, 1);
+        assert_eq!(w.errors.not_found, 1);
+        assert_eq!(w.errors.total, 2);
+        assert_eq!((w.status.s2xx, w.status.s4xx, w.status.s5xx), (1, 2, 1));
+        assert_eq!(w.error_rate, 0.5);
+        assert_eq!(w.latency_ms.p50, Some(10.0));
+        assert_eq!(w.latency_ms.p95, Some(30.0));
+        assert_eq!(c.requests, 4);
+        assert_eq!(c.errors.total, 2);
+        assert_eq!(c.retries, 1);
+    }
+
+    /// What the target caused counts against it; the client's own mistakes do not.
+    #[test]
+    fn error_classes_by_backend_status() {
+        let cases = [
+            (200, None),
+            (201, None),
+            (304, None),
+            (400, None),
+            (401, None),
+            (404, Some(ErrorClass::NotFound)),
+            (413, None),
+            (422, None),
+            (429, None),
+            (500, Some(ErrorClass::Status5xx)),
+            (502, Some(ErrorClass::Status5xx)),
+            (503, Some(ErrorClass::Status5xx)),
+            (504, Some(ErrorClass::Status5xx)),
+        ];
+        for (status, class) in cases {
+            assert_eq!(classify(status), class, "{status}");
+        }
     }
 }

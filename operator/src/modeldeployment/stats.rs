@@ -1,62 +1,15 @@
-//! The router's `/stats` (router/README.md) → analysis samples for the stable and canary
-//! targets, summed over the routes the canary splits.
+//! The router's `/stats` (router/README.md; the type is `tailor_wire::router::Stats`) →
+//! analysis samples for the stable and canary targets, summed over the routes the canary
+//! splits and over the router pods.
+//!
+//! Every router pod counts only the requests it proxied, so the analysis reads `/stats` from
+//! each pod of the router Deployment and adds them up ([`window_over_pods`]); the router has
+//! loaded a config only once every pod reports its hash ([`all_run`]).
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
+pub use tailor_wire::router::Stats;
 
 use super::analysis::Sample;
 use super::build::{canary_target, stable_target};
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct Stats {
-    pub window_seconds: f64,
-    pub config: ConfigState,
-    #[serde(default)]
-    pub routes: BTreeMap<String, RouteStats>,
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct ConfigState {
-    /// Hex SHA-256 of the config file the router has loaded.
-    pub sha256: String,
-    pub generation: u64,
-    #[serde(default)]
-    pub last_error: Option<String>,
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct RouteStats {
-    #[serde(default)]
-    pub targets: BTreeMap<String, TargetStats>,
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct TargetStats {
-    pub model: String,
-    #[serde(default)]
-    pub revision: Option<String>,
-    pub weight: u32,
-    pub window: WindowStats,
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct WindowStats {
-    pub requests: u64,
-    pub errors: ErrorStats,
-    pub latency_ms: LatencyStats,
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct ErrorStats {
-    pub total: u64,
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct LatencyStats {
-    #[serde(default)]
-    pub p95: Option<f64>,
-}
 
 pub fn parse(body: &[u8]) -> Result<Stats, String> {
     serde_json::from_slice(body).map_err(|e| format!("router /stats: {e}"))
@@ -90,6 +43,45 @@ fn sum(stats: &Stats, target: &str, revision: &str) -> Option<Sample> {
         }
     }
     found.then_some(s)
+}
+
+/// Two samples of one revision (from two router pods) as one: counts add up; p95 is the worse
+/// one (percentiles do not add up; the worst is the conservative one).
+fn add(a: Sample, b: Sample) -> Sample {
+    let p95_seconds = match (a.p95_seconds, b.p95_seconds) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    Sample {
+        revision: a.revision,
+        requests: a.requests + b.requests,
+        errors: a.errors + b.errors,
+        p95_seconds,
+    }
+}
+
+/// [`window`] over every router pod's `/stats`. A pod that has no canary target yet (it has not
+/// loaded the canary's config) adds nothing; `None` when no pod has one.
+pub fn window_over_pods(
+    pods: &[Stats],
+    stable: &str,
+    canary: &str,
+) -> Option<(Sample, Option<Sample>)> {
+    pods.iter()
+        .filter_map(|p| window(p, stable, canary))
+        .reduce(|(c1, s1), (c2, s2)| {
+            let stable = match (s1, s2) {
+                (Some(a), Some(b)) => Some(add(a, b)),
+                (a, b) => a.or(b),
+            };
+            (add(c1, c2), stable)
+        })
+}
+
+/// Whether every router pod runs the config whose file text is `text` (and there is a pod).
+pub fn all_run(pods: &[Stats], text: &str) -> bool {
+    let sha = config_sha256(text);
+    !pods.is_empty() && pods.iter().all(|p| p.config.sha256 == sha)
 }
 
 /// The canary's and the stable's numbers. The stable is counted only on routes the canary
@@ -170,6 +162,52 @@ mod tests {
     fn garbage_is_an_error_naming_the_source() {
         let e = parse(b"{").expect_err("error");
         assert!(e.starts_with("router /stats"), "{e}");
+    }
+
+    /// Two router pods, each with part of the traffic: the analysis sees the sum.
+    #[test]
+    fn samples_add_up_over_router_pods() {
+        let one = parse(BODY.as_bytes()).expect("parse");
+        let mut two = one.clone();
+        let canary = two.routes["support"]
+            .targets
+            .get_mut("canary-aaaaaaaa-222222")
+            .expect("canary");
+        canary.window.requests = 100;
+        canary.window.errors.total = 5;
+        canary.window.latency_ms.p95 = Some(500.0);
+        let (c, s) = window_over_pods(&[one.clone(), two], "aaaaaaaa-111111", "aaaaaaaa-222222")
+            .expect("window");
+        assert_eq!((c.requests, c.errors), (300, 65));
+        assert_eq!(c.p95_seconds, Some(0.5));
+        let s = s.expect("stable");
+        assert_eq!((s.requests, s.errors), (3600, 36));
+        // A pod still on the config before the canary adds nothing.
+        let mut old = one.clone();
+        old.routes["support"]
+            .targets
+            .shift_remove("canary-aaaaaaaa-222222");
+        let (c, _) = window_over_pods(&[one, old.clone()], "aaaaaaaa-111111", "aaaaaaaa-222222")
+            .expect("window");
+        assert_eq!(c.requests, 200);
+        assert_eq!(
+            window_over_pods(&[old], "aaaaaaaa-111111", "aaaaaaaa-222222"),
+            None
+        );
+        assert_eq!(window_over_pods(&[], "a", "b"), None);
+    }
+
+    #[test]
+    fn a_config_runs_once_every_router_pod_reports_it() {
+        let text = "{}";
+        let mut a = parse(BODY.as_bytes()).expect("parse");
+        a.config.sha256 = config_sha256(text);
+        let mut b = a.clone();
+        assert!(all_run(&[a.clone(), b.clone()], text));
+        b.config.sha256 = config_sha256("older");
+        assert!(!all_run(&[a.clone(), b], text));
+        assert!(!all_run(&[], text));
+        assert!(all_run(&[a], text));
     }
 
     #[test]

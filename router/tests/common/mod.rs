@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +52,8 @@ pub struct BackendShared {
     pub stream_finished: AtomicBool,
     /// Authorization headers seen (to check the router strips client keys).
     pub saw_authorization: AtomicU64,
+    /// Their values, in arrival order.
+    pub authorizations: Mutex<Vec<String>>,
 }
 
 impl Backend {
@@ -65,6 +67,7 @@ impl Backend {
             release: Notify::new(),
             stream_finished: AtomicBool::new(false),
             saw_authorization: AtomicU64::new(0),
+            authorizations: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(chat))
@@ -105,11 +108,30 @@ async fn models(State(s): State<Arc<BackendShared>>) -> Response {
 
 async fn begin(s: &BackendShared, headers: &HeaderMap, body: &Value) -> Option<Response> {
     s.requests.fetch_add(1, Ordering::SeqCst);
-    if headers.contains_key("authorization") {
+    if let Some(auth) = headers.get("authorization") {
         s.saw_authorization.fetch_add(1, Ordering::SeqCst);
+        s.authorizations
+            .lock()
+            .expect("lock")
+            .push(String::from_utf8_lossy(auth.as_bytes()).into_owned());
     }
     let model = body["model"].as_str().unwrap_or("<none>").to_string();
     *s.models.lock().expect("lock").entry(model).or_default() += 1;
+    // A test asks for a status by header: the backend answers it, OpenAI-shaped.
+    if let Some(status) = headers
+        .get("x-test-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|v| StatusCode::from_u16(v).ok())
+    {
+        return Some(
+            (
+                status,
+                axum::Json(json!({"error": {"message": format!("test status {status}"), "type": "invalid_request_error", "param": null, "code": null}})),
+            )
+                .into_response(),
+        );
+    }
     match s.mode {
         Mode::Ok => None,
         Mode::Fail500 => Some(
@@ -222,13 +244,29 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A `tailor-router` child process; killed when dropped.
+/// A `tailor-router` child process; killed when dropped. Its stdout and stderr (the logs) go to
+/// `DIR/router.log`.
 pub struct RouterProc {
     child: Child,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// Sent to `/stats` when set (the router runs with `--admin-token-file`).
+    pub admin_token: Option<String>,
+}
+
+/// How to start a router beyond its config.
+#[derive(Default, Clone)]
+pub struct Start {
+    /// A separate admin listener.
+    pub admin: bool,
+    /// More command-line arguments.
+    pub args: Vec<String>,
+    /// The admin token `/stats` needs (the test also passes `--admin-token-file`).
+    pub admin_token: Option<String>,
+    /// `RUST_LOG`; default `warn`.
+    pub log: Option<String>,
 }
 
 impl Drop for RouterProc {
@@ -245,15 +283,43 @@ impl RouterProc {
     }
 
     pub async fn start_with(config: &str, admin: bool) -> RouterProc {
+        Self::start_opts(
+            config,
+            Start {
+                admin,
+                ..Start::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_opts(config: &str, opts: Start) -> RouterProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        Self::spawn(dir, config_path, admin).await
+        Self::spawn_opts(dir, config_path, opts).await
     }
 
     /// Starts the router on an existing config file inside `dir`.
     pub async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, admin: bool) -> RouterProc {
+        Self::spawn_opts(
+            dir,
+            config_path,
+            Start {
+                admin,
+                ..Start::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn spawn_opts(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        opts: Start,
+    ) -> RouterProc {
         use sha2::Digest;
+        let admin = opts.admin;
         let expected_sha = hex::encode(sha2::Sha256::digest(
             std::fs::read(&config_path).expect("read config"),
         ));
@@ -265,6 +331,7 @@ impl RouterProc {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
             let admin_addr: Option<SocketAddr> =
                 admin.then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
+            let log = std::fs::File::create(dir.path().join("router.log")).expect("log file");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailor-router"));
             cmd.arg("--config")
                 .arg(&config_path)
@@ -272,9 +339,10 @@ impl RouterProc {
                 .arg(addr.to_string())
                 .arg("--reload-interval")
                 .arg("100ms")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
+                .args(&opts.args)
+                .env("RUST_LOG", opts.log.as_deref().unwrap_or("warn"))
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log);
             if let Some(a) = admin_addr {
                 cmd.arg("--admin-listen").arg(a.to_string());
             }
@@ -285,12 +353,13 @@ impl RouterProc {
                 admin: admin_addr,
                 dir,
                 config_path,
+                admin_token: opts.admin_token.clone(),
             };
             let stats = format!("{}/stats", router.ops_url());
             let end = tokio::time::Instant::now() + Duration::from_secs(60);
             let mut ours = false;
             while tokio::time::Instant::now() < end && router.exited().is_none() {
-                if let Ok((200, body)) = get(&client, &stats).await {
+                if let Ok((200, body)) = get_with(&client, &stats, &router.admin_headers()).await {
                     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
                     ours = v["config"]["sha256"] == json!(expected_sha);
                     break;
@@ -302,7 +371,8 @@ impl RouterProc {
             }
             assert!(
                 tokio::time::Instant::now() < end,
-                "tailor-router did not become ready"
+                "tailor-router did not become ready:\n{}",
+                router.logs()
             );
             (dir, config_path) = router.take_parts();
         }
@@ -319,6 +389,18 @@ impl RouterProc {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Everything the process wrote so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("router.log")).unwrap_or_default()
+    }
+
+    fn admin_headers(&self) -> Vec<(String, String)> {
+        self.admin_token
+            .iter()
+            .map(|t| ("authorization".to_string(), format!("Bearer {t}")))
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
@@ -340,7 +422,8 @@ impl RouterProc {
     }
 
     pub async fn stats(&self) -> Value {
-        let (status, body) = get(&http_client(), &format!("{}/stats", self.ops_url()))
+        let url = format!("{}/stats", self.ops_url());
+        let (status, body) = get_with(&http_client(), &url, &self.admin_headers())
             .await
             .expect("GET /stats");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -374,7 +457,19 @@ pub fn http_client() -> TestClient {
 }
 
 pub async fn get(client: &TestClient, url: &str) -> Result<(u16, Bytes), String> {
-    let req = http::Request::get(url)
+    get_with(client, url, &[]).await
+}
+
+pub async fn get_with(
+    client: &TestClient,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<(u16, Bytes), String> {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
