@@ -382,7 +382,10 @@ mod tests {
         assert!(operator_path(&c, "team-a", "s3://b/k").is_err());
         assert!(operator_path(&c, "", "pvc://tailor-artifacts/a").is_err());
         assert_eq!(
-            pod_path(&c, &resolve(&c, "pvc://tailor-artifacts/models/b").expect("ok")),
+            pod_path(
+                &c,
+                &resolve(&c, "pvc://tailor-artifacts/models/b").expect("ok")
+            ),
             PathBuf::from("/artifacts-shared/models/b")
         );
         assert_eq!(

@@ -74,7 +74,11 @@ kind!(
     tailor_api::FineTuneJobStatus,
     [READY, DEGRADED, DATASET_READY, SCHEDULED]
 );
-kind!(LoraAdapter, tailor_api::LoraAdapterStatus, [READY, DEGRADED]);
+kind!(
+    LoraAdapter,
+    tailor_api::LoraAdapterStatus,
+    [READY, DEGRADED]
+);
 kind!(
     ModelDeployment,
     tailor_api::ModelDeploymentStatus,
@@ -146,11 +150,7 @@ fn key<R: Reconciler>(obj: &DeserializeGuard<R::K>) -> String {
     )
 }
 
-fn error_policy<R: Reconciler>(
-    obj: Arc<DeserializeGuard<R::K>>,
-    err: &Error,
-    r: Arc<R>,
-) -> Action {
+fn error_policy<R: Reconciler>(obj: Arc<DeserializeGuard<R::K>>, err: &Error, r: Arc<R>) -> Action {
     if err.category().is_transient() {
         Action::requeue(r.context().backoff(&key::<R>(&obj)))
     } else {
@@ -169,12 +169,15 @@ async fn reconcile<R: Reconciler>(
     let _timer = ctx.metrics.reconcile(R::NAME);
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let span = tracing::info_span!("reconcile", controller = R::NAME, namespace = %ns, resource = %name);
+    let span =
+        tracing::info_span!("reconcile", controller = R::NAME, namespace = %ns, resource = %name);
     let result = match &obj.0 {
         Ok(k) => r.reconcile(k).instrument(span).await,
-        Err(invalid) => malformed::<R::K>(ctx, R::NAME, invalid)
-            .instrument(span)
-            .await,
+        Err(invalid) => {
+            malformed::<R::K>(ctx, R::NAME, invalid)
+                .instrument(span)
+                .await
+        }
     };
     match &result {
         Ok(_) => ctx.succeeded(&key::<R>(&obj)),
@@ -213,7 +216,13 @@ async fn malformed<K: Kind>(
     for (t, s) in [(READY, false), (DEGRADED, true)] {
         conditions::set(
             &mut conds,
-            conditions::new(t, Some(s), Category::InvalidSpec.as_str(), &message, generation),
+            conditions::new(
+                t,
+                Some(s),
+                Category::InvalidSpec.as_str(),
+                &message,
+                generation,
+            ),
             now,
         );
     }

@@ -219,7 +219,10 @@ impl PodVolumes {
             return;
         }
         let name = format!("{prefix}-{}", self.volumes.len());
-        self.volumes.push(Volume { name: name.clone(), ..volume });
+        self.volumes.push(Volume {
+            name: name.clone(),
+            ..volume
+        });
         self.mounts.push(VolumeMount {
             name,
             mount_path: path,
@@ -233,7 +236,12 @@ impl PodVolumes {
     /// area, and returns its path there; `Err` says why the tenant may not use `uri` (see
     /// [`artifacts::resolve`]). `is_dir` says whether it names a directory (a file's parent is
     /// mounted).
-    pub fn add(&mut self, cfg: &OperatorConfig, uri: &str, is_dir: bool) -> Result<PathBuf, String> {
+    pub fn add(
+        &mut self,
+        cfg: &OperatorConfig,
+        uri: &str,
+        is_dir: bool,
+    ) -> Result<PathBuf, String> {
         let r = artifacts::resolve(cfg, uri)?;
         let path = artifacts::pod_path(cfg, &r);
         match &r {
@@ -327,7 +335,8 @@ mod tests {
             .add(&cfg, "pvc://data/raw/x.jsonl", false)
             .expect("own claim");
         assert_eq!(p, PathBuf::from("/mnt/data/raw/x.jsonl"));
-        v.add(&cfg, "pvc://data/other.jsonl", false).expect("same claim");
+        v.add(&cfg, "pvc://data/other.jsonl", false)
+            .expect("same claim");
         let p = v
             .add(&cfg, "pvc://tailor-artifacts/models/base", true)
             .expect("shared");
@@ -341,7 +350,9 @@ mod tests {
         assert_eq!(p, PathBuf::from("/artifacts/finetune/x"));
         // config, artifacts area, the `data` claim, the shared prefix.
         assert_eq!(v.volumes.len(), 4);
-        let e = v.add(&cfg, "file:///etc", true).expect_err("host paths are off");
+        let e = v
+            .add(&cfg, "file:///etc", true)
+            .expect_err("host paths are off");
         assert!(e.contains("allowFileUris"), "{e}");
         assert!(v.add(&cfg, "s3://b/k", true).is_err());
         cfg.allow_file_uris = true;

@@ -391,9 +391,7 @@ mod tests {
         // 25 chat lines whose unknown role is 2 MB each: the rejection reasons quote it.
         let role = "r".repeat(2 << 20);
         let mut lines: Vec<String> = (0..25)
-            .map(|_| {
-                serde_json::json!({"messages": [{"role": role, "content": "x"}]}).to_string()
-            })
+            .map(|_| serde_json::json!({"messages": [{"role": role, "content": "x"}]}).to_string())
             .collect();
         lines.push(serde_json::json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}).to_string());
         let mut cfg = config(dir.path(), &lines);
@@ -406,6 +404,10 @@ mod tests {
             assert!(s.reason.ends_with('…'), "{}", s.reason);
         }
         let on_disk = std::fs::metadata(cfg.output.join("stats.json")).expect("stats.json");
-        assert!(on_disk.len() < 16 * 1024, "stats.json is {} bytes", on_disk.len());
+        assert!(
+            on_disk.len() < 16 * 1024,
+            "stats.json is {} bytes",
+            on_disk.len()
+        );
     }
 }

@@ -43,9 +43,15 @@ fn bounded_samples(samples: &[InvalidSample]) -> Vec<InvalidSample> {
 /// Where the prepare pod reads the raw JSONL from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    ConfigMap { name: String, key: String },
+    ConfigMap {
+        name: String,
+        key: String,
+    },
     /// An artifact URI, and the spec field it came from.
-    Uri { uri: String, field: &'static str },
+    Uri {
+        uri: String,
+        field: &'static str,
+    },
     Inline(String),
 }
 
@@ -176,7 +182,9 @@ pub fn tokenizer_dir(uri: &str) -> Result<String, Error> {
         Location::Remote(_) => Err(Error::InvalidSpec(format!(
             "{field}: {uri} cannot be mounted into the prepare pod; use pvc:// or file://"
         ))),
-        Location::Pvc { claim, path } => Ok(artifacts::pvc_uri(&claim, &strip(&path).unwrap_or(path))),
+        Location::Pvc { claim, path } => {
+            Ok(artifacts::pvc_uri(&claim, &strip(&path).unwrap_or(path)))
+        }
         Location::File(p) => {
             let p = p.to_string_lossy().into_owned();
             let dir = match strip(&p) {
@@ -640,7 +648,10 @@ spec:
                 "pvc://models/my-tokenizer.json",
             ),
             ("file:///models/llama", "file:///models/llama"),
-            ("file:///models/llama/tokenizer.json", "file:///models/llama"),
+            (
+                "file:///models/llama/tokenizer.json",
+                "file:///models/llama",
+            ),
             ("file:///tokenizer.json", "file:///"),
         ] {
             assert_eq!(tokenizer_dir(uri).expect(uri), want, "{uri}");

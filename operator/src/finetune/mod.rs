@@ -69,7 +69,9 @@ impl controller::Reconciler for Ctx {
         &self.base
     }
     fn caches_ready(&self) -> bool {
-        cache::is_ready(&self.datasets) && cache::is_ready(&self.jobs) && cache::is_ready(&self.pods)
+        cache::is_ready(&self.datasets)
+            && cache::is_ready(&self.jobs)
+            && cache::is_ready(&self.pods)
     }
     async fn reconcile(&self, ftj: &FineTuneJob) -> Result<Action, Error> {
         pipeline(ftj, self).await
@@ -109,7 +111,9 @@ pub async fn run(ctx: Arc<Context>) {
                     .iter()
                     .filter_map(|f| controller::valid(f))
                     .filter(|f| f.namespace() == ns && f.spec.dataset_ref.name == name)
-                    .map(|f| ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default()))
+                    .map(|f| {
+                        ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default())
+                    })
                     .collect::<Vec<_>>()
             },
         )
@@ -399,7 +403,8 @@ async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {
 
 fn read_metrics(cfg: &crate::config::OperatorConfig, ns: &str, uri: &str) -> Option<TrainSummary> {
     let dir = artifacts::operator_path(cfg, ns, uri).ok()?;
-    let bytes = artifacts::read_bounded(&dir.join("metrics.json"), crate::endpoints::SMALL_BODY).ok()?;
+    let bytes =
+        artifacts::read_bounded(&dir.join("metrics.json"), crate::endpoints::SMALL_BODY).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

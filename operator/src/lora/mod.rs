@@ -64,10 +64,8 @@ impl controller::Reconciler for Ctx {
         if !wants && !has {
             return verify(la, self).await;
         }
-        let api = Api::<LoraAdapter>::namespaced(
-            ctx.client.clone(),
-            &la.namespace().unwrap_or_default(),
-        );
+        let api =
+            Api::<LoraAdapter>::namespaced(ctx.client.clone(), &la.namespace().unwrap_or_default());
         finalizer(&api, FINALIZER, Arc::new(la.clone()), |event| async move {
             match event {
                 finalizer::Event::Apply(la) => verify(&la, self).await,

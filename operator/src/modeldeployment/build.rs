@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
+    Affinity, PodAffinityTerm, PodAntiAffinity, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSpec as K8sPodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
@@ -24,7 +27,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
 use serde_json::{Value, json};
 use tailor_api::ModelDeployment;
 
@@ -64,7 +66,11 @@ pub fn token_secret_name(md: &str) -> String {
 pub fn token_secret(md: &ModelDeployment, token: &str) -> Secret {
     let md_name = md.name_any();
     Secret {
-        metadata: meta(md, token_secret_name(&md_name), labels(&md_name, "tailor-token")),
+        metadata: meta(
+            md,
+            token_secret_name(&md_name),
+            labels(&md_name, "tailor-token"),
+        ),
         string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
         type_: Some("Opaque".into()),
         ..Default::default()
@@ -165,6 +171,15 @@ fn pod_ip_env() -> EnvVar {
             }),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// Pods log JSON lines (every tailor binary reads `TAILOR_LOG_FORMAT`).
+pub fn json_logs() -> EnvVar {
+    EnvVar {
+        name: "TAILOR_LOG_FORMAT".into(),
+        value: Some("json".into()),
         ..Default::default()
     }
 }
@@ -342,7 +357,7 @@ pub fn server_deployment(
                         name: "server".into(),
                         image: Some(cfg.server_image.clone()),
                         args: Some(args),
-                        env: Some(vec![pod_ip_env()]),
+                        env: Some(vec![pod_ip_env(), json_logs()]),
                         ports: Some(vec![ContainerPort {
                             name: Some("http".into()),
                             container_port: SERVER_PORT,
@@ -423,42 +438,10 @@ pub fn read_snapshot(cm: &ConfigMap) -> Option<RevisionSpec> {
 // ---------------------------------------------------------------------------------------------
 // Router
 
-/// One target of a route, in router/README.md's config shape.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct RouterTarget {
-    pub name: String,
-    pub revision: String,
-    pub backend: String,
-    pub model: String,
-    pub weight: u32,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct RouterRoute {
-    pub model: String,
-    pub targets: Vec<RouterTarget>,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct RouterApiKey {
-    pub name: String,
-    pub sha256: String,
-}
-
-/// The router's config file. Written as JSON, which is YAML too.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RouterConfig {
-    pub routes: Vec<RouterRoute>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub api_keys: Vec<RouterApiKey>,
-    pub stats: RouterStats,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct RouterStats {
-    pub window: String,
-}
+pub use tailor_wire::router::{
+    ApiKey as RouterApiKey, Config as RouterConfig, Route as RouterRoute, Target as RouterTarget,
+};
+use tailor_wire::router::{Backends, StatsSettings};
 
 /// One revision as the router sees it.
 #[derive(Debug, Clone, Copy)]
@@ -496,13 +479,13 @@ pub fn router_routes(stable: Side<'_>, canary: Option<(Side<'_>, u32)>) -> Vec<R
         .into_iter()
         .map(|name| {
             let target = |side: Side<'_>, model: &str, weight: u32, is_canary: bool| RouterTarget {
-                name: if is_canary {
+                name: Some(if is_canary {
                     canary_target(side.revision)
                 } else {
                     stable_target(side.revision)
-                },
-                revision: side.revision.to_string(),
-                backend: side.backend.to_string(),
+                }),
+                revision: Some(side.revision.to_string()),
+                backend: Backends::One(side.backend.to_string()),
                 model: model.to_string(),
                 weight,
             };
@@ -546,7 +529,8 @@ pub fn router_config(
             let sha256 = hex::encode(Sha256::digest(k.as_bytes()));
             RouterApiKey {
                 name: format!("key-{}", &sha256[..8]),
-                sha256,
+                sha256: Some(sha256),
+                ..Default::default()
             }
         })
         .collect();
@@ -554,10 +538,11 @@ pub fn router_config(
     keys.dedup_by(|a, b| a.name == b.name);
     RouterConfig {
         routes,
-        api_keys: keys,
-        stats: RouterStats {
-            window: format!("{}s", window_secs.max(1)),
+        api_keys: (!keys.is_empty()).then_some(keys),
+        stats: StatsSettings {
+            window: Some(std::time::Duration::from_secs(window_secs.max(1)).into()),
         },
+        ..Default::default()
     }
 }
 
@@ -573,8 +558,34 @@ pub fn router_config_map(md: &ModelDeployment, config: &RouterConfig) -> ConfigM
     }
 }
 
-/// One router pod: `/stats` is per process, and the analysis reads one. The split is a hash
-/// of the user, so more replicas would split alike; their stats would have to be summed.
+/// Router pods run at once: two, so a node drain or a crash never leaves the endpoint without
+/// a router. The split is a hash of the user, so every pod sends a user to the same target;
+/// `/stats` is per pod, and the analysis sums the pods' answers.
+pub const ROUTER_REPLICAS: i32 = 2;
+
+/// Prefer spreading `labels`' pods over nodes (never refuse to schedule for it).
+fn spread_over_nodes(labels: &BTreeMap<String, String>) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector(labels)),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployment {
     let md_name = md.name_any();
     let l = labels(&md_name, "tailor-router");
@@ -582,14 +593,14 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
     Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
-            replicas: Some(1),
+            replicas: Some(ROUTER_REPLICAS),
             selector: LabelSelector {
                 match_labels: Some(selector(&l)),
                 ..Default::default()
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(l),
+                    labels: Some(l.clone()),
                     ..Default::default()
                 }),
                 spec: Some(K8sPodSpec {
@@ -609,7 +620,7 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
                             "--admin-token-file".into(),
                             token_file(),
                         ]),
-                        env: Some(vec![pod_ip_env()]),
+                        env: Some(vec![pod_ip_env(), json_logs()]),
                         ports: Some(vec![
                             ContainerPort {
                                 name: Some("http".into()),
@@ -646,6 +657,7 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
                         },
                         token_volume(&md_name).0,
                     ]),
+                    affinity: Some(spread_over_nodes(&l)),
                     termination_grace_period_seconds: Some(45),
                     ..Default::default()
                 }),
@@ -720,20 +732,21 @@ pub fn network_policies(md: &ModelDeployment, operator_namespace: &str) -> Vec<N
     );
     let router_pods = selector(&labels(&md_name, "tailor-router"));
     let server_pods = selector(&labels(&md_name, "tailor-server"));
-    let policy = |name: String, pods: BTreeMap<String, String>, ingress: Vec<NetworkPolicyIngressRule>| {
-        NetworkPolicy {
-            metadata: meta(md, name, labels(&md_name, "tailor-network")),
-            spec: Some(NetworkPolicySpec {
-                pod_selector: Some(LabelSelector {
-                    match_labels: Some(pods),
+    let policy =
+        |name: String, pods: BTreeMap<String, String>, ingress: Vec<NetworkPolicyIngressRule>| {
+            NetworkPolicy {
+                metadata: meta(md, name, labels(&md_name, "tailor-network")),
+                spec: Some(NetworkPolicySpec {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(pods),
+                        ..Default::default()
+                    }),
+                    policy_types: Some(vec!["Ingress".into()]),
+                    ingress: Some(ingress),
                     ..Default::default()
                 }),
-                policy_types: Some(vec!["Ingress".into()]),
-                ingress: Some(ingress),
-                ..Default::default()
-            }),
-        }
-    };
+            }
+        };
     vec![
         policy(
             jobs::child_name(&md_name, "servers"),

@@ -193,7 +193,11 @@ async fn invalid(
 
 /// The LoraAdapters the spec names, resolved from the cache. A missing or unverified adapter is
 /// waited for (transient: its FineTuneJob may still be writing it).
-fn resolve_adapters(md: &ModelDeployment, r: &Ctx, ns: &str) -> Result<Vec<ResolvedAdapter>, Error> {
+fn resolve_adapters(
+    md: &ModelDeployment,
+    r: &Ctx,
+    ns: &str,
+) -> Result<Vec<ResolvedAdapter>, Error> {
     let mut out = vec![];
     for a in &md.spec.adapters {
         let name = &a.adapter_ref.name;
@@ -201,7 +205,10 @@ fn resolve_adapters(md: &ModelDeployment, r: &Ctx, ns: &str) -> Result<Vec<Resol
             uri: format!("LoraAdapter {name}"),
             message,
         };
-        let la = match cache::get(&r.adapters, ns, name).as_deref().map(|g| g.0.clone()) {
+        let la = match cache::get(&r.adapters, ns, name)
+            .as_deref()
+            .map(|g| g.0.clone())
+        {
             None => {
                 return Err(waiting(format!(
                     "adapter {:?} refers to LoraAdapter {name}, which does not exist (yet)",
@@ -348,25 +355,7 @@ impl Ctx {
         md: &str,
         pod_revision: &str,
     ) -> Vec<ServingPod> {
-        let Some(deployment) = cache::get(&self.deployments, ns, &build::serving_name(md, pod_revision))
-        else {
-            return vec![];
-        };
-        let dep_uid = deployment.metadata.uid.clone().unwrap_or_default();
-        let rs_uids: BTreeSet<String> = self
-            .replica_sets
-            .state()
-            .iter()
-            .filter(|rs| rs.namespace().as_deref() == Some(ns))
-            .filter(|rs| {
-                rs.metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|o| o.controller == Some(true) && o.uid == dep_uid)
-            })
-            .filter_map(|rs| rs.metadata.uid.clone())
-            .collect();
+        let rs_uids = self.replica_set_uids(ns, &build::serving_name(md, pod_revision));
         let mut found: Vec<(String, String)> = cache::pods_labelled(&self.pods, ns, MDEP_LABEL, md)
             .into_iter()
             .filter(|p| {
@@ -391,6 +380,46 @@ impl Ctx {
             ServingPod { name, ip, listed }
         })
         .await
+    }
+
+    /// The IPs of the ready router pods (of the router Deployment's own ReplicaSets).
+    fn router_pods(&self, ns: &str, md: &str) -> Vec<String> {
+        let uids = self.replica_set_uids(ns, &build::router_name(md));
+        let mut ips: Vec<String> = cache::pods_labelled(&self.pods, ns, MDEP_LABEL, md)
+            .into_iter()
+            .filter(|p| {
+                p.labels().get("app.kubernetes.io/name").map(String::as_str)
+                    == Some("tailor-router")
+                    && pod_ready(p)
+                    && p.metadata.deletion_timestamp.is_none()
+                    && uids.iter().any(|uid| jobs::controlled_by(p, uid))
+            })
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    /// The uids of the ReplicaSets the Deployment `name` controls.
+    fn replica_set_uids(&self, ns: &str, name: &str) -> BTreeSet<String> {
+        let Some(dep_uid) =
+            cache::get(&self.deployments, ns, name).and_then(|d| d.metadata.uid.clone())
+        else {
+            return BTreeSet::new();
+        };
+        self.replica_sets
+            .state()
+            .iter()
+            .filter(|rs| rs.namespace().as_deref() == Some(ns))
+            .filter(|rs| {
+                rs.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.controller == Some(true) && o.uid == dep_uid)
+            })
+            .filter_map(|rs| rs.metadata.uid.clone())
+            .collect()
     }
 
     fn config_map(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
@@ -441,11 +470,30 @@ async fn sync_adapters(
     .await
 }
 
+/// Every router pod's `/stats` over `window` (each counts only what it proxied); the pods that
+/// did not answer are left out.
+async fn router_stats(
+    peer: Peer<'_>,
+    router_pods: &[String],
+    window: Duration,
+) -> Vec<stats::Stats> {
+    clients::fan_out(router_pods.to_vec(), |ip| async move {
+        peer.router_stats(&ip, window)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "router stats"))
+            .ok()
+    })
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 async fn analysis_window(
     ctx: &Context,
     peer: Peer<'_>,
     md: &ModelDeployment,
-    router_ip: Option<&str>,
+    router_pods: &[String],
     stable: &str,
     canary: &str,
     window: Duration,
@@ -473,18 +521,12 @@ async fn analysis_window(
             }
         };
     }
-    let ip = router_ip?;
-    match peer.router_stats(ip, window).await {
-        Ok(st) => stats::window(&st, stable, canary).map(|(c, s)| Window {
-            canary: c,
-            stable: s,
-            query: None,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "router stats");
-            None
-        }
-    }
+    let pods = router_stats(peer, router_pods, window).await;
+    stats::window_over_pods(&pods, stable, canary).map(|(c, s)| Window {
+        canary: c,
+        stable: s,
+        query: None,
+    })
 }
 
 fn cluster_ip(svc: &Service) -> Option<String> {
@@ -615,11 +657,8 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     let router_ip = cache::get(&r.services, &ns, &build::endpoint_service_name(&name))
         .as_deref()
         .and_then(cluster_ip);
-    let router_ready = cache::get(&r.deployments, &ns, &build::router_name(&name))
-        .and_then(|d| d.status.clone())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0)
-        > 0;
+    let router_pods = r.router_pods(&ns, &name);
+    let router_ready = !router_pods.is_empty();
     let mut stable_ready = readiness_of(&stable_pods, md.spec.replicas, &stable_spec);
     if stable_ready.ready && !router_ready {
         stable_ready = Readiness::not_ready("router not ready");
@@ -641,7 +680,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         &plan.canary,
     ) {
         (Some(w), Some(c)) => {
-            analysis_window(ctx, peer, md, router_ip.as_deref(), &plan.stable, c, w).await
+            analysis_window(ctx, peer, md, &router_pods, &plan.stable, c, w).await
         }
         _ => None,
     };
@@ -743,10 +782,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     // What the router no longer routes to may go only once it runs this config: the ConfigMap
     // reaches its pod and is reloaded a moment after the apply, and until then requests still
     // arrive for the old adapter or revision.
-    let router_current = match &router_ip {
-        Some(ip) => router_runs(peer, ip, &router_cm).await,
-        None => false,
-    };
+    let router_current = router_runs(peer, &router_pods, &router_cm).await;
 
     // The servers' config: what serves now, plus, until the router runs its new config, the
     // adapters the previous config had (a server unloads what leaves its config file).
@@ -799,9 +835,36 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     let live_pods: BTreeSet<String> = by_pod.keys().cloned().collect();
     if router_current {
         let server = ("app.kubernetes.io/name", "tailor-server");
-        prune(&deploys, &r.deployments, &ns, &name, server, REVISION_LABEL, &live_pods).await?;
-        prune(&svcs, &r.services, &ns, &name, server, REVISION_LABEL, &live_pods).await?;
-        prune(&cms, &r.config_maps, &ns, &name, server, REVISION_LABEL, &live_pods).await?;
+        prune(
+            &deploys,
+            &r.deployments,
+            &ns,
+            &name,
+            server,
+            REVISION_LABEL,
+            &live_pods,
+        )
+        .await?;
+        prune(
+            &svcs,
+            &r.services,
+            &ns,
+            &name,
+            server,
+            REVISION_LABEL,
+            &live_pods,
+        )
+        .await?;
+        prune(
+            &cms,
+            &r.config_maps,
+            &ns,
+            &name,
+            server,
+            REVISION_LABEL,
+            &live_pods,
+        )
+        .await?;
     }
     let live_revs: BTreeSet<String> = [
         Some(stable_rev.clone()),
@@ -844,8 +907,9 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     Ok(Action::requeue(requeue))
 }
 
-/// Whether the router has loaded the config in `cm` (its `/stats` reports the file's SHA-256).
-async fn router_runs(peer: Peer<'_>, router_ip: &str, cm: &ConfigMap) -> bool {
+/// Whether every ready router pod has loaded the config in `cm` (each one's `/stats` reports
+/// the SHA-256 of the file it runs).
+async fn router_runs(peer: Peer<'_>, router_pods: &[String], cm: &ConfigMap) -> bool {
     let Some(text) = cm
         .data
         .as_ref()
@@ -853,11 +917,6 @@ async fn router_runs(peer: Peer<'_>, router_ip: &str, cm: &ConfigMap) -> bool {
     else {
         return false;
     };
-    match peer.router_stats(router_ip, Duration::from_secs(1)).await {
-        Ok(st) => st.config.sha256 == stats::config_sha256(text),
-        Err(e) => {
-            tracing::debug!(error = %e, "router stats");
-            false
-        }
-    }
+    let answers = router_stats(peer, router_pods, Duration::from_secs(1)).await;
+    answers.len() == router_pods.len() && stats::all_run(&answers, text)
 }

@@ -167,8 +167,8 @@ fn object_store_artifacts_cannot_be_served_and_say_why() {
         "s3://bucket/models/base",
         &BTreeMap::new(),
     )
-        .err()
-        .expect("error");
+    .err()
+    .expect("error");
     assert!(err.contains("s3://bucket/models/base"), "{err}");
 }
 
@@ -241,7 +241,7 @@ fn adapter_canary_splits_only_the_changed_route_on_the_same_pods() {
             support[0].model.as_str(),
             support[0].weight
         ),
-        (stable_target(&r1), "support-v1", 90)
+        (Some(stable_target(&r1)), "support-v1", 90)
     );
     assert_eq!(
         (
@@ -249,7 +249,7 @@ fn adapter_canary_splits_only_the_changed_route_on_the_same_pods() {
             support[1].model.as_str(),
             support[1].weight
         ),
-        (canary_target(&r2), "support-v2", 10)
+        (Some(canary_target(&r2)), "support-v2", 10)
     );
     assert_eq!(support[0].backend, support[1].backend);
     let parsed = router_accepts(&router_config(routes, &[], 30));
@@ -279,8 +279,8 @@ fn pod_canary_splits_every_route_between_the_revisions_services() {
     assert_eq!(routes.len(), 2);
     for r in &routes {
         assert_eq!(r.targets.len(), 2, "{}", r.model);
-        assert_eq!(r.targets[0].backend, "http://10.96.0.12:8000");
-        assert_eq!(r.targets[1].backend, "http://10.96.0.13:8000");
+        assert_eq!(r.targets[0].backend.urls(), ["http://10.96.0.12:8000"]);
+        assert_eq!(r.targets[1].backend.urls(), ["http://10.96.0.13:8000"]);
         assert_eq!(r.targets[0].model, r.targets[1].model);
         assert_eq!((r.targets[0].weight, r.targets[1].weight), (50, 50));
     }
@@ -289,14 +289,14 @@ fn pod_canary_splits_every_route_between_the_revisions_services() {
     let full = router_routes(stable, Some((canary, 100)));
     assert!(
         full.iter()
-            .all(|r| r.targets.len() == 1 && r.targets[0].name == canary_target(&r2))
+            .all(|r| r.targets.len() == 1 && r.targets[0].name == Some(canary_target(&r2)))
     );
     router_accepts(&router_config(full, &[], 30));
     // Weight 0 (a canary still preparing): no canary target at all.
     let none = router_routes(stable, Some((canary, 0)));
     assert!(
         none.iter()
-            .all(|r| r.targets.len() == 1 && r.targets[0].name == stable_target(&r1))
+            .all(|r| r.targets.len() == 1 && r.targets[0].name == Some(stable_target(&r1)))
     );
     assert_eq!(none, router_routes(stable, None));
 }
@@ -328,7 +328,7 @@ fn a_served_name_only_the_canary_has_goes_to_the_canary() {
     );
     let faq = routes.iter().find(|r| r.model == "faq").expect("faq");
     assert_eq!(faq.targets.len(), 1);
-    assert_eq!(faq.targets[0].name, canary_target(&r2));
+    assert_eq!(faq.targets[0].name, Some(canary_target(&r2)));
     router_accepts(&router_config(routes, &[], 30));
 }
 
@@ -396,6 +396,126 @@ fn router_deployment_and_service_expose_api_and_admin_ports() {
     let labels = svc.metadata.labels.clone().expect("labels");
     assert_eq!(labels["app.kubernetes.io/name"], "tailor-router");
     assert_eq!(labels[MDEP_LABEL], "support");
+    // Two routers, spread over nodes where the scheduler can.
+    assert_eq!(d.spec.replicas, Some(2));
+    let pod = d.spec.template.spec.as_ref().expect("pod");
+    let anti = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .clone()
+        })
+        .expect("anti-affinity");
+    assert_eq!(
+        anti[0].pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
+}
+
+#[test]
+fn servers_require_the_token_the_router_sends_and_the_operator_uses() {
+    let md = md();
+    let rev = revision(&md, vec![adapter("support", "support-v1")]);
+    let cm = serving_name("support", &rev.pod_revision());
+    let vols = serving_volumes(
+        &cfg(),
+        "tailor-demo",
+        &cm,
+        &rev.pods.base_model_uri,
+        &BTreeMap::new(),
+    )
+    .expect("volumes");
+    let token_file = "/etc/tailor-token/token".to_string();
+    for (d, flags) in [
+        (
+            server_deployment(&md, &rev, &vols, &cfg()),
+            vec!["--api-key-file"],
+        ),
+        (
+            router_deployment(&md, &cfg()),
+            vec!["--backend-token-file", "--admin-token-file"],
+        ),
+    ] {
+        let c = container(&d);
+        let args = c.args.clone().unwrap_or_default();
+        for flag in flags {
+            let at = args.iter().position(|a| a == flag).expect(flag);
+            assert_eq!(args[at + 1], token_file, "{flag}");
+        }
+        let pod = d.spec.template.spec.as_ref().expect("pod");
+        let vol = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "token")
+            .expect("token volume");
+        assert_eq!(
+            vol.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+            Some("support-token")
+        );
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "token" && m.read_only == Some(true))
+        );
+    }
+    let secret = token_secret(&md, "t0k3n");
+    assert_eq!(secret.metadata.name.as_deref(), Some("support-token"));
+    assert!(
+        secret.metadata.owner_references.is_some(),
+        "owned: deleted with the deployment"
+    );
+}
+
+#[test]
+fn network_policies_admit_only_the_router_and_the_operator() {
+    let md = md();
+    let nps = network_policies(&md, "tailor-system");
+    assert_eq!(nps.len(), 2);
+    let servers = nps[0].spec.as_ref().expect("spec");
+    assert_eq!(
+        servers
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("pods")["app.kubernetes.io/name"],
+        "tailor-server"
+    );
+    let rule = &servers.ingress.as_ref().expect("ingress")[0];
+    let from = rule.from.as_ref().expect("from");
+    assert_eq!(from.len(), 2);
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("router")["app.kubernetes.io/name"],
+        "tailor-router"
+    );
+    assert!(
+        from[0].namespace_selector.is_none(),
+        "the router of this namespace"
+    );
+    assert_eq!(
+        from[1]
+            .namespace_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("ns")["kubernetes.io/metadata.name"],
+        "tailor-system"
+    );
+    let router = nps[1].spec.as_ref().expect("spec");
+    let rules = router.ingress.as_ref().expect("ingress");
+    // The API port from anywhere; the admin port only from the operator.
+    assert!(rules[0].from.is_none());
+    assert_eq!(rules[1].from.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        rules[1].ports.as_ref().expect("ports")[0].port,
+        Some(IntOrString::Int(ROUTER_ADMIN_PORT))
+    );
 }
 
 #[test]
