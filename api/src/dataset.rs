@@ -69,32 +69,9 @@ pub struct PvcSource {
     pub path: String,
 }
 
-/// The line format of the raw data.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum DatasetFormat {
-    /// OpenAI chat fine-tuning: `{"messages": [{"role", "content"}, ...]}`; loss on assistant turns.
-    #[default]
-    Chat,
-    /// `{"prompt", "completion"}`; loss on the completion.
-    Completion,
-    /// `{"text"}`; loss on every token.
-    Text,
-}
-
-/// Kinds of personal data that preparation can mask.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub enum RedactKind {
-    /// Email addresses, replaced by `[EMAIL]`.
-    Email,
-    /// Phone numbers, replaced by `[PHONE]`.
-    Phone,
-    /// Payment card numbers (Luhn-valid), replaced by `[CARD]`.
-    CreditCard,
-    /// IPv4 addresses, replaced by `[IP]`.
-    IpAddress,
-}
+/// The line format of the raw data, and the kinds of personal data preparation can mask: the
+/// same types the prepare pod reads (tailor-wire), so the API and the trainer cannot disagree.
+pub use tailor_wire::prepare::{Format as DatasetFormat, RedactKind};
 
 /// Cleaning and splitting.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -70,10 +70,20 @@ fn check_install(objs: &[Value]) {
         );
     }
 
-    let rules: Vec<Value> = of_kind(objs, "ClusterRole")[0]["rules"]
-        .as_array()
-        .expect("rules")
-        .clone();
+    let role = |name: &str| -> Vec<Value> {
+        of_kind(objs, "ClusterRole")
+            .into_iter()
+            .find(|r| r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("ClusterRole {name}"))["rules"]
+            .as_array()
+            .expect("rules")
+            .clone()
+    };
+    let rules = role("tailor-operator");
+    // Tenants edit specs but never write status: that is the operator's record.
+    let tenant = role("tailor-edit");
+    assert!(rule_allows(&tenant, "tailor.dev", "finetunejobs", "create"));
+    assert!(!rule_allows(&tenant, "tailor.dev", "finetunejobs/status", "patch"));
     for plural in [
         "datasets",
         "finetunejobs",

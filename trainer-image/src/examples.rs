@@ -21,13 +21,7 @@
 use serde::{Deserialize, Serialize};
 use tailor_model::{ChatMessage, ChatTemplate, Tokenizer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Chat,
-    Completion,
-    Text,
-}
+pub use tailor_wire::prepare::Format;
 
 /// One valid example, in its normalised (prepared) form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,74 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::examples::{Example, Format};
 use crate::redact::{RedactKind, Redactor};
 
-/// Settings of one preparation (flags or `--config` camelCase JSON).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PrepareConfig {
-    pub input: PathBuf,
-    pub format: Format,
-    pub output: PathBuf,
-    #[serde(default)]
-    pub dedupe: bool,
-    #[serde(default)]
-    pub redact: Vec<RedactKind>,
-    #[serde(default = "default_validation_fraction")]
-    pub validation_fraction: f64,
-    #[serde(default)]
-    pub test_fraction: f64,
-    #[serde(default = "default_min_examples")]
-    pub min_examples: usize,
-    /// A model directory whose tokenizer counts tokens (stats) and measures examples against
-    /// `maxTokensPerExample`.
-    #[serde(default)]
-    pub tokenizer: Option<PathBuf>,
-    /// Longer examples (in tokens, rendered with the chat template) are rejected as invalid.
-    /// Needs `tokenizer`; without one, lengths cannot be measured and the limit is not applied.
-    #[serde(default)]
-    pub max_tokens_per_example: Option<usize>,
-    /// Salt of the split hash (0: the unsalted hash). Another seed draws another split; the
-    /// same seed keeps every example in its split as data is added.
-    #[serde(default)]
-    pub seed: u64,
-}
-
-fn default_validation_fraction() -> f64 {
-    0.1
-}
-
-fn default_min_examples() -> usize {
-    1
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct InvalidSample {
-    pub line: usize,
-    pub reason: String,
-}
-
-/// `stats.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Stats {
-    pub examples: usize,
-    pub invalid: usize,
-    pub duplicates_removed: usize,
-    pub redactions: usize,
-    pub train: usize,
-    pub validation: usize,
-    pub test: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<u64>,
-    pub content_hash: String,
-    pub invalid_samples: Vec<InvalidSample>,
-}
-
-const MAX_INVALID_SAMPLES: usize = 20;
-/// The most of one rejection reason kept: reasons quote the input (an unknown role, a bad
-/// value), and a hostile line must not make `stats.json`, the termination message or the
-/// Dataset's status large.
-pub const MAX_REASON_BYTES: usize = 200;
+pub use tailor_wire::prepare::{
+    InvalidSample, MAX_INVALID_SAMPLES, MAX_REASON_BYTES, PrepareConfig, PrepareStats as Stats,
+};
 
 /// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary, marked when cut.
 fn short_reason(reason: String) -> String {
@@ -160,6 +95,7 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
         tokens: tokenizer.as_ref().map(|_| 0),
         content_hash: String::new(),
         invalid_samples: Vec::new(),
+        truncated: false,
     };
     let mut outputs: [Vec<u8>; 3] = Default::default();
     let mut content = Sha256::new();
@@ -167,7 +103,7 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
         stats.invalid += 1;
         if stats.invalid_samples.len() < MAX_INVALID_SAMPLES {
             stats.invalid_samples.push(InvalidSample {
-                line,
+                line: line as u64,
                 reason: short_reason(reason),
             });
         }
@@ -190,7 +126,7 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
             }
         };
         for text in example.texts_mut() {
-            stats.redactions += redactor.redact(text);
+            stats.redactions += redactor.redact(text) as u64;
         }
         let normalized = example.normalized();
         let hash = Sha256::digest(normalized.as_bytes());
@@ -247,7 +183,7 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
         &cfg.output.join("stats.json"),
         &serde_json::to_vec_pretty(&stats)?,
     )?;
-    if stats.examples < cfg.min_examples.max(1) {
+    if stats.examples < cfg.min_examples.max(1) as u64 {
         bail!(
             "only {} valid examples ({} invalid, {} duplicates removed) in {}; at least {} required (--min-examples){}",
             stats.examples,

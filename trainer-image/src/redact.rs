@@ -3,16 +3,7 @@
 //! `[IP]` and `[PHONE]`. The kinds and their names are those of the Dataset API
 //! (`spec.preparation.redact`).
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "camelCase")]
-pub enum RedactKind {
-    Email,
-    Phone,
-    CreditCard,
-    IpAddress,
-}
+pub use tailor_wire::prepare::RedactKind;
 
 pub struct Redactor {
     email: bool,

@@ -29,7 +29,7 @@ pub const MAX_INVALID_SAMPLES: usize = 10;
 pub const MAX_REASON_BYTES: usize = 300;
 
 /// The invalid lines status shows: the first few, each reason cut with a marker.
-fn bounded_samples(samples: &[InvalidSample]) -> Vec<InvalidSample> {
+fn bounded_samples(samples: &[tailor_wire::prepare::InvalidSample]) -> Vec<InvalidSample> {
     samples
         .iter()
         .take(MAX_INVALID_SAMPLES)
@@ -141,21 +141,20 @@ pub fn validate(
     let output = vols
         .add(cfg, &prepared_uri, true)
         .map_err(Error::InvalidSpec)?;
-    let mut prepare_config = json!({
-        "input": input_path,
-        "format": ds.spec.format,
-        "output": output,
-        "dedupe": prep.dedupe,
-        "redact": prep.redact,
-        "validationFraction": prep.split.validation,
-        "testFraction": prep.split.test,
-        "seed": prep.split.seed,
-        "minExamples": prep.min_examples,
-        "maxTokensPerExample": prep.max_tokens_per_example,
-    });
-    if let Some(t) = tokenizer_path {
-        prepare_config["tokenizer"] = json!(t);
-    }
+    let prepare_config = serde_json::to_value(PrepareConfig {
+        input: input_path.into(),
+        format: ds.spec.format,
+        output,
+        dedupe: prep.dedupe,
+        redact: prep.redact.clone(),
+        validation_fraction: prep.split.validation,
+        test_fraction: prep.split.test,
+        seed: prep.split.seed,
+        min_examples: prep.min_examples as usize,
+        max_tokens_per_example: Some(prep.max_tokens_per_example as usize),
+        tokenizer: tokenizer_path,
+    })
+    .unwrap_or_default();
     Ok(Validated {
         job_name: jobs::child_name(&name, &format!("prepare-{}", &hash[..8])),
         hash,
@@ -307,25 +306,8 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
 }
 
 /// `stats.json` / the prepare pod's termination message.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    pub examples: u64,
-    pub invalid: u64,
-    pub duplicates_removed: u64,
-    pub redactions: u64,
-    pub train: u64,
-    pub validation: u64,
-    pub test: u64,
-    #[serde(default)]
-    pub tokens: Option<u64>,
-    pub content_hash: String,
-    #[serde(default)]
-    pub invalid_samples: Vec<InvalidSample>,
-    /// The termination message was shortened to fit (stats.json has it all).
-    #[serde(default)]
-    pub truncated: bool,
-}
+pub use tailor_wire::prepare::PrepareStats as Summary;
+use tailor_wire::prepare::PrepareConfig;
 
 /// What the I/O steps found.
 #[derive(Debug, Clone, PartialEq)]
