@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tailor_e2e::{
-    FineTuneJob, Scenario, condition, describe, phase, quickstart_examples, repo_root,
+    FineTuneJob, Scenario, condition, describe, phase, quickstart_examples, repo_root, wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(300);
@@ -225,7 +225,6 @@ fn job_waits_for_a_missing_dataset_and_proceeds_when_it_appears() {
 #[test]
 fn dataset_with_forty_percent_malformed_lines_reports_them() {
     let s = Scenario::new("e2e-malformed");
-    let (env, ns) = (s.env, s.ns());
     let good: Vec<String> = quickstart_examples().into_iter().take(30).collect();
     let mut lines = vec![];
     for (i, g) in good.iter().enumerate() {

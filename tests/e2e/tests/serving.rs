@@ -308,7 +308,7 @@ fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client
 #[test]
 fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_errors() {
     let s = Scenario::new("e2e-canary-good");
-    let (env, ns) = (s.env, s.ns());
+    let env = s.env;
     import_adapters(&s, &["good-v1", "good-v2"]);
     let rollout = json!({
         "steps": [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}],
@@ -405,7 +405,7 @@ fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_error
 #[test]
 fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
     let s = Scenario::new("e2e-canary-bad");
-    let (env, ns) = (s.env, s.ns());
+    let env = s.env;
     import_adapters(&s, &["ok-v1", "faulty-v2"]);
     let (interval, failure_limit) = (3u64, 2u64);
     let rollout = json!({
@@ -518,7 +518,7 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
 #[test]
 fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
     let s = Scenario::new("e2e-canary-equal");
-    let (env, ns) = (s.env, s.ns());
+    let env = s.env;
     import_adapters(&s, &["same-v1", "same-v2"]);
     let interval = 2u64;
     // failureLimit 1: a single failed window would roll back.

@@ -177,7 +177,7 @@ pub fn evaluate(lv: LevelVersion, meta: &Value, spec: &Value) -> Vec<Violation> 
     let restricted = lv.level == Level::Restricted;
     let pod = Pod::new(meta, spec);
     // (check, applies): baseline checks first, each group sorted by upstream check ID.
-    let checks: [(fn(&Pod<'_>, u32) -> Option<Violation>, bool); 17] = [
+    let checks: [(Check, bool); 17] = [
         (app_armor_profile, true),
         (capabilities_baseline, !(restricted && v >= 22)),
         (host_namespaces, true),
@@ -347,6 +347,9 @@ pub fn existing_pod_warnings(ns: &str, enforce: LevelVersion, pods: &[&Value]) -
     out.extend(lines);
     out
 }
+
+/// One Pod Security Standards check, at a minor version of the standards.
+type Check = fn(&Pod<'_>, u32) -> Option<Violation>;
 
 /// The pod parts the checks read.
 struct Pod<'a> {
@@ -1211,14 +1214,14 @@ mod tests {
     fn admit_refuses_pods_and_only_warns_for_templates() {
         let labels = json!({"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "v1.32"});
         let spec = json!({"containers": [{"name": "c"}]});
-        let err = admit(&labels, &json!({}), &spec, true).unwrap_err();
+        let err = admit(&labels, &json!({}), &spec, true).expect_err("refused");
         assert!(
             err.starts_with(
                 "violates PodSecurity \"restricted:v1.32\": allowPrivilegeEscalation != false"
             ),
             "{err}"
         );
-        let warnings = admit(&labels, &json!({}), &spec, false).unwrap();
+        let warnings = admit(&labels, &json!({}), &spec, false).expect("warned only");
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].starts_with("would violate PodSecurity \"restricted:v1.32\": "));
         assert_eq!(admit(&json!({}), &json!({}), &spec, true), Ok(vec![]));
