@@ -3,5 +3,22 @@
 # and the cross-checks against transformers/peft/openai (from the libtorch virtualenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System packages the tests drive for real, installed when missing (as .ci/run does): Prometheus
+# (scrapes /metrics; promtool checks rules) and Lua (runs the Argo CD health checks). No test
+# skips without them: they fail saying what is missing.
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v lua5.4 >/dev/null || missing+=(lua5.4)
+if ((${#missing[@]})); then
+  echo "test.sh: installing ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 eval "$(scripts/setup-libtorch.sh)"
+# One build of every target (the e2e suite runs the binaries this build makes, never a build of
+# its own), then the tests.
 cargo test --workspace --all-targets "$@"

@@ -1,5 +1,7 @@
 //! tailor-e2e: the whole flow — install, Dataset, FineTuneJob, LoraAdapter, faults — against a
-//! cluster.
+//! cluster, and the plumbing tests share: the cluster ([`Env`]), one polling helper
+//! ([`wait_for`]), and builders for the setup tests repeat ([`Scenario`], [`FineTuneJob`],
+//! [`ModelDeployment`]).
 //!
 //! With `TAILOR_E2E_KUBECONFIG` the suite runs against that cluster (tailor installed with
 //! `TAILOR_E2E_OVERLAY`, default `manifests/overlays/kind`; the images must be loadable there;
@@ -7,7 +9,7 @@
 //! `TAILOR_E2E_ARTIFACTS_DIR` may name a host path of the shared artifact storage for the
 //! file-level checks). Otherwise it starts `tailor-sim` itself: a state directory in a temp dir,
 //! `--image` mappings to the `tailor-operator`, `tailor-trainer`, `tailor-server` and
-//! `tailor-router` binaries cargo built,
+//! `tailor-router` binaries of the workspace's own build ([`binary`]),
 //! `kubectl apply -k manifests/overlays/sim`, the operator running as its Deployment's pod with
 //! its ServiceAccount token, and a tiny random Llama written into the artifact volume.
 //!
@@ -17,25 +19,25 @@
 //! own directory, [`Env::namespace`] points a namespace's volume at the shared one, as an admin
 //! binding one NFS export in several namespaces would.
 
+mod binaries;
+pub mod scenario;
+pub mod wait;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// The repository root, from the manifest directory cargo gives the process at run time (`cargo
-/// run`, `cargo test`), else the one this crate was compiled in. Run time first: a binary reused
-/// from a shared target directory after the checkout moved would otherwise build and run the
-/// sources of the old checkout (cargo does not rebuild when only the checkout's path changes).
-pub fn repo_root() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    let root = manifest.join("../..");
-    root.canonicalize().unwrap_or(root)
-}
+pub use binaries::{binary, repo_root};
+pub use scenario::{
+    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, inline_dataset, is_valid_chat,
+    quickstart_examples,
+};
+pub use wait::{describe, wait_for, wait_phase};
 
 /// A cluster under test.
 pub struct Env {
@@ -49,100 +51,6 @@ pub struct Env {
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
-
-/// Polls `f` every 300 ms until it returns `Some`, or fails after `timeout` with `what` and the
-/// last thing `describe` says.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    describe: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                describe()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// What a timed-out wait prints: the tailor objects, Jobs and pods of `ns` and the operator's log.
-pub fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
-    let ns = ns.to_string();
-    move || {
-        format!(
-            "--- objects in {ns}:\n{}\n--- operator logs:\n{}",
-            env.kubectl(&["-n", &ns, "get", "tailor,jobs,pods", "-o", "yaml"])
-                .unwrap_or_else(|e| e.to_string()),
-            env.operator_logs()
-        )
-    }
-}
-
-/// Waits until `kind` `ns/name` is in phase `want`, and returns it.
-pub fn wait_phase(
-    env: &'static Env,
-    ns: &str,
-    kind: &str,
-    name: &str,
-    want: &str,
-    timeout: Duration,
-) -> Value {
-    wait_for(
-        &format!("{kind} {ns}/{name} to be {want}"),
-        timeout,
-        || env.object(ns, kind, name).filter(|o| phase(o) == want),
-        describe(env, ns),
-    )
-}
-
-fn target_dir() -> PathBuf {
-    // .../target/debug/deps/<test binary> or .../target/debug/<bin>
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    dir
-}
-
-/// The path of a workspace binary, built with cargo if it is not there yet.
-pub fn binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
-    let var = format!("TAILOR_E2E_{}_BIN", name.to_uppercase().replace('-', "_"));
-    if let Ok(p) = std::env::var(&var) {
-        return Ok(PathBuf::from(p));
-    }
-    let path = target_dir().join(name);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Always ask cargo: it rebuilds only what changed, so the suite never runs a stale binary.
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", package, "--bin", name])
-        .current_dir(repo_root());
-    if target_dir().file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    if let Some(t) = target_dir().parent() {
-        cmd.env("CARGO_TARGET_DIR", t);
-    }
-    let out = cmd.output().context("running cargo build")?;
-    if !out.status.success() {
-        bail!(
-            "cargo build -p {package} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if !path.exists() {
-        bail!("{} was not built", path.display());
-    }
-    Ok(path)
-}
 
 impl Env {
     /// The one cluster of this test process, started on first use.
@@ -169,11 +77,11 @@ impl Env {
             env.install(&overlay)?;
             return Ok(env);
         }
-        let sim = binary("tailor-sim", "tailor-sim")?;
-        let operator = binary("tailor-operator", "tailor-operator")?;
-        let trainer = binary("tailor-trainer", "tailor-trainer")?;
-        let server = binary("tailor-server", "tailor-server")?;
-        let router = binary("tailor-router", "tailor-router")?;
+        let sim = binary("tailor-sim")?;
+        let operator = binary("tailor-operator")?;
+        let trainer = binary("tailor-trainer")?;
+        let server = binary("tailor-server")?;
+        let router = binary("tailor-router")?;
         let tmp = tempfile::Builder::new().prefix("tailor-e2e-").tempdir()?;
         let state = tmp.path().join("sim");
         let kubeconfig = tmp.path().join("kubeconfig");
@@ -394,33 +302,6 @@ pub fn is_ready(pod: &Value) -> bool {
     })
 }
 
-/// Whether a line is a chat example preparation keeps: JSON with `messages` of role/content
-/// strings, at least one non-empty assistant message.
-pub fn is_valid_chat(line: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<Value>(line) else {
-        return false;
-    };
-    let Some(msgs) = v["messages"].as_array() else {
-        return false;
-    };
-    msgs.iter()
-        .all(|m| m["role"].is_string() && m["content"].is_string())
-        && msgs.iter().any(|m| {
-            m["role"] == "assistant" && m["content"].as_str().is_some_and(|c| !c.trim().is_empty())
-        })
-}
-
-/// The distinct valid lines of the quickstart dataset (for building other datasets).
-pub fn quickstart_examples() -> Vec<String> {
-    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/support-chat.jsonl"))
-        .unwrap_or_default();
-    let mut seen = std::collections::BTreeSet::new();
-    text.lines()
-        .filter(|l| is_valid_chat(l) && seen.insert(l.to_string()))
-        .map(String::from)
-        .collect()
-}
-
 /// A tiny random Llama (with a tokenizer trained on the quickstart data), by the model crate's
 /// reference generator (transformers).
 fn make_base_model(out: &Path) -> anyhow::Result<()> {
@@ -448,26 +329,6 @@ fn make_base_model(out: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&data);
     Ok(())
-}
-
-/// Inline Dataset YAML with the given JSONL lines.
-pub fn inline_dataset(ns: &str, name: &str, lines: &[String], min_examples: u32) -> String {
-    let mut body = String::new();
-    for l in lines {
-        body.push_str("      ");
-        body.push_str(l);
-        body.push('\n');
-    }
-    format!(
-        "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  format: chat\n  preparation:\n    minExamples: {min_examples}\n    split: {{validation: 0.2}}\n  source:\n    inline: |\n{body}"
-    )
-}
-
-/// A small FineTuneJob YAML (seconds on CPU).
-pub fn small_job(ns: &str, name: &str, dataset: &str, epochs: u32, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: tailor.dev/v1alpha1\nkind: FineTuneJob\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  baseModel: {{uri: pvc://tailor-artifacts/models/base}}\n  datasetRef: {{name: {dataset}}}\n  lora: {{rank: 4, alpha: 8, targetModules: [q_proj, v_proj]}}\n  hyperparameters: {{epochs: {epochs}, batchSize: 4, maxSeqLength: 128, learningRate: 0.001}}\n  resources: {{gpus: 1}}\n  checkpointEverySteps: 5\n  backoffLimit: 4\n{extra_spec}"
-    )
 }
 
 /// `status.phase` of an object.

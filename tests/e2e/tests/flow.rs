@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tailor_e2e::{
-    Env, condition, describe, inline_dataset, phase, quickstart_examples, repo_root, small_job,
-    wait_for, wait_phase,
+    FineTuneJob, Scenario, condition, describe, phase, quickstart_examples, repo_root, wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(300);
@@ -43,9 +42,8 @@ fn quickstart_counts() -> (u64, u64, u64) {
 
 #[test]
 fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
-    let env = Env::get();
-    let ns = "tailor-demo";
-    env.namespace(ns).expect("namespace");
+    let s = Scenario::new("tailor-demo");
+    let (env, ns) = (s.env, s.ns());
     // The operator runs as its Deployment's pod, with its ServiceAccount.
     let op = env.ready_operator_pod();
     assert_eq!(op["spec"]["serviceAccountName"], "tailor-operator");
@@ -57,7 +55,7 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
     ])
     .expect("kubectl apply -k tests/e2e/quickstart (the quickstart, short run)");
 
-    let ds = wait_phase(env, ns, "dataset", "support-chat", "Ready", LONG);
+    let ds = s.wait_phase("dataset", "support-chat", "Ready", LONG);
     let (examples, invalid, dups) = quickstart_counts();
     let stats = &ds["status"]["stats"];
     assert_eq!(stats["examples"], examples, "{stats}");
@@ -94,7 +92,7 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
 
     // Running, with progress that advances, then Succeeded.
     let mut steps = BTreeSet::new();
-    wait_for(
+    s.wait_for(
         "FineTuneJob support-v1 to report advancing progress while Running",
         LONG,
         || {
@@ -109,9 +107,8 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
             }
             (steps.len() >= 2).then_some(())
         },
-        describe(env, ns),
     );
-    let ftj = wait_phase(env, ns, "finetunejob", "support-v1", "Succeeded", LONG);
+    let ftj = s.wait_phase("finetunejob", "support-v1", "Succeeded", LONG);
     let st = &ftj["status"];
     assert!(st["validationLoss"].as_f64().is_some(), "{st}");
     assert!(st["baseValidationLoss"].as_f64().is_some(), "{st}");
@@ -119,7 +116,7 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
     assert_eq!(st["datasetContentHash"], ds["status"]["contentHash"]);
     assert!(condition(&ftj, "Ready").is_some_and(|c| c["status"] == "True"));
 
-    let la = wait_phase(env, ns, "loraadapter", "support-v1", "Ready", SHORT);
+    let la = s.wait_phase("loraadapter", "support-v1", "Ready", SHORT);
     let spec = &la["spec"];
     assert_eq!(spec["sourceJob"], "support-v1");
     assert_eq!(spec["rank"], 8);
@@ -171,7 +168,7 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
         "--wait=true",
     ])
     .expect("delete");
-    wait_for(
+    s.wait_for(
         "the train Jobs and pods to be garbage-collected",
         SHORT,
         || {
@@ -198,7 +195,6 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
             (jobs["items"].as_array()?.is_empty() && pods["items"].as_array()?.is_empty())
                 .then_some(())
         },
-        describe(env, ns),
     );
     let la = env
         .object(ns, "loraadapter", "support-v1")
@@ -208,38 +204,27 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
 
 #[test]
 fn job_waits_for_a_missing_dataset_and_proceeds_when_it_appears() {
-    let env = Env::get();
-    let ns = "e2e-late-dataset";
-    env.namespace(ns).expect("namespace");
-    env.apply(&small_job(ns, "late", "arrives-later", 1, ""))
-        .expect("apply job");
-    let f = wait_for(
-        "the job to wait for its Dataset",
-        SHORT,
-        || {
-            let f = env.object(ns, "finetunejob", "late")?;
-            let c = condition(&f, "DatasetReady")?;
-            (phase(&f) == "ValidatingData"
-                && c["status"] == "False"
-                && c["reason"] == "DatasetNotFound")
-                .then_some(f)
-        },
-        describe(env, ns),
-    );
+    let s = Scenario::new("e2e-late-dataset");
+    let (env, ns) = (s.env, s.ns());
+    s.job(&FineTuneJob::new("late", "arrives-later"));
+    let f = s.wait_for("the job to wait for its Dataset", SHORT, || {
+        let f = env.object(ns, "finetunejob", "late")?;
+        let c = condition(&f, "DatasetReady")?;
+        (phase(&f) == "ValidatingData"
+            && c["status"] == "False"
+            && c["reason"] == "DatasetNotFound")
+            .then_some(f)
+    });
     assert!(condition(&f, "Ready").is_some_and(|c| c["status"] == "False"));
-    let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
-    env.apply(&inline_dataset(ns, "arrives-later", &lines, 10))
-        .expect("apply dataset");
-    let f = wait_phase(env, ns, "finetunejob", "late", "Succeeded", LONG);
+    s.quickstart_dataset("arrives-later", 24);
+    let f = s.wait_phase("finetunejob", "late", "Succeeded", LONG);
     assert!(condition(&f, "DatasetReady").is_some_and(|c| c["status"] == "True"));
-    wait_phase(env, ns, "loraadapter", "late", "Ready", SHORT);
+    s.wait_phase("loraadapter", "late", "Ready", SHORT);
 }
 
 #[test]
 fn dataset_with_forty_percent_malformed_lines_reports_them() {
-    let env = Env::get();
-    let ns = "e2e-malformed";
-    env.namespace(ns).expect("namespace");
+    let s = Scenario::new("e2e-malformed");
     let good: Vec<String> = quickstart_examples().into_iter().take(30).collect();
     let mut lines = vec![];
     for (i, g) in good.iter().enumerate() {
@@ -255,9 +240,8 @@ fn dataset_with_forty_percent_malformed_lines_reports_them() {
     }
     let malformed = lines.len() - good.len();
     assert_eq!(malformed * 10, lines.len() * 4, "40% malformed");
-    env.apply(&inline_dataset(ns, "noisy", &lines, 10))
-        .expect("apply");
-    let ds = wait_phase(env, ns, "dataset", "noisy", "Ready", LONG);
+    s.dataset("noisy", &lines);
+    let ds = s.wait_phase("dataset", "noisy", "Ready", LONG);
     assert_eq!(ds["status"]["stats"]["invalid"], malformed as u64);
     assert_eq!(ds["status"]["stats"]["examples"], good.len() as u64);
     let samples = ds["status"]["invalidSamples"].as_array().expect("samples");
@@ -269,9 +253,8 @@ fn dataset_with_forty_percent_malformed_lines_reports_them() {
     assert!(samples[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
 
     // Too few valid examples for minExamples: Failed, saying so.
-    env.apply(&inline_dataset(ns, "too-noisy", &lines, 40))
-        .expect("apply");
-    let ds = wait_phase(env, ns, "dataset", "too-noisy", "Failed", LONG);
+    s.dataset_min("too-noisy", &lines, 40);
+    let ds = s.wait_phase("dataset", "too-noisy", "Failed", LONG);
     let ready = condition(&ds, "Ready").expect("Ready condition");
     assert_eq!(ready["status"], "False");
     let msg = ready["message"].as_str().unwrap_or("");
@@ -283,26 +266,16 @@ fn dataset_with_forty_percent_malformed_lines_reports_them() {
 
 #[test]
 fn too_many_gpus_queue_with_the_schedulers_reason_until_lowered() {
-    let env = Env::get();
-    let ns = "e2e-gpus";
-    env.namespace(ns).expect("namespace");
-    let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
-    env.apply(&inline_dataset(ns, "data", &lines, 10))
-        .expect("dataset");
-    let job = small_job(ns, "big", "data", 1, "")
-        .replace("resources: {gpus: 1}", "resources: {gpus: 16}");
-    env.apply(&job).expect("apply job");
-    let f = wait_for(
-        "the job to be Queued as unschedulable",
-        LONG,
-        || {
-            let f = env.object(ns, "finetunejob", "big")?;
-            let c = condition(&f, "Scheduled")?;
-            (phase(&f) == "Queued" && c["status"] == "False" && c["reason"] == "Unschedulable")
-                .then_some(f)
-        },
-        describe(env, ns),
-    );
+    let s = Scenario::new("e2e-gpus");
+    let (env, ns) = (s.env, s.ns());
+    s.quickstart_dataset("data", 24);
+    s.job(&FineTuneJob::new("big", "data").gpus(16));
+    let f = s.wait_for("the job to be Queued as unschedulable", LONG, || {
+        let f = env.object(ns, "finetunejob", "big")?;
+        let c = condition(&f, "Scheduled")?;
+        (phase(&f) == "Queued" && c["status"] == "False" && c["reason"] == "Unschedulable")
+            .then_some(f)
+    });
     let msg = condition(&f, "Scheduled")
         .and_then(|c| c["message"].as_str())
         .unwrap_or("");
@@ -322,7 +295,7 @@ fn too_many_gpus_queue_with_the_schedulers_reason_until_lowered() {
         r#"{"spec":{"resources":{"gpus":1}}}"#,
     ])
     .expect("lower the request");
-    let f = wait_phase(env, ns, "finetunejob", "big", "Succeeded", LONG);
+    let f = s.wait_phase("finetunejob", "big", "Succeeded", LONG);
     assert!(condition(&f, "Scheduled").is_some_and(|c| c["status"] == "True"));
     let jobs = env
         .get_json(&["-n", ns, "get", "jobs", "-l", "tailor.dev/finetunejob=big"])
@@ -336,12 +309,10 @@ fn too_many_gpus_queue_with_the_schedulers_reason_until_lowered() {
 
 #[test]
 fn invalid_specs_are_rejected_at_admission() {
-    let env = Env::get();
-    let ns = "e2e-invalid";
-    env.namespace(ns).expect("namespace");
-    let bad_module =
-        small_job(ns, "bad", "data", 1, "").replace("[q_proj, v_proj]", "[q_proj, attention]");
-    let err = env.apply(&bad_module).expect_err("rejected");
+    let s = Scenario::new("e2e-invalid");
+    let (env, ns) = (s.env, s.ns());
+    let bad_module = FineTuneJob::new("bad", "data").target_modules(&["q_proj", "attention"]);
+    let err = s.apply(&bad_module.yaml(ns)).expect_err("rejected");
     assert!(err.to_string().contains("targetModules"), "{err}");
     let two_sources = "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata:\n  name: two\n  namespace: e2e-invalid\nspec:\n  source:\n    inline: \"{}\"\n    uri: pvc://tailor-artifacts/x.jsonl\n";
     let err = env.apply(two_sources).expect_err("rejected");
@@ -351,25 +322,15 @@ fn invalid_specs_are_rejected_at_admission() {
 
 #[test]
 fn deleted_trainer_pod_resumes_from_its_checkpoint() {
-    let env = Env::get();
-    let ns = "e2e-resume";
-    env.namespace(ns).expect("namespace");
-    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
-    env.apply(&inline_dataset(ns, "data", &lines, 10))
-        .expect("dataset");
-    env.apply(&small_job(ns, "resume", "data", 8, ""))
-        .expect("job");
-    let f = wait_for(
-        "a checkpoint while Running",
-        LONG,
-        || {
-            let f = env.object(ns, "finetunejob", "resume")?;
-            (phase(&f) == "Running"
-                && f["status"]["lastCheckpoint"]["step"].as_u64().unwrap_or(0) >= 5)
-                .then_some(f)
-        },
-        describe(env, ns),
-    );
+    let s = Scenario::new("e2e-resume");
+    let (env, ns) = (s.env, s.ns());
+    s.quickstart_dataset("data", 60);
+    s.job(&FineTuneJob::new("resume", "data").epochs(8));
+    let f = s.wait_for("a checkpoint while Running", LONG, || {
+        let f = env.object(ns, "finetunejob", "resume")?;
+        (phase(&f) == "Running" && f["status"]["lastCheckpoint"]["step"].as_u64().unwrap_or(0) >= 5)
+            .then_some(f)
+    });
     let job_name = f["status"]["jobName"]
         .as_str()
         .expect("jobName")
@@ -384,14 +345,14 @@ fn deleted_trainer_pod_resumes_from_its_checkpoint() {
         "--wait=false",
     ])
     .expect("delete trainer pod");
-    let f = wait_phase(env, ns, "finetunejob", "resume", "Succeeded", LONG);
+    let f = s.wait_phase("finetunejob", "resume", "Succeeded", LONG);
     assert!(
         f["status"]["attempts"].as_u64().unwrap_or(0) >= 2,
         "{}",
         f["status"]
     );
     assert_eq!(f["status"]["jobName"], job_name.as_str());
-    let la = wait_phase(env, ns, "loraadapter", "resume", "Ready", SHORT);
+    let la = s.wait_phase("loraadapter", "resume", "Ready", SHORT);
     if let Some(dir) = la["spec"]["uri"]
         .as_str()
         .and_then(|u| env.artifact_path(u))
@@ -408,15 +369,11 @@ fn deleted_trainer_pod_resumes_from_its_checkpoint() {
 
 #[test]
 fn operator_restart_mid_run_creates_no_duplicate_job() {
-    let env = Env::get();
-    let ns = "e2e-restart";
-    env.namespace(ns).expect("namespace");
-    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
-    env.apply(&inline_dataset(ns, "data", &lines, 10))
-        .expect("dataset");
-    env.apply(&small_job(ns, "survivor", "data", 6, ""))
-        .expect("job");
-    let f = wait_phase(env, ns, "finetunejob", "survivor", "Running", LONG);
+    let s = Scenario::new("e2e-restart");
+    let (env, ns) = (s.env, s.ns());
+    s.quickstart_dataset("data", 60);
+    s.job(&FineTuneJob::new("survivor", "data").epochs(6));
+    let f = s.wait_phase("finetunejob", "survivor", "Running", LONG);
     let job_name = f["status"]["jobName"]
         .as_str()
         .expect("jobName")
@@ -442,7 +399,7 @@ fn operator_restart_mid_run_creates_no_duplicate_job() {
         },
         describe(env, "tailor-system"),
     );
-    let f = wait_phase(env, ns, "finetunejob", "survivor", "Succeeded", LONG);
+    let f = s.wait_phase("finetunejob", "survivor", "Succeeded", LONG);
     assert_eq!(
         f["status"]["jobName"],
         job_name.as_str(),
@@ -463,30 +420,20 @@ fn operator_restart_mid_run_creates_no_duplicate_job() {
         Some(1),
         "no duplicate Job"
     );
-    wait_phase(env, ns, "loraadapter", "survivor", "Ready", SHORT);
+    s.wait_phase("loraadapter", "survivor", "Ready", SHORT);
 }
 
 #[test]
 fn spec_change_mid_run_cancels_the_attempt_and_trains_the_new_spec() {
-    let env = Env::get();
-    let ns = "e2e-respec";
-    env.namespace(ns).expect("namespace");
-    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
-    env.apply(&inline_dataset(ns, "data", &lines, 10))
-        .expect("dataset");
-    env.apply(&small_job(ns, "respec", "data", 8, ""))
-        .expect("job");
-    let f = wait_for(
-        "a checkpoint while Running",
-        LONG,
-        || {
-            let f = env.object(ns, "finetunejob", "respec")?;
-            (phase(&f) == "Running"
-                && f["status"]["lastCheckpoint"]["step"].as_u64().unwrap_or(0) >= 5)
-                .then_some(f)
-        },
-        describe(env, ns),
-    );
+    let s = Scenario::new("e2e-respec");
+    let (env, ns) = (s.env, s.ns());
+    s.quickstart_dataset("data", 60);
+    s.job(&FineTuneJob::new("respec", "data").epochs(8));
+    let f = s.wait_for("a checkpoint while Running", LONG, || {
+        let f = env.object(ns, "finetunejob", "respec")?;
+        (phase(&f) == "Running" && f["status"]["lastCheckpoint"]["step"].as_u64().unwrap_or(0) >= 5)
+            .then_some(f)
+    });
     let old_job = f["status"]["jobName"]
         .as_str()
         .expect("jobName")
@@ -507,7 +454,7 @@ fn spec_change_mid_run_cancels_the_attempt_and_trains_the_new_spec() {
         r#"{"spec":{"hyperparameters":{"epochs":2}}}"#,
     ])
     .expect("change the spec mid-run");
-    let f = wait_phase(env, ns, "finetunejob", "respec", "Succeeded", LONG);
+    let f = s.wait_phase("finetunejob", "respec", "Succeeded", LONG);
     let st = &f["status"];
     assert_eq!(
         st["observedGeneration"], f["metadata"]["generation"],
@@ -547,7 +494,7 @@ fn spec_change_mid_run_cancels_the_attempt_and_trains_the_new_spec() {
         "{why}"
     );
     // The new run started from scratch, in outputs of its own.
-    let la = wait_phase(env, ns, "loraadapter", "respec", "Ready", SHORT);
+    let la = s.wait_phase("loraadapter", "respec", "Ready", SHORT);
     let uri = la["spec"]["uri"].as_str().expect("uri");
     assert!(
         !old_checkpoint.starts_with(uri),

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tailor_e2e::{
-    Env, condition, inline_dataset, phase, quickstart_examples, repo_root, small_job, wait_for,
+    Env, FineTuneJob, ModelDeployment, Scenario, condition, phase, quickstart_examples, repo_root,
+    wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(300);
@@ -25,27 +26,6 @@ const IMPORTED: &str = "adapters/e2e-imported";
 
 fn client_script() -> PathBuf {
     repo_root().join("tests/e2e/tests/serving_client.py")
-}
-
-fn describe(env: &'static Env, ns: &str) -> impl Fn() -> String + 'static {
-    let ns = ns.to_string();
-    move || {
-        format!(
-            "--- objects in {ns}:\n{}\n--- events:\n{}\n--- operator logs:\n{}",
-            env.kubectl(&[
-                "-n",
-                &ns,
-                "get",
-                "modeldeployments,loraadapters,deployments,pods",
-                "-o",
-                "yaml"
-            ])
-            .unwrap_or_else(|e| e.to_string()),
-            env.kubectl(&["-n", &ns, "get", "events"])
-                .unwrap_or_else(|e| e.to_string()),
-            env.operator_logs()
-        )
-    }
 }
 
 fn now_s() -> f64 {
@@ -97,67 +77,49 @@ fn imported_artifact(env: &Env) {
 }
 
 /// LoraAdapters imported by hand (one artifact, a name each), waited for until Ready.
-fn import_adapters(env: &'static Env, ns: &str, names: &[&str]) {
-    imported_artifact(env);
+fn import_adapters(s: &Scenario, names: &[&str]) {
+    let ns = s.ns();
+    imported_artifact(s.env);
     for n in names {
-        env.apply(&format!(
+        s.apply(&format!(
             "apiVersion: tailor.dev/v1alpha1\nkind: LoraAdapter\nmetadata: {{name: {n}, namespace: {ns}}}\nspec:\n  baseModel: {{uri: {BASE}}}\n  uri: pvc://tailor-artifacts/{IMPORTED}\n  rank: 4\n  alpha: 8\n  targetModules: [q_proj, v_proj]\n  deletionPolicy: Retain\n"
         ))
         .expect("apply LoraAdapter");
     }
     for n in names {
-        wait_for(
-            &format!("LoraAdapter {ns}/{n} to be Ready"),
-            SHORT,
-            || {
-                env.object(ns, "loraadapter", n)
-                    .filter(|o| phase(o) == "Ready")
-            },
-            describe(env, ns),
-        );
+        s.wait_phase("loraadapter", n, "Ready", SHORT);
     }
 }
 
-/// A ModelDeployment serving `adapter` as `support` with a fast rollout.
-fn mdep(ns: &str, adapter: &str, rollout: Value, annotations: Value, replicas: u32) -> Value {
-    json!({
-        "apiVersion": "tailor.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "support", "namespace": ns, "annotations": annotations},
-        "spec": {
-            "baseModel": {"uri": BASE, "servedName": "base"},
-            "adapters": [{"name": "support", "adapterRef": {"name": adapter}}],
-            "replicas": replicas,
-            "resources": {"gpus": 0},
-            "server": {"maxBatchSize": 8, "maxSeqLength": 256, "maxLoadedAdapters": 4},
-            "rollout": rollout,
-        }
-    })
+/// The ModelDeployment `support` serving `adapter`, with `rollout`, on `replicas` CPU pods.
+fn mdep(s: &Scenario, adapter: &str, rollout: Value, annotations: Value, replicas: u32) -> Value {
+    ModelDeployment::new("support", adapter)
+        .rollout(rollout)
+        .annotations(annotations)
+        .replicas(replicas)
+        .manifest(s.ns())
 }
 
-fn get_mdep(env: &Env, ns: &str) -> Option<Value> {
-    env.object(ns, "modeldeployment", "support")
+fn get_mdep(s: &Scenario) -> Option<Value> {
+    s.object("modeldeployment", "support")
 }
 
-fn wait_ready(env: &'static Env, ns: &str) -> Value {
-    wait_for(
-        &format!("ModelDeployment {ns}/support to be Ready and Healthy"),
+fn wait_ready(s: &Scenario) -> Value {
+    s.wait_for(
+        &format!("ModelDeployment {}/support to be Ready and Healthy", s.ns()),
         LONG,
         || {
-            get_mdep(env, ns).filter(|m| {
+            get_mdep(s).filter(|m| {
                 phase(m) == "Healthy"
                     && condition(m, "Ready").is_some_and(|c| c["status"] == "True")
                     && m["status"]["endpoint"].is_string()
             })
         },
-        describe(env, ns),
     )
 }
 
-fn set_adapter(env: &Env, ns: &str, adapter: &str) {
-    env.kubectl(&[
-        "-n",
-        ns,
+fn set_adapter(s: &Scenario, adapter: &str) {
+    s.kubectl(&[
         "patch",
         "modeldeployment",
         "support",
@@ -169,16 +131,9 @@ fn set_adapter(env: &Env, ns: &str, adapter: &str) {
     .expect("patch adapter");
 }
 
-fn serving_pod_uids(env: &Env, ns: &str) -> BTreeSet<String> {
-    let pods = env
-        .get_json(&[
-            "-n",
-            ns,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=tailor-server",
-        ])
+fn serving_pod_uids(s: &Scenario) -> BTreeSet<String> {
+    let pods = s
+        .get_json(&["pods", "-l", "app.kubernetes.io/name=tailor-server"])
         .expect("pods");
     pods["items"]
         .as_array()
@@ -282,35 +237,19 @@ fn ask(endpoint: &str, models: &[&str]) -> Value {
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
 }
 
-fn events(env: &Env, ns: &str) -> Vec<Value> {
-    env.get_json(&["-n", ns, "get", "events"])
-        .ok()
-        .and_then(|v| v["items"].as_array().cloned())
-        .unwrap_or_default()
-}
-
 #[test]
 fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client() {
-    let env = Env::get();
-    let ns = "e2e-serve";
-    env.namespace(ns).expect("namespace");
-    let lines = quickstart_examples();
-    env.apply(&inline_dataset(ns, "chat", &lines, 10))
-        .expect("dataset");
-    env.apply(&small_job(ns, "support-v1", "chat", 1, ""))
-        .expect("job");
-    wait_for(
-        "LoraAdapter support-v1 to be Ready",
-        LONG,
-        || {
-            env.object(ns, "loraadapter", "support-v1")
-                .filter(|o| phase(o) == "Ready")
-        },
-        describe(env, ns),
-    );
+    let s = Scenario::new("e2e-serve");
+    let (env, ns) = (s.env, s.ns());
+    s.dataset("chat", &quickstart_examples());
+    s.job(&FineTuneJob::new("support-v1", "chat"));
+    s.wait_for("LoraAdapter support-v1 to be Ready", LONG, || {
+        env.object(ns, "loraadapter", "support-v1")
+            .filter(|o| phase(o) == "Ready")
+    });
     // As in examples/quickstart: two GPU replicas, the gate on (the job recorded both losses).
     let mut md = mdep(
-        ns,
+        &s,
         "support-v1",
         json!({"requireBetterThanBase": true}),
         json!({}),
@@ -318,7 +257,7 @@ fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client
     );
     md["spec"]["resources"]["gpus"] = json!(1);
     env.apply(&md.to_string()).expect("apply ModelDeployment");
-    let md = wait_ready(env, ns);
+    let md = wait_ready(&s);
     let st = &md["status"];
     let endpoint = st["endpoint"].as_str().expect("endpoint");
     // status.endpoint is the router's Service.
@@ -368,44 +307,38 @@ fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client
 
 #[test]
 fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_errors() {
-    let env = Env::get();
-    let ns = "e2e-canary-good";
-    env.namespace(ns).expect("namespace");
-    import_adapters(env, ns, &["good-v1", "good-v2"]);
+    let s = Scenario::new("e2e-canary-good");
+    let env = s.env;
+    import_adapters(&s, &["good-v1", "good-v2"]);
     let rollout = json!({
         "steps": [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}],
         "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
     });
-    env.apply(&mdep(ns, "good-v1", rollout, json!({}), 2).to_string())
+    env.apply(&mdep(&s, "good-v1", rollout, json!({}), 2).to_string())
         .expect("apply");
-    let md = wait_ready(env, ns);
+    let md = wait_ready(&s);
     let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
     let stable = md["status"]["stableRevision"]
         .as_str()
         .expect("stable")
         .to_string();
-    let uids = serving_pod_uids(env, ns);
+    let uids = serving_pod_uids(&s);
     assert_eq!(uids.len(), 2);
 
     let load = Load::start(endpoint, "support");
-    set_adapter(env, ns, "good-v2");
+    set_adapter(&s, "good-v2");
     let mut weights: Vec<u64> = vec![];
     let mut pods_seen = uids.clone();
-    let done = wait_for(
-        "the canary to be promoted",
-        LONG,
-        || {
-            let m = get_mdep(env, ns)?;
-            let st = &m["status"];
-            let w = st["canaryWeight"].as_u64().unwrap_or(0);
-            if st["canaryRevision"].is_string() && weights.last() != Some(&w) {
-                weights.push(w);
-            }
-            pods_seen.extend(serving_pod_uids(env, ns));
-            (st["stableRevision"] != stable.as_str() && phase(&m) == "Healthy").then_some(m)
-        },
-        describe(env, ns),
-    );
+    let done = s.wait_for("the canary to be promoted", LONG, || {
+        let m = get_mdep(&s)?;
+        let st = &m["status"];
+        let w = st["canaryWeight"].as_u64().unwrap_or(0);
+        if st["canaryRevision"].is_string() && weights.last() != Some(&w) {
+            weights.push(w);
+        }
+        pods_seen.extend(serving_pod_uids(&s));
+        (st["stableRevision"] != stable.as_str() && phase(&m) == "Healthy").then_some(m)
+    });
     // Some more load after the promotion: the old adapter goes only once the router is off it.
     let promoted_at = now_s();
     wait_for(
@@ -441,7 +374,7 @@ fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_error
         pods_seen, uids,
         "serving pods changed during an adapter canary"
     );
-    assert_eq!(serving_pod_uids(env, ns), uids);
+    assert_eq!(serving_pod_uids(&s), uids);
     // The load saw no error, reached the canary, and ends on the new adapter only.
     assert!(errors(&records).is_empty(), "{:?}", errors(&records));
     let canary_target = format!("canary-{}", canary["revision"].as_str().unwrap_or(""));
@@ -455,18 +388,13 @@ fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_error
         .collect();
     assert!(late.iter().all(|r| r["model"] == "good-v2"), "{late:?}");
     // Pods hold only the promoted adapter.
-    let m = wait_for(
-        "pods to unload the old adapter",
-        SHORT,
-        || {
-            get_mdep(env, ns).filter(|m| {
-                m["status"]["pods"].as_array().is_some_and(|ps| {
-                    ps.len() == 2 && ps.iter().all(|p| p["loaded"] == json!(["good-v2"]))
-                })
+    let m = s.wait_for("pods to unload the old adapter", SHORT, || {
+        get_mdep(&s).filter(|m| {
+            m["status"]["pods"].as_array().is_some_and(|ps| {
+                ps.len() == 2 && ps.iter().all(|p| p["loaded"] == json!(["good-v2"]))
             })
-        },
-        describe(env, ns),
-    );
+        })
+    });
     assert_eq!(phase(&m), "Healthy");
     println!(
         "adapter canary: weights {weights:?}, {} requests, 0 errors",
@@ -476,10 +404,9 @@ fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_error
 
 #[test]
 fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
-    let env = Env::get();
-    let ns = "e2e-canary-bad";
-    env.namespace(ns).expect("namespace");
-    import_adapters(env, ns, &["ok-v1", "faulty-v2"]);
+    let s = Scenario::new("e2e-canary-bad");
+    let env = s.env;
+    import_adapters(&s, &["ok-v1", "faulty-v2"]);
     let (interval, failure_limit) = (3u64, 2u64);
     let rollout = json!({
         "steps": [{"weight": 50, "pause": "120s"}],
@@ -487,9 +414,9 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
     });
     // TEST-ONLY: the faulty adapter fails 30% of its requests.
     let fault = json!({"tailor.dev/test-fault-injection": json!({"errorRate": 0.3, "adapters": ["faulty-v2"]}).to_string()});
-    env.apply(&mdep(ns, "ok-v1", rollout, fault, 2).to_string())
+    env.apply(&mdep(&s, "ok-v1", rollout, fault, 2).to_string())
         .expect("apply");
-    let md = wait_ready(env, ns);
+    let md = wait_ready(&s);
     let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
     let stable = md["status"]["stableRevision"]
         .as_str()
@@ -497,17 +424,14 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
         .to_string();
 
     let load = Load::start(endpoint, "support");
-    set_adapter(env, ns, "faulty-v2");
-    let rolled = wait_for(
-        "the faulty canary to be rolled back",
-        LONG,
-        || get_mdep(env, ns).filter(|m| phase(m) == "RolledBack"),
-        describe(env, ns),
-    );
+    set_adapter(&s, "faulty-v2");
+    let rolled = s.wait_for("the faulty canary to be rolled back", LONG, || {
+        get_mdep(&s).filter(|m| phase(m) == "RolledBack")
+    });
     let seen_at = now_s();
     // The revision is not retried while the spec stays: watch a few analysis intervals.
     while now_s() < seen_at + (3 * interval) as f64 {
-        let m = get_mdep(env, ns).expect("mdep");
+        let m = get_mdep(&s).expect("mdep");
         assert_eq!(phase(&m), "RolledBack", "{}", m["status"]);
         assert!(m["status"]["canaryRevision"].is_null(), "{}", m["status"]);
         assert_eq!(m["status"]["canaryWeight"], 0);
@@ -540,7 +464,7 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
     );
     assert!(a["canary"]["requests"].as_u64().unwrap_or(0) >= 5, "{a}");
     assert_eq!(a["stable"]["errors"], 0, "{a}");
-    let warning = events(env, ns).into_iter().find(|e| {
+    let warning = s.events().into_iter().find(|e| {
         e["type"] == "Warning"
             && e["reason"] == "RolledBack"
             && e["message"]
@@ -581,27 +505,21 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
     );
 
     // A spec change moves on: back to the stable adapter clears RolledBack.
-    set_adapter(env, ns, "ok-v1");
-    let m = wait_for(
-        "RolledBack to clear after the spec changes",
-        SHORT,
-        || {
-            get_mdep(env, ns).filter(|m| {
-                phase(m) == "Healthy"
-                    && condition(m, "RolledBack").is_some_and(|c| c["status"] == "False")
-            })
-        },
-        describe(env, ns),
-    );
+    set_adapter(&s, "ok-v1");
+    let m = s.wait_for("RolledBack to clear after the spec changes", SHORT, || {
+        get_mdep(&s).filter(|m| {
+            phase(m) == "Healthy"
+                && condition(m, "RolledBack").is_some_and(|c| c["status"] == "False")
+        })
+    });
     assert_eq!(m["status"]["stableRevision"], stable.as_str());
 }
 
 #[test]
 fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
-    let env = Env::get();
-    let ns = "e2e-canary-equal";
-    env.namespace(ns).expect("namespace");
-    import_adapters(env, ns, &["same-v1", "same-v2"]);
+    let s = Scenario::new("e2e-canary-equal");
+    let env = s.env;
+    import_adapters(&s, &["same-v1", "same-v2"]);
     let interval = 2u64;
     // failureLimit 1: a single failed window would roll back.
     let rollout = json!({
@@ -609,35 +527,30 @@ fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
         "analysis": {"interval": format!("{interval}s"), "minRequests": 3, "maxErrorRate": 0.5, "maxErrorRateIncrease": 0.05, "failureLimit": 1},
     });
     let fault = json!({"tailor.dev/test-fault-injection": json!({"errorRate": 0.01, "adapters": ["same-v1", "same-v2"]}).to_string()});
-    env.apply(&mdep(ns, "same-v1", rollout, fault, 2).to_string())
+    env.apply(&mdep(&s, "same-v1", rollout, fault, 2).to_string())
         .expect("apply");
-    let md = wait_ready(env, ns);
+    let md = wait_ready(&s);
     let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
     let stable = md["status"]["stableRevision"]
         .as_str()
         .unwrap_or("")
         .to_string();
     let load = Load::start(endpoint, "support");
-    set_adapter(env, ns, "same-v2");
+    set_adapter(&s, "same-v2");
     let mut analyses: BTreeSet<String> = BTreeSet::new();
     let mut verdicts: Vec<String> = vec![];
-    let done = wait_for(
-        "the canary to finish its step",
-        LONG,
-        || {
-            let m = get_mdep(env, ns)?;
-            let a = &m["status"]["lastAnalysis"];
-            if let Some(t) = a["time"].as_str()
-                && analyses.insert(t.to_string())
-            {
-                verdicts.push(a["verdict"].as_str().unwrap_or("").to_string());
-            }
-            let ended = m["status"]["canaryRevision"].is_null()
-                && m["status"]["stableRevision"] != stable.as_str();
-            (ended || phase(&m) == "RolledBack").then_some(m)
-        },
-        describe(env, ns),
-    );
+    let done = s.wait_for("the canary to finish its step", LONG, || {
+        let m = get_mdep(&s)?;
+        let a = &m["status"]["lastAnalysis"];
+        if let Some(t) = a["time"].as_str()
+            && analyses.insert(t.to_string())
+        {
+            verdicts.push(a["verdict"].as_str().unwrap_or("").to_string());
+        }
+        let ended = m["status"]["canaryRevision"].is_null()
+            && m["status"]["stableRevision"] != stable.as_str();
+        (ended || phase(&m) == "RolledBack").then_some(m)
+    });
     let records = load.stop();
     assert_eq!(phase(&done), "Healthy", "{}", done["status"]);
     let rec = done["status"]["history"]
@@ -660,30 +573,26 @@ fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
 
 #[test]
 fn operator_killed_mid_rollout_resumes_from_status() {
-    let env = Env::get();
-    let ns = "e2e-canary-restart";
-    env.namespace(ns).expect("namespace");
-    import_adapters(env, ns, &["resume-v1", "resume-v2"]);
+    let s = Scenario::new("e2e-canary-restart");
+    let (env, ns) = (s.env, s.ns());
+    import_adapters(&s, &["resume-v1", "resume-v2"]);
     let rollout = json!({
         "steps": [{"weight": 30, "pause": "12s"}, {"weight": 60, "pause": "6s"}],
         "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
     });
-    env.apply(&mdep(ns, "resume-v1", rollout, json!({}), 1).to_string())
+    env.apply(&mdep(&s, "resume-v1", rollout, json!({}), 1).to_string())
         .expect("apply");
-    let md = wait_ready(env, ns);
+    let md = wait_ready(&s);
     let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
     let stable = md["status"]["stableRevision"]
         .as_str()
         .unwrap_or("")
         .to_string();
     let load = Load::start(endpoint, "support");
-    set_adapter(env, ns, "resume-v2");
-    let at_step = wait_for(
-        "the canary's first step",
-        SHORT,
-        || get_mdep(env, ns).filter(|m| m["status"]["canaryWeight"] == 30),
-        describe(env, ns),
-    );
+    set_adapter(&s, "resume-v2");
+    let at_step = s.wait_for("the canary's first step", SHORT, || {
+        get_mdep(&s).filter(|m| m["status"]["canaryWeight"] == 30)
+    });
     let step_started = at_step["status"]["stepStartedAt"].clone();
     let op = env.ready_operator_pod();
     let op_name = op["metadata"]["name"].as_str().expect("operator pod");
@@ -699,28 +608,23 @@ fn operator_killed_mid_rollout_resumes_from_status() {
     .expect("kill the operator");
     // While no operator runs and after a new one starts, the rollout never goes back.
     let mut seen: Vec<(u64, u64)> = vec![];
-    let done = wait_for(
-        "the rollout to finish under the new operator",
-        LONG,
-        || {
-            let m = get_mdep(env, ns)?;
-            let st = &m["status"];
-            if st["canaryRevision"].is_string() {
-                let s = (
-                    st["currentStep"].as_u64().unwrap_or(99),
-                    st["canaryWeight"].as_u64().unwrap_or(0),
-                );
-                if seen.last() != Some(&s) {
-                    seen.push(s);
-                }
-                if st["currentStep"] == 0 {
-                    assert_eq!(st["stepStartedAt"], step_started, "step restarted");
-                }
+    let done = s.wait_for("the rollout to finish under the new operator", LONG, || {
+        let m = get_mdep(&s)?;
+        let st = &m["status"];
+        if st["canaryRevision"].is_string() {
+            let s = (
+                st["currentStep"].as_u64().unwrap_or(99),
+                st["canaryWeight"].as_u64().unwrap_or(0),
+            );
+            if seen.last() != Some(&s) {
+                seen.push(s);
             }
-            (st["stableRevision"] != stable.as_str()).then_some(m)
-        },
-        describe(env, ns),
-    );
+            if st["currentStep"] == 0 {
+                assert_eq!(st["stepStartedAt"], step_started, "step restarted");
+            }
+        }
+        (st["stableRevision"] != stable.as_str()).then_some(m)
+    });
     let new_op = env.ready_operator_pod();
     assert_ne!(new_op["metadata"]["name"], op_name);
     let records = load.stop();
@@ -736,7 +640,8 @@ fn operator_killed_mid_rollout_resumes_from_status() {
         .collect();
     assert_eq!(records_of_canary.len(), 1, "{history:?}");
     assert_eq!(records_of_canary[0]["outcome"], "Promoted");
-    let started = events(env, ns)
+    let started = s
+        .events()
         .into_iter()
         .filter(|e| e["reason"] == "CanaryStarted")
         .map(|e| e["count"].as_u64().unwrap_or(1))
@@ -758,24 +663,23 @@ fn operator_killed_mid_rollout_resumes_from_status() {
 
 #[test]
 fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready() {
-    let env = Env::get();
-    let ns = "e2e-pod-canary";
-    env.namespace(ns).expect("namespace");
-    import_adapters(env, ns, &["pods-v1"]);
+    let s = Scenario::new("e2e-pod-canary");
+    let (env, ns) = (s.env, s.ns());
+    import_adapters(&s, &["pods-v1"]);
     let rollout = json!({
         "steps": [{"weight": 50, "pause": "4s"}],
         "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
         "progressDeadlineSeconds": 20,
     });
-    env.apply(&mdep(ns, "pods-v1", rollout, json!({}), 1).to_string())
+    env.apply(&mdep(&s, "pods-v1", rollout, json!({}), 1).to_string())
         .expect("apply");
-    let md = wait_ready(env, ns);
+    let md = wait_ready(&s);
     let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
     let first = md["status"]["stableRevision"]
         .as_str()
         .unwrap_or("")
         .to_string();
-    let old_uids = serving_pod_uids(env, ns);
+    let old_uids = serving_pod_uids(&s);
     let load = Load::start(endpoint, "support");
 
     // A server setting changes: a new Deployment, split by the router, then promoted.
@@ -790,16 +694,10 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
         r#"{"spec":{"server":{"maxBatchSize":4}}}"#,
     ])
     .expect("patch");
-    let promoted = wait_for(
-        "the pod canary to be promoted",
-        LONG,
-        || {
-            get_mdep(env, ns).filter(|m| {
-                m["status"]["stableRevision"] != first.as_str() && phase(m) == "Healthy"
-            })
-        },
-        describe(env, ns),
-    );
+    let promoted = s.wait_for("the pod canary to be promoted", LONG, || {
+        get_mdep(&s)
+            .filter(|m| m["status"]["stableRevision"] != first.as_str() && phase(m) == "Healthy")
+    });
     let rec = promoted["status"]["history"]
         .as_array()
         .and_then(|h| h.last())
@@ -807,24 +705,19 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
         .unwrap_or_default();
     assert_eq!(rec["outcome"], "Promoted");
     assert_eq!(rec["kind"], "pod");
-    let deploys = wait_for(
-        "the old revision's Deployment to go",
-        SHORT,
-        || {
-            let d = env
-                .get_json(&[
-                    "-n",
-                    ns,
-                    "get",
-                    "deployments",
-                    "-l",
-                    "app.kubernetes.io/name=tailor-server",
-                ])
-                .ok()?;
-            (d["items"].as_array()?.len() == 1).then_some(d)
-        },
-        describe(env, ns),
-    );
+    let deploys = s.wait_for("the old revision's Deployment to go", SHORT, || {
+        let d = env
+            .get_json(&[
+                "-n",
+                ns,
+                "get",
+                "deployments",
+                "-l",
+                "app.kubernetes.io/name=tailor-server",
+            ])
+            .ok()?;
+        (d["items"].as_array()?.len() == 1).then_some(d)
+    });
     let args = deploys["items"][0]["spec"]["template"]["spec"]["containers"][0]["args"].clone();
     let args: Vec<&str> = args
         .as_array()
@@ -836,7 +729,7 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
         args.windows(2).any(|w| w == ["--max-batch-size", "4"]),
         "{args:?}"
     );
-    let new_uids = serving_pod_uids(env, ns);
+    let new_uids = serving_pod_uids(&s);
     assert!(new_uids.is_disjoint(&old_uids), "new pods serve");
     let promoted_rev = promoted["status"]["stableRevision"]
         .as_str()
@@ -862,11 +755,10 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
     ])
     .expect("patch");
     let started = now_s();
-    let rolled = wait_for(
+    let rolled = s.wait_for(
         "the pod canary to be rolled back after its progress deadline",
         LONG,
-        || get_mdep(env, ns).filter(|m| phase(m) == "RolledBack"),
-        describe(env, ns),
+        || get_mdep(&s).filter(|m| phase(m) == "RolledBack"),
     );
     let elapsed = now_s() - started;
     let c = condition(&rolled, "RolledBack").expect("RolledBack");
@@ -876,24 +768,19 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
         elapsed >= 20.0 - 1.0,
         "not before the deadline: {elapsed:.1}s"
     );
-    wait_for(
-        "the failed canary's Deployment to go",
-        SHORT,
-        || {
-            let d = env
-                .get_json(&[
-                    "-n",
-                    ns,
-                    "get",
-                    "deployments",
-                    "-l",
-                    "app.kubernetes.io/name=tailor-server",
-                ])
-                .ok()?;
-            (d["items"].as_array()?.len() == 1).then_some(())
-        },
-        describe(env, ns),
-    );
+    s.wait_for("the failed canary's Deployment to go", SHORT, || {
+        let d = env
+            .get_json(&[
+                "-n",
+                ns,
+                "get",
+                "deployments",
+                "-l",
+                "app.kubernetes.io/name=tailor-server",
+            ])
+            .ok()?;
+        (d["items"].as_array()?.len() == 1).then_some(())
+    });
     let records = load.stop();
     // Nobody was sent to pods that never got ready.
     assert!(errors(&records).is_empty(), "{:?}", errors(&records));

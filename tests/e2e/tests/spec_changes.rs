@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use tailor_e2e::{
-    Env, condition, describe, inline_dataset, phase, quickstart_examples, small_job, wait_for,
-    wait_phase,
-};
+use tailor_e2e::{Env, FineTuneJob, Scenario, condition, phase};
 
 const LONG: Duration = Duration::from_secs(420);
 const SHORT: Duration = Duration::from_secs(120);
@@ -35,37 +32,21 @@ fn train_jobs(env: &Env, ns: &str, ftj: &str) -> Vec<String> {
         .collect()
 }
 
-fn patch(env: &Env, ns: &str, name: &str, json: &str) -> anyhow::Result<String> {
-    env.kubectl(&[
-        "-n",
-        ns,
-        "patch",
-        "finetunejob",
-        name,
-        "--type",
-        "merge",
-        "-p",
-        json,
-    ])
-}
-
 #[test]
 fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
     let t0 = std::time::Instant::now();
-    let env = Env::get();
     let at = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
-    let ns = "e2e-after-end";
-    env.namespace(ns).expect("namespace");
-    let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
-    env.apply(&inline_dataset(ns, "data", &lines, 10))
-        .expect("dataset");
+    let s = Scenario::new("e2e-after-end");
+    let (env, ns) = (s.env, s.ns());
+    s.quickstart_dataset("data", 24);
     // A base model that is not there: each trainer pod fails at once; one retry, then Failed.
-    let job = small_job(ns, "rerun", "data", 1, "")
-        .replace("models/base", "models/missing")
-        .replace("backoffLimit: 4", "backoffLimit: 1");
-    env.apply(&job).expect("apply job");
+    s.job(
+        &FineTuneJob::new("rerun", "data")
+            .base_model("pvc://tailor-artifacts/models/missing")
+            .backoff_limit(1),
+    );
     at("cluster up");
-    let failed = wait_phase(env, ns, "finetunejob", "rerun", "Failed", LONG);
+    let failed = s.wait_phase("finetunejob", "rerun", "Failed", LONG);
     at("Failed");
     let st = &failed["status"];
     let ready = condition(&failed, "Ready").expect("Ready");
@@ -74,14 +55,13 @@ fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
     let failed_job = st["jobName"].as_str().expect("jobName").to_string();
 
     // The fix: a new run for the new generation, from scratch.
-    patch(
-        env,
-        ns,
+    s.merge_patch(
+        "finetunejob",
         "rerun",
         r#"{"spec":{"baseModel":{"uri":"pvc://tailor-artifacts/models/base"}}}"#,
     )
     .expect("fix the base model");
-    let done = wait_phase(env, ns, "finetunejob", "rerun", "Succeeded", LONG);
+    let done = s.wait_phase("finetunejob", "rerun", "Succeeded", LONG);
     at("Succeeded after the fix");
     let st = &done["status"];
     assert_eq!(
@@ -105,25 +85,20 @@ fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
         .unwrap_or_else(|| panic!("a SpecChanged event: {events}"));
     let msg = why["message"].as_str().unwrap_or("");
     assert!(msg.contains("failed") && msg.contains(&failed_job), "{why}");
-    let la = wait_for(
-        "the LoraAdapter of the new run",
-        SHORT,
-        || {
-            env.object(ns, "loraadapter", "rerun")
-                .filter(|o| phase(o) == "Ready")
-        },
-        describe(env, ns),
-    );
+    let la = s.wait_for("the LoraAdapter of the new run", SHORT, || {
+        env.object(ns, "loraadapter", "rerun")
+            .filter(|o| phase(o) == "Ready")
+    });
     let uri = la["spec"]["uri"].as_str().expect("uri").to_string();
 
     // Succeeded: the spec its adapter records is frozen. Admission says what to do instead.
-    let err = patch(
-        env,
-        ns,
-        "rerun",
-        r#"{"spec":{"hyperparameters":{"epochs":2}}}"#,
-    )
-    .expect_err("a Succeeded job's spec is frozen");
+    let err = s
+        .merge_patch(
+            "finetunejob",
+            "rerun",
+            r#"{"spec":{"hyperparameters":{"epochs":2}}}"#,
+        )
+        .expect_err("a Succeeded job's spec is frozen");
     assert!(
         err.to_string().contains("create a new FineTuneJob"),
         "{err}"
@@ -132,16 +107,12 @@ fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
     assert_eq!(f["spec"]["hyperparameters"]["epochs"], 1);
     assert_eq!(f["metadata"]["generation"], done["metadata"]["generation"]);
     // suspend may still change: the run stands, the generation is observed.
-    patch(env, ns, "rerun", r#"{"spec":{"suspend":true}}"#).expect("suspend is allowed");
-    let f = wait_for(
-        "the suspend generation to be observed",
-        SHORT,
-        || {
-            env.object(ns, "finetunejob", "rerun")
-                .filter(|o| o["status"]["observedGeneration"] == o["metadata"]["generation"])
-        },
-        describe(env, ns),
-    );
+    s.merge_patch("finetunejob", "rerun", r#"{"spec":{"suspend":true}}"#)
+        .expect("suspend is allowed");
+    let f = s.wait_for("the suspend generation to be observed", SHORT, || {
+        env.object(ns, "finetunejob", "rerun")
+            .filter(|o| o["status"]["observedGeneration"] == o["metadata"]["generation"])
+    });
     assert_eq!(phase(&f), "Succeeded");
     assert!(condition(&f, "Ready").is_some_and(|c| c["status"] == "True"));
     assert!(condition(&f, "Degraded").is_some_and(|c| c["status"] == "False"));
@@ -153,32 +124,27 @@ fn a_failed_job_reruns_on_a_spec_change_and_a_succeeded_ones_spec_is_frozen() {
 #[test]
 fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
     let t0 = std::time::Instant::now();
-    let env = Env::get();
     let at = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
-    let ns = "e2e-invalid-mid-run";
-    env.namespace(ns).expect("namespace");
-    let lines: Vec<String> = quickstart_examples().into_iter().take(60).collect();
-    env.apply(&inline_dataset(ns, "data", &lines, 10))
-        .expect("dataset");
+    let s = Scenario::new("e2e-invalid-mid-run");
+    let (env, ns) = (s.env, s.ns());
+    s.quickstart_dataset("data", 60);
     // Epochs enough to be still running when the spec changes (the change cancels it).
-    env.apply(&small_job(ns, "moved", "data", 1000, ""))
-        .expect("job");
+    s.job(&FineTuneJob::new("moved", "data").epochs(1000));
     at("cluster up");
-    let running = wait_phase(env, ns, "finetunejob", "moved", "Running", LONG);
+    let running = s.wait_phase("finetunejob", "moved", "Running", LONG);
     at("Running");
     let old_job = running["status"]["jobName"]
         .as_str()
         .expect("jobName")
         .to_string();
     // Admitted (a well-formed URI), but an hf:// checkpoint cannot be mounted into a pod.
-    patch(
-        env,
-        ns,
+    s.merge_patch(
+        "finetunejob",
         "moved",
         r#"{"spec":{"baseModel":{"uri":"hf://meta-llama/Llama-3.2-1B"}}}"#,
     )
     .expect("admitted");
-    let f = wait_phase(env, ns, "finetunejob", "moved", "Failed", SHORT);
+    let f = s.wait_phase("finetunejob", "moved", "Failed", SHORT);
     at("Failed on the invalid spec");
     let ready = condition(&f, "Ready").expect("Ready");
     assert_eq!(ready["reason"], "InvalidSpec", "{}", f["status"]);
@@ -191,27 +157,22 @@ fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
         f["status"]["observedGeneration"],
         f["metadata"]["generation"]
     );
-    wait_for(
-        "the cancelled attempt's Job and pods to go",
-        SHORT,
-        || {
-            let pods = env
-                .get_json(&[
-                    "-n",
-                    ns,
-                    "get",
-                    "pods",
-                    "-l",
-                    "tailor.dev/finetunejob=moved",
-                ])
-                .ok()?;
-            let live = pods["items"]
-                .as_array()?
-                .iter()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .count();
-            (train_jobs(env, ns, "moved").is_empty() && live == 0).then_some(())
-        },
-        describe(env, ns),
-    );
+    s.wait_for("the cancelled attempt's Job and pods to go", SHORT, || {
+        let pods = env
+            .get_json(&[
+                "-n",
+                ns,
+                "get",
+                "pods",
+                "-l",
+                "tailor.dev/finetunejob=moved",
+            ])
+            .ok()?;
+        let live = pods["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count();
+        (train_jobs(env, ns, "moved").is_empty() && live == 0).then_some(())
+    });
 }

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::admission::builtin;
+use crate::admission::{builtin, pod_security};
 use crate::apply::{self, ListKeys};
 use crate::patch;
 use crate::resources::{Registry, ResourceType};
@@ -99,11 +99,38 @@ pub struct Cluster {
     pub token_key: Vec<u8>,
     pub admin_token: String,
     ips: Mutex<()>,
-    /// Held shared by every controller pass (kubelet and scheduler included) and taken
-    /// exclusively, for good, at shutdown: once it is taken no controller writes again, so the
-    /// saved state is what the cluster looked like before its node went down (a reboot, not a
-    /// drain) rather than pods failed by the shutdown itself and their replacements.
-    controllers: std::sync::RwLock<bool>,
+    /// Controller passes in flight (kubelet and scheduler included), and whether controllers
+    /// are halted: at shutdown no controller writes again once the passes in flight are done,
+    /// so the saved state is what the cluster looked like before its node went down (a reboot,
+    /// not a drain) rather than pods failed by the shutdown itself and their replacements.
+    passes: Mutex<Passes>,
+    passes_done: Condvar,
+}
+
+#[derive(Default)]
+struct Passes {
+    halted: bool,
+    running: Vec<&'static str>,
+}
+
+/// Marks a controller pass finished, however it ends (a panicking pass too).
+struct PassGuard<'a> {
+    cluster: &'a Cluster,
+    name: &'static str,
+}
+
+impl Drop for PassGuard<'_> {
+    fn drop(&mut self) {
+        let mut p = self
+            .cluster
+            .passes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.running.iter().position(|n| *n == self.name) {
+            p.running.swap_remove(i);
+        }
+        self.cluster.passes_done.notify_all();
+    }
 }
 
 pub fn new_uid() -> String {
@@ -133,6 +160,8 @@ fn tracks_generation(rt: &ResourceType) -> bool {
                 | "jobs"
                 | "customresourcedefinitions"
                 | "poddisruptionbudgets"
+                | "networkpolicies"
+                | "horizontalpodautoscalers"
         )
 }
 
@@ -146,6 +175,21 @@ fn spec_part(rt: &ResourceType, obj: &Value) -> Value {
         }
     }
     o
+}
+
+/// Whether a pod update changes what runs (its containers or their images).
+fn significant_pod_update(new: &Value, old: &Value) -> bool {
+    ["containers", "initContainers"].iter().any(|k| {
+        let images = |p: &Value| -> Vec<Value> {
+            p["spec"][*k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["image"].clone())
+                .collect()
+        };
+        images(new) != images(old)
+    }) || new["spec"]["ephemeralContainers"] != old["spec"]["ephemeralContainers"]
 }
 
 fn random_suffix() -> String {
@@ -172,24 +216,40 @@ impl Cluster {
             token_key,
             admin_token,
             ips: Mutex::new(()),
-            controllers: std::sync::RwLock::new(false),
+            passes: Mutex::new(Passes::default()),
+            passes_done: Condvar::new(),
         }
     }
 
-    /// Run one controller pass unless the controllers are halted; false once they are.
-    pub fn controller_pass(&self, f: impl FnOnce()) -> bool {
-        let halted = self.controllers.read().unwrap_or_else(|e| e.into_inner());
-        if *halted {
-            return false;
+    /// Run one pass of controller `name` unless the controllers are halted; false once they are.
+    pub fn controller_pass(&self, name: &'static str, f: impl FnOnce()) -> bool {
+        {
+            let mut p = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+            if p.halted {
+                return false;
+            }
+            p.running.push(name);
         }
+        let _done = PassGuard {
+            cluster: self,
+            name,
+        };
         f();
         true
     }
 
-    /// Stop every controller for good, waiting for passes in flight (blocks: call it off the
-    /// async workers).
-    pub fn halt_controllers(&self) {
-        *self.controllers.write().unwrap_or_else(|e| e.into_inner()) = true;
+    /// Stop every controller for good: no pass starts any more, and the passes in flight are
+    /// waited for up to `timeout`. Returns the controllers still in a pass then (none unless one
+    /// is stuck: the shutdown goes on without it rather than hang). Blocks: call it off the
+    /// async workers.
+    pub fn halt_controllers(&self, timeout: std::time::Duration) -> Vec<&'static str> {
+        let mut p = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        p.halted = true;
+        let (p, _) = self
+            .passes_done
+            .wait_timeout_while(p, timeout, |p| !p.running.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        p.running.clone()
     }
 
     pub fn rt(&self, group: &str, plural: &str) -> ApiResult<Arc<ResourceType>> {
@@ -307,6 +367,57 @@ impl Cluster {
         Ok(())
     }
 
+    /// The PodSecurity admission plugin: namespace labels are validated, pods are refused by
+    /// their namespace's enforce level, and pods and workload templates get its warnings.
+    fn admit_pod_security(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: &Value,
+        old: Option<&Value>,
+        opts: &WriteOpts,
+    ) -> ApiResult<Vec<String>> {
+        if rt.crd.is_some() || !opts.subresource.is_empty() {
+            return Ok(vec![]);
+        }
+        let labels = || {
+            self.store
+                .get("/namespaces", "", ns)
+                .map(|n| n["metadata"]["labels"].clone())
+                .unwrap_or(Value::Null)
+        };
+        match (rt.group.as_str(), rt.plural.as_str()) {
+            ("", "namespaces") => {
+                let (pods, _) = self.store.list("/pods", Some(name));
+                let pods: Vec<&Value> = pods.iter().map(|p| &**p).collect();
+                pod_security::admit_namespace(
+                    name,
+                    &obj["metadata"]["labels"],
+                    old.map(|o| &o["metadata"]["labels"]),
+                    &pods,
+                )
+                .map_err(|causes| ApiError::invalid("", "Namespace", name, causes))
+            }
+            ("", "pods") => {
+                // Only a change of what runs is judged again (upstream isSignificantPodUpdate).
+                if old.is_some_and(|o| !significant_pod_update(obj, o)) {
+                    return Ok(vec![]);
+                }
+                pod_security::admit(&labels(), &obj["metadata"], &obj["spec"], true)
+                    .map_err(|why| ApiError::forbidden_object("", "pods", name, &why))
+            }
+            ("apps", "deployments" | "replicasets") | ("batch", "jobs") => {
+                let t = &obj["spec"]["template"];
+                Ok(
+                    pod_security::admit(&labels(), &t["metadata"], &t["spec"], false)
+                        .unwrap_or_default(),
+                )
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
     fn check_namespace(&self, rt: &ResourceType, ns: &str) -> ApiResult<()> {
         if !rt.namespaced {
             return Ok(());
@@ -412,10 +523,11 @@ impl Cluster {
                 m.remove("status");
             }
         }
-        let warnings = self.admit(rt, &mut obj, None, opts)?;
+        let mut warnings = self.admit(rt, &mut obj, None, opts)?;
         if rt.group.is_empty() && rt.plural == "pods" {
             self.admit_priority(&mut obj, &name)?;
         }
+        warnings.extend(self.admit_pod_security(rt, ns, &name, &obj, None, opts)?);
         if opts.manager != "-" {
             apply::track_update(
                 None,
@@ -559,11 +671,11 @@ impl Cluster {
             }
             let warnings = if opts.subresource == "status" && rt.crd.is_none() {
                 vec![]
-            } else if opts.subresource == "status" {
-                // Status writes are validated against the schema too (defaults included).
-                self.admit(rt, &mut new, Some(&old), opts)?
             } else {
-                self.admit(rt, &mut new, Some(&old), opts)?
+                // Status writes of custom resources are validated against the schema too.
+                let mut w = self.admit(rt, &mut new, Some(&old), opts)?;
+                w.extend(self.admit_pod_security(rt, ns, name, &new, Some(&old), opts)?);
+                w
             };
             if tracks_generation(rt) {
                 let g = old["metadata"]["generation"].as_i64().unwrap_or(1);

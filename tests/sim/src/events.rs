@@ -13,6 +13,32 @@ pub fn record(
     message: &str,
     component: &str,
 ) {
+    record_keyed(cluster, obj, etype, reason, message, component, message);
+}
+
+/// An Event whose message varies between occurrences (a generated pod name in it): one Event
+/// per object and reason, its message the latest and its count the number of occurrences, as
+/// the apiserver's event correlator combines similar events.
+pub fn record_similar(
+    cluster: &Cluster,
+    obj: &Value,
+    etype: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    record_keyed(cluster, obj, etype, reason, message, component, "");
+}
+
+fn record_keyed(
+    cluster: &Cluster,
+    obj: &Value,
+    etype: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    key_message: &str,
+) {
     let Ok(rt) = cluster.rt("", "events") else {
         return;
     };
@@ -24,7 +50,7 @@ pub fn record(
     let uid = obj["metadata"]["uid"].as_str().unwrap_or("");
     let key = {
         use sha2::{Digest, Sha256};
-        hex::encode(&Sha256::digest(format!("{uid}/{reason}/{message}").as_bytes())[..6])
+        hex::encode(&Sha256::digest(format!("{uid}/{reason}/{key_message}").as_bytes())[..6])
     };
     let name = format!(
         "{}.{key}",
@@ -35,6 +61,7 @@ pub fn record(
         let mut n = (*cur).clone();
         n["count"] = json!(cur["count"].as_i64().unwrap_or(1) + 1);
         n["lastTimestamp"] = json!(ts);
+        n["message"] = json!(message);
         let _ = cluster.update(&rt, &ns, &name, n, &WriteOpts::system(component));
         return;
     }

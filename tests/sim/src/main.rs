@@ -1,5 +1,8 @@
 //! `tailor-sim up` serves a simulated cluster until SIGTERM; `tailor-sim bench` measures it.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use tailor_sim::up::UpArgs;
 
@@ -33,6 +36,21 @@ async fn until_signal() {
     }
 }
 
+/// From the signal on, the process ends within `limit` whatever happens: a test or a demo that
+/// stops the simulator must never wait for ever. Past the limit the containers are killed from
+/// their records and the process exits with an error.
+fn watchdog(state_dir: PathBuf, limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            ?limit,
+            "shutdown did not finish in time: killing the containers and exiting"
+        );
+        tailor_sim::kubelet::process::kill_recorded_containers(&state_dir, false);
+        std::process::exit(1);
+    });
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -45,8 +63,21 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.cmd {
-        Cmd::Up(a) => rt.block_on(tailor_sim::up::up(a, until_signal())),
+    let res = match cli.cmd {
+        Cmd::Up(a) => {
+            let (state_dir, limit) = (
+                a.state_dir.clone(),
+                a.shutdown_grace_period + Duration::from_secs(30),
+            );
+            rt.block_on(tailor_sim::up::up(a, async move {
+                until_signal().await;
+                watchdog(state_dir, limit);
+            }))
+        }
         Cmd::Bench(b) => rt.block_on(tailor_sim::bench::run(b)),
-    }
+    };
+    // Tasks still running (watch streams, proxies) are dropped; a blocking task (a file read)
+    // is not waited for, as dropping the runtime would.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    res
 }

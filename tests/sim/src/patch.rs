@@ -1,186 +1,24 @@
-//! JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch for built-in kinds.
+//! JSON merge patch (RFC 7386) and JSON patch (RFC 6902) through the `json-patch` crate, and
+//! strategic merge patch for built-in kinds.
 
 use serde_json::{Map, Value};
 
 use crate::status::{ApiError, ApiResult};
 
+/// JSON merge patch (RFC 7386).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
+    ::json_patch::merge(target, patch);
 }
 
-fn unescape(tok: &str) -> String {
-    tok.replace("~1", "/").replace("~0", "~")
-}
-
-fn pointer_parts(path: &str) -> ApiResult<Vec<String>> {
-    if path.is_empty() {
-        return Ok(vec![]);
-    }
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| ApiError::bad_request(format!("invalid JSON pointer {path:?}")))?;
-    Ok(rest.split('/').map(unescape).collect())
-}
-
-fn parent_mut<'a>(doc: &'a mut Value, parts: &[String]) -> ApiResult<&'a mut Value> {
-    let mut cur = doc;
-    for p in parts {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(p).ok_or_else(|| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("jsonpatch: missing path element {p:?}"),
-                )
-            })?,
-            Value::Array(a) => {
-                let i: usize = p.parse().map_err(|_| {
-                    ApiError::new(422, "Invalid", format!("jsonpatch: bad index {p:?}"))
-                })?;
-                a.get_mut(i).ok_or_else(|| {
-                    ApiError::new(422, "Invalid", format!("jsonpatch: index {i} out of range"))
-                })?
-            }
-            _ => {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    "jsonpatch: path through a scalar",
-                ));
-            }
-        };
-    }
-    Ok(cur)
-}
-
-fn op_remove(doc: &mut Value, path: &str) -> ApiResult<Value> {
-    let parts = pointer_parts(path)?;
-    let Some((last, parent)) = parts.split_last() else {
-        return Ok(std::mem::take(doc));
-    };
-    let target = parent_mut(doc, parent)?;
-    let err = || {
-        ApiError::new(
-            422,
-            "Invalid",
-            format!("jsonpatch remove operation does not apply: doc is missing path: {path:?}"),
-        )
-    };
-    match target {
-        Value::Object(m) => m.shift_remove(last).ok_or_else(err),
-        Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| err())?;
-            if i < a.len() {
-                Ok(a.remove(i))
-            } else {
-                Err(err())
-            }
-        }
-        _ => Err(err()),
-    }
-}
-
-fn op_add(doc: &mut Value, path: &str, value: Value, replace: bool) -> ApiResult<()> {
-    let parts = pointer_parts(path)?;
-    let Some((last, parent)) = parts.split_last() else {
-        *doc = value;
-        return Ok(());
-    };
-    let target = parent_mut(doc, parent)?;
-    let err = || {
-        ApiError::new(
-            422,
-            "Invalid",
-            format!("jsonpatch: doc is missing path: {path:?}"),
-        )
-    };
-    match target {
-        Value::Object(m) => {
-            if replace && !m.contains_key(last) {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    format!(
-                        "jsonpatch replace operation does not apply: doc is missing key: {path}"
-                    ),
-                ));
-            }
-            m.insert(last.clone(), value);
-            Ok(())
-        }
-        Value::Array(a) => {
-            if last == "-" {
-                a.push(value);
-                return Ok(());
-            }
-            let i: usize = last.parse().map_err(|_| err())?;
-            if replace {
-                *a.get_mut(i).ok_or_else(err)? = value;
-            } else if i <= a.len() {
-                a.insert(i, value);
-            } else {
-                return Err(err());
-            }
-            Ok(())
-        }
-        _ => Err(err()),
-    }
-}
-
+/// JSON patch (RFC 6902), all operations or none.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| ApiError::bad_request("json patch must be an array of operations"))?;
-    for op in ops {
-        let path = op["path"].as_str().unwrap_or("");
-        match op["op"].as_str().unwrap_or("") {
-            "add" => op_add(doc, path, op["value"].clone(), false)?,
-            "replace" => op_add(doc, path, op["value"].clone(), true)?,
-            "remove" => {
-                op_remove(doc, path)?;
-            }
-            "move" => {
-                let v = op_remove(doc, op["from"].as_str().unwrap_or(""))?;
-                op_add(doc, path, v, false)?;
-            }
-            "copy" => {
-                let v = doc
-                    .pointer(op["from"].as_str().unwrap_or(""))
-                    .cloned()
-                    .ok_or_else(|| ApiError::new(422, "Invalid", "jsonpatch copy: missing from"))?;
-                op_add(doc, path, v, false)?;
-            }
-            "test" => {
-                if doc.pointer(path) != Some(&op["value"]) {
-                    return Err(ApiError::new(
-                        422,
-                        "Invalid",
-                        format!("testing value {path} failed"),
-                    ));
-                }
-            }
-            other => {
-                return Err(ApiError::bad_request(format!("Unexpected kind: {other}")));
-            }
-        }
-    }
-    Ok(())
+    let ops: ::json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "json patch must be an array of operations (op, path, value/from): {e}"
+        ))
+    })?;
+    ::json_patch::patch(doc, &ops.0)
+        .map_err(|e| ApiError::new(422, "Invalid", format!("jsonpatch: {e}")))
 }
 
 /// The merge key of a list field in the built-in types, by field name (the few lists the

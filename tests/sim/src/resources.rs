@@ -279,6 +279,29 @@ pub fn builtin_types() -> Vec<ResourceType> {
             &[],
             &["status"],
         ),
+        // Stored and served; not enforced (the simulator has no network isolation).
+        builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &["netpol"],
+            &[],
+            &[],
+        ),
+        // Stored and served, their scaleTargetRef resolvable through `scale` subresources; no
+        // controller acts on them.
+        builtin(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+            &["hpa"],
+            all,
+            &["status"],
+        ),
     ];
     // Review kinds exist only as create-only endpoints.
     for (g, kind, plural, ns) in [

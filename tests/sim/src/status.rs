@@ -102,6 +102,19 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// `pods "x" is forbidden: <why>` (the apiserver's NewForbidden, details included).
+    pub fn forbidden_object(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: {why}",
+                qualified(group, plural)
+            ),
+        )
+        .with_details(name, group, plural)
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }

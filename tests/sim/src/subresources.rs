@@ -116,6 +116,7 @@ pub fn serve(
             ))
         }
         ("scale", m) => {
+            let paths = ScalePaths::of(rt);
             if *m == Method::PUT || *m == Method::PATCH {
                 let body = req.body_value()?;
                 let replicas = if *m == Method::PATCH {
@@ -135,12 +136,26 @@ pub fn serve(
                 } else {
                     body["spec"]["replicas"].clone()
                 };
+                if !replicas.is_i64() || replicas.as_i64().is_some_and(|r| r < 0) {
+                    return Err(ApiError::invalid(
+                        "autoscaling",
+                        "Scale",
+                        name,
+                        vec![crate::status::Cause {
+                            reason: "FieldValueInvalid",
+                            message: format!(
+                                "Invalid value: {replicas}: must be greater than or equal to 0"
+                            ),
+                            field: "spec.replicas".into(),
+                        }],
+                    ));
+                }
                 cluster.patch(
                     rt,
                     ns,
                     name,
                     PatchType::Merge,
-                    &json!({"spec": {"replicas": replicas}}),
+                    &at_path(&paths.spec, replicas),
                     &WriteOpts::system("kubectl-scale"),
                 )?;
             }
@@ -160,17 +175,74 @@ pub fn serve(
     }
 }
 
+/// Where a kind keeps what its `scale` subresource shows: built-in kinds `.spec.replicas`,
+/// `.status.replicas` and their `spec.selector`; a custom resource where its CRD's scale
+/// subresource says (specReplicasPath, statusReplicasPath, labelSelectorPath).
+struct ScalePaths {
+    spec: Vec<String>,
+    status: Vec<String>,
+    selector: Option<Vec<String>>,
+}
+
+fn split_path(p: &str) -> Vec<String> {
+    p.split('.')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl ScalePaths {
+    fn of(rt: &ResourceType) -> ScalePaths {
+        match rt.crd.as_ref().and_then(|c| c.scale.as_ref()) {
+            Some(sc) => ScalePaths {
+                spec: split_path(sc["specReplicasPath"].as_str().unwrap_or(".spec.replicas")),
+                status: split_path(
+                    sc["statusReplicasPath"]
+                        .as_str()
+                        .unwrap_or(".status.replicas"),
+                ),
+                selector: sc["labelSelectorPath"].as_str().map(split_path),
+            },
+            None => ScalePaths {
+                spec: split_path(".spec.replicas"),
+                status: split_path(".status.replicas"),
+                selector: None,
+            },
+        }
+    }
+}
+
+fn value_at<'a>(o: &'a Value, path: &[String]) -> &'a Value {
+    path.iter().fold(o, |v, k| &v[k.as_str()])
+}
+
+/// A merge patch setting `path` to `v`.
+fn at_path(path: &[String], v: Value) -> Value {
+    path.iter()
+        .rev()
+        .fold(v, |inner, k| json!({ k.as_str(): inner }))
+}
+
 fn scale_of(rt: &ResourceType, o: &Value) -> Value {
-    let sel = o["spec"]["selector"]["matchLabels"].as_object().map(|m| {
-        m.iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let paths = ScalePaths::of(rt);
+    let sel = match &paths.selector {
+        Some(p) => value_at(o, p).as_str().map(String::from),
+        None => o["spec"]["selector"]["matchLabels"].as_object().map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+    };
+    let default = if rt.kind == "Job" || rt.crd.is_some() {
+        0
+    } else {
+        1
+    };
     json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "uid": o["metadata"]["uid"], "resourceVersion": o["metadata"]["resourceVersion"], "creationTimestamp": o["metadata"]["creationTimestamp"]},
-        "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(if rt.kind == "Job" { 0 } else { 1 })},
-        "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": sel.unwrap_or_default()}})
+        "spec": {"replicas": value_at(o, &paths.spec).as_i64().unwrap_or(default)},
+        "status": {"replicas": value_at(o, &paths.status).as_i64().unwrap_or(0), "selector": sel.unwrap_or_default()}})
 }
 
 /// SelfSubjectAccessReview, SubjectAccessReview, TokenReview, SelfSubjectReview.

@@ -506,6 +506,103 @@ fn builtin_columns(rt: &ResourceType, o: &Value) -> (Vec<Value>, Vec<Value>) {
                 n,
             ],
         ),
+        "poddisruptionbudgets" => {
+            let or_na = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(x) => x.clone(),
+                other => other.to_string(),
+            };
+            (
+                vec![
+                    name_col(),
+                    col(
+                        "Min Available",
+                        "string",
+                        "",
+                        "The minimum number of pods that must be available",
+                        0,
+                    ),
+                    col(
+                        "Max Unavailable",
+                        "string",
+                        "",
+                        "The maximum number of pods that may be unavailable",
+                        0,
+                    ),
+                    col(
+                        "Allowed Disruptions",
+                        "integer",
+                        "",
+                        "Calculated number of pods that may be disrupted at this time",
+                        0,
+                    ),
+                    age_col(),
+                ],
+                vec![
+                    n,
+                    json!(or_na(&o["spec"]["minAvailable"])),
+                    json!(or_na(&o["spec"]["maxUnavailable"])),
+                    json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0)),
+                    json!(a),
+                ],
+            )
+        }
+        "networkpolicies" => (
+            vec![
+                name_col(),
+                col(
+                    "Pod-Selector",
+                    "string",
+                    "",
+                    "Label selector of the pods the policy applies to",
+                    0,
+                ),
+                age_col(),
+            ],
+            vec![n, json!(selector_text(&o["spec"]["podSelector"])), json!(a)],
+        ),
+        "horizontalpodautoscalers" => {
+            let target = &o["spec"]["scaleTargetRef"];
+            let targets: Vec<String> = o["spec"]["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let t = &m["resource"]["target"];
+                    let want = t["averageUtilization"]
+                        .as_i64()
+                        .map(|u| format!("{u}%"))
+                        .or_else(|| t["averageValue"].as_str().map(String::from))
+                        .or_else(|| t["value"].as_str().map(String::from))
+                        .unwrap_or_else(|| "<unknown>".into());
+                    format!("<unknown>/{want}")
+                })
+                .collect();
+            (
+                vec![
+                    name_col(),
+                    col("Reference", "string", "", "The scale target", 0),
+                    col("Targets", "string", "", "Current and target metrics", 0),
+                    col("MinPods", "string", "", "Lower limit of replicas", 0),
+                    col("MaxPods", "string", "", "Upper limit of replicas", 0),
+                    col("Replicas", "string", "", "Current replicas", 0),
+                    age_col(),
+                ],
+                vec![
+                    n,
+                    json!(format!("{}/{}", s(&target["kind"]), s(&target["name"]))),
+                    json!(if targets.is_empty() {
+                        "<none>".to_string()
+                    } else {
+                        targets.join(", ")
+                    }),
+                    json!(o["spec"]["minReplicas"].as_i64().unwrap_or(1)),
+                    json!(o["spec"]["maxReplicas"].as_i64().unwrap_or(0)),
+                    json!(o["status"]["currentReplicas"].as_i64().unwrap_or(0)),
+                    json!(a),
+                ],
+            )
+        }
         "customresourcedefinitions" => (
             vec![
                 name_col(),
@@ -514,6 +611,35 @@ fn builtin_columns(rt: &ResourceType, o: &Value) -> (Vec<Value>, Vec<Value>) {
             vec![n, json!(s(&o["metadata"]["creationTimestamp"]))],
         ),
         _ => (vec![name_col(), age_col()], vec![n, json!(a)]),
+    }
+}
+
+/// A label selector as kubectl prints it (`app=x,tier=y`, `<none>` when empty).
+fn selector_text(sel: &Value) -> String {
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let vals: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(format!(
+            "{} {} ({})",
+            e["key"].as_str().unwrap_or(""),
+            e["operator"].as_str().unwrap_or("").to_lowercase(),
+            vals.join(",")
+        ));
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
     }
 }
 

@@ -47,6 +47,28 @@ pub struct UpArgs {
     /// Second octet of the loopback range for pod and Service IPs (default: random, kept in the state dir).
     #[arg(long)]
     pub net: Option<u8>,
+    /// At shutdown, how long pods get between SIGTERM and SIGKILL (each pod's own
+    /// terminationGracePeriodSeconds if shorter), as a kubelet's shutdownGracePeriod.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
+}
+
+/// `500ms`, `2s`, `1m` (the units of Kubernetes durations tailor-sim needs).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 500ms, 2s or 1m, got {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "expected a duration like 500ms, 2s or 1m, got {s:?}"
+        )),
+    }
 }
 
 fn read_or_create(path: &std::path::Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
@@ -173,7 +195,7 @@ pub async fn up(
         Duration::from_millis(300),
         scheduler::reconcile,
     );
-    kubelet::kill_leftover_containers(&state_dir);
+    kubelet::process::kill_recorded_containers(&state_dir, true);
     let kl = kubelet::Kubelet::new(cluster.clone());
     kl.start();
     {
@@ -217,13 +239,21 @@ pub async fn up(
         }
     }
     tracing::info!("shutting down: stopping pods and saving state");
+    let started = std::time::Instant::now();
+    // New connections are refused from here on, not left waiting for an answer.
+    drop(listener);
     // As a node going down: the controllers stop first and the pods' last reported state is
     // kept, so nothing reacts to the processes being killed (no pod marked failed by the
     // shutdown, no replacement for it). The next start picks the pods up as after a reboot.
     let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.halt_controllers()).await?;
+    let stuck =
+        tokio::task::spawn_blocking(move || c.halt_controllers(Duration::from_secs(5))).await?;
+    if !stuck.is_empty() {
+        tracing::warn!(controllers = ?stuck, "controllers still in a pass after 5s; shutting down without waiting for them");
+    }
     kl.flush_status();
-    kl.shutdown().await;
+    kl.shutdown(args.shutdown_grace_period).await;
     cluster.store.persist()?;
+    tracing::info!(elapsed = ?started.elapsed(), "stopped");
     Ok(())
 }

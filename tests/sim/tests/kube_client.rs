@@ -132,13 +132,11 @@ async fn watcher_and_controller_survive_a_410_relist() {
             .await;
     });
     let seen_w = |n: &str| seen.lock().unwrap_or_else(|e| e.into_inner()).contains(n);
-    for _ in 0..900 {
-        if seen_w("w1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen_w("w1"), "watcher saw w1");
+    tokio::task::block_in_place(|| {
+        wait_for("the watcher to see w1", Duration::from_secs(90), || {
+            seen_w("w1").then_some(())
+        })
+    });
     let phase = |sim: &Sim, n: &str| sim.jsonpath(&["get", "widget", n], "{.status.phase}");
     let s = &sim;
     wait_for(
@@ -171,13 +169,13 @@ async fn watcher_and_controller_survive_a_410_relist() {
     api.create(&PostParams::default(), &widget("w2", 2))
         .await
         .expect("create w2");
-    for _ in 0..1200 {
-        if seen_w("w2") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen_w("w2"), "watcher re-listed after 410 and saw w2");
+    tokio::task::block_in_place(|| {
+        wait_for(
+            "the watcher to re-list after 410 and see w2",
+            Duration::from_secs(120),
+            || seen_w("w2").then_some(()),
+        )
+    });
     let s = &sim;
     wait_for(
         "controller to reconcile w2",
@@ -228,15 +226,18 @@ async fn thousand_objects_with_five_watchers_list_and_watch_correctly() {
         .try_collect::<Vec<_>>()
         .await
         .expect("create 1000 widgets");
-    for _ in 0..1800 {
-        if counters
-            .iter()
-            .all(|c| c.lock().unwrap_or_else(|e| e.into_inner()).len() == n)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tokio::task::block_in_place(|| {
+        wait_for(
+            "every watcher to see every object",
+            Duration::from_secs(180),
+            || {
+                counters
+                    .iter()
+                    .all(|c| c.lock().unwrap_or_else(|e| e.into_inner()).len() == n)
+                    .then_some(())
+            },
+        )
+    });
     for (i, c) in counters.iter().enumerate() {
         assert_eq!(
             c.lock().unwrap_or_else(|e| e.into_inner()).len(),

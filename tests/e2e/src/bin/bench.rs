@@ -79,7 +79,7 @@ fn scrape(env: &Env) -> anyhow::Result<String> {
 }
 
 fn operator_rss_kib() -> Option<(u64, u64)> {
-    let bin = tailor_e2e::binary("tailor-operator", "tailor-operator").ok()?;
+    let bin = tailor_e2e::binary("tailor-operator").ok()?;
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(exe) = std::fs::read_link(e.path().join("exe")) else {
             continue;

@@ -119,6 +119,79 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// A path that must stay inside what it is relative to (subPath, subPathExpr), in the words of
+/// the apiserver's validateLocalDescendingPath.
+fn validate_local_descending_path(p: &str, field: String, causes: &mut Vec<Cause>) {
+    if p.starts_with('/') {
+        causes.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {p:?}: must be a relative path"),
+            field: field.clone(),
+        });
+    }
+    if p.split('/').any(|c| c == "..") {
+        causes.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {p:?}: must not contain '..'"),
+            field,
+        });
+    }
+}
+
+fn validate_volume_mounts(spec: &Value, c: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for (j, m) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{path}.volumeMounts[{j}]");
+        let name = m["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            causes.push(Cause {
+                reason: "FieldValueRequired",
+                message: "Required value".into(),
+                field: format!("{at}.name"),
+            });
+        } else if !volumes.contains(&name) {
+            causes.push(Cause {
+                reason: "FieldValueNotFound",
+                message: format!("Not found: {name:?}"),
+                field: format!("{at}.name"),
+            });
+        }
+        if m["mountPath"].as_str().is_none_or(str::is_empty) {
+            causes.push(Cause {
+                reason: "FieldValueRequired",
+                message: "Required value".into(),
+                field: format!("{at}.mountPath"),
+            });
+        }
+        let sub_path = m["subPath"].as_str().unwrap_or("");
+        if !sub_path.is_empty() {
+            validate_local_descending_path(sub_path, format!("{at}.subPath"), causes);
+        }
+        if let Some(expr) = m["subPathExpr"].as_str().filter(|e| !e.is_empty()) {
+            if !sub_path.is_empty() {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!(
+                        "Invalid value: {expr:?}: subPathExpr and subPath are mutually exclusive"
+                    ),
+                    field: format!("{at}.subPathExpr"),
+                });
+            }
+            validate_local_descending_path(expr, format!("{at}.subPathExpr"), causes);
+        }
+    }
+}
+
 fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
@@ -141,6 +214,82 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                 reason: "FieldValueRequired",
                 message: "Required value".into(),
                 field: format!("{path}.containers[{i}].image"),
+            });
+        }
+        validate_volume_mounts(spec, c, &format!("{path}.containers[{i}]"), causes);
+    }
+    for (i, c) in spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        validate_volume_mounts(spec, c, &format!("{path}.initContainers[{i}]"), causes);
+    }
+}
+
+/// The Job spec rules the apiserver checks before defaulting (completion mode and its limits).
+fn validate_job_spec(spec: &Value, causes: &mut Vec<Cause>) {
+    let mode = spec["completionMode"].as_str().unwrap_or("NonIndexed");
+    if !matches!(mode, "NonIndexed" | "Indexed") {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {mode:?}: supported values: \"NonIndexed\", \"Indexed\""
+            ),
+            field: "spec.completionMode".into(),
+        });
+    }
+    let indexed = mode == "Indexed";
+    if indexed && spec["completions"].is_null() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value: when completion mode is Indexed".into(),
+            field: "spec.completions".into(),
+        });
+    }
+    for (field, needs) in [
+        ("backoffLimitPerIndex", "requires indexed completion mode"),
+        ("maxFailedIndexes", "requires indexed completion mode"),
+    ] {
+        if !indexed && !spec[field].is_null() {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                message: format!("Invalid value: {}: {needs}", spec[field]),
+                field: format!("spec.{field}"),
+            });
+        }
+    }
+    if !spec["maxFailedIndexes"].is_null() && spec["backoffLimitPerIndex"].is_null() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value: when maxFailedIndexes is specified".into(),
+            field: "spec.backoffLimitPerIndex".into(),
+        });
+    }
+    for (i, rule) in spec["podFailurePolicy"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let action = rule["action"].as_str().unwrap_or("");
+        if !matches!(action, "FailJob" | "FailIndex" | "Ignore" | "Count") {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                message: format!(
+                    "Unsupported value: {action:?}: supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\""
+                ),
+                field: format!("spec.podFailurePolicy.rules[{i}].action"),
+            });
+        }
+        if action == "FailIndex" && spec["backoffLimitPerIndex"].is_null() {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                message:
+                    "Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set"
+                        .into(),
+                field: format!("spec.podFailurePolicy.rules[{i}].action"),
             });
         }
     }
@@ -191,10 +340,17 @@ pub fn admit_create(plural: &str, obj: &mut Value) -> Result<(), ApiError> {
         }
         "jobs" => {
             set_default(obj, "spec", json!({}));
+            validate_job_spec(&obj["spec"], &mut causes);
             let spec = &mut obj["spec"];
             set_default(spec, "parallelism", json!(1));
             set_default(spec, "completions", json!(1));
-            set_default(spec, "backoffLimit", json!(6));
+            // With per-index limits the Job-wide limit is off unless set (the apiserver's default).
+            let backoff = if spec["backoffLimitPerIndex"].is_null() {
+                6
+            } else {
+                i32::MAX as i64
+            };
+            set_default(spec, "backoffLimit", json!(backoff));
             set_default(spec, "completionMode", json!("NonIndexed"));
             set_default(spec, "suspend", json!(false));
             set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
@@ -216,7 +372,15 @@ pub fn admit_create(plural: &str, obj: &mut Value) -> Result<(), ApiError> {
             let rp = spec["template"]["spec"]["restartPolicy"]
                 .as_str()
                 .unwrap_or("");
-            if rp != "OnFailure" && rp != "Never" {
+            if !spec["podFailurePolicy"].is_null() && rp != "Never" {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!(
+                        "Invalid value: {rp:?}: only \"Never\" is supported when podFailurePolicy is specified"
+                    ),
+                    field: "spec.template.spec.restartPolicy".into(),
+                });
+            } else if rp != "OnFailure" && rp != "Never" {
                 causes.push(Cause {
                     reason: "FieldValueNotSupported",
                     message: format!(

@@ -2,6 +2,7 @@
 //! structural schema (pruning, defaults, types and bounds) followed by its CEL rules.
 
 pub mod builtin;
+pub mod pod_security;
 pub mod schema;
 
 use serde_json::Value;

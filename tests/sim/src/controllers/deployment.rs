@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::{Cluster, DeleteOpts, WriteOpts};
 use crate::controllers::job::pod_from_template;
-use crate::controllers::{is_controlled_by, owner_ref, set_condition};
+use crate::controllers::{Created, create_pods, is_controlled_by, owner_ref, set_condition};
 
 /// Kubernetes' pod-template-hash alphabet (no vowels, no ambiguous characters).
 fn template_hash(template: &Value) -> String {
@@ -294,6 +294,22 @@ pub fn reconcile(cluster: &Arc<Cluster>) {
                 &format!("ReplicaSet \"{new_name}\" is progressing."),
             );
         }
+        // A ReplicaSet's ReplicaFailure shows on its Deployment, as the deployment controller
+        // copies it.
+        match mine
+            .iter()
+            .flat_map(|r| r["status"]["conditions"].as_array().into_iter().flatten())
+            .find(|c| c["type"] == "ReplicaFailure" && c["status"] == "True")
+        {
+            Some(f) => set_condition(
+                &mut conds,
+                "ReplicaFailure",
+                "True",
+                f["reason"].as_str().unwrap_or(""),
+                f["message"].as_str().unwrap_or(""),
+            ),
+            None => conds.retain(|c| c["type"] != "ReplicaFailure"),
+        }
         status["conditions"] = Value::Array(conds);
         status["observedGeneration"] = d["metadata"]["generation"].clone();
         status["replicas"] = json!(total);
@@ -376,18 +392,11 @@ pub fn reconcile_replicasets(cluster: &Arc<Cluster>) {
             0
         };
         let have = mine.len() as i64;
+        let mut created = Created::All;
         if have < want {
-            for _ in 0..(want - have) {
-                let pod = pod_from_template(&rs["spec"]["template"], &ns, &format!("{name}-"), &rs);
-                if let Err(e) = cluster.create(
-                    &pod_rt,
-                    &ns,
-                    pod,
-                    &WriteOpts::system("replicaset-controller"),
-                ) {
-                    tracing::warn!(replicaset = %name, error = %e, "creating pod");
-                }
-            }
+            let pods = (0..(want - have))
+                .map(|_| pod_from_template(&rs["spec"]["template"], &ns, &format!("{name}-"), &rs));
+            created = create_pods(cluster, &rs, pods, "replicaset-controller");
         } else if have > want {
             // Delete the least useful first: unscheduled, then not ready, then newest.
             mine.sort_by_key(|p| {
@@ -429,6 +438,21 @@ pub fn reconcile_replicasets(cluster: &Arc<Cluster>) {
             .filter(|p| is_ready(p) && p["metadata"]["deletionTimestamp"].is_null())
             .count();
         let mut status = json!({"replicas": all_mine.len(), "fullyLabeledReplicas": all_mine.len(), "readyReplicas": ready, "availableReplicas": ready, "observedGeneration": rs["metadata"]["generation"]});
+        // ReplicaFailure while pods are refused, as the ReplicaSet controller reports it.
+        let mut conds: Vec<Value> = rs["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match &created {
+            Created::Refused(msg) => {
+                set_condition(&mut conds, "ReplicaFailure", "True", "FailedCreate", msg)
+            }
+            Created::All => conds.retain(|c| c["type"] != "ReplicaFailure"),
+            Created::BackingOff => {}
+        }
+        if !conds.is_empty() {
+            status["conditions"] = Value::Array(conds);
+        }
         for k in ["fullyLabeledReplicas", "readyReplicas", "availableReplicas"] {
             if status[k] == json!(0)
                 && let Some(m) = status.as_object_mut()

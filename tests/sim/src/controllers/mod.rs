@@ -9,8 +9,9 @@ pub mod gc;
 pub mod job;
 pub mod service;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -26,7 +27,7 @@ where
             let c = cluster.clone();
             let f_ref = &f;
             // Reconcilers are synchronous and quick; keep them off the async workers' hot path.
-            if !tokio::task::block_in_place(|| c.controller_pass(|| f_ref(&c))) {
+            if !tokio::task::block_in_place(|| c.controller_pass(name, || f_ref(&c))) {
                 tracing::debug!(controller = name, "halted");
                 return;
             }
@@ -135,4 +136,87 @@ pub fn is_controlled_by(o: &Value, owner_uid: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|r| r["uid"].as_str() == Some(owner_uid) && r["controller"].as_bool() == Some(true))
+}
+
+/// Back-off for a controller whose pod creations are refused (by admission, a quota, a missing
+/// ServiceAccount): as the controllers' rate-limited work queues, it retries after 1s, 2s, 4s
+/// ... up to a minute instead of on every pass.
+pub struct CreateBackoff;
+
+fn backoffs() -> &'static Mutex<HashMap<String, (u32, Instant)>> {
+    static B: OnceLock<Mutex<HashMap<String, (u32, Instant)>>> = OnceLock::new();
+    B.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl CreateBackoff {
+    /// Whether the owner `uid` may try to create pods now.
+    pub fn ready(uid: &str) -> bool {
+        let b = backoffs().lock().unwrap_or_else(|e| e.into_inner());
+        b.get(uid).is_none_or(|(_, next)| Instant::now() >= *next)
+    }
+
+    pub fn failed(uid: &str) {
+        let mut b = backoffs().lock().unwrap_or_else(|e| e.into_inner());
+        let n = b.get(uid).map_or(0, |(n, _)| *n);
+        let delay = Duration::from_secs((1u64 << n.min(6)).min(60));
+        b.insert(uid.to_string(), (n + 1, Instant::now() + delay));
+    }
+
+    pub fn succeeded(uid: &str) {
+        backoffs()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+}
+
+/// How creating an owner's pods went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    All,
+    /// Refused with this message (the rest of the round was not tried).
+    Refused(String),
+    /// Not tried: an earlier refusal is being backed off from.
+    BackingOff,
+}
+
+/// Create the pods an owner wants, as the controllers' pod control does: a refused creation is
+/// a `FailedCreate` Warning Event on the owner ("Error creating: ...") and ends this round
+/// (the rest would be refused alike), and the owner backs off before trying again.
+pub fn create_pods(
+    cluster: &Cluster,
+    owner: &Value,
+    pods: impl IntoIterator<Item = Value>,
+    manager: &str,
+) -> Created {
+    let uid = owner["metadata"]["uid"].as_str().unwrap_or("");
+    let Ok(pod_rt) = cluster.rt("", "pods") else {
+        return Created::All;
+    };
+    if !CreateBackoff::ready(uid) {
+        return Created::BackingOff;
+    }
+    let ns = owner["metadata"]["namespace"].as_str().unwrap_or("");
+    for pod in pods {
+        if let Err(e) = cluster.create(
+            &pod_rt,
+            ns,
+            pod,
+            &crate::cluster::WriteOpts::system(manager),
+        ) {
+            tracing::warn!(owner = ?owner["metadata"]["name"], error = %e, "creating pod");
+            crate::events::record_similar(
+                cluster,
+                owner,
+                "Warning",
+                "FailedCreate",
+                &format!("Error creating: {}", e.message),
+                manager,
+            );
+            CreateBackoff::failed(uid);
+            return Created::Refused(e.message);
+        }
+    }
+    CreateBackoff::succeeded(uid);
+    Created::All
 }

@@ -114,13 +114,25 @@ pub fn reconcile(cluster: &Arc<Cluster>) {
         let mut slice_eps = vec![];
         let mut ready_addrs = vec![];
         let mut not_ready = vec![];
+        // Headless Services that publish pods before they are ready (rendezvous of Indexed Jobs).
+        let publish_not_ready = svc["spec"]["publishNotReadyAddresses"].as_bool() == Some(true);
         for p in &members {
             let ip = p["status"]["podIP"].as_str().unwrap_or("");
-            let ready = is_ready(p) && p["metadata"]["deletionTimestamp"].is_null();
+            let ready =
+                publish_not_ready || (is_ready(p) && p["metadata"]["deletionTimestamp"].is_null());
             let target = json!({"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]});
-            slice_eps.push(json!({"addresses": [ip], "conditions": {"ready": ready, "serving": is_ready(p), "terminating": !p["metadata"]["deletionTimestamp"].is_null()},
-                "targetRef": target, "nodeName": p["spec"]["nodeName"]}));
-            let addr = json!({"ip": ip, "nodeName": p["spec"]["nodeName"], "targetRef": target});
+            let mut slice_ep = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": is_ready(p), "terminating": !p["metadata"]["deletionTimestamp"].is_null()},
+                "targetRef": target, "nodeName": p["spec"]["nodeName"]});
+            let mut addr =
+                json!({"ip": ip, "nodeName": p["spec"]["nodeName"], "targetRef": target});
+            // A pod whose subdomain is this Service is known by its hostname under it.
+            if let Some(h) = p["spec"]["hostname"].as_str().filter(|h| !h.is_empty())
+                && p["spec"]["subdomain"].as_str() == Some(name.as_str())
+            {
+                addr["hostname"] = json!(h);
+                slice_ep["hostname"] = json!(h);
+            }
+            slice_eps.push(slice_ep);
             if ready {
                 ready_addrs.push(addr)
             } else {

@@ -3,10 +3,13 @@
 //! termination-message file at their real paths; a loopback IP per pod; probes; restart policy;
 //! graceful termination; logs; status.
 
+mod env;
+pub mod hosts;
 pub mod probes;
+pub mod process;
 pub mod volumes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +19,6 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, WriteOpts, now};
-use crate::scheduler::GPU_ANNOTATION;
-use volumes::{Mount, SA_DIR};
 
 pub fn log_path(state: &Path, uid: &str, container: &str, previous: bool) -> PathBuf {
     let f = if previous {
@@ -58,6 +59,7 @@ pub struct Kubelet {
     cluster: Arc<Cluster>,
     pods: Mutex<HashMap<String, Arc<PodRt>>>,
     namespaces: bool,
+    uts: bool,
 }
 
 fn waiting(reason: &str, message: &str) -> Value {
@@ -156,34 +158,6 @@ fn node_index(node: &str) -> u32 {
         .unwrap_or(1)
 }
 
-/// `$(VAR)` references in command, args and env values, as the kubelet expands them.
-fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(a) = after.strip_prefix('$') {
-            out.push('$');
-            rest = a;
-        } else if let Some(inner) = after.strip_prefix('(')
-            && let Some(end) = inner.find(')')
-        {
-            let name = &inner[..end];
-            match env.get(name) {
-                Some(v) => out.push_str(v),
-                None => out.push_str(&format!("$({name})")),
-            }
-            rest = &inner[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 impl Kubelet {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
         let root = nix::unistd::geteuid().is_root();
@@ -205,10 +179,17 @@ impl Kubelet {
                 "not root or no unshare(1): pods run without their own mount namespace; volumes are not at their mountPath"
             );
         }
+        // A UTS namespace gives each pod its hostname (`hostname`, gethostname(2)).
+        let has_uts = root
+            && std::process::Command::new("unshare")
+                .args(["--uts", "--", "true"])
+                .output()
+                .is_ok_and(|o| o.status.success());
         Arc::new(Self {
             cluster,
             pods: Mutex::new(HashMap::new()),
             namespaces: root && has_unshare,
+            uts: has_uts,
         })
     }
 
@@ -271,7 +252,7 @@ impl Kubelet {
         map.retain(|uid, rt| {
             let keep = live.contains(uid);
             if !keep {
-                let _ = rt.stop.send(Some(0));
+                rt.stop.send_replace(Some(0));
             }
             keep
         });
@@ -383,7 +364,7 @@ impl Kubelet {
                         let grace = pod["metadata"]["deletionGracePeriodSeconds"]
                             .as_i64()
                             .unwrap_or(30);
-                        let _ = rt.stop.send(Some(grace));
+                        rt.stop.send_replace(Some(grace));
                     }
                     if rt.finished.load(Ordering::SeqCst) {
                         self.write_status(pod, &rt);
@@ -508,6 +489,15 @@ impl Kubelet {
         }
     }
 
+    /// Rewrite a pod's hosts file from the Services and endpoints as they are now.
+    fn sync_hosts(&self, pod: &Value, ip: &str, path: &Path) {
+        let (services, _) = self.cluster.store.list("/services", None);
+        let (endpoints, _) = self.cluster.store.list("/endpoints", None);
+        if let Err(e) = hosts::write(path, &hosts::render(pod, ip, &services, &endpoints)) {
+            tracing::warn!(path = %path.display(), error = %e, "writing a pod's hosts file");
+        }
+    }
+
     fn set_state(rt: &PodRt, init: bool, idx: usize, f: impl FnOnce(&mut CState)) {
         let m = if init { &rt.init } else { &rt.containers };
         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -583,11 +573,14 @@ impl Kubelet {
                 }
             }
         }
-        // Keep ConfigMap/Secret volumes current while the pod runs.
+        // /etc/hosts, and keeping it and the ConfigMap/Secret volumes current while the pod runs.
+        let hosts_file = dir.join("hosts");
+        self.sync_hosts(&pod, &rt.ip, &hosts_file);
         {
             let me = self.clone();
             let pod = pod.clone();
             let mut stop = rt.stop.subscribe();
+            let (ip, hosts_file) = (rt.ip.clone(), hosts_file.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -595,12 +588,17 @@ impl Kubelet {
                         _ = stop.changed() => return,
                     }
                     let _ = volumes::sync(&me.cluster, &pod, "");
+                    me.sync_hosts(&pod, &ip, &hosts_file);
                 }
             });
         }
         let automount = pod["spec"]["automountServiceAccountToken"].as_bool() != Some(false);
         if automount {
-            vols.push(("__sa".into(), dir.join("serviceaccount")));
+            vols.push(volumes::Volume {
+                name: volumes::SA_VOLUME.into(),
+                path: dir.join("serviceaccount"),
+                read_only: true,
+            });
         }
         let init_specs: Vec<Value> = pod["spec"]["initContainers"]
             .as_array()
@@ -664,7 +662,7 @@ impl Kubelet {
         pod: &Value,
         c: &Value,
         idx: usize,
-        vols: &[(String, PathBuf)],
+        vols: &[volumes::Volume],
         automount: bool,
     ) {
         let policy = pod["spec"]["restartPolicy"]
@@ -720,150 +718,6 @@ impl Kubelet {
         }
     }
 
-    fn build_env(
-        &self,
-        pod: &Value,
-        c: &Value,
-        ip: &str,
-    ) -> Result<BTreeMap<String, String>, String> {
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
-        let mut pod = pod.clone();
-        pod["status"]["podIP"] = json!(ip);
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        let host = self.cluster.cfg.host.to_string();
-        let port = self.cluster.cfg.port.to_string();
-        env.insert("KUBERNETES_SERVICE_HOST".into(), host.clone());
-        env.insert("KUBERNETES_SERVICE_PORT".into(), port.clone());
-        env.insert("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.clone());
-        env.insert("KUBERNETES_PORT".into(), format!("tcp://{host}:{port}"));
-        env.insert(
-            "KUBERNETES_PORT_443_TCP".into(),
-            format!("tcp://{host}:{port}"),
-        );
-        env.insert("KUBERNETES_PORT_443_TCP_PROTO".into(), "tcp".into());
-        env.insert("KUBERNETES_PORT_443_TCP_ADDR".into(), host.clone());
-        env.insert("KUBERNETES_PORT_443_TCP_PORT".into(), port.clone());
-        env.insert(
-            "HOSTNAME".into(),
-            pod["metadata"]["name"].as_str().unwrap_or("").into(),
-        );
-        if pod["spec"]["enableServiceLinks"].as_bool() != Some(false) {
-            let (svcs, _) = self.cluster.store.list("/services", Some(ns));
-            for s in svcs {
-                let (Some(n), Some(ip)) = (
-                    s["metadata"]["name"].as_str(),
-                    s["spec"]["clusterIP"].as_str(),
-                ) else {
-                    continue;
-                };
-                if n == "kubernetes" {
-                    continue;
-                }
-                let pfx = n.to_uppercase().replace('-', "_");
-                env.insert(format!("{pfx}_SERVICE_HOST"), ip.into());
-                if let Some(p) = s["spec"]["ports"][0]["port"].as_i64() {
-                    env.insert(format!("{pfx}_SERVICE_PORT"), p.to_string());
-                    env.insert(format!("{pfx}_PORT"), format!("tcp://{ip}:{p}"));
-                }
-            }
-        }
-        if let Some(ids) = pod["metadata"]["annotations"][GPU_ANNOTATION].as_str() {
-            env.insert("NVIDIA_VISIBLE_DEVICES".into(), ids.into());
-        }
-        for ef in c["envFrom"].as_array().into_iter().flatten() {
-            let prefix = ef["prefix"].as_str().unwrap_or("");
-            if let Some(n) = ef["configMapRef"]["name"].as_str() {
-                match self.cluster.store.get("/configmaps", ns, n) {
-                    Some(cm) => {
-                        for (k, v) in cm["data"].as_object().into_iter().flatten() {
-                            env.insert(format!("{prefix}{k}"), v.as_str().unwrap_or("").into());
-                        }
-                    }
-                    None if ef["configMapRef"]["optional"].as_bool() == Some(true) => {}
-                    None => return Err(format!("configmap \"{n}\" not found")),
-                }
-            }
-            if let Some(n) = ef["secretRef"]["name"].as_str() {
-                match self.cluster.store.get("/secrets", ns, n) {
-                    Some(s) => {
-                        for (k, v) in s["data"].as_object().into_iter().flatten() {
-                            use base64::Engine;
-                            let d = base64::engine::general_purpose::STANDARD
-                                .decode(v.as_str().unwrap_or(""))
-                                .unwrap_or_default();
-                            env.insert(
-                                format!("{prefix}{k}"),
-                                String::from_utf8_lossy(&d).into_owned(),
-                            );
-                        }
-                    }
-                    None if ef["secretRef"]["optional"].as_bool() == Some(true) => {}
-                    None => return Err(format!("secret \"{n}\" not found")),
-                }
-            }
-        }
-        for e in c["env"].as_array().into_iter().flatten() {
-            let name = e["name"].as_str().unwrap_or("").to_string();
-            let vf = &e["valueFrom"];
-            let value = if let Some(v) = e["value"].as_str() {
-                expand(v, &env)
-            } else if let Some(fp) = vf["fieldRef"]["fieldPath"].as_str() {
-                volumes::field_ref(&pod, fp)
-            } else if let Some(r) = vf["resourceFieldRef"]["resource"].as_str() {
-                let q = c["resources"][if r.starts_with("limits") {
-                    "limits"
-                } else {
-                    "requests"
-                }][r.split('.').nth(1).unwrap_or("")]
-                .clone();
-                let milli = crate::scheduler::parse_quantity(&q);
-                let div = match r {
-                    "limits.cpu" | "requests.cpu" => 1000,
-                    _ => 1000,
-                };
-                ((milli + div - 1) / div).to_string()
-            } else if let Some(k) = vf["configMapKeyRef"].as_object() {
-                let n = k.get("name").and_then(Value::as_str).unwrap_or("");
-                let key = k.get("key").and_then(Value::as_str).unwrap_or("");
-                let optional = k.get("optional").and_then(Value::as_bool) == Some(true);
-                match self
-                    .cluster
-                    .store
-                    .get("/configmaps", ns, n)
-                    .and_then(|cm| cm["data"][key].as_str().map(String::from))
-                {
-                    Some(v) => v,
-                    None if optional => continue,
-                    None => return Err(format!("couldn't find key {key} in ConfigMap {ns}/{n}")),
-                }
-            } else if let Some(k) = vf["secretKeyRef"].as_object() {
-                let n = k.get("name").and_then(Value::as_str).unwrap_or("");
-                let key = k.get("key").and_then(Value::as_str).unwrap_or("");
-                let optional = k.get("optional").and_then(Value::as_bool) == Some(true);
-                use base64::Engine;
-                match self
-                    .cluster
-                    .store
-                    .get("/secrets", ns, n)
-                    .and_then(|s| s["data"][key].as_str().map(String::from))
-                {
-                    Some(v) => String::from_utf8_lossy(
-                        &base64::engine::general_purpose::STANDARD
-                            .decode(v)
-                            .unwrap_or_default(),
-                    )
-                    .into_owned(),
-                    None if optional => continue,
-                    None => return Err(format!("couldn't find key {key} in Secret {ns}/{n}")),
-                }
-            } else {
-                String::new()
-            };
-            env.insert(name, value);
-        }
-        Ok(env)
-    }
-
     /// Start the container process once and wait for it; None when the pod is being stopped.
     #[allow(clippy::too_many_arguments)]
     async fn run_container(
@@ -873,7 +727,7 @@ impl Kubelet {
         c: &Value,
         idx: usize,
         init: bool,
-        vols: &[(String, PathBuf)],
+        vols: &[volumes::Volume],
         automount: bool,
     ) -> Option<i32> {
         let mut stop = rt.stop.subscribe();
@@ -905,7 +759,7 @@ impl Kubelet {
             return None;
         };
         let env = loop {
-            match self.build_env(pod, c, &rt.ip) {
+            match env::build(&self.cluster, pod, c, &rt.ip) {
                 Ok(e) => break e,
                 Err(msg) => {
                     Self::set_state(rt, init, idx, |s| {
@@ -924,7 +778,7 @@ impl Kubelet {
             v.as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|x| x.as_str().map(|s| expand(s, &env)))
+                .filter_map(|x| x.as_str().map(|s| env::expand(s, &env)))
                 .collect()
         };
         let command = strs(&c["command"]);
@@ -937,7 +791,7 @@ impl Kubelet {
             let first = &command[0];
             let same_name = Path::new(first).file_name() == bin.file_name();
             let on_host = Path::new(first).is_absolute() && Path::new(first).exists()
-                || (!first.contains('/') && which(first));
+                || (!first.contains('/') && process::which(first));
             let head = if same_name || !on_host {
                 bin.to_string_lossy().into_owned()
             } else {
@@ -949,50 +803,37 @@ impl Kubelet {
             a
         };
         // Mounts: volumes, the ServiceAccount token, the termination-message file.
-        let mut mounts: Vec<Mount> = vec![];
-        for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            let vname = m["name"].as_str().unwrap_or("");
-            let Some((_, src)) = vols.iter().find(|(n, _)| n == vname) else {
-                continue;
-            };
-            let mut source = src.clone();
-            if let Some(sp) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
-                source = source.join(sp);
-                if !source.exists() {
-                    let _ = std::fs::create_dir_all(&source);
-                }
-            }
-            mounts.push(Mount {
-                source,
-                target: m["mountPath"].as_str().unwrap_or("").into(),
-                read_only: m["readOnly"].as_bool() == Some(true),
-            });
-        }
-        if automount
-            && !mounts
-                .iter()
-                .any(|m| m.target.trim_end_matches('/') == SA_DIR)
-            && let Some((_, src)) = vols.iter().find(|(n, _)| n == "__sa")
-        {
-            {
-                mounts.push(Mount {
-                    source: src.clone(),
-                    target: SA_DIR.into(),
-                    read_only: true,
-                });
-            }
-        }
         let term_file = dir.join("termination").join(&cname);
         let _ = std::fs::write(&term_file, b"");
-        let term_path = c["terminationMessagePath"]
-            .as_str()
-            .unwrap_or("/dev/termination-log")
-            .to_string();
-        mounts.push(Mount {
-            source: term_file.clone(),
-            target: term_path,
-            read_only: false,
-        });
+        let mut reported = false;
+        let mounts = loop {
+            let hosts_file = dir.join("hosts");
+            let hosts = hosts::managed(pod, c).then_some(hosts_file.as_path());
+            match volumes::container_mounts(c, vols, &env, automount, &term_file, hosts) {
+                Ok(m) => break m,
+                Err(msg) => {
+                    // As the kubelet: the container waits with the reason, an Event says why,
+                    // and creating it is retried.
+                    Self::set_state(rt, init, idx, |s| {
+                        s.state = waiting("CreateContainerConfigError", &msg)
+                    });
+                    if !std::mem::replace(&mut reported, true) {
+                        crate::events::record(
+                            &self.cluster,
+                            pod,
+                            "Warning",
+                            "Failed",
+                            &format!("Error: {msg}"),
+                            "kubelet",
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return None,
+                    }
+                }
+            }
+        };
         let log = log_path(&self.cluster.cfg.state_dir, &rt.uid, &cname, false);
         let restarted = Self::get_state(rt, init, idx)
             .is_some_and(|s| s.restart_count > 0 || s.last_state.get("terminated").is_some());
@@ -1014,8 +855,12 @@ impl Kubelet {
         };
         let workdir = c["workingDir"].as_str().map(String::from);
         let mut cmd = if self.namespaces {
-            let script = volumes::mount_script(&mounts, workdir.as_deref());
+            let host = self.uts.then(|| hosts::hostname(pod));
+            let script = volumes::mount_script(&mounts, workdir.as_deref(), host);
             let mut cmd = tokio::process::Command::new("unshare");
+            if self.uts {
+                cmd.arg("--uts");
+            }
             cmd.args([
                 "--mount",
                 "--propagation",
@@ -1083,11 +928,21 @@ impl Kubelet {
             }
         };
         let pid = child.id().unwrap_or(0) as i32;
+        let mnt_ns = if self.namespaces {
+            process::container_mount_ns(pid).await
+        } else {
+            None
+        };
+        let tracked = process::Tracked {
+            pid,
+            start: process::start_time(pid).unwrap_or(0),
+            mnt_ns,
+        };
         // Recorded so that the next start can kill it should tailor-sim die without stopping it.
         let pid_file = dir.join("pids").join(&cname);
-        if let Some(t) = proc_start_time(pid) {
+        if tracked.start != 0 {
             let _ = std::fs::create_dir_all(dir.join("pids"));
-            let _ = std::fs::write(&pid_file, format!("{pid} {t}"));
+            let _ = std::fs::write(&pid_file, tracked.record());
         }
         let started_at = now();
         let has_readiness = c["readinessProbe"].is_object();
@@ -1170,16 +1025,20 @@ impl Kubelet {
         let mut stopped = false;
         let mut liveness_killed = false;
         let status = tokio::select! {
-            s = child.wait() => s.ok(),
+            s = child.wait() => {
+                // The container ends with its main process: what it left behind goes too.
+                process::kill_all(&tracked);
+                s.ok()
+            }
             g = stop.changed() => {
                 let grace = if g.is_ok() { (*stop.borrow()).unwrap_or(grace_default) } else { 0 };
                 stopped = true;
-                terminate(&mut child, pid, grace).await
+                process::terminate(&mut child, &tracked, grace).await
             }
             Some(()) = liveness_fail.recv() => {
                 liveness_killed = true;
                 crate::events::record(&self.cluster, pod, "Normal", "Killing", &format!("Container {cname} failed liveness probe, will be restarted"), "kubelet");
-                terminate(&mut child, pid, grace_default).await
+                process::terminate(&mut child, &tracked, grace_default).await
             }
         };
         let _ = probe_stop_tx.send(true);
@@ -1230,101 +1089,6 @@ impl Kubelet {
     }
 }
 
-fn which(prog: &str) -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .any(|d| Path::new(d).join(prog).exists())
-}
-
-/// When a process started, in clock ticks since boot (`/proc/PID/stat` field 22): with the pid
-/// it names one process for good, as pids are reused.
-fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-/// Kill the containers an earlier tailor-sim on this state dir left running (it was killed
-/// without stopping its pods), as a node reboot would, and wait until they are gone so their
-/// pods can start again on the same IPs and ports.
-pub fn kill_leftover_containers(state: &Path) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    let mut left = vec![];
-    for pod in std::fs::read_dir(state.join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for f in std::fs::read_dir(pod.path().join("pids"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let rec = std::fs::read_to_string(f.path()).unwrap_or_default();
-            let _ = std::fs::remove_file(f.path());
-            let mut it = rec.split_whitespace().map(|x| x.parse::<u64>().ok());
-            let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
-                continue;
-            };
-            let Ok(pid) = i32::try_from(pid) else {
-                continue;
-            };
-            if pid > 0 && proc_start_time(pid) == Some(start) {
-                tracing::info!(pid, pod = ?pod.file_name(), "killing a container left running by an earlier tailor-sim");
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                left.push((pid, start));
-            }
-        }
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while left.iter().any(|(p, s)| proc_start_time(*p) == Some(*s))
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// SIGTERM the container's process group, SIGKILL after the grace period.
-async fn terminate(
-    child: &mut tokio::process::Child,
-    pid: i32,
-    grace: i64,
-) -> Option<std::process::ExitStatus> {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    if pid > 0 {
-        let _ = killpg(
-            Pid::from_raw(pid),
-            if grace <= 0 {
-                Signal::SIGKILL
-            } else {
-                Signal::SIGTERM
-            },
-        );
-    }
-    match tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), child.wait()).await {
-        Ok(s) => {
-            if pid > 0 {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            s.ok()
-        }
-        Err(_) => {
-            if pid > 0 {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            child.wait().await.ok()
-        }
-    }
-}
-
 impl Kubelet {
     /// Report every running pod's current state once more (at shutdown, after the controllers
     /// have stopped and before the processes are killed, so the saved state is up to date).
@@ -1332,32 +1096,58 @@ impl Kubelet {
         let Ok(pod_rt) = self.cluster.rt("", "pods") else {
             return;
         };
+        let runtimes = self.runtimes();
         let (pods, _) = self.cluster.store.list(&pod_rt.gr(), None);
-        let map = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         for pod in &pods {
-            if let Some(rt) = pod["metadata"]["uid"].as_str().and_then(|u| map.get(u)) {
+            if let Some(rt) = runtimes
+                .iter()
+                .find(|r| pod["metadata"]["uid"].as_str() == Some(r.uid.as_str()))
+            {
                 self.write_status(pod, rt);
             }
         }
     }
 
-    /// Stop every pod's processes (as a node shutdown would), briefly waiting for them.
-    pub async fn shutdown(&self) {
-        let pods: Vec<Arc<PodRt>> = self
-            .pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for p in &pods {
-            let _ = p.stop.send(Some(2));
+    /// The pods this kubelet runs. At shutdown only: a kubelet pass stuck with the map locked
+    /// must not stop the shutdown, so the lock is tried for two seconds, then given up (the
+    /// containers are still killed from their records).
+    fn runtimes(&self) -> Vec<Arc<PodRt>> {
+        for _ in 0..200 {
+            if let Ok(map) = self.pods.try_lock() {
+                return map.values().cloned().collect();
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        tracing::warn!("the kubelet's pod map stayed locked; stopping pods from their records");
+        vec![]
+    }
+
+    /// Stop every pod's processes as a node's graceful shutdown does: SIGTERM, and SIGKILL after
+    /// each pod's termination grace period capped at `grace` (a pod already terminating is cut
+    /// short too). Returns once no container process of this simulator is left.
+    pub async fn shutdown(&self, grace: Duration) {
+        let pods = self.runtimes();
+        // send_replace: a pod whose task has not subscribed yet still sees it when it does.
+        for p in &pods {
+            p.stop.send_replace(Some(grace.as_secs() as i64));
+        }
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_millis(500);
         while tokio::time::Instant::now() < deadline
             && pods.iter().any(|p| !p.finished.load(Ordering::SeqCst))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Whatever is left (a container still in a longer grace period, one just starting):
+        // killed, as the node powers off.
+        let state = self.cluster.cfg.state_dir.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || process::kill_recorded_containers(&state, false))
+                .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline
+            && pods.iter().any(|p| !p.finished.load(Ordering::SeqCst))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -10,11 +10,25 @@ use serde_json::Value;
 use crate::cluster::Cluster;
 
 pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The pseudo-volume holding the pod's ServiceAccount token, CA and namespace.
+pub const SA_VOLUME: &str = "__sa";
 
 #[derive(Debug, Clone)]
 pub struct Mount {
     pub source: PathBuf,
     pub target: String,
+    pub read_only: bool,
+    /// Placed if it can be, else the container runs without it (the termination-message file).
+    pub optional: bool,
+}
+
+/// A pod volume as the kubelet set it up: its host directory, and whether the volume itself is
+/// read-only (ConfigMap, Secret, downward API and projected volumes always are, as the kubelet
+/// mounts them since 1.10; a PVC or hostPath volume when its source says `readOnly: true`).
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub name: String,
+    pub path: PathBuf,
     pub read_only: bool,
 }
 
@@ -96,9 +110,9 @@ fn secret_data(s: &Value) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Materialise (or refresh) every volume of a pod; returns volume name → host directory, or
-/// the reason a required ConfigMap/Secret/PVC is missing.
-pub fn sync(cluster: &Cluster, pod: &Value, token: &str) -> Result<Vec<(String, PathBuf)>, String> {
+/// Materialise (or refresh) every volume of a pod; returns its volumes, or the reason a
+/// required ConfigMap/Secret/PVC is missing.
+pub fn sync(cluster: &Cluster, pod: &Value, token: &str) -> Result<Vec<Volume>, String> {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
     let base = pod_dir(&cluster.cfg.state_dir, uid).join("volumes");
@@ -151,14 +165,22 @@ pub fn sync(cluster: &Cluster, pod: &Value, token: &str) -> Result<Vec<(String, 
                 .ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
             let p = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or(""));
             std::fs::create_dir_all(&p).map_err(io)?;
-            out.push((name, p));
+            out.push(Volume {
+                name,
+                path: p,
+                read_only: v["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true),
+            });
             continue;
         } else if let Some(hp) = v["hostPath"]["path"].as_str() {
             let p = PathBuf::from(hp);
             if matches!(v["hostPath"]["type"].as_str(), Some("DirectoryOrCreate")) {
                 std::fs::create_dir_all(&p).map_err(io)?;
             }
-            out.push((name, p));
+            out.push(Volume {
+                name,
+                path: p,
+                read_only: false,
+            });
             continue;
         } else if let Some(sources) = v["projected"]["sources"].as_array() {
             let mut files: Vec<(String, Vec<u8>)> = vec![];
@@ -224,9 +246,185 @@ pub fn sync(cluster: &Cluster, pod: &Value, token: &str) -> Result<Vec<(String, 
         } else {
             std::fs::create_dir_all(&dir).map_err(io)?;
         }
-        out.push((name, dir));
+        let api_data = ["configMap", "secret", "projected", "downwardAPI"]
+            .iter()
+            .any(|k| v[*k].is_object());
+        out.push(Volume {
+            name,
+            path: dir,
+            read_only: api_data,
+        });
     }
     Ok(out)
+}
+
+/// A container's mounts: its volumeMounts (subPath and subPathExpr resolved, read-only where the
+/// mount or the volume says so), the ServiceAccount token unless a volume already sits at its
+/// path, the pod's hosts file (when the kubelet manages it), and the termination-message file. An error is the kubelet's message for a container
+/// that cannot be created (`CreateContainerConfigError`).
+pub fn container_mounts(
+    container: &Value,
+    vols: &[Volume],
+    env: &std::collections::BTreeMap<String, String>,
+    automount: bool,
+    term_file: &Path,
+    hosts_file: Option<&Path>,
+) -> Result<Vec<Mount>, String> {
+    let cname = container["name"].as_str().unwrap_or("");
+    let mut mounts = vec![];
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let vname = m["name"].as_str().unwrap_or("");
+        let Some(vol) = vols.iter().find(|v| v.name == vname) else {
+            return Err(format!(
+                "cannot find volume {vname:?} to mount into container {cname:?}"
+            ));
+        };
+        let sub_path = match m["subPathExpr"].as_str().filter(|s| !s.is_empty()) {
+            Some(expr) => expand_subpath_expr(expr, env)?,
+            None => m["subPath"].as_str().unwrap_or("").to_string(),
+        };
+        let source = if sub_path.is_empty() {
+            vol.path.clone()
+        } else {
+            prepare_subpath(&vol.path, &sub_path, vname, cname)?
+        };
+        mounts.push(Mount {
+            source,
+            target: m["mountPath"].as_str().unwrap_or("").into(),
+            read_only: vol.read_only || m["readOnly"].as_bool() == Some(true),
+            optional: false,
+        });
+    }
+    if automount
+        && !mounts
+            .iter()
+            .any(|m| m.target.trim_end_matches('/') == SA_DIR)
+        && let Some(sa) = vols.iter().find(|v| v.name == SA_VOLUME)
+    {
+        mounts.push(Mount {
+            source: sa.path.clone(),
+            target: SA_DIR.into(),
+            read_only: true,
+            optional: false,
+        });
+    }
+    if let Some(h) = hosts_file {
+        mounts.push(Mount {
+            source: h.to_path_buf(),
+            target: "/etc/hosts".into(),
+            read_only: false,
+            optional: false,
+        });
+    }
+    mounts.push(Mount {
+        source: term_file.to_path_buf(),
+        target: container["terminationMessagePath"]
+            .as_str()
+            .unwrap_or("/dev/termination-log")
+            .to_string(),
+        read_only: false,
+        optional: true,
+    });
+    Ok(mounts)
+}
+
+/// The host path a volumeMount's `subPath` names, prepared as the kubelet does: an absolute
+/// path or a `..` component is refused, a missing path is created (as a directory, whatever the
+/// volume, so a ConfigMap key that does not exist becomes an empty directory there too), and a
+/// path that resolves outside the volume (through a symlink) is refused. The errors are the
+/// kubelet's words; like the kubelet it keeps host paths out of them.
+pub fn prepare_subpath(
+    volume: &Path,
+    sub_path: &str,
+    mount_name: &str,
+    container: &str,
+) -> Result<PathBuf, String> {
+    if Path::new(sub_path).is_absolute() {
+        return Err(format!(
+            "error SubPath `{sub_path}` must not be an absolute path"
+        ));
+    }
+    if sub_path.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "unable to provision SubPath `{sub_path}`: must not contain '..'"
+        ));
+    }
+    let base = volume.canonicalize().map_err(|e| e.to_string())?;
+    let full = base.join(sub_path);
+    if std::fs::symlink_metadata(&full).is_err() && safe_make_dir(&base, sub_path).is_err() {
+        return Err(format!(
+            "failed to create subPath directory for volumeMount {mount_name:?} of container {container:?}"
+        ));
+    }
+    match full.canonicalize() {
+        Ok(p) if p.starts_with(&base) => Ok(p),
+        _ => Err(format!(
+            "failed to prepare subPath for volumeMount {mount_name:?} of container {container:?}"
+        )),
+    }
+}
+
+/// Create `rel` under `base` one component at a time, never following a symlink out of `base`
+/// (the kubelet's SafeMakeDir).
+fn safe_make_dir(base: &Path, rel: &str) -> std::io::Result<()> {
+    let mut cur = base.to_path_buf();
+    for part in rel.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        cur.push(part);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = cur.canonicalize()?;
+                if !target.starts_with(base) {
+                    return Err(std::io::Error::other("symlink points outside the volume"));
+                }
+                cur = target;
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&cur)?,
+        }
+    }
+    Ok(())
+}
+
+/// `subPathExpr` with `$(VAR)` replaced from the container's environment, as the kubelet
+/// expands it; a reference to an unset or empty variable is an error naming it.
+pub fn expand_subpath_expr(
+    expr: &str,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut missing = std::collections::BTreeSet::new();
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.get(name).filter(|v| !v.is_empty()) {
+                Some(v) => out.push_str(v),
+                None => {
+                    missing.insert(name.to_string());
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "missing value for {}",
+            missing.into_iter().collect::<Vec<_>>().join(", ")
+        ))
+    }
 }
 
 /// The downward API's fieldRef values.
@@ -278,24 +476,37 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// A `sh` script that mounts everything and then execs the container command ("$@").
-pub fn mount_script(mounts: &[Mount], workdir: Option<&str>) -> String {
+/// A `sh` script that sets the pod's hostname (in its own UTS namespace), mounts everything and
+/// then execs the container command ("$@").
+pub fn mount_script(mounts: &[Mount], workdir: Option<&str>, hostname: Option<&str>) -> String {
     let mut s = String::from("set -e\n");
+    if let Some(h) = hostname {
+        s.push_str(&format!(
+            "echo {} > /proc/sys/kernel/hostname\n",
+            sh_quote(h)
+        ));
+    }
     for m in mounts {
         let src = sh_quote(&m.source.to_string_lossy());
         let dst = sh_quote(&m.target);
-        if m.source.is_file() {
-            // A file target (the termination-message file) that cannot be placed is reported,
-            // not fatal: the container still runs, as its message is optional.
+        if m.optional {
+            // The termination-message file: one that cannot be placed is reported, not fatal,
+            // as the container's message is optional.
             s.push_str(&format!(
                 "if mkdir -p \"$(dirname {dst})\" 2>/dev/null && {{ [ -e {dst} ] || touch {dst}; }} 2>/dev/null; then mount --bind {src} {dst}; else echo \"tailor-sim: cannot place {dst}\" >&2; fi\n"
             ));
+            continue;
+        }
+        if m.source.is_file() {
+            s.push_str(&format!("mkdir -p \"$(dirname {dst})\"\n"));
+            s.push_str(&format!("[ -e {dst} ] || touch {dst}\n"));
         } else {
             s.push_str(&format!("mkdir -p {dst}\n"));
-            s.push_str(&format!("mount --bind {src} {dst}\n"));
         }
+        s.push_str(&format!("mount --bind {src} {dst}\n"));
         if m.read_only {
-            s.push_str(&format!("mount -o remount,bind,ro {dst} || true\n"));
+            // Fatal under `set -e`: a read-only mount must not run read-write.
+            s.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
         }
     }
     if let Some(w) = workdir {

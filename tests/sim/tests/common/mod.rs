@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Sim {
@@ -22,16 +22,10 @@ pub fn testpod() -> String {
     env!("CARGO_BIN_EXE_tailor-sim-testpod").to_string()
 }
 
-/// Poll until `f` returns Some, failing the test with `what` at the deadline.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Poll until `f` returns Some, failing the test with `what` at the deadline (the e2e suite's
+/// polling helper, without a description of the cluster).
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    tailor_e2e::wait_for(what, timeout, f, String::new)
 }
 
 impl Sim {
@@ -119,21 +113,38 @@ impl Sim {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        self.terminate(Duration::from_secs(20));
+    }
+
+    /// SIGTERM the simulator and wait up to `within` for it to exit: its exit status, or None
+    /// if it did not exit in time (it is then killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// The simulator's API port (from its kubeconfig).
+    pub fn port(&self) -> String {
+        let kc = std::fs::read_to_string(&self.kubeconfig).unwrap_or_default();
+        kc.lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://"))
+            .and_then(|a| a.rsplit(':').next())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     pub fn log(&self) -> String {
