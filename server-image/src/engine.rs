@@ -2,9 +2,15 @@
 //! prefilled alone and join the batch between decode steps (continuous batching); each decode
 //! step runs every row in one forward pass, with per-row adapter selection. A request whose
 //! receiver is gone (client disconnect, stop string found) leaves the batch at the next step.
+//!
+//! Each scheduler step runs inside an unwind boundary: a panic (a failing libtorch op) marks the
+//! engine dead in [`EngineHealth`] before the batch is dropped, so every waiting request sees a
+//! closed channel while the probes already report the death (no `process::exit` here).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -12,8 +18,10 @@ use tailor_model::{Adapters, CausalLm, ForwardInput, KvCache, LoraAdapter, Stack
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc;
 
+use crate::health::EngineHealth;
+
 /// How to pick each next token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     /// 0 = greedy.
     pub temperature: f64,
@@ -21,11 +29,18 @@ pub struct Sampling {
     pub seed: Option<u64>,
 }
 
+/// A loaded adapter as a request carries it: a handle sharing the registry's tensors.
+pub struct AdapterRef {
+    /// Unique per load (a reloaded adapter gets a new id).
+    pub id: u64,
+    pub name: String,
+    pub weights: LoraAdapter,
+}
+
 /// One generation job.
 pub struct GenRequest {
     pub prompt: Vec<i64>,
-    /// The adapter (a handle sharing the registry's tensors) and its load id.
-    pub adapter: Option<(u64, LoraAdapter)>,
+    pub adapter: Option<AdapterRef>,
     /// At least 1.
     pub max_tokens: usize,
     pub sampling: Sampling,
@@ -58,14 +73,77 @@ pub enum Event {
     Error(String),
 }
 
-/// Counters the engine publishes.
+/// Requests per adapter name (the LoRA metric's labels).
+pub type AdapterCounts = BTreeMap<String, usize>;
+
+/// What the engine is doing, for `/metrics` (the Inference Extension's signals among them).
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// Sequences in the running batch.
     pub running: AtomicUsize,
-    pub ready: AtomicBool,
+    /// Requests submitted and not yet taken by the scheduler.
+    pub waiting: AtomicUsize,
+    /// Tokens (prompt and generated) the running batch holds in its KV cache.
+    pub kv_tokens: AtomicU64,
     /// Batched decode forward passes, and the rows they decoded (rows / steps = mean batch).
     pub decode_steps: AtomicU64,
     pub decoded_rows: AtomicU64,
+    /// Adapters of the running rows and of the waiting requests.
+    pub running_adapters: Mutex<AdapterCounts>,
+    pub waiting_adapters: Mutex<AdapterCounts>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EngineStats {
+    /// A request is about to be queued for the engine.
+    pub fn submitted(&self, adapter: Option<&str>) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Some(a) = adapter {
+            *lock(&self.waiting_adapters)
+                .entry(a.to_string())
+                .or_default() += 1;
+        }
+    }
+
+    /// A queued request left the queue (taken by the scheduler, or never delivered).
+    pub fn dequeued(&self, adapter: Option<&str>) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
+        if let Some(a) = adapter {
+            let mut w = lock(&self.waiting_adapters);
+            if let Some(n) = w.get_mut(a) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(a);
+                }
+            }
+        }
+    }
+
+    pub fn running_adapters(&self) -> AdapterCounts {
+        lock(&self.running_adapters).clone()
+    }
+
+    pub fn waiting_adapters(&self) -> AdapterCounts {
+        lock(&self.waiting_adapters).clone()
+    }
+
+    fn publish_batch(&self, rows: &[Row]) {
+        self.running.store(rows.len(), Ordering::Relaxed);
+        self.kv_tokens
+            .store(rows.iter().map(|r| r.total as u64).sum(), Ordering::Relaxed);
+        let mut counts = AdapterCounts::new();
+        for r in rows {
+            if let Some(a) = &r.req.adapter {
+                *counts.entry(a.name.clone()).or_default() += 1;
+            }
+        }
+        *lock(&self.running_adapters) = counts;
+    }
 }
 
 struct Row {
@@ -82,83 +160,128 @@ pub struct Engine {
     pub max_batch: usize,
     pub max_seq: usize,
     pub stats: Arc<EngineStats>,
+    pub health: Arc<EngineHealth>,
+    /// TEST-ONLY fault injection: panic at this decode step (0: never).
+    pub panic_at_step: Arc<AtomicU64>,
+}
+
+/// The scheduler's state between steps.
+struct Batch {
+    rows: Vec<Row>,
+    cache: KvCache,
+    pending: Vec<GenRequest>,
+    /// Adapters packed for the current batch composition; `epoch` changes with it.
+    stacked: Option<(u64, StackedAdapters)>,
+    epoch: u64,
+    threads: Threads,
+}
+
+enum Next {
+    Continue,
+    /// Every sender is gone: the server is shutting down.
+    Stop,
 }
 
 impl Engine {
-    /// Runs until every sender of `rx` is gone.
+    /// Runs until every sender of `rx` is gone, or until a step panics (the engine is then
+    /// marked dead, and the batch dropped so its requests see their channels close).
     pub fn run(self, mut rx: mpsc::Receiver<GenRequest>) {
         let _guard = tch::no_grad_guard();
-        let mut threads = Threads::new(&self.model);
-        let mut rows: Vec<Row> = Vec::new();
-        let mut cache = self.model.new_cache();
-        let mut pending: Vec<GenRequest> = Vec::new();
-        // Adapters packed for the current batch composition; `epoch` changes with it.
-        let mut stacked: Option<(u64, StackedAdapters)> = None;
-        let mut epoch: u64 = 0;
+        let mut batch = Batch {
+            rows: Vec::new(),
+            cache: self.model.new_cache(),
+            pending: Vec::new(),
+            stacked: None,
+            epoch: 0,
+            threads: Threads::new(&self.model),
+        };
         loop {
-            self.stats.running.store(rows.len(), Ordering::Relaxed);
-            if rows.is_empty() && pending.is_empty() {
-                match rx.blocking_recv() {
-                    Some(r) => pending.push(r),
-                    None => return,
+            match catch_unwind(AssertUnwindSafe(|| self.step(&mut batch, &mut rx))) {
+                Ok(Next::Continue) => {}
+                Ok(Next::Stop) => return,
+                Err(payload) => {
+                    let why = panic_message(payload.as_ref());
+                    tracing::error!(error = %why, "the inference engine panicked; it is dead");
+                    self.health.died(format!("engine panicked: {why}"));
+                    self.stats.publish_batch(&[]);
+                    return;
                 }
-            }
-            while rows.len() + pending.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(r) => pending.push(r),
-                    Err(_) => break,
-                }
-            }
-            // Rows whose client is gone leave the batch.
-            let keep: Vec<usize> = (0..rows.len())
-                .filter(|&i| !rows[i].req.tx.is_closed())
-                .collect();
-            if keep.len() != rows.len() {
-                self.keep_rows(&mut rows, &mut cache, &keep);
-                epoch += 1;
-            }
-            if !pending.is_empty() {
-                epoch += 1;
-            }
-            for req in pending.drain(..) {
-                if req.tx.is_closed() {
-                    continue;
-                }
-                threads.fit(req.prompt.len());
-                match self.prefill(req) {
-                    Some((row, row_cache)) => {
-                        if let Err(e) = cache.append_rows(row_cache) {
-                            let _ = row.req.tx.send(Event::Error(e.to_string()));
-                            continue;
-                        }
-                        rows.push(row);
-                    }
-                    None => continue,
-                }
-            }
-            self.stats.running.store(rows.len(), Ordering::Relaxed);
-            if rows.is_empty() {
-                cache = self.model.new_cache();
-                stacked = None;
-                continue;
-            }
-            self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .decoded_rows
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            let before = rows.len();
-            threads.fit(rows.len());
-            let result = self.decode(&mut rows, &mut cache, &mut stacked, epoch);
-            if rows.len() != before {
-                epoch += 1;
-            }
-            if let Err(e) = result {
-                for r in rows.drain(..) {
-                    let _ = r.req.tx.send(Event::Error(e.clone()));
-                }
-                cache = self.model.new_cache();
             }
         }
+    }
+
+    fn take(&self, req: GenRequest, batch: &mut Batch) {
+        self.stats
+            .dequeued(req.adapter.as_ref().map(|a| a.name.as_str()));
+        batch.pending.push(req);
+    }
+
+    fn step(&self, b: &mut Batch, rx: &mut mpsc::Receiver<GenRequest>) -> Next {
+        self.stats.publish_batch(&b.rows);
+        if b.rows.is_empty() && b.pending.is_empty() {
+            match rx.blocking_recv() {
+                Some(r) => self.take(r, b),
+                None => return Next::Stop,
+            }
+        }
+        while b.rows.len() + b.pending.len() < self.max_batch {
+            match rx.try_recv() {
+                Ok(r) => self.take(r, b),
+                Err(_) => break,
+            }
+        }
+        // Rows whose client is gone leave the batch.
+        let keep: Vec<usize> = (0..b.rows.len())
+            .filter(|&i| !b.rows[i].req.tx.is_closed())
+            .collect();
+        if keep.len() != b.rows.len() {
+            self.keep_rows(&mut b.rows, &mut b.cache, &keep);
+            b.epoch += 1;
+        }
+        if !b.pending.is_empty() {
+            b.epoch += 1;
+        }
+        for req in std::mem::take(&mut b.pending) {
+            if req.tx.is_closed() {
+                continue;
+            }
+            b.threads.fit(req.prompt.len());
+            if let Some((row, row_cache)) = self.prefill(req) {
+                if let Err(e) = b.cache.append_rows(row_cache) {
+                    let _ = row.req.tx.send(Event::Error(e.to_string()));
+                    continue;
+                }
+                b.rows.push(row);
+            }
+        }
+        self.stats.publish_batch(&b.rows);
+        if b.rows.is_empty() {
+            b.cache = self.model.new_cache();
+            b.stacked = None;
+            return Next::Continue;
+        }
+        let step = self.stats.decode_steps.fetch_add(1, Ordering::Relaxed) + 1;
+        let at = self.panic_at_step.load(Ordering::Relaxed);
+        if at > 0 && step >= at {
+            // TEST-ONLY (faultInjection.enginePanicAtStep): what a failing libtorch op does.
+            panic!("test-only fault injection: engine panic at decode step {step}");
+        }
+        self.stats
+            .decoded_rows
+            .fetch_add(b.rows.len() as u64, Ordering::Relaxed);
+        let before = b.rows.len();
+        b.threads.fit(b.rows.len());
+        let result = self.decode(&mut b.rows, &mut b.cache, &mut b.stacked, b.epoch);
+        if b.rows.len() != before {
+            b.epoch += 1;
+        }
+        if let Err(e) = result {
+            for r in b.rows.drain(..) {
+                let _ = r.req.tx.send(Event::Error(e.clone()));
+            }
+            b.cache = self.model.new_cache();
+        }
+        Next::Continue
     }
 
     fn keep_rows(&self, rows: &mut Vec<Row>, cache: &mut KvCache, keep: &[usize]) {
@@ -183,7 +306,7 @@ impl Engine {
         let mut c = self.model.new_cache();
         let ids = Tensor::from_slice(&req.prompt).view([1, -1]);
         let adapters = match &req.adapter {
-            Some((_, a)) => Adapters::All(a),
+            Some(a) => Adapters::All(&a.weights),
             None => Adapters::None,
         };
         let input = ForwardInput {
@@ -234,11 +357,11 @@ impl Engine {
         let ids = Tensor::from_slice(&last).view([-1, 1]);
         let sel: Vec<Option<&LoraAdapter>> = rows
             .iter()
-            .map(|r| r.req.adapter.as_ref().map(|a| &a.1))
+            .map(|r| r.req.adapter.as_ref().map(|a| &a.weights))
             .collect();
         let key: Vec<u64> = rows
             .iter()
-            .map(|r| r.req.adapter.as_ref().map_or(0, |a| a.0))
+            .map(|r| r.req.adapter.as_ref().map_or(0, |a| a.id))
             .collect();
         let same = key.iter().all(|k| *k == key[0]);
         let adapters = match (same, sel[0]) {
@@ -330,6 +453,15 @@ impl Engine {
         }
         true
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Below this many multiply-adds a forward pass runs on one thread. Smaller work (decode steps

@@ -2,9 +2,14 @@
 //! batching (see README.md).
 
 pub mod adapters;
-pub mod app;
 pub mod config;
+pub mod connections;
+pub mod detokenize;
 pub mod engine;
 pub mod error;
+pub mod generation;
+pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod serve;
+pub mod stop;

@@ -1,20 +1,22 @@
 //! Startup, the config-file watcher and graceful shutdown.
 
-use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use tailor_model::{CausalLm, ModelConfig, Tokenizer};
 use tch::{Device, Kind};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::adapters::{Registry, Source};
-use crate::app::{AppState, router};
-use crate::config::{Cli, FaultInjection, FileConfig};
-use crate::engine::{Engine, EngineStats};
+use crate::config::{Cli, FileConfig};
+use crate::connections::{self, Limits};
+use crate::engine::{Engine, EngineStats, panic_message};
+use crate::health::EngineHealth;
+use crate::http::{ApiKeys, AppState, app};
 use crate::metrics::Metrics;
 
 fn device_and_kind(cli: &Cli) -> anyhow::Result<(Device, Kind)> {
@@ -29,15 +31,15 @@ fn device_and_kind(cli: &Cli) -> anyhow::Result<(Device, Kind)> {
     Ok((device, kind))
 }
 
-fn read_keys(path: &Path) -> anyhow::Result<HashSet<String>> {
+/// The API key file; errors name the file, never its content.
+fn read_keys(path: &Path) -> anyhow::Result<ApiKeys> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read API key file {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    let keys = ApiKeys::parse(&text);
+    if keys.is_empty() {
+        tracing::warn!(path = %path.display(), "the API key file holds no key: every authenticated request is refused");
+    }
+    Ok(keys)
 }
 
 /// Applies a (re)loaded config file.
@@ -51,10 +53,13 @@ fn apply_config(state: &AppState, cli: &Cli, fc: &FileConfig) {
     state
         .registry
         .set_max_loaded(fc.max_loaded_adapters.unwrap_or(cli.max_loaded_adapters));
-    let fault = fc.fault_injection.clone().unwrap_or(FaultInjection {
-        error_rate: cli.fault_error_rate,
-        adapters: cli.fault_adapters.clone(),
-    });
+    let fault = fc.fault_injection.clone().unwrap_or_else(|| cli.fault());
+    state
+        .engine_panic_at_step
+        .store(fault.engine_panic_at_step.unwrap_or(0), Ordering::Relaxed);
+    if fault.error_rate > 0.0 || fault.engine_panic_at_step.is_some() {
+        tracing::warn!(?fault, "TEST-ONLY fault injection is enabled");
+    }
     if let Ok(mut f) = state.fault.write() {
         *f = fault;
     }
@@ -76,9 +81,9 @@ fn preload(state: &Arc<AppState>, fc: &FileConfig) {
 
 /// Polls the config and API key files; a changed content is applied (symlink swaps included,
 /// since the path is re-resolved on every read). An invalid file keeps the previous config.
-async fn watch(state: Arc<AppState>, cli: Cli, mut last_config: Option<Vec<u8>>) {
+async fn watch_files(state: Arc<AppState>, cli: Cli, mut last_config: Option<Vec<u8>>) {
     let mut last_keys: Option<Vec<u8>> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(cli.config_poll_ms.max(50)));
+    let mut tick = tokio::time::interval(cli.config_poll_interval.max(Duration::from_millis(50)));
     loop {
         tick.tick().await;
         if let Some(path) = &cli.config {
@@ -98,42 +103,40 @@ async fn watch(state: Arc<AppState>, cli: Cli, mut last_config: Option<Vec<u8>>)
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read config"),
             }
         }
-        if let Some(path) = &cli.api_key_file
-            && let Ok(bytes) = std::fs::read(path)
-            && Some(&bytes) != last_keys.as_ref()
-        {
-            match read_keys(path) {
-                Ok(keys) => {
+        if let Some(path) = &cli.api_key_file {
+            match std::fs::read(path) {
+                Ok(bytes) if Some(&bytes) != last_keys.as_ref() => {
+                    let keys = ApiKeys::parse(&String::from_utf8_lossy(&bytes));
+                    if last_keys.is_some() {
+                        tracing::info!(path = %path.display(), keys = keys.len(), "API key file reloaded");
+                    }
                     if let Ok(mut k) = state.api_keys.write() {
                         *k = Some(keys);
                     }
+                    last_keys = Some(bytes);
                 }
-                Err(e) => tracing::error!(error = %e, "API key file reload rejected"),
+                Ok(_) => {}
+                // The previous keys stay in force.
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the API key file")
+                }
             }
-            last_keys = Some(bytes);
         }
     }
 }
 
-async fn shutdown_signal(state: Arc<AppState>) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown signal: draining in-flight requests");
-    state.draining.store(true, Ordering::Relaxed);
+/// A started server: its state, the config file as read at start, and a channel that fires if
+/// the base model cannot be loaded.
+pub struct Started {
+    pub state: Arc<AppState>,
+    pub file_config: Option<(FileConfig, Vec<u8>)>,
+    pub load_failed: oneshot::Receiver<String>,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (device, kind) = device_and_kind(&cli)?;
+/// Reads the configuration, builds the state and starts the engine thread (which loads the base
+/// model; `/ready` turns green when it is done).
+pub fn start(cli: &Cli) -> anyhow::Result<Started> {
+    let (device, kind) = device_and_kind(cli)?;
     if cli.threads > 0 {
         tch::set_num_threads(cli.threads);
     }
@@ -154,18 +157,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         model_config.clone(),
         device,
         cli.max_loaded_adapters,
+        cli.adapter_load_timeout,
     ));
+    registry.set_roots(&cli.adapter_roots);
     for (n, p) in cli.adapter_pairs()? {
         registry.register(&n, p, Source::Cli);
     }
-    let mut file_config = None;
-    let mut config_bytes = None;
-    if let Some(path) = &cli.config {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        file_config = Some(FileConfig::parse(&bytes, path)?);
-        config_bytes = Some(bytes);
-    }
+    let file_config = match &cli.config {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            Some((FileConfig::parse(&bytes, path)?, bytes))
+        }
+        None => None,
+    };
     let api_keys = match &cli.api_key_file {
         Some(p) => Some(read_keys(p)?),
         None => None,
@@ -178,88 +183,141 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     eos.dedup();
 
     let stats = Arc::new(EngineStats::default());
+    let health = Arc::new(EngineHealth::new(cli.engine_failure_grace));
+    let max_batch = cli.max_batch_size.max(1);
     let (tx, rx) = mpsc::channel(4096);
     let state = Arc::new(AppState {
-        served_name: RwLock::new(served.clone()),
+        served_name: RwLock::new(served),
+        model_dir: cli.model.clone(),
         registry,
         tokenizer,
         template,
         engine: tx,
         stats: stats.clone(),
+        health: health.clone(),
         metrics: Metrics::new(),
         max_seq,
+        max_batch,
         max_body: cli.max_body_bytes,
+        body_read_timeout: cli.body_read_timeout,
+        in_flight: Arc::new(Semaphore::new(cli.max_in_flight.max(1))),
         api_keys: RwLock::new(api_keys),
-        fault: RwLock::new(FaultInjection {
-            error_rate: cli.fault_error_rate,
-            adapters: cli.fault_adapters.clone(),
-        }),
+        fault: RwLock::new(cli.fault()),
+        engine_panic_at_step: Arc::new(AtomicU64::new(0)),
         draining: AtomicBool::new(false),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    if let Some(fc) = &file_config {
-        apply_config(&state, &cli, fc);
-    }
-    if state.fault.read().is_ok_and(|f| f.error_rate > 0.0) {
-        tracing::warn!("TEST-ONLY fault injection is enabled");
-    }
+    apply_config(
+        &state,
+        cli,
+        &file_config
+            .as_ref()
+            .map(|f| f.0.clone())
+            .unwrap_or_default(),
+    );
 
+    let (failed_tx, load_failed) = oneshot::channel();
     let model_dir: PathBuf = cli.model.clone();
-    let max_batch = cli.max_batch_size.max(1);
-    let engine_stats = stats.clone();
+    let panic_at_step = state.engine_panic_at_step.clone();
     std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let model = match CausalLm::load(&model_dir, kind, device) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot load the base model");
-                    std::process::exit(1);
+            let loaded = catch_unwind(AssertUnwindSafe(|| {
+                CausalLm::load(&model_dir, kind, device)
+            }));
+            let model = match loaded {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    health.died(format!("cannot load the base model: {e}"));
+                    let _ = failed_tx.send(e.to_string());
+                    return;
+                }
+                Err(p) => {
+                    let why = panic_message(p.as_ref());
+                    health.died(format!("cannot load the base model: {why}"));
+                    let _ = failed_tx.send(why);
+                    return;
                 }
             };
             tracing::info!(model = %model_dir.display(), ?device, ?kind, "base model loaded");
-            engine_stats.ready.store(true, Ordering::Relaxed);
+            health.serving();
             Engine {
                 model,
                 eos,
                 max_batch,
                 max_seq,
-                stats: engine_stats,
+                stats,
+                health: health.clone(),
+                panic_at_step,
             }
             .run(rx);
+            health.died("the engine stopped");
         })?;
-    if let Some(fc) = &file_config {
+    Ok(Started {
+        state,
+        file_config,
+        load_failed,
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Started {
+        state,
+        file_config,
+        mut load_failed,
+    } = start(&cli)?;
+    if let Some((fc, _)) = &file_config {
         preload(&state, fc);
     }
-    tokio::spawn(watch(state.clone(), cli.clone(), config_bytes));
+    tokio::spawn(watch_files(
+        state.clone(),
+        cli.clone(),
+        file_config.map(|(_, bytes)| bytes),
+    ));
 
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, served = %served, "tailor-server listening");
-    let drain = Duration::from_secs(cli.drain_timeout_secs);
-    let (sig_tx, sig_rx) = tokio::sync::oneshot::channel::<()>();
+    tracing::info!(listen = %listener.local_addr()?, served = %state.served_name(), "tailor-server listening");
+    let (stop_tx, stop_rx) = watch::channel(false);
     let sig_state = state.clone();
     tokio::spawn(async move {
-        shutdown_signal(sig_state).await;
-        let _ = sig_tx.send(());
-    });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
-        let _ = sig_rx.await;
+        shutdown_signal().await;
+        tracing::info!("shutdown signal: draining in-flight requests");
+        sig_state.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
     });
-    let mut stop_rx2 = stop_rx.clone();
+    let limits = Limits {
+        header_read: cli.header_read_timeout,
+        idle: cli.idle_timeout,
+        max_connections: cli.max_connections,
+    };
+    let mut draining = stop_rx.clone();
     tokio::select! {
-        r = server => r?,
+        _ = connections::serve(listener, app(state.clone()), limits, stop_rx) => {}
         _ = async {
-            let _ = stop_rx2.wait_for(|v| *v).await;
-            tokio::time::sleep(drain).await;
+            let _ = draining.wait_for(|v| *v).await;
+            tokio::time::sleep(cli.drain_timeout).await;
         } => tracing::warn!("drain timeout: exiting with requests in flight"),
+        Ok(why) = &mut load_failed => anyhow::bail!("cannot load the base model: {why}"),
     }
-    drop(stop_rx);
     tracing::info!("tailor-server stopped");
     Ok(())
 }

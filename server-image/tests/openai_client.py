@@ -50,6 +50,31 @@ assert len(lp.tokens) == comp.usage.completion_tokens, (lp.tokens, comp.usage)
 assert all(1 <= len(t) <= 3 for t in lp.top_logprobs), lp.top_logprobs
 assert all(x <= 0 for x in lp.token_logprobs), lp.token_logprobs
 
+# `stop`: the text ends before the first occurrence, finish_reason "stop", streamed or not.
+full = client.completions.create(
+    model=base_model, prompt="the quick brown", max_tokens=16, temperature=0, extra_body={"ignore_eos": True}
+).choices[0].text
+assert len(full) >= 7, full
+stop = full[4:7]
+cut = full[: full.index(stop)]
+stopped = client.completions.create(
+    model=base_model, prompt="the quick brown", max_tokens=16, temperature=0, stop=[stop], extra_body={"ignore_eos": True}
+).choices[0]
+assert (stopped.text, stopped.finish_reason) == (cut, "stop"), (stopped, full, stop)
+pieces = []
+for chunk in client.completions.create(
+    model=base_model, prompt="the quick brown", max_tokens=16, temperature=0, stop=stop, stream=True, extra_body={"ignore_eos": True}
+):
+    pieces.extend(c.text for c in chunk.choices)
+assert "".join(pieces) == cut, (pieces, full, stop)
+
+# An unsupported parameter is refused by name.
+try:
+    client.chat.completions.create(model=base_model, messages=messages, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    raise AssertionError("tools accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.body["param"] == "tools", e.body
+
 try:
     client.chat.completions.create(model="nope", messages=messages)
     raise AssertionError("unknown model accepted")

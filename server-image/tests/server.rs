@@ -456,6 +456,8 @@ async fn bad_inputs_are_rejected_in_openai_shape() {
         "64".into(),
         "--max-body-bytes".into(),
         "4096".into(),
+        "--adapter-root".into(),
+        fixtures().display().to_string(),
     ])
     .await;
     let client = reqwest::Client::new();
@@ -629,8 +631,8 @@ async fn adapters_load_evict_and_follow_the_config_file() {
     let server = Server::start(&[
         "--config".into(),
         config.display().to_string(),
-        "--config-poll-ms".into(),
-        "100".into(),
+        "--config-poll-interval".into(),
+        "100ms".into(),
     ])
     .await;
     let status = |server: &Server| {
@@ -831,13 +833,47 @@ impl Drop for Killed {
     }
 }
 
+/// An instant-query result: (labels, value) per series.
+async fn prom_query(port: u16, expr: &str) -> Option<Vec<(Value, f64)>> {
+    let url = reqwest::Url::parse_with_params(
+        &format!("http://127.0.0.1:{port}/api/v1/query"),
+        &[("query", expr)],
+    )
+    .ok()?;
+    let v: Value = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["data"]["result"]
+        .as_array()?
+        .iter()
+        .map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?)))
+        .collect()
+}
+
+/// tailor's metrics and the Gateway API Inference Extension's (vLLM's names), scraped by a real
+/// Prometheus, moving as requests queue and run: with a batch of one, of two long requests one
+/// runs and one waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_server_metrics() {
-    // Prometheus is a test dependency (scripts/test.sh and .ci/run install it): without it
-    // this test fails rather than pass unchecked.
-    let prometheus = prometheus_binary()
-        .expect("no `prometheus` binary on PATH: install the Debian package `prometheus` (scripts/test.sh does)");
-    let server = Server::start(&["--adapter".into(), adapter_arg("a0")]).await;
+async fn prometheus_scrapes_server_and_inference_extension_metrics() {
+    let prometheus = prometheus_binary().expect(
+        "no `prometheus` binary on PATH: install the Debian package `prometheus` (scripts/test.sh does)",
+    );
+    let server = Server::start(&[
+        "--adapter".into(),
+        adapter_arg("a0"),
+        "--adapter".into(),
+        adapter_arg("a1"),
+        "--max-batch-size".into(),
+        "1".into(),
+        "--max-seq-length".into(),
+        "4096".into(),
+    ])
+    .await;
     for _ in 0..3 {
         let (s, _) = server
             .post(
@@ -871,18 +907,460 @@ async fn prometheus_scrapes_server_metrics() {
         .spawn()
         .expect("start prometheus");
     let _prometheus = Killed(child);
-    let query = format!(
-        "http://127.0.0.1:{port}/api/v1/query?query=tailor_server_requests_total%7Bmodel%3D%22a0%22%2Cstatus%3D%22200%22%7D"
-    );
-    let (metric, value) = eventually(120, "series in prometheus", || {
-        let q = query.clone();
-        async move {
-            let v: Value = reqwest::get(q).await.ok()?.json().await.ok()?;
-            let r = &v["data"]["result"][0];
-            Some((r["metric"].clone(), r["value"][1].as_str()?.to_string()))
-        }
+    let (metric, value) = eventually(120, "series in prometheus", || async {
+        let r = prom_query(
+            port,
+            "tailor_server_requests_total{model=\"a0\",status=\"200\"}",
+        )
+        .await?;
+        r.into_iter().next()
     })
     .await;
-    assert_eq!(value, "3");
+    assert_eq!(value, 3.0);
     assert_eq!(metric["job"], "tailor-server");
+
+    let gauge = |name: &'static str| async move {
+        let r = prom_query(port, name).await?;
+        let (labels, v) = r.into_iter().next()?;
+        assert_eq!(labels["model_name"], "base", "{labels}");
+        Some(v)
+    };
+    eventually(60, "idle engine", || async {
+        let running = gauge("vllm:num_requests_running").await?;
+        let waiting = gauge("vllm:num_requests_waiting").await?;
+        (running == 0.0 && waiting == 0.0).then_some(())
+    })
+    .await;
+
+    let long = |model: &'static str| {
+        let url = format!("{}/v1/completions", server.url);
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(
+                    &json!({"model": model, "prompt": "hello world", "max_tokens": 3000,
+                              "ignore_eos": true, "temperature": 0}),
+                )
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let first = long("a0");
+    let second = long("a1");
+    let lora = eventually(120, "one request running, one waiting", || async {
+        let running = gauge("vllm:num_requests_running").await?;
+        let waiting = gauge("vllm:num_requests_waiting").await?;
+        let kv = gauge("vllm:gpu_cache_usage_perc").await?;
+        let kv_new = gauge("vllm:kv_cache_usage_perc").await?;
+        if !(running == 1.0 && waiting == 1.0 && kv > 0.0 && kv < 1.0 && kv_new == kv) {
+            return None;
+        }
+        let (labels, when) = prom_query(port, "vllm:lora_requests_info")
+            .await?
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        (labels["running_lora_adapters"] != "").then_some((labels, when))
+    })
+    .await;
+    let (labels, when) = lora;
+    let running = labels["running_lora_adapters"].as_str().unwrap_or_default();
+    let waiting = labels["waiting_lora_adapters"].as_str().unwrap_or_default();
+    let mut both = [running, waiting];
+    both.sort();
+    assert_eq!(both, ["a0", "a1"], "{labels}");
+    assert_eq!(labels["max_lora"], "8", "{labels}");
+    assert!(when > 1.7e9, "the value is the time of the sample: {when}");
+    assert_eq!(first.await.expect("join").expect("first"), 200);
+    assert_eq!(second.await.expect("join").expect("second"), 200);
+    eventually(60, "idle engine again", || async {
+        let running = gauge("vllm:num_requests_running").await?;
+        let waiting = gauge("vllm:num_requests_waiting").await?;
+        let kv = gauge("vllm:gpu_cache_usage_perc").await?;
+        (running == 0.0 && waiting == 0.0 && kv == 0.0).then_some(())
+    })
+    .await;
+}
+
+/// Writes `config` as the server's config file (atomically, as a ConfigMap update does).
+fn write_config(path: &Path, config: &Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, config.to_string()).expect("write config");
+    std::fs::rename(&tmp, path).expect("swap config");
+}
+
+/// An engine that dies (here: the test-only panic switch, what a failing libtorch op does)
+/// fails readiness at once, answers in-flight and new requests with a clean 503 (an SSE error
+/// event mid-stream), fails liveness after the grace period, and leaves the process running for
+/// the kubelet to restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_engine_fails_requests_with_503_then_readiness_then_liveness() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("server.json");
+    write_config(&config, &json!({"adapters": {}}));
+    let mut server = Server::start(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--config-poll-interval".into(),
+        "100ms".into(),
+        "--engine-failure-grace".into(),
+        "2s".into(),
+        "--max-seq-length".into(),
+        "4096".into(),
+    ])
+    .await;
+    let r = open_stream(&server, 3000).await;
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.expect("first chunk").expect("chunk");
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    let url = format!("{}/v1/completions", server.url);
+    let plain = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"model": "base", "prompt": "hello", "max_tokens": 3000, "ignore_eos": true}))
+            .send()
+            .await
+            .expect("request");
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    });
+    eventually(30, "both requests generating", || async {
+        (server.metric("tailor_server_running_sequences").await == 2.0).then_some(())
+    })
+    .await;
+    // TEST-ONLY: the engine panics at its next decode step.
+    write_config(
+        &config,
+        &json!({"adapters": {}, "faultInjection": {"enginePanicAtStep": 1}}),
+    );
+    let mut text = String::from_utf8_lossy(&first).to_string();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let error: Value = serde_json::from_str(events[events.len() - 2]).expect("error event");
+    assert_eq!(error["error"]["code"], "unavailable", "{error}");
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("engine")),
+        "{error}"
+    );
+    let (status, body) = plain.await.expect("join");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // Out of the Service at once; new requests refused cleanly.
+    assert_eq!(server.get("/ready").await.0, 503);
+    let (status, body) = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "base", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // Liveness holds during the grace period, then fails; the process stays up (no exit).
+    eventually(30, "liveness to fail", || async {
+        (server.get("/health").await.0 == 503).then_some(())
+    })
+    .await;
+    let child = server.child.as_mut().expect("child");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the server exited"
+    );
+    assert_eq!(server.get("/metrics").await.0, 200);
+}
+
+/// 50 clients dribbling headers, one stalling its body and one saying nothing are all cut off
+/// by the server's timeouts, while other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[
+        "--header-read-timeout".into(),
+        "2s".into(),
+        "--body-read-timeout".into(),
+        "2s".into(),
+        "--idle-timeout".into(),
+        "3s".into(),
+    ])
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Reads until the server closes the connection; returns what it sent.
+    async fn until_closed(mut s: tokio::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let (mut rd, mut wr) = stream.into_split();
+        slow.push(tokio::spawn(async move {
+            // One header line a second, for as long as the server listens.
+            let writer = tokio::spawn(async move {
+                let _ = wr.write_all(b"POST /v1/completions HTTP/1.1\r\n").await;
+                for n in 0.. {
+                    if wr
+                        .write_all(format!("X-Slow-{i}-{n}: 1\r\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            let mut buf = [0u8; 1024];
+            let closed = loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break true,
+                    Ok(_) => {}
+                }
+            };
+            writer.abort();
+            closed
+        }));
+    }
+    let mut stalled = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ",
+        )
+        .await
+        .expect("write");
+    let stalled = tokio::spawn(until_closed(stalled));
+    let silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let silent = tokio::spawn(until_closed(silent));
+    // Meanwhile, others are served.
+    for _ in 0..5 {
+        let (s, b) = server
+            .post(
+                "/v1/completions",
+                &json!({"model": "base", "prompt": "hello", "max_tokens": 4, "temperature": 0}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let all = async {
+        let mut closed = 0;
+        for s in slow {
+            if s.await.expect("join") {
+                closed += 1;
+            }
+        }
+        (
+            closed,
+            stalled.await.expect("join"),
+            silent.await.expect("join"),
+        )
+    };
+    // Bounded: a generous limit that only a server without timeouts would reach.
+    let (closed, stalled, silent) = tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("slow clients still connected after 60 s");
+    assert_eq!(closed, 50);
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains("request_timeout"), "{stalled}");
+    assert_eq!(silent, "", "the idle connection got {silent:?}");
+    let (s, _) = server
+        .post(
+            "/v1/completions",
+            &json!({"model": "base", "prompt": "hello", "max_tokens": 1}),
+        )
+        .await;
+    assert_eq!(s, 200);
+}
+
+/// Beyond `--max-connections`, a new connection waits until one closes, then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[
+        "--max-connections".into(),
+        "3".into(),
+        "--idle-timeout".into(),
+        "2s".into(),
+    ])
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // The readiness probe's connection may still be open: take all slots with idle sockets.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        idle.push(tokio::spawn(async move {
+            let mut s = s;
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf).await;
+            std::time::Instant::now()
+        }));
+    }
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("read");
+    let answered = std::time::Instant::now();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let first_closed = futures::future::join_all(idle)
+        .await
+        .into_iter()
+        .map(|r| r.expect("join"))
+        .min()
+        .expect("three");
+    assert!(first_closed <= answered, "served before a slot was free");
+}
+
+/// `--api-key-file` guards the LoRA and admin APIs too, is re-read when it changes, and its keys
+/// never reach the logs (JSON logs here, `--log-format json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_reload_guard_the_lora_api_and_stay_out_of_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "first-secret-key\n").expect("write");
+    let log = dir.path().join("server.log");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_tailor-server"))
+        .arg("--model")
+        .arg(fixtures().join("base"))
+        .args([
+            "--served-model-name",
+            "base",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--api-key-file")
+        .arg(&keys)
+        .args(["--config-poll-interval", "100ms", "--log-format", "json"])
+        .arg("--adapter-root")
+        .arg(fixtures())
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(&log).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tailor-server");
+    let server = Server {
+        child: Some(child),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let ready = format!("{}/ready", server.url);
+    eventually(120, "ready", || async {
+        let r = reqwest::get(&ready).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let load = |key: &'static str| {
+        client
+            .post(format!("{}/v1/load_lora_adapter", server.url))
+            .bearer_auth(key)
+            .json(&json!({"lora_name": "a0", "lora_path": fixtures().join("a0"), "load_inplace": true}))
+            .send()
+    };
+    assert_eq!(load("wrong").await.expect("send").status(), 401);
+    assert_eq!(load("first-secret-key").await.expect("send").status(), 200);
+    std::fs::write(&keys, "second-secret-key\n").expect("rewrite");
+    eventually(30, "the new key", || async {
+        (load("second-secret-key").await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(load("first-secret-key").await.expect("send").status(), 401);
+    let unload = client
+        .post(format!("{}/v1/unload_lora_adapter", server.url))
+        .json(&json!({"lora_name": "a0"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(unload.status(), 401);
+    drop(server);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.lines().count() > 3, "{text}");
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(text.contains("API key file reloaded"), "{text}");
+    for secret in ["first-secret-key", "second-secret-key"] {
+        assert!(!text.contains(secret), "{secret} logged:\n{text}");
+    }
+}
+
+/// An adapter whose weights file is a FIFO is refused at once (nothing opens it), and other
+/// loads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_adapter_is_refused_without_blocking_other_loads() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let fifo = root.path().join("fifo");
+    std::fs::create_dir_all(&fifo).expect("mkdir");
+    std::fs::copy(
+        fixtures().join("a0/adapter_config.json"),
+        fifo.join("adapter_config.json"),
+    )
+    .expect("copy");
+    let made = Command::new("mkfifo")
+        .arg(fifo.join("adapter_model.safetensors"))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let good = root.path().join("good");
+    std::fs::create_dir_all(&good).expect("mkdir");
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixtures().join("a1").join(f), good.join(f)).expect("copy");
+    }
+    let server = Server::start(&["--adapter-root".into(), root.path().display().to_string()]).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let load = |name: &str, path: &Path| {
+        client
+            .post(format!("{}/v1/load_lora_adapter", server.url))
+            .json(&json!({"lora_name": name, "lora_path": path}))
+            .send()
+    };
+    let (bad, ok) = tokio::join!(load("fifo", &fifo), load("good", &good));
+    let bad = bad.expect("the FIFO load answered");
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not a regular file")),
+        "{body}"
+    );
+    assert_eq!(ok.expect("good load").status(), 200);
+    let (s, b) = server
+        .post(
+            "/v1/completions",
+            &json!({"model": "good", "prompt": "hello", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
 }

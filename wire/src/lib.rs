@@ -7,3 +7,4 @@
 
 pub mod prepare;
 pub mod router;
+pub mod server;

@@ -1,0 +1,476 @@
+//! The router in process: `app(state)` over a real started server state (tiny checkpoints from
+//! `tests/server_reference.py`, the real engine thread), requests through `tower::oneshot`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{Shared, app};
+use crate::config::Cli;
+
+fn python() -> PathBuf {
+    let has = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import transformers, peft"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut c: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("TAILOR_PYTHON") {
+        c.push(p.into());
+    }
+    c.push("python3".into());
+    c.push(
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/tailor/venv/bin/python3"),
+    );
+    c.into_iter()
+        .find(has)
+        .expect("no python3 with transformers/peft: run `eval \"$(scripts/setup-libtorch.sh)\"`")
+}
+
+/// Tiny checkpoints, built once per test binary.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server_reference.py");
+        let out = Command::new(python())
+            .arg(script)
+            .arg("fixtures")
+            .arg(dir.path())
+            .output()
+            .expect("run server_reference.py");
+        assert!(
+            out.status.success(),
+            "fixtures failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+/// A started server state (engine loaded) with `args` on top of the fixture model.
+async fn state(args: &[String]) -> Shared {
+    let base = fixtures().join("base");
+    let mut argv: Vec<String> = [
+        "tailor-server",
+        "--model",
+        &base.display().to_string(),
+        "--served-model-name",
+        "base",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !args.iter().any(|a| a == "--max-seq-length") {
+        argv.extend(["--max-seq-length".to_string(), "128".to_string()]);
+    }
+    argv.extend(args.iter().cloned());
+    let cli = Cli::try_parse_from(argv).expect("cli");
+    let started = crate::serve::start(&cli).expect("start");
+    let s = started.state;
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !s.health.is_serving() {
+        assert!(tokio::time::Instant::now() < end, "engine never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s
+}
+
+async fn call(
+    s: &Shared,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .expect("request");
+    let resp = app(s.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn post(s: &Shared, path: &str, body: Value) -> (StatusCode, Value) {
+    let (status, text) = call(s, "POST", path, Some(body), None).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_openai_parameters_get_a_400_naming_them() {
+    let s = state(&[]).await;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for (endpoint, field, value) in [
+        (
+            "/v1/chat/completions",
+            "tools",
+            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ),
+        ("/v1/chat/completions", "tool_choice", json!("required")),
+        (
+            "/v1/chat/completions",
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+        ),
+        ("/v1/chat/completions", "presence_penalty", json!(1.5)),
+        ("/v1/chat/completions", "frequency_penalty", json!(0.2)),
+        ("/v1/chat/completions", "logit_bias", json!({"7": 10})),
+        ("/v1/chat/completions", "n", json!(3)),
+        ("/v1/chat/completions", "functions", json!([{"name": "f"}])),
+        ("/v1/completions", "n", json!(2)),
+        ("/v1/completions", "echo", json!(true)),
+        ("/v1/completions", "best_of", json!(2)),
+        ("/v1/completions", "presence_penalty", json!(2)),
+        ("/v1/completions", "top_k", json!(5)),
+    ] {
+        let mut body = if endpoint.contains("chat") {
+            json!({"model": "base", "messages": msgs, "max_tokens": 2})
+        } else {
+            json!({"model": "base", "prompt": "hi", "max_tokens": 2})
+        };
+        body[field] = value;
+        let (status, b) = post(&s, endpoint, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{endpoint} {field}: {b}");
+        assert_eq!(b["error"]["param"], field, "{endpoint} {field}: {b}");
+        assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(field)),
+            "{b}"
+        );
+    }
+    // The same requests without the parameter succeed.
+    let (status, b) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "base", "messages": msgs, "max_tokens": 2, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    // Refusals are counted under the model they named... once it is known (`unknown` before).
+    let (_, metrics) = call(&s, "GET", "/metrics", None, None).await;
+    assert!(
+        metrics.contains("tailor_server_requests_total{model=\"unknown\",status=\"400\"} 13"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_end_the_text_before_them() {
+    let s = state(&[]).await;
+    let ask = |stop: Value, stream: bool| {
+        json!({"model": "base", "prompt": "the quick brown fox", "max_tokens": 24,
+               "temperature": 0, "ignore_eos": true, "stop": stop, "stream": stream})
+    };
+    let (status, b) = post(&s, "/v1/completions", ask(Value::Null, false)).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let full = b["choices"][0]["text"].as_str().expect("text").to_string();
+    assert!(full.chars().count() >= 8, "{full:?}");
+    // A stop string from the middle of the greedy output, likely spanning tokens.
+    let chars: Vec<char> = full.chars().collect();
+    let start = chars.len() / 3;
+    let stop: String = chars[start..start + 3].iter().collect();
+    let cut = &full[..full.find(&stop).expect("in output")];
+    let (status, b) = post(&s, "/v1/completions", ask(json!([stop.clone()]), false)).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(b["choices"][0]["text"], cut, "stop {stop:?} in {full:?}");
+    assert_eq!(b["choices"][0]["finish_reason"], "stop");
+    // Streamed: the same text in pieces, and the stop string never shows.
+    let (status, text) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(ask(json!(stop.clone()), true)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut streamed = String::new();
+    let mut finish = Value::Null;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(line).expect("chunk");
+        streamed.push_str(v["choices"][0]["text"].as_str().unwrap_or_default());
+        if !v["choices"][0]["finish_reason"].is_null() {
+            finish = v["choices"][0]["finish_reason"].clone();
+        }
+    }
+    assert_eq!(streamed, cut);
+    assert_eq!(finish, "stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lora_api_answers_as_vllm_does() {
+    let root = tempfile::tempdir().expect("tempdir");
+    for a in ["a0", "a1", "other"] {
+        let dst = root.path().join(a);
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        for f in std::fs::read_dir(fixtures().join(a)).expect("read_dir") {
+            let f = f.expect("entry").path();
+            if f.is_file() {
+                std::fs::copy(&f, dst.join(f.file_name().expect("name"))).expect("copy");
+            }
+        }
+    }
+    let outside = fixtures().join("a2");
+    let s = state(&["--adapter-root".into(), root.path().display().to_string()]).await;
+    let load = |name: &str, path: &Path| json!({"lora_name": name, "lora_path": path.display().to_string()});
+    let lora = |s: &Shared, path: &'static str, body: Value| {
+        let s = s.clone();
+        async move { call(&s, "POST", path, Some(body), None).await }
+    };
+    // Success: 200, vLLM's text.
+    let (status, text) = lora(
+        &s,
+        "/v1/load_lora_adapter",
+        load("sql", &root.path().join("a0")),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            StatusCode::OK,
+            "Success: LoRA adapter 'sql' added successfully."
+        )
+    );
+    // Duplicate name: 400 InvalidUserInput.
+    let (status, text) = lora(
+        &s,
+        "/v1/load_lora_adapter",
+        load("sql", &root.path().join("a1")),
+    )
+    .await;
+    let b: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        b["error"],
+        json!({"message": "The lora adapter 'sql' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True.",
+               "type": "InvalidUserInput", "param": null, "code": 400})
+    );
+    // In place: replaced.
+    let mut inplace = load("sql", &root.path().join("a1"));
+    inplace["load_inplace"] = json!(true);
+    let (status, _) = lora(&s, "/v1/load_lora_adapter", inplace).await;
+    assert_eq!(status, StatusCode::OK);
+    // Missing fields: 400, vLLM's text.
+    let (status, text) = lora(&s, "/v1/load_lora_adapter", json!({"lora_name": "x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        text.contains("Both 'lora_name' and 'lora_path' must be provided."),
+        "{text}"
+    );
+    // Nothing at the path, or a path outside the roots (existing or not): the same 404.
+    for path in [
+        root.path().join("nothing"),
+        outside.clone(),
+        PathBuf::from("/etc"),
+    ] {
+        let (status, text) = lora(&s, "/v1/load_lora_adapter", load("x", &path)).await;
+        let b: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+        assert_eq!(
+            b["error"],
+            json!({"message": format!("Loading lora x failed: No adapter found for {}", path.display()),
+                   "type": "NotFoundError", "param": null, "code": 404})
+        );
+    }
+    // An adapter for another base model: 400, and nothing registered.
+    let (status, text) = lora(
+        &s,
+        "/v1/load_lora_adapter",
+        load("other", &root.path().join("other")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text.contains("different base model") && text.contains("BadRequestError"),
+        "{text}"
+    );
+    // /v1/models lists the adapter as vLLM does: id, root (its path), parent (the base).
+    let (_, text) = call(&s, "GET", "/v1/models", None, None).await;
+    let models: tailor_wire::server::ModelList = serde_json::from_str(&text).expect("model list");
+    let ids: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["base", "sql"]);
+    assert_eq!(models.data[0].parent, None);
+    assert_eq!(models.data[0].max_model_len, Some(128));
+    assert_eq!(models.data[1].parent.as_deref(), Some("base"));
+    assert_eq!(
+        models.data[1].root,
+        Some(root.path().join("a1").display().to_string())
+    );
+    let (status, b) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "sql", "prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    // Unload: 200, then 404 for the name everywhere.
+    let (status, text) = lora(&s, "/v1/unload_lora_adapter", json!({"lora_name": "sql"})).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            StatusCode::OK,
+            "Success: LoRA adapter 'sql' removed successfully."
+        )
+    );
+    let (status, text) = lora(&s, "/v1/unload_lora_adapter", json!({"lora_name": "sql"})).await;
+    let b: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        b["error"],
+        json!({"message": "The lora adapter 'sql' cannot be found.", "type": "NotFoundError", "param": null, "code": 404})
+    );
+    let (status, _) = lora(&s, "/v1/unload_lora_adapter", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, b) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "sql", "prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{b}");
+    // The deprecated admin API sees the same registry and the same roots.
+    let (status, b) = post(
+        &s,
+        "/admin/adapters",
+        json!({"name": "old", "path": outside}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("No adapter found")),
+        "{b}"
+    );
+    let (status, b) = post(
+        &s,
+        "/admin/adapters",
+        json!({"name": "old", "path": root.path().join("a0")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let (_, text) = call(&s, "GET", "/admin/adapters", None, None).await;
+    let listed: Vec<tailor_wire::server::AdapterStatus> =
+        serde_json::from_str(&text).expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].loaded && listed[0].name == "old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_guards_inference_lora_and_admin_apis_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# tenants\nsecret-one\n").expect("write");
+    let s = state(&["--api-key-file".into(), keys.display().to_string()]).await;
+    for (method, path, body) in [
+        ("GET", "/v1/models", None),
+        (
+            "POST",
+            "/v1/completions",
+            Some(json!({"model": "base", "prompt": "hi", "max_tokens": 1})),
+        ),
+        (
+            "POST",
+            "/v1/load_lora_adapter",
+            Some(json!({"lora_name": "a", "lora_path": "/x"})),
+        ),
+        (
+            "POST",
+            "/v1/unload_lora_adapter",
+            Some(json!({"lora_name": "a"})),
+        ),
+        ("GET", "/admin/adapters", None),
+    ] {
+        let (status, text) = call(&s, method, path, body.clone(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {text}");
+        assert!(text.contains("invalid_api_key"), "{text}");
+        let (status, _) = call(&s, method, path, body.clone(), Some("wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, text) = call(&s, method, path, body, Some("secret-one")).await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}: {text}");
+    }
+    for path in ["/health", "/ready", "/metrics"] {
+        let (status, _) = call(&s, "GET", path, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_in_flight_bound_get_a_429() {
+    let s = state(&[
+        "--max-in-flight".into(),
+        "1".into(),
+        "--max-seq-length".into(),
+        "4096".into(),
+    ])
+    .await;
+    // One long generation holds the only slot.
+    let long = tokio::spawn({
+        let s = s.clone();
+        async move {
+            post(
+                &s,
+                "/v1/completions",
+                json!({"model": "base", "prompt": "hello", "max_tokens": 3000,
+                                               "ignore_eos": true, "temperature": 0}),
+            )
+            .await
+        }
+    });
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while s.stats.running.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < end && !long.is_finished(),
+            "the long request never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, b) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "base", "prompt": "hi", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    assert_eq!(b["error"]["code"], "rate_limit_exceeded", "{b}");
+    assert_eq!(b["error"]["type"], "requests", "{b}");
+    assert!(
+        !long.is_finished(),
+        "the long request ended before the refusal"
+    );
+    long.abort();
+}
