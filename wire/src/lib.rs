@@ -4,3 +4,5 @@
 //!
 //! Each module is one boundary. Every type has a round-trip test, so a field renamed on one side
 //! fails here, not in an end-to-end run.
+
+pub mod families;
