@@ -55,6 +55,14 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The MLP's `down_proj` weight (stacked over experts in a sparse layer).
+    pub fn mlp_down_weight(&self) -> &Tensor {
+        match &self.mlp {
+            FeedForward::Dense(m) => &m.down_proj.weight,
+            FeedForward::Sparse(m) => &m.down,
+        }
+    }
+
     /// The rest of the block after attention: `x` is the block's input, `a` the attention
     /// output after `o_proj` (both `[..., hidden]`).
     fn after_attention(

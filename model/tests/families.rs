@@ -36,10 +36,11 @@ const FAMILIES: [&str; 13] = [
     "qwen3_moe",
 ];
 
-/// bf16 against bf16: both sides round every op's output to 8 mantissa bits, but not in the
-/// same places (fused kernels, op order), so logits of magnitude ~1-3 differ by a few bf16 ulps
-/// (2⁻⁷ at 1-2) after two to four layers. Measured worst case over these fixtures: see the
-/// `bf16_logits_are_close_to_transformers_bf16` output.
+/// bf16 against bf16: both sides round every op's output to 8 significant bits, but not in the
+/// same places (fused kernels, op order), so logits of magnitude 2-3 differ by a few bf16 ulps
+/// (2⁻⁶ there) after two to four layers. The bound is 4 such ulps; measured (this test's
+/// output): 0.020-0.027 for Llama/Qwen/Mistral/Phi, 0.039 Qwen3-MoE, 0.041 Gemma 3, 0.051
+/// Gemma 2 (soft-capping and the fp32 norms round once more).
 const BF16_BOUND: f64 = 0.0625;
 
 fn fixtures() -> &'static Path {

@@ -373,11 +373,12 @@ def sharded_bf16(out, layers, hidden, shard_mb):
     )
     model = make_model(cfg, 3).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True, max_shard_size=f"{int(shard_mb)}MB")
-    torch.manual_seed(0)
-    ids = torch.randint(0, 400, (1, 9))
-    with torch.no_grad():
-        logits = model(ids).logits.float()
-    save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(out, "reference.safetensors"))
+    weights = {
+        "embed_rows": model.model.embed_tokens.weight[:8].float().contiguous(),
+        "last_down_rows": model.model.layers[-1].mlp.down_proj.weight[:8].float().contiguous(),
+        "first_k_rows": model.model.layers[0].self_attn.k_proj.weight[:8].float().contiguous(),
+    }
+    save_file(weights, os.path.join(out, "reference.safetensors"))
 
 
 CHAT_MARKERS = [
