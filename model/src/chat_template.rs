@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-
 /// One chat message (OpenAI shape, text content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {

@@ -241,9 +241,8 @@ impl HfConfig {
                 None => String::new(),
             },
         };
-        Family::from_architecture(&arch).map_err(|_| ModelError::UnsupportedArchitecture {
-            found: arch,
-        })
+        Family::from_architecture(&arch)
+            .map_err(|_| ModelError::UnsupportedArchitecture { found: arch })
     }
 
     /// Normalises into [`ModelConfig`], rejecting what tailor does not implement.
@@ -341,8 +340,7 @@ impl HfConfig {
             qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe),
             sandwich_norms: gemma,
             embed_scale: gemma.then(|| (hidden_size as f64).sqrt()),
-            attention_scale: gemma
-                .then(|| self.query_pre_attn_scalar.unwrap_or(256.0).powf(-0.5)),
+            attention_scale: gemma.then(|| self.query_pre_attn_scalar.unwrap_or(256.0).powf(-0.5)),
             // Gemma 3's attention ignores `attn_logit_softcapping` in transformers.
             attn_logit_softcap: match family {
                 Family::Gemma2 => softcap(self.attn_logit_softcapping, Some(50.0)),
@@ -364,7 +362,10 @@ impl HfConfig {
         let (field, name) = match (&self.hidden_activation, &self.hidden_act) {
             (Some(a), _) if gemma => ("hidden_activation", a.as_str()),
             (_, Some(a)) => ("hidden_act", a.as_str()),
-            _ => ("hidden_act", if gemma { "gelu_pytorch_tanh" } else { "silu" }),
+            _ => (
+                "hidden_act",
+                if gemma { "gelu_pytorch_tanh" } else { "silu" },
+            ),
         };
         match name {
             "silu" | "swish" => Ok(Activation::Silu),

@@ -22,7 +22,12 @@ pub(crate) fn dense(past: i64, t: i64, window: Option<i64>, device: Device) -> T
 
 /// The mask of a sliding layer for a pass without padding (`past` cached columns, `t` new
 /// ones); `None` when the window changes nothing.
-pub(crate) fn dense_window(past: i64, t: i64, window: i64, device: Device) -> Option<AttentionMask> {
+pub(crate) fn dense_window(
+    past: i64,
+    t: i64,
+    window: i64,
+    device: Device,
+) -> Option<AttentionMask> {
     if past + t <= window {
         return None;
     }

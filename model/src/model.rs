@@ -466,9 +466,9 @@ impl CausalLm {
                     (pos, key_valid, m, lens)
                 }
             };
-            let sliding = window
-                .filter(|w| past + t > *w)
-                .map(|w| AttentionMask::Explicit(masks::window_by_position(&m, &pos, &key_valid, w)));
+            let sliding = window.filter(|w| past + t > *w).map(|w| {
+                AttentionMask::Explicit(masks::window_by_position(&m, &pos, &key_valid, w))
+            });
             if let Some(c) = cache.as_deref_mut() {
                 c.cols = past + t;
                 c.lens = new_lens;
@@ -530,17 +530,8 @@ impl CausalLm {
         };
         let ids = input_ids.to_device(self.device).unsqueeze(0);
         let keep = keep.to_device(self.device).to_kind(Kind::Int64);
-        self.layers_pass(
-            &ids,
-            &positions,
-            &masks,
-            None,
-            Some(&keep),
-            adapters,
-            train,
-        )
+        self.layers_pass(&ids, &positions, &masks, None, Some(&keep), adapters, train)
     }
-
 
     /// `(cos, sin)` of `rope` for this pass's positions.
     fn cos_sin(&self, rope: &Rope, positions: &Positions) -> (Tensor, Tensor) {
@@ -548,16 +539,16 @@ impl CausalLm {
             Positions::Range(start, len) => rope.cos_sin_range(*start, *len),
             Positions::Rows(pos, bound) => {
                 // A row's extent is its largest position, plus one.
-                let extent = rope
-                    .needs_extent(*bound)
-                    .then(|| pos.amax([1], true) + 1);
+                let extent = rope.needs_extent(*bound).then(|| pos.amax([1], true) + 1);
                 rope.cos_sin(pos, *bound, extent.as_ref())
             }
             Positions::Packed(pos, lengths) => {
                 let longest = lengths.iter().copied().max().unwrap_or(0);
                 let extent = rope.needs_extent(longest).then(|| {
-                    let per_token: Vec<i64> =
-                        lengths.iter().flat_map(|&l| (0..l).map(move |_| l)).collect();
+                    let per_token: Vec<i64> = lengths
+                        .iter()
+                        .flat_map(|&l| (0..l).map(move |_| l))
+                        .collect();
                     Tensor::from_slice(&per_token)
                         .to_device(self.device)
                         .unsqueeze(0)
@@ -578,8 +569,11 @@ impl CausalLm {
         adapters: &Adapters<'_>,
         train: bool,
     ) -> Result<Tensor> {
-        let rotations: Vec<(Tensor, Tensor)> =
-            self.ropes.iter().map(|r| self.cos_sin(r, positions)).collect();
+        let rotations: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|r| self.cos_sin(r, positions))
+            .collect();
         let new_cols = ids.size().get(1).copied().unwrap_or(0);
         let mut x = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
         if let Some(scale) = &self.embed_scale {

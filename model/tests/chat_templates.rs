@@ -103,7 +103,10 @@ fn shipped_templates_render_as_transformers_and_mask_the_assistant_spans() {
             assert_eq!(spans, want.spans[c], "{name}: conversation {c}: spans");
             checked_spans += spans.len();
             // Each span is the content and the end-of-turn token.
-            for (&(a, b), m) in spans.iter().zip(conv.iter().filter(|m| m.role == "assistant")) {
+            for (&(a, b), m) in spans
+                .iter()
+                .zip(conv.iter().filter(|m| m.role == "assistant"))
+            {
                 let span = &text[a..b];
                 assert!(span.starts_with(&m.content), "{name}: span {span:?}");
                 let rest = &span[m.content.len()..];

@@ -85,7 +85,11 @@ fn sharded_bf16_checkpoint_loads_within_1_3x_its_size() {
         ),
         (
             "first_k_rows",
-            model.model.layers[0].self_attn.k_proj.weight.narrow(0, 0, 8),
+            model.model.layers[0]
+                .self_attn
+                .k_proj
+                .weight
+                .narrow(0, 0, 8),
         ),
     ];
     for (name, ours) in checks {

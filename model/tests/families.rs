@@ -49,8 +49,8 @@ fn fixtures() -> &'static Path {
 
 fn load(name: &str, kind: Kind) -> (PathBuf, CausalLm) {
     let dir = fixtures().join(name);
-    let model = CausalLm::load(&dir, kind, Device::Cpu)
-        .unwrap_or_else(|e| panic!("{name}: load: {e}"));
+    let model =
+        CausalLm::load(&dir, kind, Device::Cpu).unwrap_or_else(|e| panic!("{name}: load: {e}"));
     (dir, model)
 }
 
@@ -85,7 +85,10 @@ fn bf16_logits_are_close_to_transformers_bf16() {
         assert!(diff <= BF16_BOUND, "{name}: bf16 max abs diff {diff}");
         // And bf16 is still the same model as fp32.
         let fp32 = reference(&dir, "logits");
-        assert!(max_abs_diff(&logits, &fp32) <= 4.0 * BF16_BOUND, "{name}: far from fp32");
+        assert!(
+            max_abs_diff(&logits, &fp32) <= 4.0 * BF16_BOUND,
+            "{name}: far from fp32"
+        );
         if diff > worst.0 {
             worst = (diff, name);
         }
@@ -113,22 +116,34 @@ fn greedy_generation_and_top_logprobs_match_generate() {
                 let last = logits.get(0).get(-1).log_softmax(-1, Kind::Float);
                 let (lp, top) = last.topk(5, -1, true, true);
                 let chosen = top.int64_value(&[0]);
-                assert_eq!(chosen, *want, "{name}: step {step} chose {chosen}, generate chose {want}");
+                assert_eq!(
+                    chosen, *want,
+                    "{name}: step {step} chose {chosen}, generate chose {want}"
+                );
                 let step = step as i64;
                 // generate's top-5 tokens have the same log-probs here...
                 let theirs = want_top.get(step);
                 let ours_at_theirs = last.gather(0, &theirs, false);
                 let diff = max_abs_diff(&ours_at_theirs, &want_lp.get(step));
-                assert!(diff <= 1e-4, "{name}: step {step} top-5 logprobs differ by {diff}");
+                assert!(
+                    diff <= 1e-4,
+                    "{name}: step {step} top-5 logprobs differ by {diff}"
+                );
                 // ...and the top-5 lists agree, up to the order of near-ties.
                 let diff = max_abs_diff(&lp, &want_lp.get(step));
-                assert!(diff <= 1e-4, "{name}: step {step} top-5 values differ by {diff}");
+                assert!(
+                    diff <= 1e-4,
+                    "{name}: step {step} top-5 values differ by {diff}"
+                );
                 let ours: Vec<i64> = Vec::<i64>::try_from(&top).expect("top");
                 let theirs: Vec<i64> = Vec::<i64>::try_from(&theirs).expect("top");
                 for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
                     if a != b {
                         let gap = (last.double_value(&[*a]) - last.double_value(&[*b])).abs();
-                        assert!(gap <= 1e-4, "{name}: step {step} rank {k}: {a} vs {b} ({gap})");
+                        assert!(
+                            gap <= 1e-4,
+                            "{name}: step {step} rank {k}: {a} vs {b} ({gap})"
+                        );
                     }
                 }
                 input = Tensor::from_slice(&[chosen]).view([1, 1]);
@@ -283,15 +298,18 @@ fn windowed_rows_in_a_padded_batch_equal_each_row_alone() {
         .expect("batch");
         let d0 = max_abs_diff(&out.get(0), &alone[0].get(0));
         let d1 = max_abs_diff(&out.get(1).narrow(0, 11, 29), &alone[1].get(0));
-        assert!(d0 <= 1e-4 && d1 <= 1e-4, "{name}: rows differ by {d0}, {d1}");
+        assert!(
+            d0 <= 1e-4 && d1 <= 1e-4,
+            "{name}: rows differ by {d0}, {d1}"
+        );
         // One more token per row through the padded cache equals each row continued alone.
         let next = Tensor::from_slice(&[3i64, 5]).view([2, 1]);
         let step = tch::no_grad(|| model.forward(&ForwardInput::new(&next), Some(&mut cache)))
             .expect("decode");
         for (r, row) in rows.iter().enumerate() {
             let cont = Tensor::cat(&[row, &next.narrow(0, r as i64, 1)], 1);
-            let full = tch::no_grad(|| model.forward(&ForwardInput::new(&cont), None))
-                .expect("full");
+            let full =
+                tch::no_grad(|| model.forward(&ForwardInput::new(&cont), None)).expect("full");
             let d = max_abs_diff(&step.get(r as i64).get(0), &full.get(0).get(-1));
             assert!(d <= 1e-4, "{name}: row {r} decode differs by {d}");
         }
@@ -312,10 +330,14 @@ fn packed_sequences_with_windows_equal_each_sequence_alone() {
             model.hidden_states_packed(&packed, &[l0, l1], &Adapters::None, false, &keep)
         })
         .expect("packed");
-        let alone0 = tch::no_grad(|| model.hidden_states(&ForwardInput::new(&ids.narrow(0, 0, 1)), None))
-            .expect("row 0");
+        let alone0 =
+            tch::no_grad(|| model.hidden_states(&ForwardInput::new(&ids.narrow(0, 0, 1)), None))
+                .expect("row 0");
         let alone1 = tch::no_grad(|| {
-            model.hidden_states(&ForwardInput::new(&ids.narrow(0, 1, 1).narrow(1, 0, l1)), None)
+            model.hidden_states(
+                &ForwardInput::new(&ids.narrow(0, 1, 1).narrow(1, 0, l1)),
+                None,
+            )
         })
         .expect("row 1");
         let want = Tensor::stack(

@@ -163,7 +163,10 @@ mod tests {
         let err = Family::from_architecture("GPT2LMHeadModel").expect_err("unknown");
         let msg = err.to_string();
         assert!(msg.contains("\"GPT2LMHeadModel\""), "{msg}");
-        assert!(msg.contains("Gemma3ForCausalLM") && msg.contains("Phi3ForCausalLM"), "{msg}");
+        assert!(
+            msg.contains("Gemma3ForCausalLM") && msg.contains("Phi3ForCausalLM"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -171,12 +174,18 @@ mod tests {
         let phi = Family::from_architecture("Phi3ForCausalLM").expect("phi3");
         assert_eq!(phi.check_targets(&["qkv_proj", "gate_up_proj"]), Ok(()));
         assert_eq!(phi.check_targets(&[ALL_LINEAR]), Ok(()));
-        let err = phi.check_targets(&["qkv_proj", "q_proj"]).expect_err("q_proj");
+        let err = phi
+            .check_targets(&["qkv_proj", "q_proj"])
+            .expect_err("q_proj");
         assert_eq!(
             err.to_string(),
             "LoRA target module \"q_proj\" does not exist in phi3 models (allowed: qkv_proj, o_proj, gate_up_proj, down_proj, or all-linear)"
         );
-        assert!(Family::Gemma3.check_targets(&["q_proj", "down_proj"]).is_ok());
+        assert!(
+            Family::Gemma3
+                .check_targets(&["q_proj", "down_proj"])
+                .is_ok()
+        );
         let err = Family::Mixtral
             .check_targets(&["gate_proj"])
             .expect_err("experts are frozen");

@@ -13,7 +13,9 @@ use crate::error::{ModelError, Result};
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Dynamic NTK: past `max_position_embeddings`, the base grows with the sequence length.
     Dynamic {
         factor: f64,
@@ -130,8 +132,7 @@ pub(crate) fn parse(
         },
         "yarn" => {
             let original = original_max();
-            let factor = num(v, "factor")
-                .unwrap_or(ctx.max_position_embeddings as f64 / original);
+            let factor = num(v, "factor").unwrap_or(ctx.max_position_embeddings as f64 / original);
             let mscale = |scale: f64, m: f64| {
                 if scale <= 1.0 {
                     1.0
@@ -160,7 +161,9 @@ pub(crate) fn parse(
         "longrope" => {
             let list = |key: &str| -> Result<Vec<f64>> {
                 let items = v.get(key).and_then(Value::as_array).ok_or_else(|| {
-                    ModelError::InvalidConfig(format!("{field}: rope type \"longrope\" needs {key}"))
+                    ModelError::InvalidConfig(format!(
+                        "{field}: rope type \"longrope\" needs {key}"
+                    ))
                 })?;
                 let out: Vec<f64> = items.iter().filter_map(Value::as_f64).collect();
                 if out.len() != items.len() || out.len() as i64 != rotary_dim / 2 {
@@ -173,8 +176,7 @@ pub(crate) fn parse(
                 Ok(out)
             };
             let original = original_max();
-            let factor = num(v, "factor")
-                .unwrap_or(ctx.max_position_embeddings as f64 / original);
+            let factor = num(v, "factor").unwrap_or(ctx.max_position_embeddings as f64 / original);
             let attention_factor = num(v, "attention_factor").unwrap_or(if factor <= 1.0 {
                 1.0
             } else {
@@ -208,5 +210,6 @@ pub(crate) fn nested<'a>(params: Option<&'a Value>, layer_type: &str) -> Option<
 
 /// Whether a parameter object is the per-layer-type form.
 pub(crate) fn is_nested(params: Option<&Value>) -> bool {
-    params.is_some_and(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some())
+    params
+        .is_some_and(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some())
 }

@@ -20,7 +20,10 @@ fn llama_defaults_and_gqa() -> Result<()> {
     assert_eq!(c.rope.rotary_dim, 16);
     assert!(!c.qkv_bias && !c.qk_norm && !c.tie_word_embeddings && !c.sandwich_norms);
     assert_eq!(c.layer_types, vec![LayerType::Full; 2]);
-    assert_eq!((c.activation, c.norm_style), (Activation::Silu, NormStyle::Scale));
+    assert_eq!(
+        (c.activation, c.norm_style),
+        (Activation::Silu, NormStyle::Scale)
+    );
     Ok(())
 }
 
@@ -59,7 +62,8 @@ fn rope_types_linear_dynamic_yarn() -> Result<()> {
             max_position_embeddings: 64
         }
     );
-    let yarn = with(r#"{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}"#)?;
+    let yarn =
+        with(r#"{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}"#)?;
     match yarn.rope.scaling {
         RopeScaling::Yarn {
             attention_factor,
@@ -82,7 +86,10 @@ fn unknown_rope_type_is_named() {
     ))
     .expect_err("mrope");
     let msg = err.to_string();
-    assert!(msg.contains("\"mrope\"") && msg.contains("longrope"), "{msg}");
+    assert!(
+        msg.contains("\"mrope\"") && msg.contains("longrope"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -92,7 +99,10 @@ fn quantized_checkpoints_are_refused_by_method() {
     ))
     .expect_err("awq");
     let msg = err.to_string();
-    assert!(msg.contains("quantization_config") && msg.contains("\"awq\""), "{msg}");
+    assert!(
+        msg.contains("quantization_config") && msg.contains("\"awq\""),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -141,7 +151,10 @@ fn gemma2_defaults() -> Result<()> {
     assert!(g.sandwich_norms && g.tie_word_embeddings && !g.qk_norm);
     assert_eq!(g.embed_scale, Some(8.0));
     assert_eq!(g.attention_scale, Some(0.125));
-    assert_eq!((g.attn_logit_softcap, g.final_logit_softcap), (Some(50.0), Some(30.0)));
+    assert_eq!(
+        (g.attn_logit_softcap, g.final_logit_softcap),
+        (Some(50.0), Some(30.0))
+    );
     use LayerType::{Full, Sliding};
     assert_eq!(g.layer_types, vec![Sliding, Full, Sliding, Full]);
     // An explicit null turns soft-capping off.
@@ -169,7 +182,10 @@ fn gemma3_local_and_global_rope_both_spellings() -> Result<()> {
     assert_eq!(old, new);
     assert_eq!(old.rope.scaling, RopeScaling::Linear { factor: 8.0 });
     let local = old.sliding_rope.as_ref().expect("local rope");
-    assert_eq!((local.theta, &local.scaling), (10_000.0, &RopeScaling::None));
+    assert_eq!(
+        (local.theta, &local.scaling),
+        (10_000.0, &RopeScaling::None)
+    );
     assert_eq!(old.rope_of(0).theta, 10_000.0);
     assert_eq!(old.rope_of(2).theta, 1_000_000.0);
     assert!(old.qk_norm && old.final_logit_softcap.is_none() && old.attn_logit_softcap.is_none());
@@ -178,7 +194,9 @@ fn gemma3_local_and_global_rope_both_spellings() -> Result<()> {
 
 #[test]
 fn phi3_longrope_partial_rotary_and_fused_projections() -> Result<()> {
-    let short: Vec<String> = (0..6).map(|i| format!("{}", 1.0 + i as f64 * 0.1)).collect();
+    let short: Vec<String> = (0..6)
+        .map(|i| format!("{}", 1.0 + i as f64 * 0.1))
+        .collect();
     let long: Vec<String> = (0..6).map(|i| format!("{}", 2.0 + i as f64)).collect();
     let c = parse(&format!(
         r#"{{"architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "intermediate_size": 96,

@@ -182,13 +182,7 @@ impl Attention {
         } = self.heads;
         let q_dim = h * d;
         let kv_dim = kvh * d;
-        let qkv = adapters.apply(
-            layer,
-            TargetModule::QkvProj,
-            x,
-            self.qkv.forward(x),
-            train,
-        )?;
+        let qkv = adapters.apply(layer, TargetModule::QkvProj, x, self.qkv.forward(x), train)?;
         let plain_qk = self.q_norm.is_none()
             && self.k_norm.is_none()
             && !adapters.touches(layer, TargetModule::QProj)

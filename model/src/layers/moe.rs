@@ -36,7 +36,8 @@ impl SparseMoe {
         device: Device,
     ) -> Result<Self> {
         let (e, h, inter) = (moe.num_experts, c.hidden_size, moe.expert_intermediate_size);
-        let gate = files.tensor_with_shape(&format!("{prefix}.gate.weight"), &[e, h], kind, device)?;
+        let gate =
+            files.tensor_with_shape(&format!("{prefix}.gate.weight"), &[e, h], kind, device)?;
         let fused = format!("{prefix}.experts.gate_up_proj");
         let (gate_up, down) = if files.contains(&fused) {
             (
@@ -92,8 +93,8 @@ impl SparseMoe {
         let weights = weights.to_kind(x.kind());
         let mut out = flat.zeros_like();
         // Which (token, slot) pairs each expert serves, read once on the host.
-        let chosen = Vec::<i64>::try_from(experts.reshape([-1]).to_device(Device::Cpu))
-            .unwrap_or_default();
+        let chosen =
+            Vec::<i64>::try_from(experts.reshape([-1]).to_device(Device::Cpu)).unwrap_or_default();
         let inter = self.down.size()[2];
         let num_experts = self.gate.size()[0];
         for e in 0..num_experts {
@@ -111,7 +112,8 @@ impl SparseMoe {
             let tokens = Tensor::from_slice(&tokens).to_device(x.device());
             let xs = flat.index_select(0, &tokens);
             let gu = xs.linear::<Tensor>(&self.gate_up.get(e), None);
-            let h = activate(self.activation, &gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
+            let h =
+                activate(self.activation, &gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
             let y = h.linear::<Tensor>(&self.down.get(e), None);
             let w = weights.reshape([-1]).index_select(0, &slots).unsqueeze(1);
             out = out.index_add(0, &tokens, &(y * w));
@@ -119,4 +121,3 @@ impl SparseMoe {
         out.view(shape.as_slice())
     }
 }
-

@@ -143,7 +143,12 @@ fn longrope_frequencies(theta: f64, dim: i64, factors: &[f64], device: Device) -
 }
 
 impl Rope {
-    pub fn new(rope: &RopeConfig, max_position_embeddings: i64, kind: Kind, device: Device) -> Self {
+    pub fn new(
+        rope: &RopeConfig,
+        max_position_embeddings: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
         let (inv_freq, attention_factor) = frequencies(rope, device);
         let long = match &rope.scaling {
             RopeScaling::LongRope {
@@ -208,7 +213,8 @@ impl Rope {
                 self.sin.index_select(0, &flat).view(shape),
             )
         } else {
-            let (cos, sin) = cos_sin_of(&self.inv_freq, positions, self.attention_factor, self.kind);
+            let (cos, sin) =
+                cos_sin_of(&self.inv_freq, positions, self.attention_factor, self.kind);
             (cos.unsqueeze(2), sin.unsqueeze(2))
         }
     }
