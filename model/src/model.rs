@@ -575,10 +575,11 @@ impl CausalLm {
             .map(|r| self.cos_sin(r, positions))
             .collect();
         let new_cols = ids.size().get(1).copied().unwrap_or(0);
-        let mut x = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
-        if let Some(scale) = &self.embed_scale {
-            x = x * scale;
-        }
+        let embedded = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
+        let mut x = match &self.embed_scale {
+            Some(scale) => embedded * scale,
+            None => embedded,
+        };
         let last = self.model.layers.len().saturating_sub(1);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let sliding = self.config.layer_types.get(i) == Some(&LayerType::Sliding);

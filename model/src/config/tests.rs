@@ -140,11 +140,11 @@ fn mistral_window_applies_to_every_layer() -> Result<()> {
 
 #[test]
 fn gemma2_defaults() -> Result<()> {
-    let g = parse(&format!(
-        r#"{{"architectures": ["Gemma2ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+    let g = parse(
+        r#"{"architectures": ["Gemma2ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 4, "num_attention_heads": 4, "head_dim": 32, "vocab_size": 100,
-          "query_pre_attn_scalar": 64, "sliding_window": 16}}"#
-    ))?;
+          "query_pre_attn_scalar": 64, "sliding_window": 16}"#,
+    )?;
     assert_eq!(g.family, Family::Gemma2);
     assert_eq!(g.activation, Activation::GeluTanh);
     assert_eq!(g.norm_style, NormStyle::OnePlusScale);
