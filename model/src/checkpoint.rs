@@ -1,8 +1,11 @@
-//! Safetensors reading (memory-mapped, single file or sharded index) and writing.
+//! Safetensors reading (single file or sharded index) and writing.
 //!
-//! Tensors are addressed by their Hugging Face names. Reading copies one tensor at a time out of
-//! the mapping straight into the kind and device the model wants, so a bf16 checkpoint never
-//! exists twice in host memory.
+//! Tensors are addressed by their Hugging Face names. Headers are validated through a read-only
+//! mapping; tensor data is read one tensor at a time with positioned reads (not through the
+//! mapping, whose touched pages would count in the process's resident memory until unmapped)
+//! and converted straight to the kind and device the model wants. So loading a bf16 or fp16
+//! checkpoint holds the model once plus one tensor in flight: never an fp32 copy of the whole
+//! model, never the file's pages a second time.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +19,7 @@ use crate::error::{ModelError, Result, read_json};
 
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    file: std::fs::File,
     header_len: usize,
     tensors: HashMap<String, safetensors::tensor::TensorInfo>,
 }
@@ -87,7 +90,8 @@ impl Shard {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        // Full validation (header, offsets, buffer length) once, then keep only the metadata.
+        // Full validation (header, offsets, buffer length) once, then keep only the metadata;
+        // the mapping goes when this returns.
         SafeTensors::deserialize(&map).map_err(corrupt)?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(corrupt)?;
         let tensors = metadata
@@ -97,7 +101,7 @@ impl Shard {
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
-            map,
+            file,
             header_len,
             tensors,
         })
@@ -177,16 +181,16 @@ impl SafetensorsFiles {
             })?;
         let src_kind = kind_of(name, info.dtype)?;
         let start = 8 + shard.header_len + info.data_offsets.0;
-        let end = 8 + shard.header_len + info.data_offsets.1;
-        let bytes = shard
-            .map
-            .get(start..end)
-            .ok_or_else(|| ModelError::CorruptCheckpoint {
+        let mut bytes = vec![0u8; info.data_offsets.1 - info.data_offsets.0];
+        std::os::unix::fs::FileExt::read_exact_at(&shard.file, &mut bytes, start as u64).map_err(
+            |e| ModelError::CorruptCheckpoint {
                 path: shard.path.clone(),
-                reason: format!("tensor {name} lies outside the file"),
-            })?;
+                reason: format!("reading tensor {name}: {e}"),
+            },
+        )?;
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(bytes, &shape, src_kind)?;
+        let t = Tensor::f_from_data_size(&bytes, &shape, src_kind)?;
+        drop(bytes);
         Ok(t.f_to_device(device)?.f_to_kind(kind)?)
     }
 

@@ -19,9 +19,7 @@ pub enum ModelError {
         #[source]
         source: serde_json::Error,
     },
-    #[error(
-        "unsupported architecture {found:?} in config.json: supported are LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
-    )]
+    #[error("{}", tailor_wire::families::FamilyError::UnknownArchitecture { found: found.clone() })]
     UnsupportedArchitecture { found: String },
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
@@ -54,9 +52,11 @@ pub enum ModelError {
         expected: Vec<i64>,
     },
     #[error(
-        "unknown LoRA target module {0:?}: valid are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or \"all-linear\")"
+        "unknown LoRA target module {0:?}: valid are q_proj, k_proj, v_proj, o_proj, qkv_proj, gate_proj, up_proj, gate_up_proj, down_proj (or \"all-linear\")"
     )]
     UnknownTargetModule(String),
+    #[error("{0}")]
+    TargetNotInModel(#[from] tailor_wire::families::FamilyError),
     #[error("invalid forward input: {0}")]
     InvalidInput(String),
     #[error("device: {0}")]

@@ -1,5 +1,6 @@
-//! `tailor-model`: the Llama family (Llama 2/3, Mistral, Qwen2/2.5/3, SmolLM, TinyLlama) on
-//! libtorch, loaded from a Hugging Face checkpoint directory, with PEFT-compatible LoRA.
+//! `tailor-model`: decoder-only LMs on libtorch — Llama 2/3.x, Mistral, Qwen2/2.5/3, Qwen3-MoE,
+//! Gemma 2/3 and Phi-3/Phi-4 (the families in `tailor_wire::families`) — loaded from a Hugging
+//! Face checkpoint directory, with PEFT-compatible LoRA.
 //!
 //! The public surface, stable for the trainer and the server:
 //! - [`ModelConfig`] / [`HfConfig`]: `config.json`, normalised.
@@ -16,17 +17,21 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod kv_cache;
 pub mod layers;
 pub mod lora;
+mod masks;
 pub mod model;
 pub mod peft;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use config::{Architecture, HfConfig, ModelConfig, RopeScaling};
+pub use config::{HfConfig, LayerType, ModelConfig, RopeConfig, RopeScaling};
 pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
 pub use lora::{Adapters, LoraAdapter, LoraConfig, StackedAdapters, TargetModule};
-pub use model::{CausalLm, ForwardInput, KvCache};
+pub use model::{CausalLm, ForwardInput};
+pub use tailor_wire::families::Family;
 pub use tokenizer::Tokenizer;
 
 pub use device::{cuda_available, default_device, parse_device};

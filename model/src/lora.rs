@@ -11,20 +11,40 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
-/// A projection LoRA can attach to; names are the Hugging Face module names.
+/// A projection LoRA can attach to; names are the Hugging Face module names. Which exist
+/// depends on the family (`ModelConfig::lora_targets`): Phi-3 has the fused `qkv_proj` and
+/// `gate_up_proj` instead of the separate ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TargetModule {
     QProj,
     KProj,
     VProj,
+    QkvProj,
     OProj,
     GateProj,
     UpProj,
+    GateUpProj,
     DownProj,
 }
 
+/// Number of [`TargetModule`]s (slots per layer).
+const MODULES: usize = 9;
+
 impl TargetModule {
-    pub const ALL: [TargetModule; 7] = [
+    pub const ALL: [TargetModule; MODULES] = [
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::QkvProj,
+        Self::OProj,
+        Self::GateProj,
+        Self::UpProj,
+        Self::GateUpProj,
+        Self::DownProj,
+    ];
+
+    /// What `all-linear` means where the model is not known: the separate projections.
+    const DENSE: [TargetModule; 7] = [
         Self::QProj,
         Self::KProj,
         Self::VProj,
@@ -39,9 +59,11 @@ impl TargetModule {
             Self::QProj => "q_proj",
             Self::KProj => "k_proj",
             Self::VProj => "v_proj",
+            Self::QkvProj => "qkv_proj",
             Self::OProj => "o_proj",
             Self::GateProj => "gate_proj",
             Self::UpProj => "up_proj",
+            Self::GateUpProj => "gate_up_proj",
             Self::DownProj => "down_proj",
         }
     }
@@ -49,7 +71,7 @@ impl TargetModule {
     /// The parent module in the HF tree (`self_attn` or `mlp`).
     pub fn parent(self) -> &'static str {
         match self {
-            Self::QProj | Self::KProj | Self::VProj | Self::OProj => "self_attn",
+            Self::QProj | Self::KProj | Self::VProj | Self::QkvProj | Self::OProj => "self_attn",
             _ => "mlp",
         }
     }
@@ -58,7 +80,8 @@ impl TargetModule {
         self as usize
     }
 
-    /// Parses a target-module list as PEFT accepts it: names, or `all-linear`.
+    /// Parses a target-module list as PEFT accepts it: names, or `all-linear` (here the
+    /// separate projections; [`Self::resolve`] expands it for a given model).
     pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Vec<TargetModule>> {
         let mut out = Vec::new();
         for n in names {
@@ -66,8 +89,35 @@ impl TargetModule {
             if n.is_empty() {
                 continue;
             }
-            if n == "all-linear" {
-                out.extend(Self::ALL);
+            if n == tailor_wire::families::ALL_LINEAR {
+                out.extend(Self::DENSE);
+            } else {
+                out.push(n.parse()?);
+            }
+        }
+        if out.is_empty() {
+            return Err(ModelError::Adapter(
+                "target modules must not be empty".into(),
+            ));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Parses a target-module list for `model`: every name must be a module the model's family
+    /// has (the error names the family and what it allows); `all-linear` is all of them.
+    pub fn resolve<S: AsRef<str>>(names: &[S], model: &ModelConfig) -> Result<Vec<TargetModule>> {
+        let names: Vec<&str> = names
+            .iter()
+            .map(|n| n.as_ref().trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        model.family.check_targets(&names)?;
+        let mut out = Vec::new();
+        for n in names {
+            if n == tailor_wire::families::ALL_LINEAR {
+                out.extend(model.lora_targets());
             } else {
                 out.push(n.parse()?);
             }
@@ -138,6 +188,14 @@ impl LoraConfig {
         }
         Ok(())
     }
+
+    /// [`Self::validate`], and every target is a module `model` has.
+    pub fn validate_for(&self, model: &ModelConfig) -> Result<()> {
+        self.validate()?;
+        let names: Vec<&str> = self.target_modules.iter().map(|m| m.name()).collect();
+        model.family.check_targets(&names)?;
+        Ok(())
+    }
 }
 
 /// The two matrices of one adapted projection. `a` is `[r, in]`, `b` is `[out, r]` (PEFT layout).
@@ -153,18 +211,18 @@ pub struct LoraPair {
 pub struct LoraAdapter {
     pub config: LoraConfig,
     /// `layers[i][module]`, `None` where the module is not adapted.
-    layers: Vec<[Option<LoraPair>; 7]>,
+    layers: Vec<[Option<LoraPair>; MODULES]>,
 }
 
 impl LoraAdapter {
     /// A fresh adapter with PEFT's default initialisation. Draws from libtorch's global RNG:
     /// seed it (`tch::manual_seed`) for reproducible weights.
     pub fn init(model: &ModelConfig, config: LoraConfig, device: Device) -> Result<Self> {
-        config.validate()?;
+        config.validate_for(model)?;
         let scaling = config.scaling();
         let mut layers = Vec::with_capacity(model.num_hidden_layers as usize);
         for _ in 0..model.num_hidden_layers {
-            let mut mods: [Option<LoraPair>; 7] = Default::default();
+            let mut mods: [Option<LoraPair>; MODULES] = Default::default();
             for &m in &config.target_modules {
                 let (fan_in, fan_out) = model.projection_shape(m);
                 let bound = 1.0 / (fan_in as f64).sqrt();
@@ -184,9 +242,9 @@ impl LoraAdapter {
         config: LoraConfig,
         pairs: Vec<(usize, TargetModule, Tensor, Tensor)>,
     ) -> Result<Self> {
-        config.validate()?;
+        config.validate_for(model)?;
         let scaling = config.scaling();
-        let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
+        let mut layers: Vec<[Option<LoraPair>; MODULES]> = (0..model.num_hidden_layers)
             .map(|_| Default::default())
             .collect();
         for (layer, module, a, b) in pairs {
@@ -271,7 +329,7 @@ impl LoraAdapter {
                 .layers
                 .iter()
                 .map(|mods| {
-                    let mut out: [Option<LoraPair>; 7] = Default::default();
+                    let mut out: [Option<LoraPair>; MODULES] = Default::default();
                     for (i, p) in mods.iter().enumerate() {
                         out[i] = p.as_ref().map(|p| LoraPair {
                             a: p.a.shallow_clone(),
@@ -293,7 +351,7 @@ impl LoraAdapter {
                 .layers
                 .iter()
                 .map(|mods| {
-                    let mut out: [Option<LoraPair>; 7] = Default::default();
+                    let mut out: [Option<LoraPair>; MODULES] = Default::default();
                     for (i, p) in mods.iter().enumerate() {
                         out[i] = p.as_ref().map(|p| LoraPair {
                             a: p.a.detach().copy(),
@@ -357,7 +415,7 @@ struct StackedPair {
 #[derive(Debug)]
 pub struct StackedAdapters {
     rows: usize,
-    layers: Vec<[Option<StackedPair>; 7]>,
+    layers: Vec<[Option<StackedPair>; MODULES]>,
 }
 
 impl StackedAdapters {
@@ -371,7 +429,7 @@ impl StackedAdapters {
             .unwrap_or(0);
         let mut layers = Vec::with_capacity(num_layers);
         for layer in 0..num_layers {
-            let mut mods: [Option<StackedPair>; 7] = Default::default();
+            let mut mods: [Option<StackedPair>; MODULES] = Default::default();
             for m in TargetModule::ALL {
                 let pairs: Vec<Option<&LoraPair>> = rows
                     .iter()

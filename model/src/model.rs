@@ -1,26 +1,95 @@
-//! The causal language model: loading from a Hugging Face directory and the forward pass.
+//! The causal language model: loading from a Hugging Face directory and the forward pass. One
+//! decoder block serves every family; what differs is read from [`ModelConfig`] (norm style,
+//! sandwich norms, activation, fused projections, RoPE per layer type, windows, soft-capping).
 
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::SafetensorsFiles;
-use crate::config::ModelConfig;
+use crate::config::{LayerType, ModelConfig, ProjectionLayout};
 use crate::error::{ModelError, Result};
-use crate::layers::attention::{Attention, AttentionInput, AttentionMask, KvSlot};
+use crate::kv_cache::KvCache;
+use crate::layers::attention::{Attention, AttentionInput, AttentionMask, Heads, KvSlot};
 use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
+use crate::layers::moe::SparseMoe;
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::Rope;
 use crate::lora::Adapters;
+use crate::masks;
+
+/// The MLP of one block: dense, or a mixture of experts.
+#[derive(Debug)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        adapters: &Adapters<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Dense(m) => m.forward(layer, x, adapters, train),
+            Self::Sparse(m) => Ok(m.forward(x)),
+        }
+    }
+}
 
 /// One transformer block (`model.layers.{i}`).
 #[derive(Debug)]
 pub struct DecoderLayer {
     pub self_attn: Attention,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
     pub input_layernorm: RmsNorm,
+    /// Llama: the norm before the MLP. Gemma: the norm of the attention output.
     pub post_attention_layernorm: RmsNorm,
+    /// Gemma only.
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+}
+
+impl DecoderLayer {
+    /// The MLP's `down_proj` weight (stacked over experts in a sparse layer).
+    pub fn mlp_down_weight(&self) -> &Tensor {
+        match &self.mlp {
+            FeedForward::Dense(m) => &m.down_proj.weight,
+            FeedForward::Sparse(m) => &m.down,
+        }
+    }
+
+    /// The rest of the block after attention: `x` is the block's input, `a` the attention
+    /// output after `o_proj` (both `[..., hidden]`).
+    fn after_attention(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        a: Tensor,
+        adapters: &Adapters<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
+        // Out of place: the norms need `x` unchanged for backward.
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let x = x + self.post_attention_layernorm.forward(&a);
+                let m = self.mlp.forward(layer, &pre.forward(&x), adapters, train)?;
+                Ok(&x + post.forward(&m))
+            }
+            _ => {
+                let x = x + a;
+                let h = self.post_attention_layernorm.forward(&x);
+                Ok(&x + self.mlp.forward(layer, &h, adapters, train)?)
+            }
+        }
+    }
 }
 
 /// The `model.*` part of the checkpoint.
@@ -31,207 +100,20 @@ pub struct LlamaModel {
     pub norm: RmsNorm,
 }
 
-/// A Llama-family causal LM. Base weights are frozen (`requires_grad = false`); adapters are
-/// passed into each forward call.
+/// A causal LM of any supported family. Base weights are frozen (`requires_grad = false`);
+/// adapters are passed into each forward call.
 #[derive(Debug)]
 pub struct CausalLm {
     pub config: ModelConfig,
     pub model: LlamaModel,
     /// `[vocab, hidden]`; the same tensor as `embed_tokens` when embeddings are tied.
     pub lm_head: Tensor,
-    rope: Rope,
+    /// The full-attention layers' RoPE, then the sliding layers' when it differs.
+    ropes: Vec<Rope>,
+    /// 0-dim, in the model's kind (Gemma's √hidden, rounded as `transformers` rounds it).
+    embed_scale: Option<Tensor>,
     kind: Kind,
     device: Device,
-}
-
-/// The KV cache of a batch of sequences, owned by the caller and passed to each forward call.
-///
-/// Keys and values are stored per layer as `[B, kv_heads, capacity, head_dim]` buffers (after
-/// RoPE) whose first `columns()` columns are in use, so a decode step writes its column in place.
-/// Rows of different lengths (ragged prefill, padding, rows joined later) share the buffers
-/// right-aligned, with a `[B, columns]` mask of which columns hold real tokens; while every
-/// column of every row is real (one sequence, or rows that started together without padding)
-/// the mask is not kept and decoding needs none.
-#[derive(Debug)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    /// Columns in use (the longest row, padding included).
-    cols: i64,
-    /// Real tokens per row (one entry per row).
-    lens: Vec<i64>,
-    /// `[B, cols]` bool, true where a column holds a real token; `None` when all do.
-    valid: Option<Tensor>,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: (0..num_layers).map(|_| None).collect(),
-            cols: 0,
-            lens: Vec::new(),
-            valid: None,
-        }
-    }
-
-    /// Columns held (the longest row, padding included).
-    pub fn columns(&self) -> i64 {
-        self.cols
-    }
-
-    /// Real tokens held per row.
-    pub fn lengths(&self) -> Vec<i64> {
-        self.lens.clone()
-    }
-
-    /// Rows held (0 for an empty cache).
-    pub fn rows(&self) -> i64 {
-        self.lens.len() as i64
-    }
-
-    /// Every column of every row holds a real token.
-    fn dense(&self) -> bool {
-        self.lens.iter().all(|&l| l == self.cols)
-    }
-
-    /// The validity mask `[B, cols]`, built when the cache is dense; `None` for an empty cache.
-    fn valid_mask(&self, device: Device) -> Option<Tensor> {
-        if self.lens.is_empty() {
-            return None;
-        }
-        Some(match &self.valid {
-            Some(v) => v.shallow_clone(),
-            None => Tensor::ones([self.rows(), self.cols], (Kind::Bool, device)),
-        })
-    }
-
-    /// Drops the mask once it says nothing (every column real).
-    fn settle(&mut self) {
-        if self.dense() {
-            self.valid = None;
-        }
-    }
-
-    /// Appends the rows of `other` after this cache's rows (continuous batching: a newly
-    /// prefilled sequence joins a running batch). Rows stay right-aligned: the side with fewer
-    /// columns is left-padded with invalid columns, which attention masks out and positions skip.
-    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
-        if other.layers.len() != self.layers.len() {
-            return Err(ModelError::InvalidInput(
-                "KV caches of different models".into(),
-            ));
-        }
-        if other.lens.is_empty() {
-            return Ok(());
-        }
-        if self.lens.is_empty() {
-            *self = other;
-            return Ok(());
-        }
-        if self.layers.iter().chain(&other.layers).any(Option::is_none) {
-            return Err(ModelError::InvalidInput(
-                "KV cache layers missing: both caches must have run a forward pass".into(),
-            ));
-        }
-        let cols = self.cols.max(other.cols);
-        let rows = self.rows() + other.rows();
-        let device = self
-            .layers
-            .iter()
-            .flatten()
-            .next()
-            .map_or(Device::Cpu, |(k, _)| k.device());
-        let (Some(sv), Some(ov)) = (self.valid_mask(device), other.valid_mask(device)) else {
-            return Ok(());
-        };
-        // Right-aligned: row block `part` lands in the last `part_cols` columns.
-        let valid = Tensor::zeros([rows, cols], (Kind::Bool, device));
-        valid
-            .narrow(0, 0, self.rows())
-            .narrow(1, cols - self.cols, self.cols)
-            .copy_(&sv);
-        valid
-            .narrow(0, self.rows(), other.rows())
-            .narrow(1, cols - other.cols, other.cols)
-            .copy_(&ov);
-        let capacity = crate::layers::attention::capacity_for(cols + 1);
-        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
-            let (Some((sk, svv)), Some((ok, ovv))) = (mine.take(), theirs) else {
-                continue;
-            };
-            let join = |a: &Tensor, a_cols: i64, b: &Tensor, b_cols: i64| -> Tensor {
-                let mut shape = a.size();
-                shape[0] = rows;
-                shape[2] = capacity;
-                // Zeros, not garbage: padding columns are read (and masked) by attention.
-                let out = Tensor::zeros(&shape, (a.kind(), a.device()));
-                let na = a.size()[0];
-                out.narrow(0, 0, na)
-                    .narrow(2, cols - a_cols, a_cols)
-                    .copy_(&a.narrow(2, 0, a_cols));
-                out.narrow(0, na, rows - na)
-                    .narrow(2, cols - b_cols, b_cols)
-                    .copy_(&b.narrow(2, 0, b_cols));
-                out
-            };
-            *mine = Some((
-                join(&sk, self.cols, &ok, other.cols),
-                join(&svv, self.cols, &ovv, other.cols),
-            ));
-        }
-        self.lens.extend(other.lens);
-        self.cols = cols;
-        self.valid = Some(valid);
-        self.settle();
-        Ok(())
-    }
-
-    /// Drops leading columns no row uses (left after the longest rows left the batch).
-    pub fn trim(&mut self) {
-        let used = self.lens.iter().copied().max().unwrap_or(0);
-        let drop = self.cols - used;
-        if drop <= 0 {
-            return;
-        }
-        if let Some(valid) = &self.valid {
-            self.valid = Some(valid.narrow(1, drop, used));
-        }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let cap = k.size()[2];
-            *k = k.narrow(2, drop, cap - drop);
-            *v = v.narrow(2, drop, cap - drop);
-        }
-        self.cols = used;
-        self.settle();
-    }
-
-    /// Keeps only `rows` (in that order), e.g. to drop finished sequences from a batch.
-    pub fn select_rows(&mut self, rows: &[i64]) {
-        if self.lens.is_empty() {
-            return;
-        }
-        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device()) else {
-            return;
-        };
-        let idx = Tensor::from_slice(rows).to_device(device);
-        if let Some(valid) = &self.valid {
-            self.valid = Some(valid.index_select(0, &idx));
-        }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(0, &idx);
-            *v = v.index_select(0, &idx);
-        }
-        self.lens = rows
-            .iter()
-            .map(|&r| {
-                usize::try_from(r)
-                    .ok()
-                    .and_then(|r| self.lens.get(r))
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .collect();
-        self.settle();
-    }
 }
 
 /// Logit elements the LM-head loss holds at once (16 MiB in fp32).
@@ -243,6 +125,14 @@ enum Positions {
     Range(i64, i64),
     /// Per token (`[B, T]`), every one below the bound.
     Rows(Tensor, i64),
+    /// One row of sequences of these lengths back to back (`[1, N]` positions).
+    Packed(Tensor, Vec<i64>),
+}
+
+/// The masks of one pass: full-attention layers', and sliding layers' where it differs.
+struct PassMasks {
+    full: AttentionMask,
+    sliding: Option<AttentionMask>,
 }
 
 /// One forward call's input.
@@ -270,6 +160,108 @@ impl<'a> ForwardInput<'a> {
     }
 }
 
+fn load_layer(
+    c: &ModelConfig,
+    files: &SafetensorsFiles,
+    i: i64,
+    kind: Kind,
+    device: Device,
+) -> Result<DecoderLayer> {
+    let h = c.hidden_size;
+    let q_dim = c.num_attention_heads * c.head_dim;
+    let kv_dim = c.num_key_value_heads * c.head_dim;
+    let p = format!("model.layers.{i}");
+    let lin = |name: &str, i_f: i64, o_f: i64, bias: bool| {
+        Linear::load(files, &format!("{p}.{name}"), i_f, o_f, bias, kind, device)
+    };
+    let norm = |name: &str, dim: i64| {
+        RmsNorm::load(
+            files,
+            &format!("{p}.{name}"),
+            dim,
+            c.rms_norm_eps,
+            c.norm_style,
+            kind,
+            device,
+        )
+    };
+    let qk_norm = if c.qk_norm {
+        Some((
+            norm("self_attn.q_norm", c.head_dim)?,
+            norm("self_attn.k_norm", c.head_dim)?,
+        ))
+    } else {
+        None
+    };
+    let heads = Heads {
+        num_heads: c.num_attention_heads,
+        num_kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        scale: c.attention_scale,
+        softcap: c.attn_logit_softcap,
+    };
+    let o_proj = lin("self_attn.o_proj", q_dim, h, c.o_bias)?;
+    let self_attn = match c.layout {
+        ProjectionLayout::Separate => Attention::from_separate(
+            [
+                lin("self_attn.q_proj", h, q_dim, c.qkv_bias)?,
+                lin("self_attn.k_proj", h, kv_dim, c.qkv_bias)?,
+                lin("self_attn.v_proj", h, kv_dim, c.qkv_bias)?,
+            ],
+            o_proj,
+            qk_norm,
+            heads,
+        ),
+        ProjectionLayout::Fused => Attention::from_fused(
+            lin("self_attn.qkv_proj", h, q_dim + 2 * kv_dim, c.qkv_bias)?,
+            o_proj,
+            qk_norm,
+            heads,
+        ),
+    };
+    let sparse = c
+        .moe
+        .as_ref()
+        .filter(|m| m.sparse_layers.get(i as usize).copied().unwrap_or(false));
+    let mlp = match (sparse, c.layout) {
+        (Some(moe), _) => FeedForward::Sparse(SparseMoe::load(
+            files,
+            &format!("{p}.mlp"),
+            c,
+            moe,
+            kind,
+            device,
+        )?),
+        (None, ProjectionLayout::Separate) => FeedForward::Dense(Mlp::from_separate(
+            lin("mlp.gate_proj", h, c.intermediate_size, c.mlp_bias)?,
+            lin("mlp.up_proj", h, c.intermediate_size, c.mlp_bias)?,
+            lin("mlp.down_proj", c.intermediate_size, h, c.mlp_bias)?,
+            c.activation,
+        )),
+        (None, ProjectionLayout::Fused) => FeedForward::Dense(Mlp::from_fused(
+            lin("mlp.gate_up_proj", h, 2 * c.intermediate_size, c.mlp_bias)?,
+            lin("mlp.down_proj", c.intermediate_size, h, c.mlp_bias)?,
+            c.activation,
+        )),
+    };
+    let (pre_ff, post_ff) = if c.sandwich_norms {
+        (
+            Some(norm("pre_feedforward_layernorm", h)?),
+            Some(norm("post_feedforward_layernorm", h)?),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(DecoderLayer {
+        self_attn,
+        mlp,
+        input_layernorm: norm("input_layernorm", h)?,
+        post_attention_layernorm: norm("post_attention_layernorm", h)?,
+        pre_feedforward_layernorm: pre_ff,
+        post_feedforward_layernorm: post_ff,
+    })
+}
+
 impl CausalLm {
     /// Loads `DIR/config.json` and the safetensors weights in `kind` on `device`.
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
@@ -286,60 +278,24 @@ impl CausalLm {
     ) -> Result<Self> {
         let c = &config;
         let h = c.hidden_size;
-        let q_dim = c.num_attention_heads * c.head_dim;
-        let kv_dim = c.num_key_value_heads * c.head_dim;
         let embed_tokens = files.tensor_with_shape(
             "model.embed_tokens.weight",
             &[c.vocab_size, h],
             kind,
             device,
         )?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let lin = |name: &str, i_f: i64, o_f: i64, bias: bool| {
-                Linear::load(files, &format!("{p}.{name}"), i_f, o_f, bias, kind, device)
-            };
-            let norm = |name: &str, dim: i64| {
-                RmsNorm::load(
-                    files,
-                    &format!("{p}.{name}"),
-                    dim,
-                    c.rms_norm_eps,
-                    kind,
-                    device,
-                )
-            };
-            let (q_norm, k_norm) = if c.qk_norm {
-                (
-                    Some(norm("self_attn.q_norm", c.head_dim)?),
-                    Some(norm("self_attn.k_norm", c.head_dim)?),
-                )
-            } else {
-                (None, None)
-            };
-            layers.push(DecoderLayer {
-                self_attn: Attention::new(
-                    lin("self_attn.q_proj", h, q_dim, c.qkv_bias)?,
-                    lin("self_attn.k_proj", h, kv_dim, c.qkv_bias)?,
-                    lin("self_attn.v_proj", h, kv_dim, c.qkv_bias)?,
-                    lin("self_attn.o_proj", q_dim, h, c.o_bias)?,
-                    q_norm,
-                    k_norm,
-                    c.num_attention_heads,
-                    c.num_key_value_heads,
-                    c.head_dim,
-                ),
-                mlp: Mlp::new(
-                    lin("mlp.gate_proj", h, c.intermediate_size, c.mlp_bias)?,
-                    lin("mlp.up_proj", h, c.intermediate_size, c.mlp_bias)?,
-                    lin("mlp.down_proj", c.intermediate_size, h, c.mlp_bias)?,
-                ),
-                input_layernorm: norm("input_layernorm", h)?,
-                post_attention_layernorm: norm("post_attention_layernorm", h)?,
-            });
-        }
-        let norm = RmsNorm::load(files, "model.norm", h, c.rms_norm_eps, kind, device)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| load_layer(c, files, i, kind, device))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(
+            files,
+            "model.norm",
+            h,
+            c.rms_norm_eps,
+            c.norm_style,
+            kind,
+            device,
+        )?;
         let lm_head = if c.tie_word_embeddings || !files.contains("lm_head.weight") {
             if !c.tie_word_embeddings {
                 return Err(ModelError::MissingTensor {
@@ -350,7 +306,14 @@ impl CausalLm {
         } else {
             files.tensor_with_shape("lm_head.weight", &[c.vocab_size, h], kind, device)?
         };
-        let rope = Rope::new(c, kind, device);
+        let mut ropes = vec![Rope::new(&c.rope, c.max_position_embeddings, kind, device)];
+        if let Some(r) = &c.sliding_rope {
+            ropes.push(Rope::new(r, c.max_position_embeddings, kind, device));
+        }
+        let embed_scale = c.embed_scale.map(|s| {
+            // transformers: torch.tensor(√hidden) (fp32), then cast to the weights' dtype.
+            Tensor::scalar_tensor(f64::from(s as f32), (Kind::Float, device)).to_kind(kind)
+        });
         Ok(Self {
             model: LlamaModel {
                 embed_tokens,
@@ -358,7 +321,8 @@ impl CausalLm {
                 norm,
             },
             lm_head,
-            rope,
+            ropes,
+            embed_scale,
             kind,
             device,
             config,
@@ -376,6 +340,15 @@ impl CausalLm {
     /// A cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.model.layers.len())
+    }
+
+    /// The window of sliding layers, when some layer slides.
+    fn window(&self) -> Option<i64> {
+        self.config
+            .layer_types
+            .contains(&LayerType::Sliding)
+            .then_some(self.config.sliding_window)
+            .flatten()
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last norm). With a cache, the new tokens
@@ -427,22 +400,22 @@ impl CausalLm {
         }
         let past = cache.as_deref().map_or(0, |c| c.cols);
         let dense = cache.as_deref().is_none_or(KvCache::dense);
-        let (positions, mask) = if input.valid.is_none() && dense {
+        let window = self.window();
+        let (positions, masks) = if input.valid.is_none() && dense {
             // Every token real, before and now: positions are column numbers, shared by all rows.
-            let mask = if past == 0 {
+            let full = if past == 0 {
                 AttentionMask::Causal
             } else if t == 1 {
                 AttentionMask::Full
             } else {
-                let cols = Tensor::arange(past + t, (Kind::Int64, dev)).unsqueeze(0);
-                let rows = (Tensor::arange(t, (Kind::Int64, dev)) + past).unsqueeze(1);
-                AttentionMask::Explicit(cols.le_tensor(&rows).view([1, 1, t, past + t]))
+                AttentionMask::Explicit(masks::dense(past, t, None, dev).view([1, 1, t, past + t]))
             };
+            let sliding = window.and_then(|w| masks::dense_window(past, t, w, dev));
             if let Some(c) = cache.as_deref_mut() {
                 c.cols += t;
                 c.lens = vec![past + t; b as usize];
             }
-            (Positions::Range(past, t), mask)
+            (Positions::Range(past, t), PassMasks { full, sliding })
         } else {
             let prev_valid = cache.as_deref().and_then(|c| c.valid_mask(dev));
             let prev_lens = cache
@@ -493,18 +466,22 @@ impl CausalLm {
                     (pos, key_valid, m, lens)
                 }
             };
+            let sliding = window.filter(|w| past + t > *w).map(|w| {
+                AttentionMask::Explicit(masks::window_by_position(&m, &pos, &key_valid, w))
+            });
             if let Some(c) = cache.as_deref_mut() {
                 c.cols = past + t;
                 c.lens = new_lens;
                 c.valid = Some(key_valid);
                 c.settle();
             }
-            (Positions::Rows(pos, past + t), AttentionMask::Explicit(m))
+            let full = AttentionMask::Explicit(m);
+            (Positions::Rows(pos, past + t), PassMasks { full, sliding })
         };
         self.layers_pass(
             &input.input_ids.to_device(dev),
             &positions,
-            &mask,
+            &masks,
             cache,
             keep,
             &input.adapters,
@@ -541,22 +518,44 @@ impl CausalLm {
             )));
         }
         let pos: Vec<i64> = lengths.iter().flat_map(|&l| 0..l).collect();
-        let longest = lengths.iter().copied().max().unwrap_or(0);
-        let positions = Positions::Rows(
+        let positions = Positions::Packed(
             Tensor::from_slice(&pos).to_device(self.device).unsqueeze(0),
-            longest,
+            lengths.to_vec(),
         );
+        let masks = PassMasks {
+            full: AttentionMask::Segments(masks::segments(lengths, None, self.device)),
+            sliding: self
+                .window()
+                .map(|w| AttentionMask::Segments(masks::segments(lengths, Some(w), self.device))),
+        };
         let ids = input_ids.to_device(self.device).unsqueeze(0);
         let keep = keep.to_device(self.device).to_kind(Kind::Int64);
-        self.layers_pass(
-            &ids,
-            &positions,
-            &AttentionMask::Segments(lengths.to_vec()),
-            None,
-            Some(&keep),
-            adapters,
-            train,
-        )
+        self.layers_pass(&ids, &positions, &masks, None, Some(&keep), adapters, train)
+    }
+
+    /// `(cos, sin)` of `rope` for this pass's positions.
+    fn cos_sin(&self, rope: &Rope, positions: &Positions) -> (Tensor, Tensor) {
+        match positions {
+            Positions::Range(start, len) => rope.cos_sin_range(*start, *len),
+            Positions::Rows(pos, bound) => {
+                // A row's extent is its largest position, plus one.
+                let extent = rope.needs_extent(*bound).then(|| pos.amax([1], true) + 1);
+                rope.cos_sin(pos, *bound, extent.as_ref())
+            }
+            Positions::Packed(pos, lengths) => {
+                let longest = lengths.iter().copied().max().unwrap_or(0);
+                let extent = rope.needs_extent(longest).then(|| {
+                    let per_token: Vec<i64> = lengths
+                        .iter()
+                        .flat_map(|&l| (0..l).map(move |_| l))
+                        .collect();
+                    Tensor::from_slice(&per_token)
+                        .to_device(self.device)
+                        .unsqueeze(0)
+                });
+                rope.cos_sin(pos, longest, extent.as_ref())
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -564,25 +563,32 @@ impl CausalLm {
         &self,
         ids: &Tensor,
         positions: &Positions,
-        mask: &AttentionMask,
+        masks: &PassMasks,
         mut cache: Option<&mut KvCache>,
         keep: Option<&Tensor>,
         adapters: &Adapters<'_>,
         train: bool,
     ) -> Result<Tensor> {
-        let (cos, sin) = match positions {
-            Positions::Range(start, len) => self.rope.cos_sin_range(*start, *len),
-            Positions::Rows(pos, bound) => self.rope.cos_sin(pos, *bound),
-        };
-        let ctx = AttentionInput {
-            cos: &cos,
-            sin: &sin,
-            mask,
-        };
+        let rotations: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|r| self.cos_sin(r, positions))
+            .collect();
         let new_cols = ids.size().get(1).copied().unwrap_or(0);
-        let mut x = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
+        let embedded = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
+        let mut x = match &self.embed_scale {
+            Some(scale) => embedded * scale,
+            None => embedded,
+        };
         let last = self.model.layers.len().saturating_sub(1);
         for (i, layer) in self.model.layers.iter().enumerate() {
+            let sliding = self.config.layer_types.get(i) == Some(&LayerType::Sliding);
+            let (cos, sin) = &rotations[if sliding { rotations.len() - 1 } else { 0 }];
+            let mask = match (&masks.sliding, sliding) {
+                (Some(m), true) => m,
+                _ => &masks.full,
+            };
+            let ctx = AttentionInput { cos, sin, mask };
             // `run` has already counted this pass's columns in the cache.
             let slot = cache.as_deref_mut().map(|c| KvSlot {
                 past: c.cols - new_cols,
@@ -599,18 +605,14 @@ impl CausalLm {
                 let y = y.view([-1, width]).index_select(0, pos);
                 let hidden = x.size()[2];
                 let xs = x.view([-1, hidden]).index_select(0, pos);
-                let xs = &xs + layer.self_attn.project_out(i, &y, adapters, train)?;
-                let h = layer.post_attention_layernorm.forward(&xs);
-                let xs = &xs + layer.mlp.forward(i, &h, adapters, train)?;
+                let a = layer.self_attn.project_out(i, &y, adapters, train)?;
+                let xs = layer.after_attention(i, &xs, a, adapters, train)?;
                 return Ok(self.model.norm.forward(&xs));
             }
             let a = layer
                 .self_attn
                 .forward(i, &h, &ctx, slot, adapters, train)?;
-            // Out of place: the norm above needs `x` unchanged for backward.
-            x = &x + a;
-            let h = layer.post_attention_layernorm.forward(&x);
-            x = &x + layer.mlp.forward(i, &h, adapters, train)?;
+            x = layer.after_attention(i, &x, a, adapters, train)?;
         }
         let out = self.model.norm.forward(&x);
         Ok(match keep {
@@ -638,9 +640,14 @@ impl CausalLm {
         }
     }
 
-    /// Logits for hidden states of any leading shape (`[..., hidden] -> [..., vocab]`).
+    /// Logits for hidden states of any leading shape (`[..., hidden] -> [..., vocab]`), soft-capped
+    /// where the family caps them.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head, None)
+        let logits = hidden.linear::<Tensor>(&self.lm_head, None);
+        match self.config.final_logit_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
     }
 
     /// Summed token cross-entropy of the LM head's logits at `hidden` (`[N, hidden]`) against
@@ -682,6 +689,15 @@ impl CausalLm {
             let h = hidden.f_narrow(0, start, len)?;
             let t = targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
             let logits = h.f_linear::<Tensor>(&self.lm_head, None)?;
+            // Soft-capping `c·tanh(z/c)`, as `transformers` computes it (in the model's kind);
+            // its derivative is `1 - tanh²`.
+            let (logits, tanh) = match self.config.final_logit_softcap {
+                Some(cap) => {
+                    let t = logits.f_div_scalar(cap)?.f_tanh()?;
+                    (t.f_mul_scalar(cap)?, Some(t))
+                }
+                None => (logits, None),
+            };
             let mut lsm = logits.f_log_softmax(-1, Kind::Float)?;
             drop(logits);
             loss -= lsm
@@ -692,6 +708,11 @@ impl CausalLm {
                 let mut probs = lsm.f_exp_()?;
                 let minus_one = Tensor::f_full([len, 1], -1.0, (Kind::Float, self.device))?;
                 let _ = probs.f_scatter_add_(1, &t, &minus_one)?;
+                if let Some(tanh) = &tanh {
+                    let tanh = tanh.f_to_kind(Kind::Float)?;
+                    let slope = tanh.f_square()?.f_neg()?.f_add_scalar(1.0)?;
+                    let _ = probs.f_mul_(&slope)?;
+                }
                 let g = probs
                     .f_to_kind(self.lm_head.kind())?
                     .f_matmul(&self.lm_head)?;

@@ -49,6 +49,18 @@ pub struct PeftConfigFile {
 impl PeftConfigFile {
     /// Checks the config is one tailor implements and converts it.
     pub fn to_lora_config(&self) -> Result<LoraConfig> {
+        let names = self.checked_target_names()?;
+        self.lora_config(TargetModule::parse_list(&names)?)
+    }
+
+    /// [`Self::to_lora_config`] for `model`: every target must exist in its family.
+    pub fn to_lora_config_for(&self, model: &ModelConfig) -> Result<LoraConfig> {
+        let names = self.checked_target_names()?;
+        self.lora_config(TargetModule::resolve(&names, model)?)
+    }
+
+    /// The target module names, once the settings tailor does not implement are ruled out.
+    fn checked_target_names(&self) -> Result<Vec<String>> {
         let unsupported = |what: &str| {
             Err(ModelError::Adapter(format!(
                 "{CONFIG_FILE}: {what} is not supported"
@@ -78,7 +90,7 @@ impl PeftConfigFile {
         {
             return unsupported("rank_pattern/alpha_pattern");
         }
-        let names: Vec<String> = match &self.target_modules {
+        Ok(match &self.target_modules {
             Some(serde_json::Value::Array(a)) => a
                 .iter()
                 .map(|v| {
@@ -100,12 +112,15 @@ impl PeftConfigFile {
                     "{CONFIG_FILE}: target_modules is missing"
                 )));
             }
-        };
+        })
+    }
+
+    fn lora_config(&self, target_modules: Vec<TargetModule>) -> Result<LoraConfig> {
         let config = LoraConfig {
             r: self.r,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
-            target_modules: TargetModule::parse_list(&names)?,
+            target_modules,
             use_rslora: self.use_rslora,
         };
         config.validate()?;
@@ -166,13 +181,13 @@ pub fn load_adapter(dir: &Path, model: &ModelConfig, device: Device) -> Result<L
         )));
     }
     let file: PeftConfigFile = read_json(&cfg_path)?;
-    let config = file.to_lora_config()?;
+    let config = file.to_lora_config_for(model)?;
     let mut a_map = BTreeMap::new();
     let mut b_map = BTreeMap::new();
     for (name, t) in read_safetensors(&weights_path, device)? {
         let Some((layer, module, is_a)) = parse_key(&name) else {
             return Err(ModelError::Adapter(format!(
-                "{}: unexpected tensor {name} (tailor reads LoRA A/B weights of q/k/v/o/gate/up/down projections)",
+                "{}: unexpected tensor {name} (tailor reads LoRA A/B weights of the attention and MLP projections)",
                 weights_path.display()
             )));
         };

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::chat_template::ChatTemplate;
+use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::error::{ModelError, Result, read_json};
 
 /// Token ids and, for each, the byte span of the input it came from.
@@ -16,6 +16,29 @@ pub struct Tokenizer {
     pub eos_token: Option<String>,
     pub pad_token: Option<String>,
     chat_template: Option<String>,
+    /// End-of-sequence tokens from `config.json` and `generation_config.json` (chat models list
+    /// their end-of-turn token there, e.g. `<|eot_id|>`, `<end_of_turn>`, `<|end|>`).
+    model_eos: Vec<String>,
+}
+
+/// Token ids and, per token, whether it counts in the loss.
+pub type IdsWithMask = (Vec<u32>, Vec<bool>);
+
+/// `eos_token_id` of a JSON config file, if the file exists.
+fn eos_ids(path: &Path) -> Result<Vec<u32>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = read_json(path)?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|i| i as u32).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .map(|i| i as u32)
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// A special token as `tokenizer_config.json` spells it: a string or an `AddedToken` object.
@@ -70,12 +93,21 @@ impl Tokenizer {
                     })?,
                 );
         }
+        let mut model_eos = Vec::new();
+        for file in ["config.json", "generation_config.json"] {
+            for id in eos_ids(&dir.join(file))? {
+                if let Some(t) = inner.id_to_token(id) {
+                    model_eos.push(t);
+                }
+            }
+        }
         Ok(Self {
             inner,
             bos_token: token_string(cfg.get("bos_token")),
             eos_token: token_string(cfg.get("eos_token")),
             pad_token: token_string(cfg.get("pad_token")),
             chat_template,
+            model_eos,
         })
     }
 
@@ -122,11 +154,43 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The chat template, compiled, when the tokenizer has one.
+    /// The tokens that end a turn: the tokenizer's `eos_token` and the model's end-of-sequence
+    /// tokens.
+    pub fn end_of_turn(&self) -> Vec<String> {
+        self.eos_token
+            .iter()
+            .chain(&self.model_eos)
+            .cloned()
+            .collect()
+    }
+
+    /// The chat template, compiled, when the tokenizer has one; it knows the end-of-turn
+    /// tokens ([`Self::end_of_turn`]).
     pub fn chat_template(&self) -> Result<Option<ChatTemplate>> {
         self.chat_template
             .as_deref()
-            .map(|src| ChatTemplate::new(src, self.bos_token.clone(), self.eos_token.clone()))
+            .map(|src| {
+                ChatTemplate::new(src, self.bos_token.clone(), self.eos_token.clone())
+                    .map(|t| t.with_end_of_turn(self.end_of_turn()))
+            })
             .transpose()
+    }
+
+    /// A conversation rendered by `template` and tokenized as `apply_chat_template` does (no
+    /// special tokens added), with the loss mask: a token counts when any of its bytes lies in
+    /// an assistant span ([`ChatTemplate::render_with_assistant_spans`]), so a token that
+    /// starts with the space before an answer (`▁Hello`) counts as the model generates it.
+    pub fn encode_chat(
+        &self,
+        template: &ChatTemplate,
+        messages: &[ChatMessage],
+    ) -> Result<IdsWithMask> {
+        let (text, spans) = template.render_with_assistant_spans(messages)?;
+        let (ids, offsets) = self.encode_with_offsets(&text, false)?;
+        let counted = offsets
+            .iter()
+            .map(|&(s, e)| e > s && spans.iter().any(|&(a, b)| s < b && e > a))
+            .collect();
+        Ok((ids, counted))
     }
 }

@@ -3,58 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use tailor_model::{Adapters, CausalLm, ForwardInput, LoraAdapter, ModelError, peft};
 use tch::{Device, Kind, Tensor};
 
 const MODELS: [&str; 3] = ["llama_gqa", "qwen2", "qwen3"];
 
-fn python() -> String {
-    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+mod common;
 
-fn script() -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
-        .join("tests/reference.py")
-}
+use common::{fixtures_of, max_abs_diff, python, reference, script};
 
 /// The fixtures are built once per test binary.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = Command::new(python())
-            .arg(script())
-            .arg("fixtures")
-            .arg(dir.path())
-            .output()
-            .expect("run reference.py (is the setup script's venv on PATH?)");
-        assert!(
-            out.status.success(),
-            "reference.py fixtures failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
-}
-
-fn reference(model_dir: &Path, name: &str) -> Tensor {
-    let all = tailor_model::checkpoint::read_safetensors(
-        &model_dir.join("reference.safetensors"),
-        Device::Cpu,
-    )
-    .expect("reference.safetensors");
-    all.into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t)
-        .unwrap_or_else(|| panic!("no {name} in reference"))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
+    fixtures_of(&MODELS)
 }
 
 fn load(name: &str) -> (PathBuf, CausalLm) {

@@ -3,13 +3,13 @@
 //!
 //! Which tokens count in the loss (the mask is per target token; position `t` of the model
 //! predicts token `t + 1`, so the first token of a sequence never counts):
-//! - `chat`: for every assistant message, the tokens the chat template renders between the
-//!   assistant header (what `add_generation_prompt=true` appends after the earlier messages) and
-//!   the end of that message's rendering — the message content and the template's end-of-turn
-//!   text (e.g. `<|im_end|>` and the newline after it). System, user and tool messages, the
-//!   assistant header itself and padding never count. A token counts when its first byte lies in
-//!   such a span. The rendered conversation is tokenized without adding special tokens, as
-//!   `apply_chat_template` does.
+//! - `chat`: for every assistant message, the tokens of its content as the chat template
+//!   renders it and of the end-of-turn token right after it (`<|im_end|>`, `<|eot_id|>`,
+//!   `<end_of_turn>`, `<|end|>`, `</s>`: the model's end-of-sequence tokens), located by
+//!   `tailor_model::Tokenizer::encode_chat`. System, user and tool messages, the assistant
+//!   header, the text a template adds after the end-of-turn token and padding never count. A
+//!   token counts when any of its bytes lies in such a span. The rendered conversation is
+//!   tokenized without adding special tokens, as `apply_chat_template` does.
 //! - `completion`: `prompt + completion` is tokenized with the tokenizer's special tokens; the
 //!   tokens starting inside the completion count, and an EOS token (the tokenizer's `eos_token`)
 //!   is appended and counts.
@@ -178,32 +178,6 @@ impl Sample {
     }
 }
 
-fn assistant_spans(
-    messages: &[ChatMessage],
-    template: &ChatTemplate,
-) -> Result<(String, Vec<(usize, usize)>), String> {
-    let full = template
-        .render(messages, false)
-        .map_err(|e| e.to_string())?;
-    let mut spans = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        if m.role != "assistant" {
-            continue;
-        }
-        let prefix = template
-            .render(&messages[..i], true)
-            .map_err(|e| e.to_string())?;
-        let upto = template
-            .render(&messages[..=i], false)
-            .map_err(|e| e.to_string())?;
-        if !upto.starts_with(&prefix) || !full.starts_with(&upto) {
-            return Err("the chat template does not render conversations prefix by prefix, so assistant tokens cannot be located".into());
-        }
-        spans.push((prefix.len(), upto.len()));
-    }
-    Ok((full, spans))
-}
-
 /// Tokenizes an example with its loss mask (see the module docs for which tokens count).
 pub fn tokenize(
     example: &Example,
@@ -215,14 +189,9 @@ pub fn tokenize(
         Example::Chat { messages } => {
             let template = template
                 .ok_or("the base model's tokenizer has no chat template, needed for chat data")?;
-            let (text, spans) = assistant_spans(messages, template)?;
-            let (ids, offsets) = tokenizer
-                .encode_with_offsets(&text, false)
+            let (ids, counted) = tokenizer
+                .encode_chat(template, messages)
                 .map_err(|e| e.to_string())?;
-            let counted = offsets
-                .iter()
-                .map(|&(s, e)| e > s && spans.iter().any(|&(a, b)| s >= a && s < b))
-                .collect();
             Sample {
                 ids: ids.into_iter().map(i64::from).collect(),
                 counted,

@@ -408,7 +408,7 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
         r: cfg.rank,
         alpha: cfg.alpha,
         dropout: cfg.dropout,
-        target_modules: TargetModule::parse_list(&cfg.target_modules)?,
+        target_modules: TargetModule::resolve(&cfg.target_modules, &model.config)?,
         use_rslora: false,
     };
     lora_config.validate()?;

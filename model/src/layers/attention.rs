@@ -1,12 +1,26 @@
-//! Grouped-query self-attention with optional qkv bias and Qwen3's per-head q/k RMSNorm.
+//! Grouped-query self-attention: q/k/v from one fused projection (loaded fused, as Phi-3 stores
+//! it, or concatenated from the separate ones), optional qkv bias, per-head q/k RMSNorm (Qwen3,
+//! Gemma 3), partial rotary dimensions, a configurable score scale and Gemma 2's soft-capping.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope;
 use crate::error::Result;
 use crate::lora::{Adapters, TargetModule};
+
+/// Head layout and score options of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+    /// Score scale; `None` for `1/√head_dim`.
+    pub scale: Option<f64>,
+    /// `tanh(scores / c) * c` before the softmax.
+    pub softcap: Option<f64>,
+}
 
 #[derive(Debug)]
 pub struct Attention {
@@ -15,13 +29,12 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
-    /// q, k and v weights (and biases) concatenated: one GEMM instead of three, forward and back.
+    /// q, k and v weights (and biases) stacked: one GEMM instead of three, forward and back.
+    /// This is Phi-3's `qkv_proj`.
     pub qkv: Linear,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
-    pub num_heads: i64,
-    pub num_kv_heads: i64,
-    pub head_dim: i64,
+    pub heads: Heads,
 }
 
 /// How queries may see keys in one forward pass.
@@ -31,11 +44,13 @@ pub enum AttentionMask {
     Causal,
     /// Every query sees every key (one new token per row over a cache without padding).
     Full,
-    /// Explicit boolean mask `[B, 1, T, S]`, true where a query may attend to a key.
+    /// Explicit boolean mask `[B, 1, T, S]` (or broadcastable), true where a query may attend to
+    /// a key.
     Explicit(Tensor),
     /// One row holding several sequences of these lengths back to back (packed training):
-    /// causal attention within each, none across.
-    Segments(Vec<i64>),
+    /// within each, causal attention, or the given `[1, 1, l, l]` mask (a sliding window);
+    /// none across.
+    Segments(Vec<(i64, Option<Tensor>)>),
 }
 
 /// One layer's slice of a KV cache: preallocated `[B, kv_heads, capacity, head_dim]` key and
@@ -82,7 +97,7 @@ pub fn capacity_for(need: i64) -> i64 {
     (need + need / 2 + 63) / 64 * 64
 }
 
-/// Per-layer context shared by every layer of one forward pass.
+/// Per-layer context of one forward pass: the layer's RoPE and mask.
 pub struct AttentionInput<'a> {
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
@@ -92,29 +107,37 @@ pub struct AttentionInput<'a> {
 impl Attention {
     /// Fuses the three loaded projections; `q_proj`/`k_proj`/`v_proj` become views of the fused
     /// tensor, so no weight is held twice.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        q_proj: Linear,
-        k_proj: Linear,
-        v_proj: Linear,
+    pub fn from_separate(
+        [q_proj, k_proj, v_proj]: [Linear; 3],
         o_proj: Linear,
-        q_norm: Option<RmsNorm>,
-        k_norm: Option<RmsNorm>,
-        num_heads: i64,
-        num_kv_heads: i64,
-        head_dim: i64,
+        qk_norm: Option<(RmsNorm, RmsNorm)>,
+        heads: Heads,
     ) -> Self {
-        let qkv = Linear::concat(&[&q_proj, &k_proj, &v_proj]);
-        let parts = qkv.split(&[
-            num_heads * head_dim,
-            num_kv_heads * head_dim,
-            num_kv_heads * head_dim,
-        ]);
-        let mut parts = parts.into_iter();
+        Self::from_fused(
+            Linear::concat(&[&q_proj, &k_proj, &v_proj]),
+            o_proj,
+            qk_norm,
+            heads,
+        )
+    }
+
+    /// From a checkpoint's fused `qkv_proj` (`[(heads + 2 * kv_heads) * head_dim, hidden]`).
+    pub fn from_fused(
+        qkv: Linear,
+        o_proj: Linear,
+        qk_norm: Option<(RmsNorm, RmsNorm)>,
+        heads: Heads,
+    ) -> Self {
+        let (q, kv) = (
+            heads.num_heads * heads.head_dim,
+            heads.num_kv_heads * heads.head_dim,
+        );
+        let mut parts = qkv.split(&[q, kv, kv]).into_iter();
         let (Some(q_proj), Some(k_proj), Some(v_proj)) = (parts.next(), parts.next(), parts.next())
         else {
             unreachable!("split returns three parts")
         };
+        let (q_norm, k_norm) = qk_norm.unzip();
         Self {
             q_proj,
             k_proj,
@@ -123,9 +146,7 @@ impl Attention {
             qkv,
             q_norm,
             k_norm,
-            num_heads,
-            num_kv_heads,
-            head_dim,
+            heads,
         }
     }
 
@@ -153,10 +174,15 @@ impl Attention {
         train: bool,
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let Heads {
+            num_heads: h,
+            num_kv_heads: kvh,
+            head_dim: d,
+            ..
+        } = self.heads;
         let q_dim = h * d;
         let kv_dim = kvh * d;
-        let qkv = self.qkv.forward(x);
+        let qkv = adapters.apply(layer, TargetModule::QkvProj, x, self.qkv.forward(x), train)?;
         let plain_qk = self.q_norm.is_none()
             && self.k_norm.is_none()
             && !adapters.touches(layer, TargetModule::QProj)
@@ -210,37 +236,82 @@ impl Attention {
         if let Some(slot) = cache {
             (k, v) = slot.append(&k, &v);
         }
-        let gqa = kvh != h;
         let y = match ctx.mask {
-            AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, 0.0, true, None, gqa,
-            ),
-            AttentionMask::Full => Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, 0.0, false, None, gqa,
-            ),
-            AttentionMask::Explicit(mask) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
-            }
-            AttentionMask::Segments(lengths) => {
+            AttentionMask::Causal => self.scores(&q, &k, &v, Visible::Causal),
+            AttentionMask::Full => self.scores(&q, &k, &v, Visible::All),
+            AttentionMask::Explicit(mask) => self.scores(&q, &k, &v, Visible::Mask(mask)),
+            AttentionMask::Segments(segments) => {
                 let mut start = 0;
-                let parts: Vec<Tensor> = lengths
+                let parts: Vec<Tensor> = segments
                     .iter()
-                    .map(|&l| {
+                    .map(|(l, mask)| {
                         let (qs, ks, vs) = (
-                            q.narrow(2, start, l),
-                            k.narrow(2, start, l),
-                            v.narrow(2, start, l),
+                            q.narrow(2, start, *l),
+                            k.narrow(2, start, *l),
+                            v.narrow(2, start, *l),
                         );
                         start += l;
-                        Tensor::scaled_dot_product_attention::<Tensor>(
-                            &qs, &ks, &vs, None, 0.0, true, None, gqa,
-                        )
+                        let visible = match mask {
+                            Some(m) => Visible::Mask(m),
+                            None => Visible::Causal,
+                        };
+                        self.scores(&qs, &ks, &vs, visible)
                     })
                     .collect();
                 Tensor::cat(&parts, 2)
             }
         };
         Ok(y.transpose(1, 2).reshape([b, t, q_dim]))
+    }
+
+    /// Softmax attention `[B, heads, T, head_dim]`: the fused kernel, or (with soft-capping,
+    /// which it cannot do) the eager computation `transformers` runs for Gemma 2.
+    fn scores(&self, q: &Tensor, k: &Tensor, v: &Tensor, visible: Visible<'_>) -> Tensor {
+        let gqa = self.heads.num_kv_heads != self.heads.num_heads;
+        let Some(cap) = self.heads.softcap else {
+            let (mask, causal) = match visible {
+                Visible::Causal => (None, true),
+                Visible::All => (None, false),
+                Visible::Mask(m) => (Some(m), false),
+            };
+            return Tensor::scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                mask,
+                0.0,
+                causal,
+                self.heads.scale,
+                gqa,
+            );
+        };
+        let groups = self.heads.num_heads / self.heads.num_kv_heads;
+        let (k, v) = if groups > 1 {
+            (
+                k.repeat_interleave_self_int(groups, 1, None),
+                v.repeat_interleave_self_int(groups, 1, None),
+            )
+        } else {
+            (k.shallow_clone(), v.shallow_clone())
+        };
+        let scale = self
+            .heads
+            .scale
+            .unwrap_or(1.0 / (self.heads.head_dim as f64).sqrt());
+        let w = q.matmul(&k.transpose(-2, -1)) * scale;
+        let w = (w / cap).tanh() * cap;
+        let w = match visible {
+            Visible::All => w,
+            Visible::Mask(m) => w.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
+            Visible::Causal => {
+                let (tq, tk) = (q.size()[2], k.size()[2]);
+                let device = q.device();
+                let cols = Tensor::arange(tk, (Kind::Int64, device)).unsqueeze(0);
+                let rows = (Tensor::arange(tq, (Kind::Int64, device)) + (tk - tq)).unsqueeze(1);
+                w.masked_fill(&cols.gt_tensor(&rows), f64::NEG_INFINITY)
+            }
+        };
+        w.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
     }
 
     /// `o_proj` (with its adapter) over attention outputs of any leading shape.
@@ -253,4 +324,11 @@ impl Attention {
     ) -> Result<Tensor> {
         adapters.apply(layer, TargetModule::OProj, y, self.o_proj.forward(y), train)
     }
+}
+
+/// Which keys each query sees, for [`Attention::scores`].
+enum Visible<'a> {
+    Causal,
+    All,
+    Mask(&'a Tensor),
 }

@@ -1,0 +1,175 @@
+//! tailor-trainer on each model family against PyTorch + PEFT: 20 optimizer steps from the same
+//! PEFT-initialised adapter on the same batches (tailor dumps them) give the same losses
+//! (relative 1e-4) and the same final adapter. The base models are tiny random checkpoints of
+//! the family's own config class (model/tests/reference.py FAMILIES) with a tokenizer trained on
+//! the examples dataset; sequences are longer than their sliding windows.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tch::{Device, Tensor};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
+
+fn repo() -> PathBuf {
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
+        .join("..")
+}
+
+fn reference(args: &[&str]) -> Output {
+    let python = std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(repo().join("model/tests/reference.py"))
+        .args(args)
+        .output()
+        .expect("run reference.py (is the setup script's venv on PATH?)");
+    assert!(
+        out.status.success(),
+        "reference.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn trainer(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run tailor-trainer");
+    assert!(
+        out.status.success(),
+        "tailor-trainer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+fn adapter_tensors(dir: &Path) -> Vec<(String, Tensor)> {
+    tailor_model::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors"), Device::Cpu)
+        .expect("adapter")
+}
+
+/// (reference.py FAMILIES entry, LoRA targets)
+const CASES: [(&str, &str); 6] = [
+    ("llama32_tied", "q_proj,v_proj,down_proj"),
+    ("mistral", "q_proj,k_proj,o_proj,up_proj"),
+    ("gemma2", "q_proj,v_proj,gate_proj,down_proj"),
+    ("gemma3", "q_proj,k_proj,v_proj,o_proj,down_proj"),
+    ("phi3", "qkv_proj,o_proj,gate_up_proj,down_proj"),
+    ("qwen3_moe", "q_proj,k_proj,v_proj,o_proj"),
+];
+
+#[test]
+fn twenty_lora_steps_match_pytorch_peft_for_every_family() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = repo().join("examples/quickstart/support-chat.jsonl");
+    let prepared = dir.path().join("prepared");
+    trainer(&[
+        "prepare",
+        "--input",
+        s(&data),
+        "--format",
+        "chat",
+        "--output",
+        s(&prepared),
+        "--dedupe",
+        "--validation-fraction",
+        "0.2",
+    ]);
+    for (family, targets) in CASES {
+        let base = dir.path().join(family).join("base");
+        reference(&[
+            "base-model",
+            s(&base),
+            s(&data),
+            "1000",
+            "64",
+            "2",
+            "4",
+            "2",
+            "128",
+            "0",
+            family,
+        ]);
+        let init = dir.path().join(family).join("init");
+        reference(&["peft-init", s(&base), s(&init), targets, "4", "8", "3"]);
+        let out = dir.path().join(family).join("tailor");
+        let batches = dir.path().join(family).join("batches.json");
+        trainer(&[
+            "train",
+            "--base-model",
+            s(&base),
+            "--train",
+            s(&prepared.join("train.jsonl")),
+            "--output",
+            s(&out),
+            "--init-adapter",
+            s(&init),
+            "--target-modules",
+            targets,
+            "--rank",
+            "4",
+            "--alpha",
+            "8",
+            "--dropout",
+            "0",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+            "--learning-rate",
+            "0.01",
+            "--warmup-ratio",
+            "0.1",
+            "--scheduler",
+            "cosine",
+            "--weight-decay",
+            "0.01",
+            "--max-steps",
+            "20",
+            "--dump-batches",
+            s(&batches),
+        ]);
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("metrics.json")).expect("metrics"))
+                .expect("json");
+        let ours: Vec<f64> = metrics["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .map(|h| h["loss"].as_f64().expect("loss"))
+            .collect();
+        assert_eq!(ours.len(), 20, "{family}");
+        let peft_out = dir.path().join(family).join("peft");
+        reference(&["train", s(&base), s(&init), s(&batches), s(&peft_out)]);
+        let theirs: Vec<f64> =
+            serde_json::from_slice(&std::fs::read(peft_out.join("losses.json")).expect("losses"))
+                .expect("json");
+        assert_eq!(theirs.len(), 20);
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let rel = (a - b).abs() / b.abs();
+            assert!(
+                rel <= 1e-4,
+                "{family}: step {}: tailor {a} vs PEFT {b} (relative {rel})",
+                i + 1
+            );
+        }
+        assert!(
+            ours[19] < ours[0] - 0.01,
+            "{family}: loss did not fall: {ours:?}"
+        );
+        let (a, b) = (adapter_tensors(&out), adapter_tensors(&peft_out));
+        assert_eq!(a.len(), b.len(), "{family}");
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            let d = (ta - tb).abs().max().double_value(&[]);
+            assert!(d <= 1e-4, "{family}: {na} differs by {d}");
+        }
+    }
+}
