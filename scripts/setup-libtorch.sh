@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the Python virtualenv that provides libtorch for tch and the
-# reference implementations (transformers, peft) and the openai client used by tests.
+# reference implementations (transformers, peft) and the openai client used by tests, and
+# boto3 (the peer scripts/bench-fetch.sh measures tailor-fetch against).
 #
 # The venv lives outside the repository so CI and repeated runs reuse it:
 #   ${TAILOR_CACHE:-$HOME/.cache/tailor}/venv
@@ -12,7 +13,7 @@ set -euo pipefail
 TORCH_VERSION="2.13.0"
 cache="${TAILOR_CACHE:-$HOME/.cache/tailor}"
 venv="$cache/venv"
-stamp="$venv/.tailor-setup-v1"
+stamp="$venv/.tailor-setup-v2-boto3"
 python="${PYTHON:-python3}"
 
 log() { echo "setup-libtorch: $*" >&2; }
@@ -23,11 +24,11 @@ if [[ "${1:-}" != "--print-env" && ! -f "$stamp" ]]; then
     log "creating virtualenv in $venv"
     "$python" -m venv "$venv"
   fi
-  log "installing torch==$TORCH_VERSION, transformers, peft, safetensors, tokenizers, openai (a few minutes on a cold cache)"
+  log "installing torch==$TORCH_VERSION, transformers, peft, safetensors, tokenizers, openai, boto3 (a few minutes on a cold cache)"
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
   "$venv/bin/python" -m pip install --quiet \
     "torch==$TORCH_VERSION" transformers peft safetensors tokenizers openai \
-    numpy pyyaml requests >&2
+    numpy pyyaml requests boto3 >&2
   touch "$stamp"
 fi
 

@@ -173,7 +173,10 @@ impl Env {
         let file = self
             .get("HF_TOKEN_PATH")
             .map(std::path::PathBuf::from)
-            .or_else(|| self.get("HF_HOME").map(|h| std::path::Path::new(h).join("token")))?;
+            .or_else(|| {
+                self.get("HF_HOME")
+                    .map(|h| std::path::Path::new(h).join("token"))
+            })?;
         let t = std::fs::read_to_string(file).ok()?;
         let t = t.trim();
         (!t.is_empty()).then(|| Secret::new(t))
@@ -283,7 +286,10 @@ mod tests {
     fn redactor_removes_raw_and_encoded_values() {
         let env = Env::from_pairs([
             ("AWS_SECRET_ACCESS_KEY", "wJalr/K7+bPx"),
-            ("AZURE_STORAGE_SAS_TOKEN", "sv=2022-11-02&sig=AbCdEfGhIjKlMn%3D"),
+            (
+                "AZURE_STORAGE_SAS_TOKEN",
+                "sv=2022-11-02&sig=AbCdEfGhIjKlMn%3D",
+            ),
             ("AWS_REGION", "us-east-1"),
         ]);
         let r = env.redactor();
@@ -299,10 +305,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("token"), "hf_fromfile\n").expect("write");
         let env = Env::from_pairs([("HF_HOME", dir.path().to_str().expect("utf8"))]);
-        assert_eq!(env.hf_token().map(|t| t.expose().to_string()), Some("hf_fromfile".into()));
-        assert!(env.redactor().redact("token hf_fromfile").contains(REDACTED));
+        assert_eq!(
+            env.hf_token().map(|t| t.expose().to_string()),
+            Some("hf_fromfile".into())
+        );
+        assert!(
+            env.redactor()
+                .redact("token hf_fromfile")
+                .contains(REDACTED)
+        );
         let env = Env::from_pairs([("HF_TOKEN", "hf_var")]);
-        assert_eq!(env.hf_token().map(|t| t.expose().to_string()), Some("hf_var".into()));
+        assert_eq!(
+            env.hf_token().map(|t| t.expose().to_string()),
+            Some("hf_var".into())
+        );
         assert!(Env::default().hf_token().is_none());
     }
 }

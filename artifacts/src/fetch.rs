@@ -364,7 +364,13 @@ impl Fetcher {
         counter: &Arc<AtomicU64>,
     ) -> Result<Fetched> {
         let u = uri.to_string();
-        if let (Some(cache), ArtifactUri::Hf { revision: Some(rev), .. }) = (&self.cache, uri)
+        if let (
+            Some(cache),
+            ArtifactUri::Hf {
+                revision: Some(rev),
+                ..
+            },
+        ) = (&self.cache, uri)
             && is_commit_sha(rev)
         {
             // A pinned commit needs no network when the cache has it.
@@ -460,8 +466,11 @@ impl Fetcher {
             single: plan.single,
             files,
         };
-        write_atomically(&marker_path, &serde_json::to_vec_pretty(&marker).unwrap_or_default())
-            .map_err(|e| local(&u, "writing the completion marker", &e))?;
+        write_atomically(
+            &marker_path,
+            &serde_json::to_vec_pretty(&marker).unwrap_or_default(),
+        )
+        .map_err(|e| local(&u, "writing the completion marker", &e))?;
         let _ = std::fs::remove_dir_all(&staging);
         Ok(self.fetched(uri, dest, marker, false))
     }
@@ -529,15 +538,7 @@ impl Fetcher {
             return self.plan_hub(uri, sub).await;
         }
         let store = Store::open(uri, &self.ctx)?;
-        let single = if uri.path().is_empty() {
-            None
-        } else {
-            match store.head("").await {
-                Ok(info) => Some(info),
-                Err(e) if e.kind == ErrorKind::NotFound && !matches!(uri, ArtifactUri::Http { .. }) => None,
-                Err(e) => return Err(e),
-            }
-        };
+        let (single, listed) = self.object_or_prefix(uri, &store).await?;
         let (files, mtimes, is_single) = match single {
             Some(info) => {
                 let name = uri.file_name().unwrap_or_else(|| "object".into());
@@ -552,14 +553,6 @@ impl Fetcher {
                 (vec![f], vec![info.last_modified_ms], true)
             }
             None => {
-                let listed = store.list("").await?;
-                if listed.is_empty() {
-                    return Err(Error::plain(
-                        ErrorKind::NotFound,
-                        uri,
-                        "no object at this path and none under it as a prefix",
-                    ));
-                }
                 let mtimes = listed.iter().map(|o| o.last_modified_ms).collect();
                 let files = listed
                     .into_iter()
@@ -582,6 +575,49 @@ impl Fetcher {
             single: is_single,
             files,
         })
+    }
+
+    /// Whether a store URI names one object (its metadata) or a prefix (its objects). A
+    /// prefix is listed first: a HEAD on a "directory" is a 404 on S3 but an error on some
+    /// S3-compatible servers. Plain HTTP cannot list, so its URIs name one object.
+    async fn object_or_prefix(
+        &self,
+        uri: &ArtifactUri,
+        store: &Store,
+    ) -> Result<(
+        Option<crate::store::ObjectInfo>,
+        Vec<crate::store::ObjectInfo>,
+    )> {
+        let is_file = match uri {
+            ArtifactUri::Http { .. } => true,
+            ArtifactUri::Pvc { .. } | ArtifactUri::File { .. } => {
+                self.ctx.local_path(uri)?.is_some_and(|p| p.is_file())
+            }
+            _ => false,
+        };
+        if is_file {
+            return Ok((Some(store.head("").await?), Vec::new()));
+        }
+        let listed = store.list("").await?;
+        if !listed.is_empty() || uri.path().is_empty() || uri.is_local() {
+            if listed.is_empty() {
+                return Err(Error::plain(
+                    ErrorKind::NotFound,
+                    uri,
+                    "no object at this path and none under it as a prefix",
+                ));
+            }
+            return Ok((None, listed));
+        }
+        match store.head("").await {
+            Ok(info) => Ok((Some(info), Vec::new())),
+            Err(e) if e.kind == ErrorKind::NotFound => Err(Error::plain(
+                ErrorKind::NotFound,
+                uri,
+                "no object at this path and none under it as a prefix",
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     async fn plan_hub(&self, uri: &ArtifactUri, sub: &str) -> Result<Plan> {
@@ -733,11 +769,16 @@ impl Fetcher {
         let u = plan.identity.as_str();
         let part = target.with_file_name(format!(
             "{}.part",
-            target.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("file")
         ));
         let state_path = part.with_file_name(format!(
             "{}.json",
-            part.file_name().and_then(|n| n.to_str()).unwrap_or("file.part")
+            part.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("file.part")
         ));
         if let Some(p) = target.parent() {
             std::fs::create_dir_all(p)
@@ -805,8 +846,14 @@ impl Fetcher {
         let mut written = 0u64;
         let mut attempt = 0u32;
         loop {
-            match read_range(source, task, range.start + written..range.end, &mut written, counter)
-                .await
+            match read_range(
+                source,
+                task,
+                range.start + written..range.end,
+                &mut written,
+                counter,
+            )
+            .await
             {
                 Ok(()) => break,
                 Err(e) if e.kind == ErrorKind::Unreachable && attempt + 1 < CHUNK_ATTEMPTS => {
@@ -825,8 +872,11 @@ impl Fetcher {
         let all_done = {
             let mut st = task.state.lock().unwrap_or_else(|e| e.into_inner());
             st.done.insert(index);
-            write_atomically(&task.state_path, &serde_json::to_vec(&*st).unwrap_or_default())
-                .map_err(|e| local(&task.remote.uri, "writing resume state", &e))?;
+            write_atomically(
+                &task.state_path,
+                &serde_json::to_vec(&*st).unwrap_or_default(),
+            )
+            .map_err(|e| local(&task.remote.uri, "writing resume state", &e))?;
             st.done.len() == task.chunks.len()
         };
         if all_done {
@@ -872,7 +922,11 @@ async fn read_range(
     let mut s = match source {
         Source::Store(store) => {
             let (s, sha) = store
-                .read_pinned(&task.remote.key, Some(range.clone()), task.remote.etag.as_deref())
+                .read_pinned(
+                    &task.remote.key,
+                    Some(range.clone()),
+                    task.remote.etag.as_deref(),
+                )
                 .await?;
             if sha.is_some() {
                 *task.seen_sha256.lock().unwrap_or_else(|e| e.into_inner()) = sha;
@@ -886,9 +940,13 @@ async fn read_range(
     // `end`: the offset just after the buffered bytes.
     let flush = |buf: &mut Vec<u8>, end: u64| -> Result<()> {
         let at = end - buf.len() as u64;
-        task.file
-            .write_all_at(buf, at)
-            .map_err(|e| local(&task.remote.uri, &format!("writing {}", task.part.display()), &e))?;
+        task.file.write_all_at(buf, at).map_err(|e| {
+            local(
+                &task.remote.uri,
+                &format!("writing {}", task.part.display()),
+                &e,
+            )
+        })?;
         buf.clear();
         Ok(())
     };

@@ -103,7 +103,10 @@ pub fn is_commit_sha(s: &str) -> bool {
 }
 
 fn unquote(v: &str) -> String {
-    v.trim().trim_start_matches("W/").trim_matches('"').to_string()
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -246,7 +249,10 @@ impl Hub {
             return Err(Error::plain(
                 ErrorKind::Invalid,
                 &u,
-                format!("the Hub resolved {rev:?} to {:?}, not a commit sha", info.sha),
+                format!(
+                    "the Hub resolved {rev:?} to {:?}, not a commit sha",
+                    info.sha
+                ),
             ));
         }
         let mut files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
@@ -337,7 +343,11 @@ impl Hub {
             return Err(Error::plain(
                 ErrorKind::Invalid,
                 &u,
-                format!("asked for bytes {}-{}, the server answered {status} (no range support)", r.start, r.end - 1),
+                format!(
+                    "asked for bytes {}-{}, the server answered {status} (no range support)",
+                    r.start,
+                    r.end - 1
+                ),
             ));
         }
         let this = self.clone();
@@ -354,8 +364,8 @@ mod tests {
 
     #[test]
     fn urls_follow_the_hub_layout() {
-        let hub = Hub::new(&Env::from_pairs([("HF_ENDPOINT", "http://127.0.0.1:1/")]))
-            .expect("hub");
+        let hub =
+            Hub::new(&Env::from_pairs([("HF_ENDPOINT", "http://127.0.0.1:1/")])).expect("hub");
         assert_eq!(
             hub.api_url(RepoType::Model, "org/m", "refs/pr/1"),
             "http://127.0.0.1:1/api/models/org/m/revision/refs%2Fpr%2F1"

@@ -185,12 +185,7 @@ pub(crate) fn parse_aws_profile(text: &str, profile: &str) -> Vec<(String, Strin
 
 /// Every `PREFIX*` variable the builder knows, as object_store's own `from_env` would take
 /// it, but from `env` rather than the process.
-fn configure<B, K>(
-    mut builder: B,
-    env: &Env,
-    prefix: &str,
-    set: impl Fn(B, K, &str) -> B,
-) -> B
+fn configure<B, K>(mut builder: B, env: &Env, prefix: &str, set: impl Fn(B, K, &str) -> B) -> B
 where
     K: std::str::FromStr,
 {
@@ -208,7 +203,9 @@ pub(crate) fn s3_builder(bucket: &str, env: &Env) -> object_store::aws::AmazonS3
         .with_client_options(client_options())
         .with_retry(retry_config())
         .with_bucket_name(bucket);
-    let mut b = configure(b, env, "AWS_", |b, k: AmazonS3ConfigKey, v| b.with_config(k, v));
+    let mut b = configure(b, env, "AWS_", |b, k: AmazonS3ConfigKey, v| {
+        b.with_config(k, v)
+    });
     for (k, v) in aws_profile_credentials(env) {
         if let Ok(k) = k.parse::<AmazonS3ConfigKey>() {
             b = b.with_config(k, v);
@@ -217,16 +214,15 @@ pub(crate) fn s3_builder(bucket: &str, env: &Env) -> object_store::aws::AmazonS3
     b
 }
 
-pub(crate) fn gcs_builder(
-    bucket: &str,
-    env: &Env,
-) -> object_store::gcp::GoogleCloudStorageBuilder {
+pub(crate) fn gcs_builder(bucket: &str, env: &Env) -> object_store::gcp::GoogleCloudStorageBuilder {
     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
     let b = GoogleCloudStorageBuilder::new()
         .with_client_options(client_options())
         .with_retry(retry_config())
         .with_bucket_name(bucket);
-    configure(b, env, "GOOGLE_", |b, k: GoogleConfigKey, v| b.with_config(k, v))
+    configure(b, env, "GOOGLE_", |b, k: GoogleConfigKey, v| {
+        b.with_config(k, v)
+    })
 }
 
 pub(crate) fn azure_builder(
@@ -239,7 +235,9 @@ pub(crate) fn azure_builder(
         .with_client_options(client_options())
         .with_retry(retry_config())
         .with_container_name(container);
-    let mut b = configure(b, env, "AZURE_", |b, k: AzureConfigKey, v| b.with_config(k, v));
+    let mut b = configure(b, env, "AZURE_", |b, k: AzureConfigKey, v| {
+        b.with_config(k, v)
+    });
     if let Some(a) = account {
         b = b.with_account(a);
     }
@@ -248,7 +246,11 @@ pub(crate) fn azure_builder(
 
 fn obj_path(uri: &ArtifactUri, p: &str) -> Result<ObjPath> {
     ObjPath::parse(p).map_err(|e| {
-        Error::plain(ErrorKind::Invalid, uri, format!("invalid object path {p:?}: {e}"))
+        Error::plain(
+            ErrorKind::Invalid,
+            uri,
+            format!("invalid object path {p:?}: {e}"),
+        )
     })
 }
 
@@ -638,12 +640,17 @@ impl Store {
         let n = objects.len();
         let locs: Vec<object_store::Result<ObjPath>> = objects
             .iter()
-            .map(|o| self.location(&o.path).map_err(|e| object_store::Error::Generic {
-                store: "tailor",
-                source: Box::new(e),
-            }))
+            .map(|o| {
+                self.location(&o.path)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "tailor",
+                        source: Box::new(e),
+                    })
+            })
             .collect();
-        let mut results = self.inner.delete_stream(futures::stream::iter(locs).boxed());
+        let mut results = self
+            .inner
+            .delete_stream(futures::stream::iter(locs).boxed());
         while let Some(r) = results.next().await {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -734,12 +741,18 @@ mod tests {
             ("UNRELATED", "x"),
         ]);
         let b = s3_builder("bucket", &env);
-        assert_eq!(b.get_config_value(&S3::AccessKeyId).as_deref(), Some("AKIAFROMMAP"));
+        assert_eq!(
+            b.get_config_value(&S3::AccessKeyId).as_deref(),
+            Some("AKIAFROMMAP")
+        );
         assert_eq!(
             b.get_config_value(&S3::Endpoint).as_deref(),
             Some("http://127.0.0.1:9000")
         );
-        assert_eq!(b.get_config_value(&S3::Region).as_deref(), Some("eu-west-3"));
+        assert_eq!(
+            b.get_config_value(&S3::Region).as_deref(),
+            Some("eu-west-3")
+        );
         assert_eq!(b.get_config_value(&S3::Bucket).as_deref(), Some("bucket"));
         assert!(b.build().is_ok());
     }
@@ -758,7 +771,10 @@ mod tests {
             ("AWS_PROFILE", "ci"),
         ]);
         let b = s3_builder("b", &env);
-        assert_eq!(b.get_config_value(&S3::AccessKeyId).as_deref(), Some("AKIACI"));
+        assert_eq!(
+            b.get_config_value(&S3::AccessKeyId).as_deref(),
+            Some("AKIACI")
+        );
         assert_eq!(b.get_config_value(&S3::Token).as_deref(), Some("t"));
         // Variables win over the file.
         let env = Env::from_pairs([
@@ -766,7 +782,10 @@ mod tests {
             ("AWS_ACCESS_KEY_ID", "AKIAVAR"),
         ]);
         let b = s3_builder("b", &env);
-        assert_eq!(b.get_config_value(&S3::AccessKeyId).as_deref(), Some("AKIAVAR"));
+        assert_eq!(
+            b.get_config_value(&S3::AccessKeyId).as_deref(),
+            Some("AKIAVAR")
+        );
     }
 
     /// No GCS server runs here: this proves the map reaches object_store's builder and that
@@ -805,7 +824,10 @@ mod tests {
         )
         .expect_err("missing credentials file");
         assert_eq!(e.kind, ErrorKind::Invalid);
-        assert!(e.to_string().starts_with("gs://models/base: Invalid: "), "{e}");
+        assert!(
+            e.to_string().starts_with("gs://models/base: Invalid: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -813,19 +835,34 @@ mod tests {
         let env = Env::from_pairs([
             ("AZURE_STORAGE_ACCOUNT_NAME", "tailoracct"),
             // base64 of "not a real key, but base64"
-            ("AZURE_STORAGE_ACCOUNT_KEY", "bm90IGEgcmVhbCBrZXksIGJ1dCBiYXNlNjQ="),
+            (
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "bm90IGEgcmVhbCBrZXksIGJ1dCBiYXNlNjQ=",
+            ),
         ]);
         let b = azure_builder("adapters", None, &env);
-        assert_eq!(b.get_config_value(&Az::AccountName).as_deref(), Some("tailoracct"));
-        assert_eq!(b.get_config_value(&Az::ContainerName).as_deref(), Some("adapters"));
+        assert_eq!(
+            b.get_config_value(&Az::AccountName).as_deref(),
+            Some("tailoracct")
+        );
+        assert_eq!(
+            b.get_config_value(&Az::ContainerName).as_deref(),
+            Some("adapters")
+        );
         assert!(b.build().is_ok());
         // The account in an abfss:// URI wins over the variable.
         let b = azure_builder("fs", Some("fromuri"), &env);
-        assert_eq!(b.get_config_value(&Az::AccountName).as_deref(), Some("fromuri"));
+        assert_eq!(
+            b.get_config_value(&Az::AccountName).as_deref(),
+            Some("fromuri")
+        );
 
         let sas = Env::from_pairs([
             ("AZURE_STORAGE_ACCOUNT_NAME", "tailoracct"),
-            ("AZURE_STORAGE_SAS_TOKEN", "sv=2022-11-02&ss=b&sig=c2FzLXNpZ25hdHVyZQ%3D%3D"),
+            (
+                "AZURE_STORAGE_SAS_TOKEN",
+                "sv=2022-11-02&ss=b&sig=c2FzLXNpZ25hdHVyZQ%3D%3D",
+            ),
         ]);
         assert!(azure_builder("adapters", None, &sas).build().is_ok());
 
@@ -848,10 +885,13 @@ mod tests {
         let mut ctx = Context::default();
         ctx.pvc_mounts.insert("data".into(), "/mnt/data".into());
         ctx.pvc_root = Some("/claims".into());
-        let p = |s: &str| ctx.local_path(&ArtifactUri::parse(s).expect("uri")).expect("ok");
+        let p = |s: &str| {
+            ctx.local_path(&ArtifactUri::parse(s).expect("uri"))
+                .expect("ok")
+        };
         assert_eq!(p("pvc://data/x/y"), Some(PathBuf::from("/mnt/data/x/y")));
         assert_eq!(p("pvc://other/z"), Some(PathBuf::from("/claims/other/z")));
-        assert_eq!(p("s3://b/k"), None);
+        assert_eq!(p("s3://bkt/k"), None);
         let e = Context::default()
             .local_path(&ArtifactUri::parse("pvc://nope/x").expect("uri"))
             .expect_err("unmounted");

@@ -157,8 +157,7 @@ fn bucket_name(uri: &str, what: &str, name: &str) -> Result<String, UriError> {
 
 fn is_repo_part(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !s.starts_with('.')
 }
@@ -256,6 +255,12 @@ impl ArtifactUri {
                 let (bucket, key) = split_authority(rest);
                 no_userinfo(uri, bucket)?;
                 let bucket = bucket_name(uri, "bucket", bucket)?;
+                if !(3..=63).contains(&bucket.len()) {
+                    return Err(err(
+                        uri,
+                        format!("bucket {bucket:?}: bucket names are 3 to 63 characters long"),
+                    ));
+                }
                 let key = clean_path(uri, key)?;
                 Ok(if scheme == "gs" {
                     Self::Gcs { bucket, key }
@@ -326,7 +331,10 @@ impl ArtifactUri {
     /// The last path segment (the file name a single object gets locally).
     pub fn file_name(&self) -> Option<String> {
         let p = self.path();
-        p.rsplit('/').next().filter(|s| !s.is_empty()).map(str::to_string)
+        p.rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
     }
 
     /// Whether the bytes live on this machine (no transfer needed to read them).
@@ -516,7 +524,7 @@ mod tests {
             assert_eq!(got.to_string(), text, "display of {text}");
         }
         // Trailing slashes name the same place.
-        assert_eq!(ok("s3://b/dir/"), ok("s3://b/dir"));
+        assert_eq!(ok("s3://bkt/dir/"), ok("s3://bkt/dir"));
     }
 
     #[test]
@@ -528,12 +536,13 @@ mod tests {
             ("s3://AKIA:secret@bucket/key", "credentials do not belong"),
             ("https://user:pw@host/f", "credentials do not belong"),
             ("pvc://c/../etc", "'..' is not allowed"),
-            ("s3://b/a//c", "empty path segment"),
+            ("s3://bkt/a//c", "empty path segment"),
             ("file://relative/x", "absolute path"),
             ("hf://justname", "expected hf://<org>/<name>"),
             ("hf://org/m@", "empty revision"),
-            ("s3://b/k?versionId=1", "query strings"),
+            ("s3://bkt/k?versionId=1", "query strings"),
             ("s3://bad bucket/k", "may contain only"),
+            ("s3://b/k", "3 to 63 characters"),
         ] {
             let e = ArtifactUri::parse(bad).expect_err(bad);
             assert!(e.to_string().contains(needle), "{bad}: {e}");
@@ -543,15 +552,18 @@ mod tests {
 
     #[test]
     fn joins_and_names_files() {
-        let u = ok("s3://b/run/checkpoints");
+        let u = ok("s3://bkt/run/checkpoints");
         assert_eq!(
             u.join("step-00000004/state.json").to_string(),
-            "s3://b/run/checkpoints/step-00000004/state.json"
+            "s3://bkt/run/checkpoints/step-00000004/state.json"
         );
-        assert_eq!(ok("s3://b").join("x").to_string(), "s3://b/x");
+        assert_eq!(ok("s3://bkt").join("x").to_string(), "s3://bkt/x");
         assert_eq!(ok("file:///a").join("b/c").to_string(), "file:///a/b/c");
-        assert_eq!(ok("s3://b/k/data.jsonl").file_name().as_deref(), Some("data.jsonl"));
-        assert_eq!(ok("s3://b").file_name(), None);
+        assert_eq!(
+            ok("s3://bkt/k/data.jsonl").file_name().as_deref(),
+            Some("data.jsonl")
+        );
+        assert_eq!(ok("s3://bkt").file_name(), None);
         assert!(ok("pvc://c/p").is_local() && !ok("hf://a/b").is_local());
     }
 }

@@ -91,15 +91,15 @@ fn ranged(h: &HeaderMap, data: &[u8], head: bool) -> Response<Body> {
         .and_then(|v| v.split_once('-'))
         .and_then(|(a, b)| {
             let a: usize = a.parse().ok()?;
-            let b: usize = if b.is_empty() { len - 1 } else { b.parse().ok()? };
+            let b: usize = if b.is_empty() {
+                len - 1
+            } else {
+                b.parse().ok()?
+            };
             (a <= b && b < len).then_some((a, b))
         });
     let (status, body, extra) = match range {
-        Some((a, b)) => (
-            206,
-            &data[a..=b],
-            Some(format!("bytes {a}-{b}/{len}")),
-        ),
+        Some((a, b)) => (206, &data[a..=b], Some(format!("bytes {a}-{b}/{len}"))),
         None => (200, data, None),
     };
     let mut r = Response::builder()
@@ -149,7 +149,8 @@ impl Hub {
             .keys()
             .map(|f| serde_json::json!({ "rfilename": f }))
             .collect();
-        let body = serde_json::json!({"id": repo, "sha": sha, "siblings": siblings, "gated": r.gated});
+        let body =
+            serde_json::json!({"id": repo, "sha": sha, "siblings": siblings, "gated": r.gated});
         Response::builder()
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
@@ -175,14 +176,18 @@ impl Hub {
                     return error(
                         401,
                         "GatedRepo",
-                        &format!("Access to model {repo} is restricted. You must have access to it and be authenticated to access it. Please log in."),
+                        &format!(
+                            "Access to model {repo} is restricted. You must have access to it and be authenticated to access it. Please log in."
+                        ),
                     );
                 }
                 Some(t) if t != TOKEN => {
                     return error(
                         403,
                         "GatedRepo",
-                        &format!("Access to model {repo} is restricted and you are not in the authorized list."),
+                        &format!(
+                            "Access to model {repo} is restricted and you are not in the authorized list."
+                        ),
                     );
                 }
                 Some(_) => {}
@@ -192,11 +197,19 @@ impl Hub {
             return error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
         };
         let Some(data) = r.commits[&sha].get(file) else {
-            return error(404, "EntryNotFound", &format!("{file} does not exist on \"{rev}\""));
+            return error(
+                404,
+                "EntryNotFound",
+                &format!("{file} does not exist on \"{rev}\""),
+            );
         };
         if is_lfs(file, data) {
             let oid = sha256(data);
-            let key = if r.rotten { format!("rotten-{oid}") } else { oid.clone() };
+            let key = if r.rotten {
+                format!("rotten-{oid}")
+            } else {
+                oid.clone()
+            };
             return Response::builder()
                 .status(302)
                 .header(
@@ -210,7 +223,8 @@ impl Hub {
                 .body(Body::empty())
                 .expect("response");
         }
-        self.served.fetch_add(if head { 0 } else { data.len() as u64 }, Ordering::SeqCst);
+        self.served
+            .fetch_add(if head { 0 } else { data.len() as u64 }, Ordering::SeqCst);
         let mut resp = ranged(h, data, head);
         let hv = |s: String| HeaderValue::from_str(&s).expect("header");
         resp.headers_mut()
@@ -287,9 +301,14 @@ async fn hub_handler(
             hub.api(kind, &repo, &rev, &headers)
         }
         ["datasets", org, rest] => resolve_path(&hub, "datasets", org, rest, &headers, head),
-        [org, name, rest] => {
-            resolve_path(&hub, "models", org, &format!("{name}/{rest}"), &headers, head)
-        }
+        [org, name, rest] => resolve_path(
+            &hub,
+            "models",
+            org,
+            &format!("{name}/{rest}"),
+            &headers,
+            head,
+        ),
         _ => error(404, "NotFound", "no such route"),
     }
 }
@@ -347,19 +366,35 @@ struct Running {
 }
 
 async fn serve(router: axum::Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
-    (addr, tokio::spawn(async move {
-        let _ = axum::serve(l, router).await;
-    }))
+    (
+        addr,
+        tokio::spawn(async move {
+            let _ = axum::serve(l, router).await;
+        }),
+    )
 }
 
 const OLD: &str = "1111111111111111111111111111111111111111";
 const NEW: &str = "2222222222222222222222222222222222222222";
 
 fn tiny_commits() -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
-    let s1 = shard(&["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"], 4096, 1);
-    let s2 = shard(&["model.layers.1.self_attn.q_proj.weight", "lm_head.weight"], 4096, 9);
+    let s1 = shard(
+        &[
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ],
+        4096,
+        1,
+    );
+    let s2 = shard(
+        &["model.layers.1.self_attn.q_proj.weight", "lm_head.weight"],
+        4096,
+        9,
+    );
     let index = serde_json::json!({
         "metadata": {"total_size": s1.len() + s2.len()},
         "weight_map": {
@@ -369,23 +404,42 @@ fn tiny_commits() -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
             "lm_head.weight": "model-00002-of-00002.safetensors"
         }
     });
-    let tokenizer = serde_json::json!({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}});
+    let tokenizer =
+        serde_json::json!({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}});
     let mut new = BTreeMap::new();
-    new.insert("config.json".to_string(), br#"{"model_type":"llama","v":2}"#.to_vec());
+    new.insert(
+        "config.json".to_string(),
+        br#"{"model_type":"llama","v":2}"#.to_vec(),
+    );
     new.insert("model-00001-of-00002.safetensors".to_string(), s1);
     new.insert("model-00002-of-00002.safetensors".to_string(), s2);
-    new.insert("model.safetensors.index.json".to_string(), index.to_string().into_bytes());
-    new.insert("tokenizer.json".to_string(), tokenizer.to_string().into_bytes());
+    new.insert(
+        "model.safetensors.index.json".to_string(),
+        index.to_string().into_bytes(),
+    );
+    new.insert(
+        "tokenizer.json".to_string(),
+        tokenizer.to_string().into_bytes(),
+    );
     new.insert(
         "tokenizer_config.json".to_string(),
         br#"{"chat_template":"{{ messages }}","eos_token":"</s>"}"#.to_vec(),
     );
-    new.insert("special_tokens_map.json".to_string(), br#"{"eos_token":"</s>"}"#.to_vec());
+    new.insert(
+        "special_tokens_map.json".to_string(),
+        br#"{"eos_token":"</s>"}"#.to_vec(),
+    );
     new.insert("onnx/model.onnx".to_string(), bytes(77, 2 << 20));
     new.insert("onnx/config.json".to_string(), b"{}".to_vec());
     let mut old = BTreeMap::new();
-    old.insert("config.json".to_string(), br#"{"model_type":"llama","v":1}"#.to_vec());
-    old.insert("tokenizer.json".to_string(), tokenizer.to_string().into_bytes());
+    old.insert(
+        "config.json".to_string(),
+        br#"{"model_type":"llama","v":1}"#.to_vec(),
+    );
+    old.insert(
+        "tokenizer.json".to_string(),
+        tokenizer.to_string().into_bytes(),
+    );
     BTreeMap::from([(OLD.to_string(), old), (NEW.to_string(), new)])
 }
 
@@ -414,7 +468,10 @@ async fn start() -> Running {
         "models/org/gated".to_string(),
         Repo {
             gated: true,
-            refs: BTreeMap::from([("main".to_string(), "3333333333333333333333333333333333333333".to_string())]),
+            refs: BTreeMap::from([(
+                "main".to_string(),
+                "3333333333333333333333333333333333333333".to_string(),
+            )]),
             commits: gated_files,
             ..Repo::default()
         },
@@ -438,8 +495,14 @@ async fn start() -> Running {
             commits: BTreeMap::from([(
                 OLD.to_string(),
                 BTreeMap::from([
-                    ("data/train.jsonl".to_string(), b"{\"messages\":[]}\n".to_vec()),
-                    ("data/test.jsonl".to_string(), b"{\"messages\":[]}\n".to_vec()),
+                    (
+                        "data/train.jsonl".to_string(),
+                        b"{\"messages\":[]}\n".to_vec(),
+                    ),
+                    (
+                        "data/test.jsonl".to_string(),
+                        b"{\"messages\":[]}\n".to_vec(),
+                    ),
                     ("README.md".to_string(), b"# chat".to_vec()),
                 ]),
             )]),
@@ -447,18 +510,27 @@ async fn start() -> Running {
         },
     );
     // The CDN is another origin (another port): the client must drop the token there.
-    let cdn_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let cdn_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let cdn_addr = cdn_listener.local_addr().expect("addr");
     let hub = Arc::new(Hub {
         repos,
         cdn: format!("http://{cdn_addr}"),
         served: AtomicU64::new(0),
     });
-    let cdn = axum::Router::new().fallback(cdn_handler).with_state(hub.clone());
+    let cdn = axum::Router::new()
+        .fallback(cdn_handler)
+        .with_state(hub.clone());
     let cdn_task = tokio::spawn(async move {
         let _ = axum::serve(cdn_listener, cdn).await;
     });
-    let (addr, hub_task) = serve(axum::Router::new().fallback(hub_handler).with_state(hub.clone())).await;
+    let (addr, hub_task) = serve(
+        axum::Router::new()
+            .fallback(hub_handler)
+            .with_state(hub.clone()),
+    )
+    .await;
     Running {
         hub,
         endpoint: format!("http://{addr}"),
@@ -513,10 +585,18 @@ async fn resolves_revisions_and_fetches_a_sharded_checkpoint() {
     )
     .expect("json");
     for (tensor, shard_file) in index["weight_map"].as_object().expect("map") {
-        let bytes = std::fs::read(dir.path().join("main").join(shard_file.as_str().expect("name")))
-            .expect("shard");
+        let bytes = std::fs::read(
+            dir.path()
+                .join("main")
+                .join(shard_file.as_str().expect("name")),
+        )
+        .expect("shard");
         let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
-        assert_eq!(st.tensor(tensor).expect("tensor").shape(), [4096, 64], "{tensor}");
+        assert_eq!(
+            st.tensor(tensor).expect("tensor").shape(),
+            [4096, 64],
+            "{tensor}"
+        );
     }
 
     for (rev, sha, v) in [("v1.0", OLD, 1), (OLD, OLD, 1), ("refs%2Fpr%2F1", OLD, 1)] {
@@ -537,32 +617,56 @@ async fn resolves_revisions_and_fetches_a_sharded_checkpoint() {
         .fetch(&uri("hf://org/tiny/onnx"), Some(&dir.path().join("onnx")))
         .await
         .expect("subdir");
-    assert_eq!(files_under(&dir.path().join("onnx")), ["config.json", "model.onnx"]);
+    assert_eq!(
+        files_under(&dir.path().join("onnx")),
+        ["config.json", "model.onnx"]
+    );
     assert!(f.single.is_none());
     let f = fetcher
-        .fetch(&uri("hf://org/tiny/tokenizer.json"), Some(&dir.path().join("tok")))
+        .fetch(
+            &uri("hf://org/tiny/tokenizer.json"),
+            Some(&dir.path().join("tok")),
+        )
         .await
         .expect("one file");
     assert_eq!(f.single, Some(dir.path().join("tok/tokenizer.json")));
 
     // A dataset repository.
     let f = fetcher
-        .fetch(&uri("hf://datasets/org/chat/data"), Some(&dir.path().join("chat")))
+        .fetch(
+            &uri("hf://datasets/org/chat/data"),
+            Some(&dir.path().join("chat")),
+        )
         .await
         .expect("dataset");
     assert_eq!(files_under(&f.dir), ["test.jsonl", "train.jsonl"]);
 
     for (u, kind, needle) in [
-        ("hf://org/tiny@nope", ErrorKind::NotFound, "revision not found"),
-        ("hf://org/tiny/missing-dir", ErrorKind::NotFound, "no file at or under"),
-        ("hf://org/does-not-exist", ErrorKind::NotFound, "repository not found"),
+        (
+            "hf://org/tiny@nope",
+            ErrorKind::NotFound,
+            "revision not found",
+        ),
+        (
+            "hf://org/tiny/missing-dir",
+            ErrorKind::NotFound,
+            "no file at or under",
+        ),
+        (
+            "hf://org/does-not-exist",
+            ErrorKind::NotFound,
+            "repository not found",
+        ),
     ] {
         let e = fetcher
             .fetch(&uri(u), Some(&dir.path().join("err")))
             .await
             .expect_err(u);
         assert_eq!(e.kind, kind, "{e}");
-        assert!(e.to_string().contains(needle) && e.to_string().contains(u), "{e}");
+        assert!(
+            e.to_string().contains(needle) && e.to_string().contains(u),
+            "{e}"
+        );
     }
 }
 
@@ -595,7 +699,12 @@ async fn a_gated_repository_needs_a_granted_token() {
     let bin = env!("CARGO_BIN_EXE_tailor-fetch");
     for (token, code) in [(OTHER_TOKEN, 5), (TOKEN, 0)] {
         let out = tokio::process::Command::new(bin)
-            .args(["hf://org/gated", dir.path().join("bin").to_str().expect("utf8"), "--retry-for", "0"])
+            .args([
+                "hf://org/gated",
+                dir.path().join("bin").to_str().expect("utf8"),
+                "--retry-for",
+                "0",
+            ])
             .env_clear()
             .env("HF_ENDPOINT", &hub.endpoint)
             .env("HF_TOKEN", token)
@@ -653,16 +762,26 @@ async fn a_cached_commit_is_served_without_the_hub() {
         .expect("second");
     assert!(second.from_cache);
     assert_eq!(second.bytes_transferred, 0);
-    assert_eq!(hub.hub.served.load(Ordering::SeqCst), served, "no file bytes served");
+    assert_eq!(
+        hub.hub.served.load(Ordering::SeqCst),
+        served,
+        "no file bytes served"
+    );
 
     // Pinned to the sha, it needs no Hub at all.
     drop(hub);
     let offline = Fetcher::new(ctx("http://127.0.0.1:9", None))
         .with_cache(Some(dir.path().join("cache")))
         .with_retry_for(Duration::ZERO)
-        .fetch(&uri(&format!("hf://org/tiny@{NEW}")), Some(&dir.path().join("c")))
+        .fetch(
+            &uri(&format!("hf://org/tiny@{NEW}")),
+            Some(&dir.path().join("c")),
+        )
         .await
         .expect("offline from cache");
     assert!(offline.from_cache);
-    assert_eq!(files_under(&dir.path().join("c")), files_under(&dir.path().join("a")));
+    assert_eq!(
+        files_under(&dir.path().join("c")),
+        files_under(&dir.path().join("a"))
+    );
 }

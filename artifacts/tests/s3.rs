@@ -81,7 +81,12 @@ fn assert_same_files(dir: &Path, files: &[(String, Vec<u8>)]) {
     assert_eq!(files_under(dir), want);
     for (name, data) in files {
         let got = std::fs::read(dir.join(name)).expect("read fetched file");
-        assert!(got == *data, "{name} differs ({} vs {} bytes)", got.len(), data.len());
+        assert!(
+            got == *data,
+            "{name} differs ({} vs {} bytes)",
+            got.len(),
+            data.len()
+        );
     }
 }
 
@@ -172,13 +177,19 @@ async fn store_uploads_lists_reads_and_deletes() {
         &store.read_bytes("out/a.json", 100).await.expect("small")[..],
         b"{\"a\":1}"
     );
-    let e = store.read_bytes("out/big.bin", 100).await.expect_err("limit");
+    let e = store
+        .read_bytes("out/big.bin", 100)
+        .await
+        .expect_err("limit");
     assert_eq!(e.kind, ErrorKind::Invalid);
 
     assert_eq!(store.delete_prefix("out/nested").await.expect("delete"), 1);
     assert_eq!(store.list("out").await.expect("list").len(), 2);
     store.delete("out/a.json").await.expect("delete one");
-    store.delete("out/a.json").await.expect("deleting a missing object is fine");
+    store
+        .delete("out/a.json")
+        .await
+        .expect("deleting a missing object is fine");
     assert_eq!(store.list("out").await.expect("list").len(), 1);
 }
 
@@ -200,20 +211,33 @@ async fn fetches_in_parallel_and_a_second_fetch_comes_from_the_cache() {
         .with_concurrency(8);
     let before = proxy.bytes_down();
     let first = fetcher
-        .fetch(&uri("s3://tailor/models/tiny"), Some(&dir.path().join("node-a")))
+        .fetch(
+            &uri("s3://tailor/models/tiny"),
+            Some(&dir.path().join("node-a")),
+        )
         .await
         .expect("first fetch");
     let first_wire = proxy.bytes_down() - before;
     assert_same_files(&dir.path().join("node-a"), &files);
     assert!(!first.from_cache);
     assert_eq!(first.bytes_transferred, total);
-    assert!(first_wire >= total, "{first_wire} bytes on the wire for {total}");
+    assert!(
+        first_wire >= total,
+        "{first_wire} bytes on the wire for {total}"
+    );
     // Every file carried the sha256 the upload recorded, and was checked against it.
-    assert!(first.files.iter().all(|f| f.sha256.is_some()), "{:?}", first.files);
+    assert!(
+        first.files.iter().all(|f| f.sha256.is_some()),
+        "{:?}",
+        first.files
+    );
 
     let before = proxy.bytes_down();
     let second = fetcher
-        .fetch(&uri("s3://tailor/models/tiny/"), Some(&dir.path().join("node-a-2")))
+        .fetch(
+            &uri("s3://tailor/models/tiny/"),
+            Some(&dir.path().join("node-a-2")),
+        )
         .await
         .expect("second fetch");
     let second_wire = proxy.bytes_down() - before;
@@ -228,7 +252,10 @@ async fn fetches_in_parallel_and_a_second_fetch_comes_from_the_cache() {
 
     // One object by its own URI: a single file in the destination.
     let one = fetcher
-        .fetch(&uri("s3://tailor/models/tiny/config.json"), Some(&dir.path().join("cfg")))
+        .fetch(
+            &uri("s3://tailor/models/tiny/config.json"),
+            Some(&dir.path().join("cfg")),
+        )
         .await
         .expect("single object");
     assert_eq!(one.single, Some(dir.path().join("cfg/config.json")));
@@ -241,7 +268,10 @@ async fn fetches_in_parallel_and_a_second_fetch_comes_from_the_cache() {
         .await
         .expect("overwrite");
     let third = fetcher
-        .fetch(&uri("s3://tailor/models/tiny"), Some(&dir.path().join("node-a-3")))
+        .fetch(
+            &uri("s3://tailor/models/tiny"),
+            Some(&dir.path().join("node-a-3")),
+        )
         .await
         .expect("third fetch");
     assert!(!third.from_cache);
@@ -261,8 +291,15 @@ fn two_processes_fetching_the_same_thing_share_one_download() {
     let files = checkpoint(&local, 8);
     let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
     let env = s3_env(&s3.endpoint(), SECRET_KEY);
-    let up = run(&["--upload", local.to_str().expect("utf8"), "s3://tailor/m"], &env);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let up = run(
+        &["--upload", local.to_str().expect("utf8"), "s3://tailor/m"],
+        &env,
+    );
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
 
     // Slow enough that the two overlap.
     proxy.set_throttle(40 * MIB as u64);
@@ -292,12 +329,20 @@ fn two_processes_fetching_the_same_thing_share_one_download() {
     let mut transferred = Vec::new();
     for c in children {
         let out = c.wait_with_output().expect("wait");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary json");
         transferred.push(v["bytesTransferred"].as_u64().expect("bytes"));
     }
     transferred.sort();
-    assert_eq!(transferred, [0, total], "one process downloads, the other waits and links");
+    assert_eq!(
+        transferred,
+        [0, total],
+        "one process downloads, the other waits and links"
+    );
     assert_same_files(&dir.path().join("a"), &files);
     assert_same_files(&dir.path().join("b"), &files);
     assert!(
@@ -336,9 +381,21 @@ async fn faults_are_classified_and_name_the_uri() {
             ])),
             ErrorKind::PermissionDenied,
         ),
-        ("s3://tailor/data/missing.jsonl", ctx(&s3.endpoint()), ErrorKind::NotFound),
-        ("s3://tailor/no/such/prefix/", ctx(&s3.endpoint()), ErrorKind::NotFound),
-        ("s3://no-such-bucket/x", ctx(&s3.endpoint()), ErrorKind::NotFound),
+        (
+            "s3://tailor/data/missing.jsonl",
+            ctx(&s3.endpoint()),
+            ErrorKind::NotFound,
+        ),
+        (
+            "s3://tailor/no/such/prefix/",
+            ctx(&s3.endpoint()),
+            ErrorKind::NotFound,
+        ),
+        (
+            "s3://no-such-bucket/x",
+            ctx(&s3.endpoint()),
+            ErrorKind::NotFound,
+        ),
         (
             "s3://tailor/data/train.jsonl",
             // Nothing listens on port 9 of loopback.
@@ -347,14 +404,14 @@ async fn faults_are_classified_and_name_the_uri() {
         ),
     ];
     for (u, c, kind) in cases {
-        let e = quick(c)
-            .fetch(&uri(u), Some(&dest))
-            .await
-            .expect_err(u);
+        let e = quick(c).fetch(&uri(u), Some(&dest)).await.expect_err(u);
         let text = e.to_string();
         assert_eq!(e.kind, kind, "{u}: {text}");
         assert!(text.contains(u.trim_end_matches('/')), "{u}: {text}");
-        assert_no_secret(&text, &[SECRET_KEY, wrong_secret, "AKIAUNKNOWNKEY000", ACCESS_KEY]);
+        assert_no_secret(
+            &text,
+            &[SECRET_KEY, wrong_secret, "AKIAUNKNOWNKEY000", ACCESS_KEY],
+        );
     }
     // Through the binary: the exit code says the kind, stderr names the URI.
     for (u, secret, code) in [
@@ -399,12 +456,22 @@ async fn an_endpoint_that_comes_up_later_is_retried_until_it_answers() {
     let started = Instant::now();
     let task = tokio::spawn({
         let dest = dest.clone();
-        async move { fetcher.fetch(&uri("s3://tailor/late/data.bin"), Some(&dest)).await }
+        async move {
+            fetcher
+                .fetch(&uri("s3://tailor/late/data.bin"), Some(&dest))
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!task.is_finished(), "the fetch gave up while the endpoint was down");
+    assert!(
+        !task.is_finished(),
+        "the fetch gave up while the endpoint was down"
+    );
     let _s3 = LocalS3::start_on(addr, &root, ACCESS_KEY, SECRET_KEY).expect("start late");
-    let f = task.await.expect("join").expect("fetch recovers once the endpoint answers");
+    let f = task
+        .await
+        .expect("join")
+        .expect("fetch recovers once the endpoint answers");
     assert_eq!(std::fs::read(dest.join("data.bin")).expect("read"), data);
     assert!(started.elapsed() >= Duration::from_secs(3));
     assert_eq!(f.bytes_transferred, data.len() as u64);
@@ -471,10 +538,18 @@ fn a_fetch_killed_midway_resumes_where_it_stopped() {
     let data = bytes(13, 24 * MIB);
     write(&dir.path().join("up/weights.bin"), &data);
     let up = run(
-        &["--upload", dir.path().join("up").to_str().expect("utf8"), "s3://tailor/r"],
+        &[
+            "--upload",
+            dir.path().join("up").to_str().expect("utf8"),
+            "s3://tailor/r",
+        ],
         &s3_env(&s3.endpoint(), SECRET_KEY),
     );
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
 
     proxy.set_throttle(4 * MIB as u64);
     let env = s3_env(&proxy.endpoint(), SECRET_KEY);
@@ -496,17 +571,28 @@ fn a_fetch_killed_midway_resumes_where_it_stopped() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while ranges_done(&state) < 4 {
         assert!(Instant::now() < deadline, "no progress recorded");
-        assert!(child.try_wait().expect("wait").is_none(), "finished too early");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "finished too early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    assert!(files_under(&dest).is_empty(), "a killed fetch left {:?}", files_under(&dest));
+    assert!(
+        files_under(&dest).is_empty(),
+        "a killed fetch left {:?}",
+        files_under(&dest)
+    );
     let done_before = ranges_done(&state);
 
     proxy.set_throttle(0);
     let out = run(&args, &env);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
     let moved = v["bytesTransferred"].as_u64().expect("bytes");
     assert!(
@@ -545,9 +631,16 @@ async fn a_checksum_mismatch_fails_and_discards_the_file() {
         text.contains("s3://tailor/adapters/a1/adapter_model.safetensors"),
         "{text}"
     );
-    assert!(text.contains(&sha(&data)) && text.contains(&sha(&rotten)), "{text}");
+    assert!(
+        text.contains(&sha(&data)) && text.contains(&sha(&rotten)),
+        "{text}"
+    );
     assert!(files_under(&dest).is_empty(), "{:?}", files_under(&dest));
-    assert!(!dest.join(".tailor-fetch/partial/adapter_model.safetensors.part").exists());
+    assert!(
+        !dest
+            .join(".tailor-fetch/partial/adapter_model.safetensors.part")
+            .exists()
+    );
 
     // A checksum the caller requires (a LoraAdapter's sha256) is checked the same way.
     std::fs::write(&on_disk, &data).expect("restore");
@@ -577,12 +670,28 @@ fn no_secret_reaches_output_or_logs_even_at_debug() {
     let d = dest.to_str().expect("utf8");
     let up = dir.path().join("up");
     let runs: [(&[&str], &str); 6] = [
-        (&["--upload", up.to_str().expect("utf8"), "s3://tailor/x"], SECRET_KEY),
+        (
+            &["--upload", up.to_str().expect("utf8"), "s3://tailor/x"],
+            SECRET_KEY,
+        ),
         (&["s3://tailor/x", d], SECRET_KEY),
         (&["s3://tailor/x", d, "--log-format", "json"], SECRET_KEY),
-        (&["s3://tailor/x", d, "--retry-for", "0"], "wrong-secret-DO-NOT-PRINT"),
+        (
+            &["s3://tailor/x", d, "--retry-for", "0"],
+            "wrong-secret-DO-NOT-PRINT",
+        ),
         (&["s3://tailor/nope", d, "--retry-for", "0"], SECRET_KEY),
-        (&["s3://tailor/x", d, "--retry-for", "0", "--log-format", "json"], "wrong-secret-DO-NOT-PRINT"),
+        (
+            &[
+                "s3://tailor/x",
+                d,
+                "--retry-for",
+                "0",
+                "--log-format",
+                "json",
+            ],
+            "wrong-secret-DO-NOT-PRINT",
+        ),
     ];
     for (args, secret) in runs {
         let out = run(args, &s3_env(&s3.endpoint(), secret));
@@ -590,8 +699,14 @@ fn no_secret_reaches_output_or_logs_even_at_debug() {
         all.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     // The runs did log (debug level), and did fail where they should.
-    assert!(all.contains("SignatureDoesNotMatch") || all.contains("PermissionDenied"), "{all}");
-    assert!(all.contains("\"level\":\"DEBUG\"") || all.contains("DEBUG"), "{all}");
+    assert!(
+        all.contains("SignatureDoesNotMatch") || all.contains("PermissionDenied"),
+        "{all}"
+    );
+    assert!(
+        all.contains("\"level\":\"DEBUG\"") || all.contains("DEBUG"),
+        "{all}"
+    );
     assert_no_secret(&all, &[SECRET_KEY, "wrong-secret-DO-NOT-PRINT", ACCESS_KEY]);
 }
 
@@ -617,6 +732,10 @@ fn the_binary_documents_every_flag() {
     }
     let out = run(&["--version"], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tailor-fetch "));
-    let out = run(&["s3://b/k"], &[]);
-    assert_eq!(out.status.code(), Some(2), "DEST is required for a download");
+    let out = run(&["s3://bkt/k"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "DEST is required for a download"
+    );
 }

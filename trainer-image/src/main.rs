@@ -10,6 +10,7 @@ mod optim;
 mod prepare;
 mod progress;
 mod redact;
+mod remote;
 mod run_state;
 mod termination;
 mod train;
@@ -87,18 +88,27 @@ struct TrainArgs {
     /// JSON file with the settings below in camelCase; flags override it.
     #[arg(long, env = "TAILOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or an
+    /// artifact URI (s3://, gs://, az://, https://, hf://, pvc://) fetched before loading.
     #[arg(long)]
     base_model: Option<PathBuf>,
-    /// Prepared training JSONL.
+    /// Prepared training JSONL (a path or an artifact URI).
     #[arg(long)]
     train: Option<PathBuf>,
-    /// Prepared validation JSONL.
+    /// Prepared validation JSONL (a path or an artifact URI).
     #[arg(long)]
     validation: Option<PathBuf>,
-    /// Output directory: the PEFT adapter, metrics.json and checkpoints/.
+    /// Output directory: the PEFT adapter, metrics.json and checkpoints/. As a URI
+    /// (s3://bucket/run), checkpoints are uploaded as they are written and a restarted run
+    /// resumes from the newest one there.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Local scratch for fetched inputs and a URI output (default: under $TMPDIR).
+    #[arg(long, env = "TAILOR_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Node-local cache for fetched inputs, shared by runs on this machine.
+    #[arg(long, env = "TAILOR_ARTIFACT_CACHE")]
+    artifact_cache: Option<PathBuf>,
     #[arg(long)]
     rank: Option<i64>,
     #[arg(long)]
@@ -208,6 +218,8 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<train::TrainConfig> {
     put(&mut m, "train", a.train.as_ref());
     put(&mut m, "validation", a.validation.as_ref());
     put(&mut m, "output", a.output.as_ref());
+    put(&mut m, "workDir", a.work_dir.as_ref());
+    put(&mut m, "artifactCache", a.artifact_cache.as_ref());
     put(&mut m, "rank", a.rank);
     put(&mut m, "alpha", a.alpha);
     put(&mut m, "dropout", a.dropout);
@@ -265,7 +277,7 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
             (r, path)
         }
         Command::Train(a) => {
-            let cfg = match train_config(a) {
+            let mut cfg = match train_config(a) {
                 Ok(c) => c,
                 Err(e) => return (Err(e), a.termination_message_path.clone()),
             };
@@ -277,7 +289,22 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
                     Err(e) => return (Err(e), path),
                 }
             }
-            let r = train::run(&cfg, &handle).and_then(|s| Ok(serde_json::to_value(&s)?));
+            let r = remote::Remote::prepare(&mut cfg).and_then(|remote| {
+                let on_checkpoint = |dir: &std::path::Path| match &remote {
+                    Some(r) => r.checkpoint_written(dir),
+                    None => Ok(()),
+                };
+                let mut summary = train::run(&cfg, &handle, &on_checkpoint)?;
+                if let Some(uri) = remote
+                    .as_ref()
+                    .map(|r| r.finish(&cfg.output))
+                    .transpose()?
+                    .flatten()
+                {
+                    summary.adapter = PathBuf::from(uri);
+                }
+                Ok(serde_json::to_value(&summary)?)
+            });
             if r.is_err() {
                 handle.update(|p| p.phase = "Failed".into());
             }

@@ -89,7 +89,7 @@ pub fn save(
     optim: &AdamW,
     state: &RunState,
     base_model: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PathBuf> {
     let final_dir = root.join(format!("step-{:08}", state.step));
     let tmp = root.join(format!(".tmp-step-{:08}", state.step));
     if tmp.exists() {
@@ -120,7 +120,7 @@ pub fn save(
     for (_, old) in all.iter().take(all.len().saturating_sub(KEEP)) {
         let _ = std::fs::remove_dir_all(old);
     }
-    Ok(())
+    Ok(final_dir)
 }
 
 pub fn load(

@@ -99,6 +99,15 @@ pub struct TrainConfig {
     /// `auto` (CUDA when present), `cpu` or `cuda`.
     #[serde(default = "d_device")]
     pub device: String,
+    /// Local scratch for inputs fetched from URIs and for an output that is a URI.
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+    /// Node-local cache of fetched inputs, shared by runs on this machine.
+    #[serde(default)]
+    pub artifact_cache: Option<PathBuf>,
+    /// The base model as adapters record it (the URI it was fetched from); default: `baseModel`.
+    #[serde(default)]
+    pub base_model_name: Option<String>,
 }
 
 fn d_rank() -> i64 {
@@ -386,8 +395,17 @@ fn validate(cfg: &TrainConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summary> {
+/// Trains; `on_checkpoint` is called with each checkpoint directory once it is written.
+pub fn run(
+    cfg: &TrainConfig,
+    progress: &ProgressHandle,
+    on_checkpoint: &dyn Fn(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let base_name = cfg
+        .base_model_name
+        .clone()
+        .unwrap_or_else(|| cfg.base_model.display().to_string());
     validate(cfg)?;
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n);
@@ -603,13 +621,8 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
             && state.step < last_step
         {
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
-            run_state::save(
-                &ckpt_dir,
-                &adapter,
-                &optim,
-                &state,
-                &cfg.base_model.display().to_string(),
-            )?;
+            let dir = run_state::save(&ckpt_dir, &adapter, &optim, &state, &base_name)?;
+            on_checkpoint(&dir)?;
             last_ckpt_step = state.step;
             // Periodic validation, so /progress shows it while the run goes on.
             if !validation.is_empty() {
@@ -623,15 +636,10 @@ pub fn run(cfg: &TrainConfig, progress: &ProgressHandle) -> anyhow::Result<Summa
     let validation_loss = eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?;
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
     if last_ckpt_step != state.step {
-        run_state::save(
-            &ckpt_dir,
-            &adapter,
-            &optim,
-            &state,
-            &cfg.base_model.display().to_string(),
-        )?;
+        let dir = run_state::save(&ckpt_dir, &adapter, &optim, &state, &base_name)?;
+        on_checkpoint(&dir)?;
     }
-    peft::save_adapter(&adapter, &cfg.output, &cfg.base_model.display().to_string())?;
+    peft::save_adapter(&adapter, &cfg.output, &base_name)?;
     if let Some(path) = &cfg.dump_batches {
         let dump = serde_json::json!({
             "hyperparameters": {

@@ -47,11 +47,21 @@ struct Cli {
     #[arg(long, default_value_t = 16, env = "TAILOR_FETCH_CONCURRENCY")]
     concurrency: usize,
     /// Size of each ranged request, in MiB.
-    #[arg(long, default_value_t = 16, value_name = "MIB", env = "TAILOR_FETCH_CHUNK_MIB")]
+    #[arg(
+        long,
+        default_value_t = 16,
+        value_name = "MIB",
+        env = "TAILOR_FETCH_CHUNK_MIB"
+    )]
     chunk_mib: u64,
     /// Keep retrying failures that can heal (unreachable endpoint, cut connections, a source
     /// changed mid-fetch) with back-off for this many seconds; 0 disables retries.
-    #[arg(long, default_value_t = 600, value_name = "SECONDS", env = "TAILOR_FETCH_RETRY_FOR")]
+    #[arg(
+        long,
+        default_value_t = 600,
+        value_name = "SECONDS",
+        env = "TAILOR_FETCH_RETRY_FOR"
+    )]
     retry_for: u64,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
@@ -80,10 +90,11 @@ fn pairs(flag: &str, values: &[String]) -> anyhow::Result<BTreeMap<String, Strin
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
@@ -121,7 +132,9 @@ async fn run(cli: Cli) -> Result<serde_json::Value, Error> {
         .with_chunk_size(cli.chunk_mib.max(1) << 20)
         .with_retry_for(Duration::from_secs(cli.retry_for))
         .with_progress_every(Duration::from_secs(cli.progress_every.max(1)));
-    for (path, sha) in pairs("expect-sha256", &cli.expect_sha256).map_err(|e| usage(e.to_string()))? {
+    for (path, sha) in
+        pairs("expect-sha256", &cli.expect_sha256).map_err(|e| usage(e.to_string()))?
+    {
         fetcher = fetcher.expect_sha256(path, sha);
     }
     let fetched = fetcher.fetch(&uri, cli.dest.as_deref()).await?;

@@ -6,8 +6,8 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Credentials the tests' S3 server accepts. Distinctive, so a grep for them cannot miss.
 pub const ACCESS_KEY: &str = "AKIATAILORTESTKEY01";

@@ -1,0 +1,240 @@
+//! Training inputs and outputs given as artifact URIs (`s3://`, `gs://`, `hf://`, …), handled
+//! at the edges of a run so the training code sees only local paths:
+//!
+//! - before loading, every input that is a URI (base model, training and validation data,
+//!   initial adapter) is fetched into the work directory (through the node-local cache when
+//!   one is given) and the setting is replaced by the local path;
+//! - an output that is a URI is trained into `<work>/output`, after pulling the newest complete
+//!   checkpoint from `<output>/checkpoints/` — so an attempt on another node, with an empty
+//!   disk, resumes where the last one stopped;
+//! - each checkpoint is uploaded as soon as it is written (`state.json` last: a checkpoint
+//!   without it is incomplete and ignored), older ones are pruned from the store as locally;
+//! - at the end the adapter and `metrics.json` are uploaded.
+//!
+//! Credentials come from the process environment's standard variables (`AWS_*`, `HF_TOKEN`,
+//! …), which the operator fills from the Secret named in the spec.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use tailor_artifacts::fetch::short_hash;
+use tailor_artifacts::store::local_files;
+use tailor_artifacts::{ArtifactUri, Context, Env, Fetcher, Store};
+
+use crate::train::TrainConfig;
+
+/// Complete checkpoints kept in the store (as `run_state` keeps locally).
+const KEEP: usize = 2;
+
+/// Whether a setting names a URI rather than a local path.
+pub fn is_uri(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| s.contains("://"))
+}
+
+/// The output store of a run whose `output` is a URI.
+pub struct Remote {
+    rt: tokio::runtime::Runtime,
+    store: Option<Store>,
+}
+
+fn step_of(name: &str) -> Option<usize> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Complete checkpoint steps in a listing of `checkpoints/` (those with a `state.json`), sorted.
+fn complete_steps(paths: &[String]) -> Vec<usize> {
+    let mut steps: Vec<usize> = paths
+        .iter()
+        .filter_map(|p| {
+            let rest = p.strip_prefix("checkpoints/")?;
+            let (dir, file) = rest.split_once('/')?;
+            (file == "state.json").then(|| step_of(dir)).flatten()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    steps
+}
+
+fn step_dir(step: usize) -> String {
+    format!("checkpoints/step-{step:08}")
+}
+
+impl Remote {
+    /// Fetches the inputs that are URIs and redirects a URI output to the work directory.
+    /// `None` when every setting is a local path (nothing changes then).
+    pub fn prepare(cfg: &mut TrainConfig) -> anyhow::Result<Option<Self>> {
+        let inputs_are_uris = is_uri(&cfg.base_model)
+            || is_uri(&cfg.train)
+            || cfg.validation.as_deref().is_some_and(is_uri)
+            || cfg.init_adapter.as_deref().is_some_and(is_uri);
+        if !inputs_are_uris && !is_uri(&cfg.output) {
+            return Ok(None);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .context("starting the artifact runtime")?;
+        let mut ctx = Context::new(Env::from_process());
+        ctx.pvc_root = std::env::var_os("TAILOR_PVC_ROOT").map(PathBuf::from);
+        let work = cfg.work_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "tailor-trainer-{}",
+                short_hash(&cfg.output.display().to_string())
+            ))
+        });
+        let fetcher = Fetcher::new(ctx.clone()).with_cache(cfg.artifact_cache.clone());
+        let inputs = work.join("inputs");
+        let localize = |p: &Path| -> anyhow::Result<PathBuf> {
+            let uri = ArtifactUri::parse(&p.display().to_string())?;
+            Ok(rt.block_on(fetcher.localize(&uri, &inputs))?)
+        };
+        if is_uri(&cfg.base_model) {
+            // Adapters record the model as the user named it, not where this pod put it.
+            cfg.base_model_name
+                .get_or_insert_with(|| cfg.base_model.display().to_string());
+            cfg.base_model = localize(&cfg.base_model).context("fetching the base model")?;
+        }
+        if is_uri(&cfg.train) {
+            cfg.train = localize(&cfg.train).context("fetching the training data")?;
+        }
+        if let Some(v) = cfg.validation.as_mut().filter(|v| is_uri(v)) {
+            *v = localize(v).context("fetching the validation data")?;
+        }
+        if let Some(a) = cfg.init_adapter.as_mut().filter(|a| is_uri(a)) {
+            *a = localize(a).context("fetching the initial adapter")?;
+        }
+        let store = if is_uri(&cfg.output) {
+            let uri = ArtifactUri::parse(&cfg.output.display().to_string())?;
+            let store = Store::open(&uri, &ctx)?;
+            let local = work.join("output");
+            rt.block_on(pull_latest_checkpoint(&fetcher, &store, &local))?;
+            cfg.output = local;
+            Some(store)
+        } else {
+            None
+        };
+        Ok(Some(Self { rt, store }))
+    }
+
+    /// Uploads a checkpoint directory just written (`state.json` last) and prunes older ones.
+    pub fn checkpoint_written(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("checkpoint directory without a name")?;
+        let rel = format!("checkpoints/{name}");
+        self.rt.block_on(async {
+            let files = local_files(dir)?;
+            for f in files
+                .iter()
+                .filter(|f| *f != "state.json" && !f.starts_with(".tailor-fetch/"))
+            {
+                store.put_file(&format!("{rel}/{f}"), &dir.join(f)).await?;
+            }
+            store
+                .put_file(&format!("{rel}/state.json"), &dir.join("state.json"))
+                .await?;
+            tracing::info!(checkpoint = %store.uri().join(&rel), "checkpoint uploaded");
+            let listed: Vec<String> = store
+                .list("checkpoints")
+                .await?
+                .into_iter()
+                .map(|o| o.path)
+                .collect();
+            let steps = complete_steps(&listed);
+            for old in steps.iter().take(steps.len().saturating_sub(KEEP)) {
+                // state.json first: a half-deleted checkpoint is an incomplete one.
+                store
+                    .delete(&format!("{}/state.json", step_dir(*old)))
+                    .await?;
+                store.delete_prefix(&step_dir(*old)).await?;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// Uploads the finished adapter and metrics (`metrics.json` last, with `adapter` set to
+    /// the output URI). Returns that URI.
+    pub fn finish(&self, output: &Path) -> anyhow::Result<Option<String>> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let uri = store.uri().to_string();
+        let metrics = output.join("metrics.json");
+        let mut m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&metrics).with_context(|| format!("reading {}", metrics.display()))?,
+        )?;
+        m["adapter"] = serde_json::json!(uri);
+        std::fs::write(&metrics, serde_json::to_vec_pretty(&m)?)?;
+        self.rt.block_on(async {
+            for f in [
+                "adapter_config.json",
+                "adapter_model.safetensors",
+                "metrics.json",
+            ] {
+                store.put_file(f, &output.join(f)).await?;
+            }
+            tracing::info!(adapter = %uri, "adapter uploaded");
+            anyhow::Ok(())
+        })?;
+        Ok(Some(uri))
+    }
+}
+
+/// Brings the store's newest complete checkpoint into `<local>/checkpoints/` unless the local
+/// disk already has it or a newer one.
+async fn pull_latest_checkpoint(
+    fetcher: &Fetcher,
+    store: &Store,
+    local: &Path,
+) -> anyhow::Result<()> {
+    let listed: Vec<String> = store
+        .list("checkpoints")
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    let Some(&step) = complete_steps(&listed).last() else {
+        return Ok(());
+    };
+    let local_latest = crate::run_state::latest(&local.join("checkpoints"))?
+        .and_then(|p| step_of(p.file_name()?.to_str()?));
+    if local_latest.is_some_and(|l| l >= step) {
+        return Ok(());
+    }
+    let rel = step_dir(step);
+    let target = local.join(&rel);
+    fetcher
+        .fetch(&store.uri().join(&rel), Some(&target))
+        .await
+        .with_context(|| format!("pulling checkpoint {rel}"))?;
+    tracing::info!(step, from = %store.uri().join(&rel), "pulled the newest checkpoint from the store");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_complete_checkpoints_in_a_listing() {
+        let paths: Vec<String> = [
+            "checkpoints/step-00000004/adapter_model.safetensors",
+            "checkpoints/step-00000004/state.json",
+            "checkpoints/step-00000008/state.json",
+            "checkpoints/step-00000012/adapter_model.safetensors",
+            "checkpoints/junk/state.json",
+            "adapter_model.safetensors",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(complete_steps(&paths), [4, 8]);
+        assert!(is_uri(Path::new("s3://b/k")) && !is_uri(Path::new("/data/x")));
+    }
+}
