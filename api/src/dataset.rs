@@ -13,6 +13,7 @@ use crate::common::KeyRef;
     group = "tailor.dev",
     version = "v1alpha1",
     kind = "Dataset",
+    doc = "Raw JSONL training examples (chat, completion or text) and how to prepare them: deduplicated, redacted and split into train/validation/test sets that FineTuneJobs train on.",
     namespaced,
     status = "DatasetStatus",
     shortname = "dset",
@@ -34,6 +35,10 @@ pub struct DatasetSpec {
     /// Cleaning and splitting applied before training.
     #[serde(default)]
     pub preparation: Preparation,
+    /// Additions to the prepare pod (service account, registries, placement); its fields
+    /// are added to the operator's pod, whose own names, keys and paths win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<crate::PodTemplate>,
 }
 
 /// Where the raw examples are read from.

@@ -21,6 +21,7 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     group = "tailor.dev",
     version = "v1alpha1",
     kind = "ModelDeployment",
+    doc = "A base model and its adapters served behind an OpenAI-compatible endpoint, rolled out as weighted canaries that are analysed and rolled back automatically.",
     namespaced,
     status = "ModelDeploymentStatus",
     shortname = "mdep",
@@ -59,6 +60,9 @@ pub struct ModelDeploymentSpec {
     /// Inference server settings. Changing them rolls out as a pod canary.
     #[serde(default)]
     pub server: ServerSettings,
+    /// Router pod settings.
+    #[serde(default, skip_serializing_if = "RouterSettings::is_default")]
+    pub router: RouterSettings,
     /// API keys required at the endpoint. Unset: no authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
@@ -113,6 +117,11 @@ pub struct ServerSettings {
     /// Weight and compute type.
     #[serde(default)]
     pub dtype: Dtype,
+    /// Additions to the serving pods (service account, registries, placement, runtime class);
+    /// its fields are added to the operator's pod, whose
+    /// own names, keys and paths win. A change rolls out as a pod canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<crate::PodTemplate>,
 }
 
 fn default_batch() -> u32 {
@@ -132,6 +141,7 @@ impl Default for ServerSettings {
             max_seq_length: default_seq(),
             max_loaded_adapters: default_loaded(),
             dtype: Dtype::default(),
+            pod_template: None,
         }
     }
 }
@@ -149,6 +159,22 @@ pub enum Dtype {
     Bfloat16,
     /// IEEE half precision.
     Float16,
+}
+
+/// The router's pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterSettings {
+    /// Additions to the router pods; its fields are added to the operator's pod, whose
+    /// own names, keys and paths win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<crate::PodTemplate>,
+}
+
+impl RouterSettings {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// Endpoint authentication.

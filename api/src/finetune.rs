@@ -20,6 +20,7 @@ use crate::common::{LocalRef, ModelRef, Resources};
     group = "tailor.dev",
     version = "v1alpha1",
     kind = "FineTuneJob",
+    doc = "A LoRA fine-tuning run of a base model on a Ready Dataset. It trains in a Job and records the adapter it produced as a LoraAdapter, with lineage.",
     namespaced,
     status = "FineTuneJobStatus",
     validation = Rule::new(spec_frozen_after_success_rule())
@@ -82,11 +83,16 @@ pub struct FineTuneJobSpec {
     /// What to call the result.
     #[serde(default)]
     pub output: Output,
+    /// Additions to the trainer pod (service account, registries, placement, runtime class);
+    /// its fields are added to the operator's pod, whose
+    /// own names, keys and paths win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<crate::PodTemplate>,
 }
 
 /// The spec fields that make a run: all but `suspend`. A Succeeded job's are frozen (see
 /// [`spec_frozen_after_success_rule`]).
-pub const RUN_SPEC_FIELDS: [&str; 13] = [
+pub const RUN_SPEC_FIELDS: [&str; 14] = [
     "baseModel",
     "datasetRef",
     "method",
@@ -100,6 +106,7 @@ pub const RUN_SPEC_FIELDS: [&str; 13] = [
     "activeDeadlineSeconds",
     "checkpointEverySteps",
     "output",
+    "podTemplate",
 ];
 
 /// Why an update of a Succeeded job's spec is refused.
@@ -156,10 +163,13 @@ pub struct LoraConfig {
     #[serde(default = "default_dropout")]
     #[schemars(range(min = 0.0, max = 0.9))]
     pub dropout: f64,
-    /// Module names (as in the checkpoint, e.g. `q_proj`, `down_proj`) that get adapters.
+    /// Module names (as in the checkpoint, e.g. `q_proj`, `down_proj`; `qkv_proj` and
+    /// `gate_up_proj` in Phi-3/Phi-4) that get adapters, or `all-linear`. Which names a base
+    /// model has depends on its family: the operator checks them against the base model's
+    /// `config.json` before training.
     #[serde(default = "default_target_modules")]
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 64)))]
-    #[x_kube(validation = Rule::new("self.all(m, m in ['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj'])").message("targetModules may only name q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"))]
+    #[x_kube(validation = Rule::new("self.all(m, m in ['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj','qkv_proj','gate_up_proj','all-linear'])").message("targetModules may only name q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, qkv_proj, gate_up_proj or all-linear"))]
     pub target_modules: Vec<String>,
 }
 
@@ -386,4 +396,20 @@ pub struct Checkpoint {
     /// Where it lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use tailor_wire::families::{ALL_LINEAR, Family};
+
+    #[test]
+    fn admission_allows_every_familys_lora_targets() {
+        let crd = serde_json::to_string(&super::FineTuneJob::crd()).expect("crd");
+        for f in Family::ALL {
+            for t in f.lora_targets().iter().chain([&ALL_LINEAR]) {
+                assert!(crd.contains(&format!("'{t}'")), "{f}: {t}");
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::finetune::Hyperparameters;
     group = "tailor.dev",
     version = "v1alpha1",
     kind = "LoraAdapter",
+    doc = "A LoRA adapter artifact (PEFT format) for a base model, verified by checksum and shape before it is Ready; made by a FineTuneJob or imported by hand.",
     namespaced,
     status = "LoraAdapterStatus",
     shortname = "lora",

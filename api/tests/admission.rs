@@ -220,7 +220,8 @@ fn the_frozen_spec_rule_names_every_field_but_suspend() {
     let spec: tailor_api::FineTuneJobSpec = serde_json::from_value(json!({
         "baseModel": {"uri": "pvc://a/b"}, "datasetRef": {"name": "d"},
         "nodeSelector": {"a": "b"}, "tolerations": [{"key": "k"}], "priorityClassName": "p",
-        "activeDeadlineSeconds": 5, "output": {"adapterName": "x"}
+        "activeDeadlineSeconds": 5, "output": {"adapterName": "x"},
+        "podTemplate": {"serviceAccountName": "trainer"}
     }))
     .expect("spec");
     let mut keys: Vec<String> = serde_json::to_value(&spec)

@@ -83,7 +83,12 @@ fn check_install(objs: &[Value]) {
     // Tenants edit specs but never write status: that is the operator's record.
     let tenant = role("tailor-edit");
     assert!(rule_allows(&tenant, "tailor.dev", "finetunejobs", "create"));
-    assert!(!rule_allows(&tenant, "tailor.dev", "finetunejobs/status", "patch"));
+    assert!(!rule_allows(
+        &tenant,
+        "tailor.dev",
+        "finetunejobs/status",
+        "patch"
+    ));
     for plural in [
         "datasets",
         "finetunejobs",
@@ -114,10 +119,15 @@ fn check_install(objs: &[Value]) {
         assert!(rule_allows(&rules, group, res, "create"), "create {res}");
     }
     assert!(rule_allows(&rules, "", "events", "create"));
-    assert!(
-        !rule_allows(&rules, "", "secrets", "create"),
-        "no secret writes"
-    );
+    // Secrets: each ModelDeployment's serving token is created once, never updated, and no
+    // Secret is listed or watched cluster-wide.
+    assert!(rule_allows(&rules, "", "secrets", "create"));
+    for verb in ["list", "watch", "update", "patch", "delete"] {
+        assert!(
+            !rule_allows(&rules, "", "secrets", verb),
+            "no secret {verb}"
+        );
+    }
     let lease_rules = of_kind(objs, "Role")[0]["rules"]
         .as_array()
         .expect("rules")

@@ -55,7 +55,7 @@ pub enum ModelError {
         "unknown LoRA target module {0:?}: valid are q_proj, k_proj, v_proj, o_proj, qkv_proj, gate_proj, up_proj, gate_up_proj, down_proj (or \"all-linear\")"
     )]
     UnknownTargetModule(String),
-    #[error("{0}")]
+    #[error(transparent)]
     TargetNotInModel(#[from] tailor_wire::families::FamilyError),
     #[error("invalid forward input: {0}")]
     InvalidInput(String),

@@ -207,6 +207,12 @@ FAMILIES = {
 }
 
 
+def named_config(name, vocab):
+    """The config of FAMILIES[name] (other test suites build their models from these)."""
+    family, overrides, _, _ = FAMILIES[name]
+    return family_config(family, vocab, **overrides)
+
+
 def attn_implementation(cfg):
     # Gemma 2's soft-capping needs the eager path (sdpa cannot cap scores).
     return "eager" if cfg.model_type == "gemma2" else "sdpa"

@@ -63,10 +63,22 @@ pub struct OperatorConfig {
     /// CNI that enforces NetworkPolicy; harmless where none does).
     #[serde(default = "yes")]
     pub network_policies: bool,
+    /// The extended resource GPUs are requested as where a spec's `resources.gpuResource` is
+    /// unset (`nvidia.com/gpu`; `amd.com/gpu`, a MIG profile such as `nvidia.com/mig-1g.10gb`).
+    #[serde(default = "default_gpu_resource")]
+    pub gpu_resource_name: String,
+    /// Requests and limits for every container the operator creates, resource by resource
+    /// where its spec sets none (see [`crate::pods`]).
+    #[serde(default)]
+    pub default_resources: crate::pods::DefaultResources,
     /// The operator's own namespace (from `POD_NAMESPACE`, not the file): the NetworkPolicies
     /// admit admin calls from the operator's pods there.
     #[serde(skip, default = "default_operator_namespace")]
     pub operator_namespace: String,
+}
+
+fn default_gpu_resource() -> String {
+    "nvidia.com/gpu".into()
 }
 
 fn yes() -> bool {

@@ -23,3 +23,4 @@ pub mod leader;
 pub mod lora;
 pub mod metrics;
 pub mod modeldeployment;
+pub mod pods;

@@ -5,14 +5,13 @@
 //! example to another split.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::examples::{Example, Format};
-use crate::redact::{RedactKind, Redactor};
+use crate::examples::Example;
+use crate::redact::Redactor;
 
 pub use tailor_wire::prepare::{
     InvalidSample, MAX_INVALID_SAMPLES, MAX_REASON_BYTES, PrepareConfig, PrepareStats as Stats,
@@ -208,6 +207,8 @@ fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::examples::Format;
+    use std::path::PathBuf;
 
     fn config(dir: &Path, lines: &[String]) -> PrepareConfig {
         let input = dir.join("in.jsonl");

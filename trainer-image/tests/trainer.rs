@@ -610,7 +610,7 @@ fn bad_input_fails_with_a_clear_error() {
     run(
         &f.model,
         &["--target-modules", "q_proj,attn_proj"],
-        "unknown LoRA target module \"attn_proj\"",
+        "LoRA target module \"attn_proj\" does not exist in llama models (allowed: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all-linear)",
     );
     // An initial adapter for a base model with other shapes.
     let other = dir.path().join("other-adapter");

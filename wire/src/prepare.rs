@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The line format of raw data.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "camelCase")]
 pub enum Format {
@@ -124,7 +126,8 @@ mod tests {
         let cfg: PrepareConfig = serde_json::from_value(json.clone()).expect("parses");
         assert_eq!(cfg.redact.len(), 4);
         assert_eq!(serde_json::to_value(&cfg).expect("json"), json);
-        let bad = serde_json::json!({"input": "/in", "format": "chat", "output": "/o", "dedup": true});
+        let bad =
+            serde_json::json!({"input": "/in", "format": "chat", "output": "/o", "dedup": true});
         let e = serde_json::from_value::<PrepareConfig>(bad).expect_err("typo");
         assert!(e.to_string().contains("dedup"), "{e}");
     }
@@ -149,6 +152,9 @@ mod tests {
         };
         let text = serde_json::to_string(&s).expect("json");
         assert!(text.contains("duplicatesRemoved") && !text.contains("truncated"));
-        assert_eq!(serde_json::from_str::<PrepareStats>(&text).expect("back"), s);
+        assert_eq!(
+            serde_json::from_str::<PrepareStats>(&text).expect("back"),
+            s
+        );
     }
 }

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
-use serde::Deserialize;
 use serde_json::json;
 use tailor_api::conditions::{self, DEGRADED, PROGRESSING, READY};
 use tailor_api::{Dataset, DatasetPhase, DatasetStats, DatasetStatus, InvalidSample};
@@ -264,7 +263,7 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
     }
     let mut labels = jobs::managed_labels(DATASET_LABEL, &ds.name_any());
     labels.insert(JOB_LABEL.into(), v.job_name.clone());
-    Job {
+    let mut job = Job {
         metadata: meta(ds, &v.job_name, &v.hash),
         spec: Some(JobSpec {
             // Preparation is deterministic: a retry helps only against a lost node.
@@ -274,40 +273,48 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    containers: vec![Container {
-                        name: "prepare".into(),
-                        image: Some(cfg.trainer_image.clone()),
-                        args: Some(
-                            [
-                                "--log-json",
-                                "prepare",
-                                "--config",
-                                &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-                                "--termination-message-path",
-                                TERMINATION_PATH,
-                            ]
-                            .map(String::from)
-                            .to_vec(),
-                        ),
-                        termination_message_path: Some(TERMINATION_PATH.into()),
-                        volume_mounts: Some(vols.mounts),
-                        ..Container::default()
-                    }],
-                    volumes: Some(vols.volumes),
-                    ..PodSpec::default()
-                }),
+                spec: Some(crate::pods::finish(
+                    PodSpec {
+                        restart_policy: Some("Never".into()),
+                        containers: vec![Container {
+                            name: "prepare".into(),
+                            image: Some(cfg.trainer_image.clone()),
+                            args: Some(
+                                [
+                                    "--log-json",
+                                    "prepare",
+                                    "--config",
+                                    &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                                    "--termination-message-path",
+                                    TERMINATION_PATH,
+                                ]
+                                .map(String::from)
+                                .to_vec(),
+                            ),
+                            termination_message_path: Some(TERMINATION_PATH.into()),
+                            volume_mounts: Some(vols.mounts),
+                            ..Container::default()
+                        }],
+                        volumes: Some(vols.volumes),
+                        ..PodSpec::default()
+                    },
+                    &cfg.default_resources,
+                )),
             },
             ..JobSpec::default()
         }),
         status: None,
+    };
+    if let Some(spec) = job.spec.as_mut() {
+        crate::pods::customize(&mut spec.template, ds.spec.pod_template.as_ref());
     }
+    jobs::queue_for_kueue(&mut job, jobs::kueue_queue(&ds.metadata));
+    job
 }
 
+use tailor_wire::prepare::PrepareConfig;
 /// `stats.json` / the prepare pod's termination message.
 pub use tailor_wire::prepare::PrepareStats as Summary;
-use tailor_wire::prepare::PrepareConfig;
 
 /// What the I/O steps found.
 #[derive(Debug, Clone, PartialEq)]
@@ -320,6 +327,8 @@ pub enum Observation {
     /// The prepare Job runs (or waits for its pod).
     Preparing {
         pod: Option<PodState>,
+        /// The Kueue queue the prepare Job waits in, until admitted.
+        awaiting_admission: Option<String>,
     },
     Prepared(Summary),
     Failed {
@@ -385,11 +394,15 @@ pub fn status(
                 message,
             );
         }
-        Observation::Preparing { pod } => {
+        Observation::Preparing {
+            pod,
+            awaiting_admission,
+        } => {
             st.phase = DatasetPhase::Preparing;
-            let msg = match pod {
-                Some(p) => format!("prepare pod {} is {}", p.name, p.phase),
-                None => "waiting for the prepare pod".into(),
+            let msg = match (pod, awaiting_admission) {
+                (_, Some(q)) => format!("waiting for Kueue admission (queue {q:?})"),
+                (Some(p), None) => format!("prepare pod {} is {}", p.name, p.phase),
+                (None, None) => "waiting for the prepare pod".into(),
             };
             set(READY, false, "Preparing", &msg);
             set(PROGRESSING, true, "Preparing", &msg);
@@ -484,6 +497,7 @@ spec:
         let job = job(&ds, &v, &cfg);
         let spec = job.spec.as_ref().expect("spec");
         let pod = spec.template.spec.as_ref().expect("pod");
+        crate::pods::assert_hardened(pod);
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("tailor-trainer:test"));
         assert!(

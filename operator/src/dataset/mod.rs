@@ -197,7 +197,10 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
             stats: read_stats(cfg, &ns, &v.prepared_uri).ok(),
         }
     } else {
-        Observation::Preparing { pod }
+        Observation::Preparing {
+            pod,
+            awaiting_admission: state.awaiting_admission.clone(),
+        }
     };
     if matches!(obs, Observation::Failed { .. }) {
         ctx.metrics.error(NAME, Category::JobFailed);

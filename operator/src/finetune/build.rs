@@ -213,6 +213,32 @@ fn meta(ftj: &FineTuneJob, name: &str, hash: &str) -> ObjectMeta {
     }
 }
 
+/// Checks `spec.lora.targetModules` against the base model's family, from the `config.json`
+/// the operator read (`None`: it cannot read the base model, e.g. another claim; the trainer
+/// checks there). An unknown architecture or a module the family lacks is an invalid spec that
+/// names what was found and what is allowed, before any pod starts.
+pub fn check_family(ftj: &FineTuneJob, config_json: Option<&[u8]>) -> Result<(), Error> {
+    let Some(bytes) = config_json else {
+        return Ok(());
+    };
+    let uri = &ftj.spec.base_model.uri;
+    let config: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::InvalidSpec(format!(
+            "spec.baseModel.uri {uri}: config.json is not valid JSON: {e}"
+        ))
+    })?;
+    let Some(architecture) = config["architectures"][0].as_str() else {
+        return Err(Error::InvalidSpec(format!(
+            "spec.baseModel.uri {uri}: config.json names no architectures"
+        )));
+    };
+    let family = tailor_wire::families::Family::from_architecture(architecture)
+        .map_err(|e| Error::InvalidSpec(format!("spec.baseModel.uri {uri}: {e}")))?;
+    family
+        .check_targets(&ftj.spec.lora.target_modules)
+        .map_err(|e| Error::InvalidSpec(format!("spec.lora.targetModules: {e}")))
+}
+
 /// The trainer's mounted config. Owned by the FineTuneJob.
 pub fn config_map(ftj: &FineTuneJob, v: &Validated) -> ConfigMap {
     ConfigMap {
@@ -234,7 +260,10 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
     let mut limits = BTreeMap::new();
     let r = &ftj.spec.resources;
     if r.gpus > 0 {
-        limits.insert("nvidia.com/gpu".to_string(), Quantity(r.gpus.to_string()));
+        limits.insert(
+            crate::pods::gpu_resource(r, cfg).to_string(),
+            Quantity(r.gpus.to_string()),
+        );
     }
     if let Some(c) = &r.cpu {
         limits.insert("cpu".to_string(), c.clone());
@@ -249,7 +278,7 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
     if let Some(a) = metadata.annotations.as_mut() {
         a.insert(RUN_SPEC.to_string(), run_spec_hash(ftj));
     }
-    Job {
+    let mut job = Job {
         metadata,
         spec: Some(JobSpec {
             suspend: Some(ftj.spec.suspend),
@@ -260,60 +289,68 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    node_selector: (!ftj.spec.node_selector.is_empty())
-                        .then(|| ftj.spec.node_selector.clone()),
-                    tolerations: (!ftj.spec.tolerations.is_empty())
-                        .then(|| ftj.spec.tolerations.clone()),
-                    priority_class_name: ftj.spec.priority_class_name.clone(),
-                    containers: vec![Container {
-                        name: "train".into(),
-                        image: Some(cfg.trainer_image.clone()),
-                        args: Some(vec![
-                            "--log-json".into(),
-                            "train".into(),
-                            "--config".into(),
-                            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-                            // The pod IP is only known at run time: the kubelet expands it.
-                            "--progress-listen".into(),
-                            format!("$(POD_IP):{port}"),
-                            "--termination-message-path".into(),
-                            TERMINATION_PATH.into(),
-                        ]),
-                        env: Some(vec![EnvVar {
-                            name: "POD_IP".into(),
-                            value_from: Some(EnvVarSource {
-                                field_ref: Some(ObjectFieldSelector {
-                                    field_path: "status.podIP".into(),
+                spec: Some(crate::pods::finish(
+                    PodSpec {
+                        restart_policy: Some("Never".into()),
+                        node_selector: (!ftj.spec.node_selector.is_empty())
+                            .then(|| ftj.spec.node_selector.clone()),
+                        tolerations: (!ftj.spec.tolerations.is_empty())
+                            .then(|| ftj.spec.tolerations.clone()),
+                        priority_class_name: ftj.spec.priority_class_name.clone(),
+                        containers: vec![Container {
+                            name: "train".into(),
+                            image: Some(cfg.trainer_image.clone()),
+                            args: Some(vec![
+                                "--log-json".into(),
+                                "train".into(),
+                                "--config".into(),
+                                format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                                // The pod IP is only known at run time: the kubelet expands it.
+                                "--progress-listen".into(),
+                                format!("$(POD_IP):{port}"),
+                                "--termination-message-path".into(),
+                                TERMINATION_PATH.into(),
+                            ]),
+                            env: Some(vec![EnvVar {
+                                name: "POD_IP".into(),
+                                value_from: Some(EnvVarSource {
+                                    field_ref: Some(ObjectFieldSelector {
+                                        field_path: "status.podIP".into(),
+                                        ..Default::default()
+                                    }),
                                     ..Default::default()
                                 }),
                                 ..Default::default()
+                            }]),
+                            ports: Some(vec![ContainerPort {
+                                name: Some("progress".into()),
+                                container_port: i32::from(port),
+                                ..Default::default()
+                            }]),
+                            resources: (!limits.is_empty()).then(|| ResourceRequirements {
+                                limits: Some(limits.clone()),
+                                requests: Some(limits),
+                                ..Default::default()
                             }),
-                            ..Default::default()
-                        }]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("progress".into()),
-                            container_port: i32::from(port),
-                            ..Default::default()
-                        }]),
-                        resources: (!limits.is_empty()).then(|| ResourceRequirements {
-                            limits: Some(limits.clone()),
-                            requests: Some(limits),
-                            ..Default::default()
-                        }),
-                        termination_message_path: Some(TERMINATION_PATH.into()),
-                        volume_mounts: Some(vols.mounts),
-                        ..Container::default()
-                    }],
-                    volumes: Some(vols.volumes),
-                    ..PodSpec::default()
-                }),
+                            termination_message_path: Some(TERMINATION_PATH.into()),
+                            volume_mounts: Some(vols.mounts),
+                            ..Container::default()
+                        }],
+                        volumes: Some(vols.volumes),
+                        ..PodSpec::default()
+                    },
+                    &cfg.default_resources,
+                )),
             },
             ..JobSpec::default()
         }),
         status: None,
+    };
+    if let Some(spec) = job.spec.as_mut() {
+        crate::pods::customize(&mut spec.template, ftj.spec.pod_template.as_ref());
     }
+    jobs::queue_for_kueue(&mut job, jobs::kueue_queue(&ftj.metadata));
+    job
 }
 
 /// The trainer's `/progress`.
@@ -513,6 +550,19 @@ pub fn status(
             };
             (P::Failed, Category::JobFailed.as_str().into(), msg)
         }
+        (Some(j), _) if j.awaiting_admission.is_some() => (
+            P::Queued,
+            "AwaitingAdmission".into(),
+            format!(
+                "waiting for Kueue admission (queue {:?}){}",
+                j.awaiting_admission.as_deref().unwrap_or_default(),
+                if prev.start_time.is_some() {
+                    "; preempted mid-run, it resumes from the last checkpoint"
+                } else {
+                    ""
+                }
+            ),
+        ),
         (Some(j), _) if j.suspended => {
             if prev.start_time.is_some() {
                 (
@@ -572,6 +622,12 @@ pub fn status(
     };
     // Scheduling, as the scheduler reported it.
     match (&obs.pod, &obs.job) {
+        (_, Some(j)) if j.awaiting_admission.is_some() => set(
+            SCHEDULED,
+            Some(false),
+            "AwaitingAdmission",
+            "the Job waits for Kueue to admit it",
+        ),
         (_, Some(j)) if j.suspended => {
             set(SCHEDULED, Some(false), "Suspended", "the Job is suspended")
         }
@@ -859,6 +915,15 @@ pub fn invalid_status(
     {
         message = c.message.clone();
     }
+    // A pass that reads the status from before the cancelling pass's write (the Job already
+    // gone) still names the attempt the change cancelled: that status records its run.
+    let active = !matches!(
+        prev.phase,
+        FineTuneJobPhase::Failed | FineTuneJobPhase::Succeeded | FineTuneJobPhase::Cancelled
+    );
+    let cancelled = cancelled
+        .map(String::from)
+        .or_else(|| prev.job_name.clone().filter(|_| active));
     if let Some(job) = cancelled {
         message = format!(
             "{message}; cancelled the attempt of the earlier spec (train Job {job}{})",

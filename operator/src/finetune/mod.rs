@@ -191,11 +191,15 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         found => build::dataset_gate(ftj, found.and_then(|r| r.as_ref().ok())),
     };
     let started = prev.start_time.is_some();
+    let base_config = read_base_config(cfg, &ns, &ftj.spec.base_model.uri).await;
 
     // Validate. An invalid spec cancels the attempt of the earlier spec, as any other change
     // does, then waits for a corrected one.
     let validated = match &gate {
-        DatasetGate::Ready { .. } => match build::validate(ftj, cfg, &gate) {
+        DatasetGate::Ready { .. } => match build::validate(ftj, cfg, &gate).and_then(|v| {
+            build::check_family(ftj, base_config.as_deref())?;
+            Ok(v)
+        }) {
             Ok(v) => Some(v),
             Err(Error::InvalidSpec(msg)) => {
                 ctx.metrics.error(NAME, Category::InvalidSpec);
@@ -271,8 +275,8 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
     };
     // suspend is the one mutable field of a running Job.
     if let Some(j) = &job {
-        let want = ftj.spec.suspend;
-        if jobs::job_state(j).suspended != want && !jobs::job_state(j).complete {
+        let queued = jobs::kueue_queue(&ftj.metadata).is_some();
+        if let Some(want) = jobs::suspend_patch(ftj.spec.suspend, queued, &jobs::job_state(j)) {
             jobs_api
                 .patch(
                     &j.name_any(),
@@ -290,7 +294,13 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
     let mut status_validated = validated.clone();
     if let Some(j) = &job {
         let mut state = jobs::job_state(j);
-        state.suspended = ftj.spec.suspend;
+        // The user's suspend wins the display; a queued Job waits for Kueue otherwise.
+        if ftj.spec.suspend {
+            state.suspended = true;
+            state.awaiting_admission = None;
+        } else if state.awaiting_admission.is_none() {
+            state.suspended = false;
+        }
         let job_name = j.name_any();
         if let Some(v) = status_validated.as_mut() {
             v.job_name = job_name.clone();
@@ -458,4 +468,19 @@ async fn write_status(
         tracing::info!(namespace = %ftj.namespace().unwrap_or_default(), resource = %ftj.name_any(), from = ?prev_phase, to = ?st.phase, "phase changed");
     }
     Ok(())
+}
+
+/// The base model's `config.json`, where the operator can read it (bounded; `None` otherwise).
+async fn read_base_config(
+    cfg: &crate::config::OperatorConfig,
+    ns: &str,
+    uri: &str,
+) -> Option<Vec<u8>> {
+    let dir = artifacts::operator_path(cfg, ns, uri).ok()?;
+    tokio::task::spawn_blocking(move || {
+        artifacts::read_bounded(&dir.join("config.json"), crate::endpoints::SMALL_BODY).ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }

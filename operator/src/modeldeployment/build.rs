@@ -23,6 +23,7 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -296,7 +297,10 @@ pub fn server_deployment(
     let r = &md.spec.resources;
     let mut limits = BTreeMap::new();
     if r.gpus > 0 {
-        limits.insert("nvidia.com/gpu".to_string(), Quantity(r.gpus.to_string()));
+        limits.insert(
+            crate::pods::gpu_resource(r, cfg).to_string(),
+            Quantity(r.gpus.to_string()),
+        );
     }
     if let Some(c) = &r.cpu {
         limits.insert("cpu".to_string(), c.clone());
@@ -331,7 +335,7 @@ pub fn server_deployment(
     mounts.push(token_mount);
     let mut volumes = vols.volumes.volumes.clone();
     volumes.push(token_vol);
-    Deployment {
+    let mut d = Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
             replicas: Some(md.spec.replicas),
@@ -352,45 +356,50 @@ pub fn server_deployment(
                     labels: Some(l),
                     ..Default::default()
                 }),
-                spec: Some(K8sPodSpec {
-                    containers: vec![Container {
-                        name: "server".into(),
-                        image: Some(cfg.server_image.clone()),
-                        args: Some(args),
-                        env: Some(vec![pod_ip_env(), json_logs()]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("http".into()),
-                            container_port: SERVER_PORT,
+                spec: Some(crate::pods::finish(
+                    K8sPodSpec {
+                        containers: vec![Container {
+                            name: "server".into(),
+                            image: Some(cfg.server_image.clone()),
+                            args: Some(args),
+                            env: Some(vec![pod_ip_env(), json_logs()]),
+                            ports: Some(vec![ContainerPort {
+                                name: Some("http".into()),
+                                container_port: SERVER_PORT,
+                                ..Default::default()
+                            }]),
+                            readiness_probe: Some(http_probe("/ready", "http", 2, 3)),
+                            liveness_probe: Some(Probe {
+                                // Loading a large base model takes a while; /health answers at once.
+                                initial_delay_seconds: Some(10),
+                                ..http_probe("/health", "http", 10, 6)
+                            }),
+                            resources: Some(ResourceRequirements {
+                                requests: (!limits.is_empty()).then(|| limits.clone()),
+                                limits: (!limits.is_empty()).then_some(limits),
+                                ..Default::default()
+                            }),
+                            volume_mounts: Some(mounts),
                             ..Default::default()
-                        }]),
-                        readiness_probe: Some(http_probe("/ready", "http", 2, 3)),
-                        liveness_probe: Some(Probe {
-                            // Loading a large base model takes a while; /health answers at once.
-                            initial_delay_seconds: Some(10),
-                            ..http_probe("/health", "http", 10, 6)
-                        }),
-                        resources: Some(ResourceRequirements {
-                            requests: (!limits.is_empty()).then(|| limits.clone()),
-                            limits: (!limits.is_empty()).then_some(limits),
-                            ..Default::default()
-                        }),
-                        volume_mounts: Some(mounts),
+                        }],
+                        volumes: Some(volumes),
+                        node_selector: (!md.spec.node_selector.is_empty())
+                            .then(|| md.spec.node_selector.clone()),
+                        tolerations: (!md.spec.tolerations.is_empty())
+                            .then(|| md.spec.tolerations.clone()),
+                        // The server drains in-flight requests for up to 30 s on SIGTERM.
+                        termination_grace_period_seconds: Some(45),
                         ..Default::default()
-                    }],
-                    volumes: Some(volumes),
-                    node_selector: (!md.spec.node_selector.is_empty())
-                        .then(|| md.spec.node_selector.clone()),
-                    tolerations: (!md.spec.tolerations.is_empty())
-                        .then(|| md.spec.tolerations.clone()),
-                    // The server drains in-flight requests for up to 30 s on SIGTERM.
-                    termination_grace_period_seconds: Some(45),
-                    ..Default::default()
-                }),
+                    },
+                    &cfg.default_resources,
+                )),
             },
             ..Default::default()
         },
         ..Default::default()
-    }
+    };
+    crate::pods::customize(&mut d.spec.template, spec.pods.template.as_ref());
+    d
 }
 
 pub fn server_service(md: &ModelDeployment, pod_revision: &str) -> Service {
@@ -590,7 +599,7 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
     let md_name = md.name_any();
     let l = labels(&md_name, "tailor-router");
     let name = router_name(&md_name);
-    Deployment {
+    let mut d = Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
             replicas: Some(ROUTER_REPLICAS),
@@ -603,69 +612,74 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployme
                     labels: Some(l.clone()),
                     ..Default::default()
                 }),
-                spec: Some(K8sPodSpec {
-                    containers: vec![Container {
-                        name: "router".into(),
-                        image: Some(cfg.router_image.clone()),
-                        args: Some(vec![
-                            "--config".into(),
-                            format!("{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}"),
-                            "--listen".into(),
-                            format!("$(POD_IP):{ROUTER_PORT}"),
-                            "--admin-listen".into(),
-                            format!("$(POD_IP):{ROUTER_ADMIN_PORT}"),
-                            // Sent to the servers; required of /stats (the operator).
-                            "--backend-token-file".into(),
-                            token_file(),
-                            "--admin-token-file".into(),
-                            token_file(),
-                        ]),
-                        env: Some(vec![pod_ip_env(), json_logs()]),
-                        ports: Some(vec![
-                            ContainerPort {
-                                name: Some("http".into()),
-                                container_port: ROUTER_PORT,
-                                ..Default::default()
-                            },
-                            ContainerPort {
-                                name: Some("admin".into()),
-                                container_port: ROUTER_ADMIN_PORT,
-                                ..Default::default()
-                            },
-                        ]),
-                        readiness_probe: Some(http_probe("/readyz", "http", 2, 3)),
-                        liveness_probe: Some(http_probe("/healthz", "http", 10, 3)),
-                        volume_mounts: Some(vec![
-                            VolumeMount {
-                                name: "config".into(),
-                                mount_path: ROUTER_CONFIG_DIR.into(),
-                                read_only: Some(true),
-                                ..Default::default()
-                            },
-                            token_volume(&md_name).1,
-                        ]),
-                        ..Default::default()
-                    }],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: name.clone(),
-                                ..Default::default()
-                            }),
+                spec: Some(crate::pods::finish(
+                    K8sPodSpec {
+                        containers: vec![Container {
+                            name: "router".into(),
+                            image: Some(cfg.router_image.clone()),
+                            args: Some(vec![
+                                "--config".into(),
+                                format!("{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}"),
+                                "--listen".into(),
+                                format!("$(POD_IP):{ROUTER_PORT}"),
+                                "--admin-listen".into(),
+                                format!("$(POD_IP):{ROUTER_ADMIN_PORT}"),
+                                // Sent to the servers; required of /stats (the operator).
+                                "--backend-token-file".into(),
+                                token_file(),
+                                "--admin-token-file".into(),
+                                token_file(),
+                            ]),
+                            env: Some(vec![pod_ip_env(), json_logs()]),
+                            ports: Some(vec![
+                                ContainerPort {
+                                    name: Some("http".into()),
+                                    container_port: ROUTER_PORT,
+                                    ..Default::default()
+                                },
+                                ContainerPort {
+                                    name: Some("admin".into()),
+                                    container_port: ROUTER_ADMIN_PORT,
+                                    ..Default::default()
+                                },
+                            ]),
+                            readiness_probe: Some(http_probe("/readyz", "http", 2, 3)),
+                            liveness_probe: Some(http_probe("/healthz", "http", 10, 3)),
+                            volume_mounts: Some(vec![
+                                VolumeMount {
+                                    name: "config".into(),
+                                    mount_path: ROUTER_CONFIG_DIR.into(),
+                                    read_only: Some(true),
+                                    ..Default::default()
+                                },
+                                token_volume(&md_name).1,
+                            ]),
                             ..Default::default()
-                        },
-                        token_volume(&md_name).0,
-                    ]),
-                    affinity: Some(spread_over_nodes(&l)),
-                    termination_grace_period_seconds: Some(45),
-                    ..Default::default()
-                }),
+                        }],
+                        volumes: Some(vec![
+                            Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: name.clone(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            },
+                            token_volume(&md_name).0,
+                        ]),
+                        affinity: Some(spread_over_nodes(&l)),
+                        termination_grace_period_seconds: Some(45),
+                        ..Default::default()
+                    },
+                    &cfg.default_resources,
+                )),
             },
             ..Default::default()
         },
         ..Default::default()
-    }
+    };
+    crate::pods::customize(&mut d.spec.template, md.spec.router.pod_template.as_ref());
+    d
 }
 
 pub fn router_service(md: &ModelDeployment) -> Service {
@@ -721,6 +735,31 @@ fn port(p: i32) -> NetworkPolicyPort {
 
 /// The NetworkPolicies of a deployment: its servers accept only its router and the operator;
 /// its router accepts clients on the API port and only the operator on the admin port (`/stats`).
+/// Disruption budgets: a node drain takes at most one router pod and one serving pod of the
+/// deployment at a time (its servers across revisions count together).
+pub fn disruption_budgets(md: &ModelDeployment) -> Vec<PodDisruptionBudget> {
+    let md_name = md.name_any();
+    ["tailor-router", "tailor-server"]
+        .into_iter()
+        .map(|component| PodDisruptionBudget {
+            metadata: meta(
+                md,
+                jobs::child_name(&md_name, component.trim_start_matches("tailor-")),
+                labels(&md_name, "tailor-disruption"),
+            ),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector(&labels(&md_name, component))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        })
+        .collect()
+}
+
 pub fn network_policies(md: &ModelDeployment, operator_namespace: &str) -> Vec<NetworkPolicy> {
     let md_name = md.name_any();
     let operator = peer(

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::core::DeserializeGuard;
@@ -772,6 +773,10 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         for np in build::network_policies(md, &cfg.operator_namespace) {
             apply::apply(&nps, &np).await?;
         }
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
+    for pdb in build::disruption_budgets(md) {
+        apply::apply(&pdbs, &pdb).await?;
     }
     apply::apply(&deploys, &build::router_deployment(md, cfg)).await?;
     let router_svc = apply::apply(&svcs, &build::router_service(md)).await?;

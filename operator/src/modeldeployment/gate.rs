@@ -56,6 +56,7 @@ mod tests {
                 max_seq_length: 2048,
                 max_loaded_adapters: 8,
                 dtype: "auto".into(),
+                template: None,
             },
             adapters: vec![ResolvedAdapter {
                 served_name: "support".into(),

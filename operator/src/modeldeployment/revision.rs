@@ -43,7 +43,7 @@ pub struct ResolvedAdapter {
 }
 
 /// What the serving pods run.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub base_model_uri: String,
@@ -53,6 +53,10 @@ pub struct PodSpec {
     pub max_loaded_adapters: u32,
     /// The server's `--dtype` value.
     pub dtype: String,
+    /// The serving pods' template additions (absent when none, so revisions made before the
+    /// field existed keep their names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<tailor_api::PodTemplate>,
 }
 
 /// Everything a revision serves. Stored (as JSON) in the revision's snapshot ConfigMap, so that
@@ -87,6 +91,7 @@ impl RevisionSpec {
                 max_seq_length: spec.server.max_seq_length,
                 max_loaded_adapters: spec.server.max_loaded_adapters,
                 dtype: dtype_arg(spec.server.dtype).to_string(),
+                template: spec.server.pod_template.clone(),
             },
             adapters,
         }

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 pub use binaries::{binary, repo_root};
 pub use scenario::{
-    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, inline_dataset, is_valid_chat,
+    BASE_MODEL, FineTuneJob, IMPORTED, ModelDeployment, Scenario, inline_dataset, is_valid_chat,
     quickstart_examples,
 };
 pub use wait::{describe, wait_for, wait_phase};
@@ -258,10 +258,12 @@ impl Env {
         Ok(PathBuf::from(path))
     }
 
-    /// Creates a namespace with a `tailor-artifacts` claim on the shared artifact storage.
+    /// Creates a namespace with a `tailor-artifacts` claim on the shared artifact storage. It
+    /// enforces the `restricted` Pod Security level, as production namespaces do: every pod
+    /// the operator creates must meet it.
     pub fn namespace(&self, ns: &str) -> anyhow::Result<()> {
         self.apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tailor-artifacts\n  namespace: {ns}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 20Gi\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tailor-artifacts\n  namespace: {ns}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 20Gi\n"
         ))?;
         if let (Some(shared), Some(_)) = (&self.artifacts, &self.state_dir) {
             let dir = self.volume_dir(ns, "tailor-artifacts")?;
@@ -275,10 +277,18 @@ impl Env {
         Ok(())
     }
 
-    /// A file of the shared artifact storage, by `pvc://tailor-artifacts/<path>` URI.
-    pub fn artifact_path(&self, uri: &str) -> Option<PathBuf> {
+    /// A file of the shared artifact storage, by the `pvc://tailor-artifacts/<path>` URI a
+    /// tenant of `ns` writes: inside that namespace's area (`<store>/<ns>/<path>`), except for
+    /// the admin's shared prefix `models`, which lies at the store's root (the operator's
+    /// `sharedPrefixes`).
+    pub fn artifact_path(&self, ns: &str, uri: &str) -> Option<PathBuf> {
         let rest = uri.strip_prefix("pvc://tailor-artifacts/")?;
-        Some(self.artifacts.as_ref()?.join(rest))
+        let store = self.artifacts.as_ref()?;
+        Some(if rest.split('/').next() == Some("models") {
+            store.join(rest)
+        } else {
+            store.join(ns).join(rest)
+        })
     }
 
     /// Operator logs (for failure messages).

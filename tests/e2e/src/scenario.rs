@@ -2,6 +2,8 @@
 //! Datasets of quickstart lines, small FineTuneJobs that train in seconds on CPU, and
 //! ModelDeployments with a fast rollout.
 
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,6 +13,10 @@ use crate::{Env, repo_root};
 
 /// The base model every scenario trains and serves (a tiny random Llama the suite writes).
 pub const BASE_MODEL: &str = "pvc://tailor-artifacts/models/base";
+
+/// Where [`Scenario::import_adapters`] writes its PEFT-initialised adapter, in the namespace's
+/// own artifact area.
+pub const IMPORTED: &str = "adapters/e2e-imported";
 
 /// One test's namespace in the suite's cluster.
 pub struct Scenario {
@@ -32,6 +38,11 @@ impl Scenario {
 
     pub fn ns(&self) -> &str {
         &self.ns
+    }
+
+    /// A file of the artifact store by the URI this namespace's objects use.
+    pub fn artifact_path(&self, uri: &str) -> Option<std::path::PathBuf> {
+        self.env.artifact_path(&self.ns, uri)
     }
 
     /// `kubectl apply` a manifest; `Err` carries kubectl's stderr (admission refusals).
@@ -99,6 +110,51 @@ impl Scenario {
     /// A merge patch of `kind/name`.
     pub fn merge_patch(&self, kind: &str, name: &str, patch: &str) -> anyhow::Result<String> {
         self.kubectl(&["patch", kind, name, "--type", "merge", "-p", patch])
+    }
+
+    /// Writes one PEFT-initialised adapter (PEFT's own initialisation of the base model) into
+    /// this namespace's artifact area, once: what a user would upload.
+    pub fn imported_artifact(&self) {
+        static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        if done.iter().any(|ns| ns == self.ns()) {
+            return;
+        }
+        if let (Some(base), Some(out)) = (
+            self.artifact_path(BASE_MODEL),
+            self.artifact_path(&format!("pvc://tailor-artifacts/{IMPORTED}")),
+        ) && !out.join("adapter_model.safetensors").exists()
+        {
+            let res = Command::new("python3")
+                .arg(repo_root().join("model/tests/reference.py"))
+                .arg("peft-init")
+                .arg(&base)
+                .arg(&out)
+                .args(["q_proj,v_proj", "4", "8", "7"])
+                .output()
+                .expect("python3");
+            assert!(
+                res.status.success(),
+                "peft-init: {}",
+                String::from_utf8_lossy(&res.stderr)
+            );
+        }
+        done.push(self.ns().to_string());
+    }
+
+    /// LoraAdapters imported by hand (one artifact, a name each), waited for until Ready.
+    pub fn import_adapters(&self, names: &[&str]) {
+        let ns = self.ns();
+        self.imported_artifact();
+        for n in names {
+            self.apply(&format!(
+                "apiVersion: tailor.dev/v1alpha1\nkind: LoraAdapter\nmetadata: {{name: {n}, namespace: {ns}}}\nspec:\n  baseModel: {{uri: {BASE_MODEL}}}\n  uri: pvc://tailor-artifacts/{IMPORTED}\n  rank: 4\n  alpha: 8\n  targetModules: [q_proj, v_proj]\n  deletionPolicy: Retain\n"
+            ))
+            .expect("apply LoraAdapter");
+        }
+        for n in names {
+            self.wait_phase("loraadapter", n, "Ready", Duration::from_secs(120));
+        }
     }
 
     /// The Events of this namespace.

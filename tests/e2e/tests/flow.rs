@@ -78,7 +78,7 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
         .as_str()
         .expect("preparedUri")
         .to_string();
-    if let Some(dir) = env.artifact_path(&prepared) {
+    if let Some(dir) = s.artifact_path(&prepared) {
         let train = std::fs::read_to_string(dir.join("train.jsonl")).expect("train split");
         assert!(
             train.contains("[EMAIL]") || train.contains("[PHONE]"),
@@ -130,8 +130,8 @@ fn quickstart_trains_records_a_verified_adapter_that_outlives_its_job() {
     assert!(lineage["hyperparameters"]["epochs"].is_number());
     let uri = spec["uri"].as_str().expect("uri");
     if let (Some(dir), Some(base)) = (
-        env.artifact_path(uri),
-        env.artifact_path("pvc://tailor-artifacts/models/base"),
+        s.artifact_path(uri),
+        s.artifact_path("pvc://tailor-artifacts/models/base"),
     ) {
         let file = dir.join("adapter_model.safetensors");
         assert_eq!(spec["sha256"].as_str(), Some(sha256_hex(&file).as_str()));
@@ -353,10 +353,7 @@ fn deleted_trainer_pod_resumes_from_its_checkpoint() {
     );
     assert_eq!(f["status"]["jobName"], job_name.as_str());
     let la = s.wait_phase("loraadapter", "resume", "Ready", SHORT);
-    if let Some(dir) = la["spec"]["uri"]
-        .as_str()
-        .and_then(|u| env.artifact_path(u))
-    {
+    if let Some(dir) = la["spec"]["uri"].as_str().and_then(|u| s.artifact_path(u)) {
         let metrics: Value =
             serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics.json"))
                 .expect("json");
@@ -500,11 +497,163 @@ fn spec_change_mid_run_cancels_the_attempt_and_trains_the_new_spec() {
         !old_checkpoint.starts_with(uri),
         "{uri} vs {old_checkpoint}"
     );
-    if let Some(dir) = env.artifact_path(uri) {
+    if let Some(dir) = s.artifact_path(uri) {
         let metrics: Value =
             serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics.json"))
                 .expect("json");
         assert!(metrics["resumedFromStep"].is_null(), "fresh run: {metrics}");
         assert_eq!(metrics["epochs"], 2, "{metrics}");
+    }
+}
+
+/// Kueue (issue 12): a job naming a queue is created suspended and says it waits for
+/// admission; the operator leaves `suspend` to Kueue. The test acts as Kueue and admits it.
+#[test]
+fn a_queued_job_waits_for_kueue_admission_then_runs_to_success() {
+    let s = Scenario::new("e2e-kueue");
+    s.quickstart_dataset("data", 24);
+    let yaml = FineTuneJob::new("queued", "data").yaml(s.ns()).replace(
+        "metadata:\n",
+        "metadata:\n  labels: {kueue.x-k8s.io/queue-name: team-a}\n",
+    );
+    s.apply(&yaml).expect("apply queued FineTuneJob");
+    let f = s.wait_for("the job to wait for Kueue admission", LONG, || {
+        s.object("finetunejob", "queued").filter(|f| {
+            condition(f, "Scheduled").is_some_and(|c| c["reason"] == "AwaitingAdmission")
+        })
+    });
+    assert_eq!(phase(&f), "Queued", "{}", f["status"]);
+    let ready = condition(&f, "Ready").expect("Ready");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Kueue") && m.contains("team-a")),
+        "{ready}"
+    );
+    let job_name = f["status"]["jobName"]
+        .as_str()
+        .expect("jobName")
+        .to_string();
+    let job = s.get_json(&["job", &job_name]).expect("Job");
+    assert_eq!(job["spec"]["suspend"], true);
+    assert_eq!(
+        job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], "team-a",
+        "Kueue finds the Job by its label"
+    );
+    // Left alone, it stays suspended: the operator does not admit it.
+    std::thread::sleep(Duration::from_secs(5));
+    let job = s.get_json(&["job", &job_name]).expect("Job");
+    assert_eq!(job["spec"]["suspend"], true);
+    let pods = s.get_json(&["pods"]).expect("pods");
+    let of_job = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["ownerReferences"][0]["name"] == job_name.as_str())
+        .count();
+    assert_eq!(of_job, 0, "no pod before admission");
+
+    // Kueue admits the workload.
+    s.merge_patch("job", &job_name, r#"{"spec":{"suspend":false}}"#)
+        .expect("admit");
+    let done = s.wait_phase("finetunejob", "queued", "Succeeded", LONG);
+    assert_eq!(
+        done["status"]["jobName"],
+        job_name.as_str(),
+        "the same Job ran"
+    );
+}
+
+/// Pod templates (issue 12): a registry secret, a service account, a toleration and a MIG
+/// profile land in the trainer pod, which stays hardened; what would break the pod is refused
+/// at admission.
+#[test]
+fn a_pod_template_and_a_mig_profile_land_in_the_trainer_pod() {
+    let s = Scenario::new("e2e-template");
+    let ns = s.ns();
+    s.quickstart_dataset("data", 24);
+    s.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: trainer, namespace: {ns}}}\n"
+    ))
+    .expect("service account");
+    let with = |name: &str, template: &str| {
+        FineTuneJob::new(name, "data").yaml(ns).replace(
+            "resources: {gpus: 1}",
+            "resources: {gpus: 1, gpuResource: nvidia.com/mig-1g.10gb}",
+        ) + template
+    };
+    s.apply(&with(
+        "mig",
+        "  podTemplate:\n    labels: {team: ml}\n    imagePullSecrets: [{name: regcred}]\n    serviceAccountName: trainer\n    tolerations: [{key: dedicated, operator: Equal, value: ml, effect: NoSchedule}]\n    env: [{name: HF_HUB_OFFLINE, value: \"1\"}]\n",
+    ))
+    .expect("apply FineTuneJob with a pod template");
+    // No simulated node has MIG slices: the pod stays Pending, and the status says on what.
+    let f = s.wait_for("the MIG job to be unschedulable", LONG, || {
+        s.object("finetunejob", "mig").filter(|f| {
+            condition(f, "Scheduled").is_some_and(|c| {
+                c["reason"] == "Unschedulable"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("nvidia.com/mig-1g.10gb"))
+            })
+        })
+    });
+    let job_name = f["status"]["jobName"].as_str().expect("jobName");
+    let pods = s.get_json(&["pods"]).expect("pods");
+    let pod = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["metadata"]["ownerReferences"][0]["name"] == job_name)
+        .expect("the trainer pod");
+    let spec = &pod["spec"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "ml");
+    assert_eq!(spec["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(spec["serviceAccountName"], "trainer");
+    assert!(
+        spec["tolerations"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["key"] == "dedicated")),
+        "{spec}"
+    );
+    let c = &spec["containers"][0];
+    assert_eq!(c["resources"]["limits"]["nvidia.com/mig-1g.10gb"], "1");
+    assert!(c["resources"]["limits"]["nvidia.com/gpu"].is_null());
+    assert!(
+        c["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["name"] == "HF_HUB_OFFLINE")),
+        "{c}"
+    );
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+
+    // What would break the pod is not a template field, or is the operator's.
+    for (name, template, says) in [
+        (
+            "cmd",
+            "  podTemplate:\n    command: [sh, -c, \"sleep 1\"]\n",
+            "command",
+        ),
+        (
+            "env",
+            "  podTemplate:\n    env: [{name: POD_IP, value: 1.2.3.4}]\n",
+            "POD_IP",
+        ),
+        (
+            "mount",
+            "  podTemplate:\n    volumes: [{name: x, emptyDir: {}}]\n    volumeMounts: [{name: x, mountPath: /artifacts}]\n",
+            "/artifacts",
+        ),
+        (
+            "vol",
+            "  podTemplate:\n    volumes: [{name: config, emptyDir: {}}]\n",
+            "config",
+        ),
+    ] {
+        let err = s
+            .apply(&with(name, template))
+            .expect_err(&format!("{name} must be refused"));
+        assert!(err.to_string().contains(says), "{name}: {err:#}");
     }
 }

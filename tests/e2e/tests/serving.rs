@@ -10,19 +10,16 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tailor_e2e::{
-    Env, FineTuneJob, ModelDeployment, Scenario, condition, phase, quickstart_examples, repo_root,
+    FineTuneJob, ModelDeployment, Scenario, condition, phase, quickstart_examples, repo_root,
     wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(300);
 const SHORT: Duration = Duration::from_secs(120);
-const BASE: &str = "pvc://tailor-artifacts/models/base";
-const IMPORTED: &str = "adapters/e2e-imported";
 
 fn client_script() -> PathBuf {
     repo_root().join("tests/e2e/tests/serving_client.py")
@@ -45,50 +42,6 @@ fn unix(rfc3339: &str) -> f64 {
         .trim()
         .parse()
         .unwrap_or(0.0)
-}
-
-/// Makes one PEFT-initialised adapter in the shared artifact storage (once per process).
-fn imported_artifact(env: &Env) {
-    static DONE: Mutex<bool> = Mutex::new(false);
-    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done {
-        return;
-    }
-    if let (Some(base), Some(out)) = (
-        env.artifact_path(BASE),
-        env.artifact_path(&format!("pvc://tailor-artifacts/{IMPORTED}")),
-    ) && !out.join("adapter_model.safetensors").exists()
-    {
-        let res = Command::new("python3")
-            .arg(repo_root().join("model/tests/reference.py"))
-            .arg("peft-init")
-            .arg(&base)
-            .arg(&out)
-            .args(["q_proj,v_proj", "4", "8", "7"])
-            .output()
-            .expect("python3");
-        assert!(
-            res.status.success(),
-            "peft-init: {}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-    }
-    *done = true;
-}
-
-/// LoraAdapters imported by hand (one artifact, a name each), waited for until Ready.
-fn import_adapters(s: &Scenario, names: &[&str]) {
-    let ns = s.ns();
-    imported_artifact(s.env);
-    for n in names {
-        s.apply(&format!(
-            "apiVersion: tailor.dev/v1alpha1\nkind: LoraAdapter\nmetadata: {{name: {n}, namespace: {ns}}}\nspec:\n  baseModel: {{uri: {BASE}}}\n  uri: pvc://tailor-artifacts/{IMPORTED}\n  rank: 4\n  alpha: 8\n  targetModules: [q_proj, v_proj]\n  deletionPolicy: Retain\n"
-        ))
-        .expect("apply LoraAdapter");
-    }
-    for n in names {
-        s.wait_phase("loraadapter", n, "Ready", SHORT);
-    }
 }
 
 /// The ModelDeployment `support` serving `adapter`, with `rollout`, on `replicas` CPU pods.
@@ -309,7 +262,7 @@ fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client
 fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_errors() {
     let s = Scenario::new("e2e-canary-good");
     let env = s.env;
-    import_adapters(&s, &["good-v1", "good-v2"]);
+    s.import_adapters(&["good-v1", "good-v2"]);
     let rollout = json!({
         "steps": [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}],
         "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
@@ -406,7 +359,7 @@ fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_error
 fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
     let s = Scenario::new("e2e-canary-bad");
     let env = s.env;
-    import_adapters(&s, &["ok-v1", "faulty-v2"]);
+    s.import_adapters(&["ok-v1", "faulty-v2"]);
     let (interval, failure_limit) = (3u64, 2u64);
     let rollout = json!({
         "steps": [{"weight": 50, "pause": "120s"}],
@@ -519,7 +472,7 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
 fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
     let s = Scenario::new("e2e-canary-equal");
     let env = s.env;
-    import_adapters(&s, &["same-v1", "same-v2"]);
+    s.import_adapters(&["same-v1", "same-v2"]);
     let interval = 2u64;
     // failureLimit 1: a single failed window would roll back.
     let rollout = json!({
@@ -575,7 +528,7 @@ fn equal_error_rates_pass_twenty_analysis_windows_without_rollback() {
 fn operator_killed_mid_rollout_resumes_from_status() {
     let s = Scenario::new("e2e-canary-restart");
     let (env, ns) = (s.env, s.ns());
-    import_adapters(&s, &["resume-v1", "resume-v2"]);
+    s.import_adapters(&["resume-v1", "resume-v2"]);
     let rollout = json!({
         "steps": [{"weight": 30, "pause": "12s"}, {"weight": 60, "pause": "6s"}],
         "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
@@ -665,7 +618,7 @@ fn operator_killed_mid_rollout_resumes_from_status() {
 fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready() {
     let s = Scenario::new("e2e-pod-canary");
     let (env, ns) = (s.env, s.ns());
-    import_adapters(&s, &["pods-v1"]);
+    s.import_adapters(&["pods-v1"]);
     let rollout = json!({
         "steps": [{"weight": 50, "pause": "4s"}],
         "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},

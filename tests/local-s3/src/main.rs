@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tailor-local-s3", version, about = "A local S3-compatible server (s3s-fs) for tests and benchmarks")]
+#[command(
+    name = "tailor-local-s3",
+    version,
+    about = "A local S3-compatible server (s3s-fs) for tests and benchmarks"
+)]
 struct Cli {
     /// Directory holding the buckets (one subdirectory each).
     #[arg(long)]
@@ -26,7 +30,12 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let s3 = tailor_local_s3::LocalS3::start_on(cli.listen, &cli.root, &cli.access_key, &cli.secret_key)?;
+    let s3 = tailor_local_s3::LocalS3::start_on(
+        cli.listen,
+        &cli.root,
+        &cli.access_key,
+        &cli.secret_key,
+    )?;
     for b in &cli.bucket {
         s3.create_bucket(b)?;
     }

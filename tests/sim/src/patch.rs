@@ -17,8 +17,22 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
             "json patch must be an array of operations (op, path, value/from): {e}"
         ))
     })?;
-    ::json_patch::patch(doc, &ops.0)
-        .map_err(|e| ApiError::new(422, "Invalid", format!("jsonpatch: {e}")))
+    // As the apiserver's JSON patch (evanphx/json-patch): a `test` for null passes on a path
+    // that does not exist. Clients rely on it to add a first finalizer (kube-rs' finalizer
+    // helper tests `/metadata/finalizers` for null, then adds the list).
+    let mut work = doc.clone();
+    for op in &ops.0 {
+        if let ::json_patch::PatchOperation::Test(t) = op
+            && t.value.is_null()
+            && work.pointer(t.path.as_str()).is_none_or(Value::is_null)
+        {
+            continue;
+        }
+        ::json_patch::patch(&mut work, std::slice::from_ref(op))
+            .map_err(|e| ApiError::new(422, "Invalid", format!("jsonpatch: {e}")))?;
+    }
+    *doc = work;
+    Ok(())
 }
 
 /// The merge key of a list field in the built-in types, by field name (the few lists the
@@ -172,6 +186,29 @@ mod tests {
         )?;
         assert_eq!(t, json!({"a": [9, 2, 3], "b": {}}));
         assert!(json_patch(&mut t, &json!([{"op": "test", "path": "/a/0", "value": 1}])).is_err());
+        // kube-rs' first finalizer: a test for null on a missing list, then the add.
+        let mut obj = json!({"metadata": {"name": "x"}});
+        json_patch(
+            &mut obj,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["tailor.dev/cleanup"]}
+            ]),
+        )?;
+        assert_eq!(obj["metadata"]["finalizers"], json!(["tailor.dev/cleanup"]));
+        // All or nothing: a failing op leaves the object as it was.
+        let before = obj.clone();
+        assert!(
+            json_patch(
+                &mut obj,
+                &json!([
+                    {"op": "add", "path": "/metadata/labels", "value": {"a": "b"}},
+                    {"op": "test", "path": "/metadata/finalizers", "value": null}
+                ])
+            )
+            .is_err()
+        );
+        assert_eq!(obj, before);
         Ok(())
     }
 }

@@ -113,6 +113,7 @@ fn train_job_carries_gpus_scheduling_and_config() {
     assert_eq!(spec.active_deadline_seconds, Some(3600));
     assert_eq!(spec.suspend, Some(false));
     let pod = spec.template.spec.as_ref().expect("pod");
+    crate::pods::assert_hardened(pod);
     assert_eq!(pod.priority_class_name.as_deref(), Some("training"));
     assert_eq!(pod.node_selector.as_ref().expect("sel")["gpu"], "a100");
     assert_eq!(
@@ -760,12 +761,81 @@ fn a_change_to_an_invalid_spec_cancels_the_earlier_attempt() {
     assert_eq!(st.phase, P::Queued);
     assert!(!conditions::is_true(&st.conditions, DEGRADED));
 
-    // Nothing was cancelled (no Job yet): the message is the validation error alone.
+    // A pass that read the status from before the cancelling write (its Job already gone)
+    // still names the attempt that was cancelled.
     let st = invalid_status(&f, &ready_gate(), &msg, None, now());
+    let m = &conditions::get(&st.conditions, READY)
+        .expect("Ready")
+        .message;
+    assert!(m.contains(&v.job_name), "{m}");
+
+    // Nothing was cancelled (no Job yet): the message is the validation error alone.
+    let mut fresh = f.clone();
+    fresh.status = None;
+    let st = invalid_status(&fresh, &ready_gate(), &msg, None, now());
     assert_eq!(
         conditions::get(&st.conditions, READY)
             .expect("Ready")
             .message,
         msg
     );
+}
+
+#[test]
+fn target_modules_are_checked_against_the_base_models_family() {
+    let mut f = ftj();
+    let llama = br#"{"architectures": ["LlamaForCausalLM"]}"#;
+    let phi3 = br#"{"architectures": ["Phi3ForCausalLM"]}"#;
+    assert!(check_family(&f, Some(llama)).is_ok());
+    assert!(
+        check_family(&f, None).is_ok(),
+        "unreadable: left to the trainer"
+    );
+    let msg = |r: Result<(), Error>| match r {
+        Err(Error::InvalidSpec(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    // Phi-3 fuses q/k/v: q_proj does not exist there, and the message says what does.
+    f.spec.lora.target_modules = vec!["q_proj".into(), "v_proj".into()];
+    let m = msg(check_family(&f, Some(phi3)));
+    assert!(
+        m.contains("spec.lora.targetModules") && m.contains("phi3"),
+        "{m}"
+    );
+    assert!(m.contains("qkv_proj"), "{m}");
+    f.spec.lora.target_modules = vec!["qkv_proj".into(), "all-linear".into()];
+    assert!(check_family(&f, Some(phi3)).is_ok());
+    let m = msg(check_family(
+        &f,
+        Some(br#"{"architectures": ["GPT2LMHeadModel"]}"#),
+    ));
+    assert!(
+        m.contains("GPT2LMHeadModel") && m.contains("LlamaForCausalLM"),
+        "{m}"
+    );
+    let m = msg(check_family(&f, Some(b"{not json")));
+    assert!(m.contains("config.json"), "{m}");
+}
+
+#[test]
+fn gpus_are_requested_as_the_spec_or_the_operator_config_names_them() {
+    let limits = |f: &FineTuneJob, cfg: &OperatorConfig| {
+        let v = validate(f, cfg, &ready_gate()).expect("valid");
+        let job = job(f, &v, cfg);
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+        pod.containers[0]
+            .resources
+            .clone()
+            .and_then(|r| r.limits)
+            .expect("limits")
+    };
+    let mut f = ftj();
+    let mut cfg = OperatorConfig::for_tests();
+    assert_eq!(limits(&f, &cfg)["nvidia.com/gpu"], Quantity("1".into()));
+    cfg.gpu_resource_name = "amd.com/gpu".into();
+    assert_eq!(limits(&f, &cfg)["amd.com/gpu"], Quantity("1".into()));
+    f.spec.resources.gpu_resource = Some("nvidia.com/mig-1g.10gb".into());
+    let l = limits(&f, &cfg);
+    assert_eq!(l["nvidia.com/mig-1g.10gb"], Quantity("1".into()));
+    assert!(!l.contains_key("amd.com/gpu"));
 }

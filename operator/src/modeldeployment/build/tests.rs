@@ -80,6 +80,7 @@ fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
         "/artifacts/adapters/support-v1"
     );
     let d = server_deployment(&md, &rev, &vols, &cfg());
+    crate::pods::assert_hardened(d.spec.template.spec.as_ref().expect("pod"));
     assert_eq!(d.metadata.name.as_deref(), Some(cm.as_str()));
     assert_eq!(
         d.metadata
@@ -370,6 +371,7 @@ fn api_keys_reach_the_router_hashed_never_in_plaintext() {
 fn router_deployment_and_service_expose_api_and_admin_ports() {
     let md = md();
     let d = router_deployment(&md, &cfg());
+    crate::pods::assert_hardened(d.spec.template.spec.as_ref().expect("pod"));
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some("tailor-router:test"));
     let args = c.args.clone().unwrap_or_default();
@@ -541,4 +543,49 @@ fn long_names_stay_valid() {
     ] {
         assert!(n.len() <= 63, "{n}");
     }
+}
+
+#[test]
+fn a_drain_takes_at_most_one_router_and_one_server_pod() {
+    let md = md();
+    let pdbs = disruption_budgets(&md);
+    assert_eq!(pdbs.len(), 2);
+    let router = router_deployment(&md, &cfg());
+    let router_labels = router
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("router pod labels");
+    for pdb in &pdbs {
+        let spec = pdb.spec.as_ref().expect("spec");
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            pdb.metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].kind.as_str()),
+            Some("ModelDeployment")
+        );
+    }
+    // The router's budget selects the router's pods (and only those).
+    let sel = pdbs[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .expect("selector");
+    assert!(
+        sel.iter().all(|(k, v)| router_labels.get(k) == Some(v)),
+        "{sel:?}"
+    );
+    assert_eq!(sel["app.kubernetes.io/name"], "tailor-router");
+    let sel = pdbs[1]
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .expect("selector");
+    assert_eq!(sel["app.kubernetes.io/name"], "tailor-server");
 }

@@ -486,7 +486,18 @@ pub fn mount_script(mounts: &[Mount], workdir: Option<&str>, hostname: Option<&s
             sh_quote(h)
         ));
     }
-    for m in mounts {
+    // A real kubelet resolves every host path outside the container, so a mount at `/tmp` (a
+    // read-only root's scratch volume) cannot hide a source that lies under the host's `/tmp`.
+    // Here the mounts are made one after another inside the pod's namespace: mounts whose target
+    // covers another mount's source go last (stably, so nested targets keep their order).
+    let covers_a_source = |m: &Mount| {
+        mounts
+            .iter()
+            .any(|o| !std::ptr::eq(o, m) && o.source.starts_with(&m.target))
+    };
+    let mut ordered: Vec<&Mount> = mounts.iter().collect();
+    ordered.sort_by_key(|m| covers_a_source(m));
+    for m in ordered {
         let src = sh_quote(&m.source.to_string_lossy());
         let dst = sh_quote(&m.target);
         if m.optional {
@@ -514,4 +525,31 @@ pub fn mount_script(mounts: &[Mount], workdir: Option<&str>, hostname: Option<&s
     }
     s.push_str("exec \"$@\"\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_over_tmp_comes_after_the_sources_it_would_hide() {
+        let m = |source: &str, target: &str| Mount {
+            source: PathBuf::from(source),
+            target: target.into(),
+            read_only: false,
+            optional: false,
+        };
+        let script = mount_script(
+            &[
+                m("/tmp/sim/pods/u/volumes/tmp", "/tmp"),
+                m("/tmp/sim/pvs/artifacts", "/artifacts"),
+                m("/tmp/sim/pods/u/hosts", "/etc/hosts"),
+            ],
+            None,
+            None,
+        );
+        let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        assert!(at("'/artifacts'") < at("'/tmp'"), "{script}");
+        assert!(at("'/etc/hosts'") < at("'/tmp'"), "{script}");
+    }
 }
