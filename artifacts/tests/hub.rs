@@ -118,6 +118,7 @@ fn ranged(h: &HeaderMap, data: &[u8], head: bool) -> Response<Body> {
 }
 
 impl Hub {
+    #[allow(clippy::result_large_err)] // an axum Response is what the handler returns as the error
     fn repo(&self, kind: &str, repo: &str, h: &HeaderMap) -> Result<&Repo, Response<Body>> {
         match self.repos.get(&format!("{kind}/{repo}")) {
             Some(r) => Ok(r),

@@ -360,9 +360,9 @@ mod tests {
     fn defaults_fill_only_what_the_spec_leaves_unset() {
         let d = DefaultResources::default();
         let r = with_defaults(ResourceRequirements::default(), &d);
-        assert_eq!(r.requests.as_ref().unwrap()["cpu"], q("100m"));
-        assert_eq!(r.requests.as_ref().unwrap()["memory"], q("256Mi"));
-        assert_eq!(r.limits.as_ref().unwrap()["memory"], q("16Gi"));
+        assert_eq!(r.requests.as_ref().expect("set")["cpu"], q("100m"));
+        assert_eq!(r.requests.as_ref().expect("set")["memory"], q("256Mi"));
+        assert_eq!(r.limits.as_ref().expect("set")["memory"], q("16Gi"));
 
         // The spec's own request and limit win; a lone limit is also the request.
         let own = ResourceRequirements {
@@ -373,9 +373,9 @@ mod tests {
             ..Default::default()
         };
         let r = with_defaults(own, &d);
-        assert!(!r.requests.as_ref().unwrap().contains_key("cpu"));
-        assert_eq!(r.limits.as_ref().unwrap()["cpu"], q("4"));
-        assert_eq!(r.requests.as_ref().unwrap()["memory"], q("256Mi"));
+        assert!(!r.requests.as_ref().expect("set").contains_key("cpu"));
+        assert_eq!(r.limits.as_ref().expect("set")["cpu"], q("4"));
+        assert_eq!(r.requests.as_ref().expect("set")["memory"], q("256Mi"));
 
         // A request above the default limit gets no limit below it.
         let big = ResourceRequirements {
@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(restricted_violations(&done), Vec::<String>::new());
         let c = &done.containers[0];
         assert_eq!(
-            c.volume_mounts.as_ref().unwrap()[0].mount_path,
+            c.volume_mounts.as_ref().expect("set")[0].mount_path,
             "/tmp",
             "a writable /tmp on the read-only root"
         );
@@ -466,12 +466,15 @@ mod tests {
         assert_eq!(labels["app"], "tailor", "the operator's label stays");
         assert_eq!(labels["team"], "a");
         let spec = t.spec.as_ref().expect("spec");
-        assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+        assert_eq!(
+            spec.image_pull_secrets.as_ref().expect("set")[0].name,
+            "regcred"
+        );
         assert_eq!(spec.service_account_name.as_deref(), Some("trainer"));
         assert_eq!(spec.automount_service_account_token, None);
         assert_eq!(spec.runtime_class_name.as_deref(), Some("nvidia"));
         assert_eq!(spec.priority_class_name.as_deref(), Some("from-spec"));
-        assert_eq!(spec.tolerations.as_ref().unwrap().len(), 1);
+        assert_eq!(spec.tolerations.as_ref().expect("set").len(), 1);
         let vols: Vec<_> = spec
             .volumes
             .iter()

@@ -206,10 +206,8 @@ fn resolve_adapters(
             uri: format!("LoraAdapter {name}"),
             message,
         };
-        let la = match cache::get(&r.adapters, ns, name)
-            .as_deref()
-            .map(|g| g.0.clone())
-        {
+        let cached = cache::get(&r.adapters, ns, name);
+        let la = match cached.as_deref().map(|g| &g.0) {
             None => {
                 return Err(waiting(format!(
                     "adapter {:?} refers to LoraAdapter {name}, which does not exist (yet)",
