@@ -253,6 +253,45 @@ pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
     why
 }
 
+/// The volume sources a pod template may add: those the `restricted` Pod Security Standard
+/// allows. A node path (`hostPath`) or a node-mounted network volume would give a namespace user
+/// what only pod rights should.
+pub const TEMPLATE_VOLUME_SOURCES: [&str; 8] = [
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+];
+
+/// Why a pod template may not be used (a volume of a kind outside
+/// [`TEMPLATE_VOLUME_SOURCES`]), as the message of an invalid spec.
+pub fn check_template(field: &str, t: Option<&PodTemplate>) -> Result<(), String> {
+    for v in t.map(|t| t.volumes.as_slice()).unwrap_or_default() {
+        let json = serde_json::to_value(v).unwrap_or_default();
+        let sources: Vec<&String> = json
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .filter(|k| *k != "name")
+            .collect();
+        if let Some(bad) = sources
+            .iter()
+            .find(|k| !TEMPLATE_VOLUME_SOURCES.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "{field}.volumes: volume {:?} is a {bad} volume; a pod template may add only {} volumes",
+                v.name,
+                TEMPLATE_VOLUME_SOURCES.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Merges a user's [`PodTemplate`] into a pod the operator built (the precedence is
 /// documented on [`PodTemplate`]): the operator's names, keys and scalar fields win, lists are
 /// appended, `affinity` replaces.
@@ -289,7 +328,20 @@ pub fn customize(t: &mut PodTemplateSpec, o: Option<&PodTemplate>) {
     if spec.priority_class_name.is_none() {
         spec.priority_class_name = o.priority_class_name.clone();
     }
-    extend(&mut spec.volumes, &o.volumes, |a, b| a.name == b.name);
+    // Only the volume kinds check_template allows (validation refuses the rest first).
+    let volumes: Vec<Volume> = o
+        .volumes
+        .iter()
+        .filter(|v| {
+            let t = PodTemplate {
+                volumes: vec![(*v).clone()],
+                ..PodTemplate::default()
+            };
+            check_template("", Some(&t)).is_ok()
+        })
+        .cloned()
+        .collect();
+    extend(&mut spec.volumes, &volumes, |a, b| a.name == b.name);
     if let Some(c) = spec.containers.first_mut() {
         extend(&mut c.env, &o.env, |a, b| a.name == b.name);
         extend(&mut c.volume_mounts, &o.volume_mounts, |a, b| {
@@ -505,5 +557,30 @@ mod tests {
                 .any(|m| m.mount_path == "/cache")
         );
         assert_eq!(restricted_violations(spec), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_pod_template_cannot_add_a_node_path() {
+        let t: PodTemplate = serde_json::from_value(serde_json::json!({
+            "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "root", "hostPath": {"path": "/"}}],
+            "volumeMounts": [{"name": "root", "mountPath": "/host"}]
+        }))
+        .expect("template");
+        let err = check_template("spec.podTemplate", Some(&t)).expect_err("hostPath");
+        assert!(err.contains("\"root\" is a hostPath volume"), "{err}");
+        assert!(check_template("spec.podTemplate", None).is_ok());
+        // Should one get past validation, it is still not added.
+        let mut pod = PodTemplateSpec {
+            spec: Some(finish(PodSpec::default(), &DefaultResources::default())),
+            ..PodTemplateSpec::default()
+        };
+        customize(&mut pod, Some(&t));
+        let names: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["tmp", "cache"]);
     }
 }

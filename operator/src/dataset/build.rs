@@ -76,6 +76,8 @@ pub fn validate(
     cfg: &OperatorConfig,
     source_fingerprint: Option<&str>,
 ) -> Result<Validated, Error> {
+    crate::pods::check_template("spec.podTemplate", ds.spec.pod_template.as_ref())
+        .map_err(Error::InvalidSpec)?;
     let src = &ds.spec.source;
     let set = [
         src.config_map.is_some(),

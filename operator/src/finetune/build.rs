@@ -139,6 +139,8 @@ pub fn validate(
     cfg: &OperatorConfig,
     gate: &DatasetGate,
 ) -> Result<Validated, Error> {
+    crate::pods::check_template("spec.podTemplate", ftj.spec.pod_template.as_ref())
+        .map_err(Error::InvalidSpec)?;
     let DatasetGate::Ready {
         prepared_uri,
         validation_examples,

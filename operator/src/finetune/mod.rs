@@ -191,7 +191,13 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         found => build::dataset_gate(ftj, found.and_then(|r| r.as_ref().ok())),
     };
     let started = prev.start_time.is_some();
-    let base_config = read_base_config(cfg, &ns, &ftj.spec.base_model.uri).await;
+    // Read until the run starts: a running Job's spec was checked when it was created, and a
+    // spec change mid-run cancels the run first.
+    let base_config = if started {
+        None
+    } else {
+        read_base_config(cfg, &ns, &ftj.spec.base_model.uri).await
+    };
 
     // Validate. An invalid spec cancels the attempt of the earlier spec, as any other change
     // does, then waits for a corrected one.

@@ -585,6 +585,12 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
             name.len()
         )));
     }
+    for (field, t) in [
+        ("spec.server.podTemplate", &md.spec.server.pod_template),
+        ("spec.router.podTemplate", &md.spec.router.pod_template),
+    ] {
+        crate::pods::check_template(field, t.as_ref()).map_err(Error::InvalidSpec)?;
+    }
     let analysis = &md.spec.rollout.analysis;
     if analysis.metrics_source == MetricsSource::Prometheus {
         let address = analysis
