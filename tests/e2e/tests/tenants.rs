@@ -100,6 +100,21 @@ fn http_status(addr: &str, method: &str, path: &str, body: &str) -> u16 {
         .expect("status code")
 }
 
+/// One HTTP/1.1 GET; the body of a 200 answer.
+fn http_body(addr: &str, path: &str) -> Option<String> {
+    let mut conn = TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    conn.take(1 << 20).read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
 /// The resident memory of the operator's process (its pid as the simulated kubelet recorded it).
 fn operator_rss(s: &Scenario) -> u64 {
     let pod = s.env.ready_operator_pod();
@@ -292,12 +307,33 @@ fn a_tenant_reaches_no_other_tenants_data_pods_or_endpoints() {
         "--wait=false",
     ])
     .expect("restart the operator");
-    attacker.wait_for("a new operator pod", SHORT, || {
+    let after = attacker.wait_for("a new operator pod", SHORT, || {
         env.operator_pod()
             .filter(|p| is_ready(p) && p["metadata"]["uid"] != before["metadata"]["uid"])
     });
-    // A resync reads every object again: give the new operator time to go through them.
-    std::thread::sleep(Duration::from_secs(10));
+    // The new operator reads every Dataset again when it starts: wait until its own metrics
+    // count as many Dataset reconciles as there are Datasets.
+    let datasets = env
+        .get_json(&["get", "datasets", "-A"])
+        .ok()
+        .and_then(|d| d["items"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    let metrics = format!(
+        "{}:8080",
+        after["status"]["podIP"].as_str().expect("operator podIP")
+    );
+    attacker.wait_for("the new operator to reconcile every Dataset", SHORT, || {
+        let text = http_body(&metrics, "/metrics")?;
+        let n: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tailor_operator_reconciles_total{controller=\"dataset\"} ")
+            })?
+            .trim()
+            .parse()
+            .ok()?;
+        (n >= datasets as f64).then_some(())
+    });
     check_hostile("after an operator restart");
 
     // 5: SSRF: a Prometheus address the admin did not allow is refused, never fetched.
