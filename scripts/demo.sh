@@ -29,6 +29,7 @@ export KUBECONFIG="$work/kubeconfig"
 "$bin/tailor-sim" up --state-dir "$work/sim" --kubeconfig "$KUBECONFIG" --nodes 2 --gpus-per-node 4 \
   --image "tailor-operator=$bin/tailor-operator" --image "tailor-trainer=$bin/tailor-trainer" \
   --image "tailor-server=$bin/tailor-server" --image "tailor-router=$bin/tailor-router" \
+  --image "tailor-fetch=$bin/tailor-fetch" \
   >"$work/sim.log" 2>&1 &
 sim=$!
 load_pid=""

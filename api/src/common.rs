@@ -10,15 +10,30 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// A reference to a model checkpoint in the artifact store.
+/// A reference to a model checkpoint.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(FETCHED_ONLY).message(FETCHED_ONLY_MESSAGE))]
 pub struct ModelRef {
-    /// Where the Hugging Face checkpoint directory lives: `pvc://<claim>/<path>`, `file:///<path>`,
-    /// `s3://…`, `gs://…`, or `hf://<org>/<name>` (downloaded at run time where the cluster has network).
-    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|hf)://.+"))]
+    /// Where the Hugging Face checkpoint directory lives. Mounted: `pvc://<claim>/<path>`,
+    /// `file:///<path>` (where the admin allows it). Fetched into the pod before it starts, with
+    /// the credentials of `credentialsSecretRef`: `s3://<bucket>/<prefix>` (any S3-compatible
+    /// endpoint), `gs://<bucket>/<prefix>`, `az://<container>/<prefix>`, `https://…`, and
+    /// `hf://<org>/<name>[@<revision>][/<subdir>]` (the Hugging Face Hub).
+    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|az|abfs|https|hf)://.+"))]
     pub uri: String,
+    /// A Secret of this namespace whose keys are the store's standard variables, given to the
+    /// fetch as its environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`; `GOOGLE_APPLICATION_CREDENTIALS` (a key holding the
+    /// JSON); `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`; `HF_TOKEN`,
+    /// `HF_ENDPOINT`. Only for fetched URIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalRef>,
 }
+
+/// CEL: credentials go only with a URI that is fetched (a mounted one has none to use).
+pub const FETCHED_ONLY: &str = "!has(self.credentialsSecretRef) || !(self.uri.startsWith('pvc://') || self.uri.startsWith('file://'))";
+pub const FETCHED_ONLY_MESSAGE: &str = "credentialsSecretRef is for fetched URIs (s3, gs, az, https, hf); pvc:// and file:// are mounted";
 
 /// A reference to another object in the same namespace, by name.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -85,7 +100,8 @@ impl Default for Resources {
 
 /// Volume names the operator gives the volumes of the pods it builds (and the prefixes of those
 /// it numbers): a pod template's extra volumes may not take them.
-pub const RESERVED_VOLUME_NAMES: [&str; 5] = ["config", "artifacts", "tmp", "token", "source"];
+pub const RESERVED_VOLUME_NAMES: [&str; 6] =
+    ["config", "artifacts", "tmp", "token", "source", "inputs"];
 /// Environment variables the operator sets in the containers it builds.
 pub const RESERVED_ENV_NAMES: [&str; 2] = ["POD_IP", "HOME"];
 
@@ -105,8 +121,8 @@ pub const RESERVED_ENV_NAMES: [&str; 2] = ["POD_IP", "HOME"];
 /// mounts and variables may not take the operator's names or paths (refused at admission).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.volumes) || self.volumes.all(v, !(v.name in ['config', 'artifacts', 'tmp', 'token', 'source']) && !v.name.matches('^(shared|claim|host|key)-[0-9a-f]+$'))").message("volumes: config, artifacts, tmp, token, source and shared-N, claim-N, host-N, key-N are the operator's volume names"))]
-#[x_kube(validation = Rule::new("!has(self.volumeMounts) || self.volumeMounts.all(m, m.mountPath != '/tmp' && !m.mountPath.startsWith('/etc/tailor') && !m.mountPath.startsWith('/artifacts') && !m.mountPath.startsWith('/data/source'))").message("volumeMounts: /tmp, /etc/tailor*, /artifacts* and /data/source are where the operator mounts its volumes"))]
+#[x_kube(validation = Rule::new("!has(self.volumes) || self.volumes.all(v, !(v.name in ['config', 'artifacts', 'tmp', 'token', 'source', 'inputs']) && !v.name.matches('^(shared|claim|host|key)-[0-9a-f]+$'))").message("volumes: config, artifacts, tmp, token, source, inputs and shared-N, claim-N, host-N, key-N are the operator's volume names"))]
+#[x_kube(validation = Rule::new("!has(self.volumeMounts) || self.volumeMounts.all(m, m.mountPath != '/tmp' && !m.mountPath.startsWith('/etc/tailor') && !m.mountPath.startsWith('/artifacts') && !m.mountPath.startsWith('/data/source') && !m.mountPath.startsWith('/inputs'))").message("volumeMounts: /tmp, /etc/tailor*, /artifacts*, /data/source and /inputs* are where the operator mounts its volumes"))]
 #[x_kube(validation = Rule::new("!has(self.env) || self.env.all(e, !(e.name in ['POD_IP', 'HOME']))").message("env: POD_IP and HOME are set by the operator"))]
 pub struct PodTemplate {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::KeyRef;
+use crate::common::{KeyRef, LocalRef};
 
 /// A set of training examples and how to prepare them.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -45,6 +45,7 @@ pub struct DatasetSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.configMap), has(self.pvc), has(self.uri), has(self.inline)].filter(x, x).size() == 1").message("exactly one of configMap, pvc, uri or inline must be set"))]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || (has(self.uri) && !(self.uri.startsWith('pvc://') || self.uri.startsWith('file://')))").message("credentialsSecretRef goes with a fetched uri (s3, gs, az, https, hf)"))]
 pub struct DatasetSource {
     /// A key of a ConfigMap in the Dataset's namespace holding the JSONL (small datasets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,10 +53,16 @@ pub struct DatasetSource {
     /// A file on a PersistentVolumeClaim in the Dataset's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
-    /// An artifact-store URI (`pvc://claim/path`, `file:///path`, `s3://…`, `gs://…`).
+    /// A JSONL file, or a prefix ending in `/` whose `*.jsonl` files are read in name order:
+    /// mounted (`pvc://claim/path`, `file:///path`) or fetched into the prepare pod before it
+    /// starts (`s3://`, `gs://`, `az://`, `https://`, `hf://datasets/<org>/<name>/<file>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(pvc|file|s3|gs)://.+"))]
+    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|az|abfs|https|hf)://.+"))]
     pub uri: Option<String>,
+    /// A Secret of this namespace with the store's standard variables for a fetched `uri`
+    /// (`AWS_*`, `HF_TOKEN`, …; see FineTuneJob `spec.baseModel.credentialsSecretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalRef>,
     /// The JSONL itself, for demos and tests (the object must stay under etcd's size limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1000000))]

@@ -78,10 +78,16 @@ fn one() -> i32 {
 /// The base model of a deployment.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(crate::common::FETCHED_ONLY).message(crate::common::FETCHED_ONLY_MESSAGE))]
 pub struct ServedBaseModel {
-    /// Where the Hugging Face checkpoint lives (`pvc://`, `file://`, `s3://`, `gs://`, `hf://`).
-    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|hf)://.+"))]
+    /// Where the Hugging Face checkpoint lives: mounted (`pvc://`, `file://`) or fetched into
+    /// each serving pod before it starts (`s3://`, `gs://`, `az://`, `https://`, `hf://`).
+    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|az|abfs|https|hf)://.+"))]
     pub uri: String,
+    /// A Secret of this namespace with the store's standard variables (`AWS_*`, `HF_TOKEN`, …;
+    /// see FineTuneJob `spec.baseModel.credentialsSecretRef`). Only for fetched URIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalRef>,
     /// The model name clients use for the base model.
     #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"), length(max = 128))]
     pub served_name: String,

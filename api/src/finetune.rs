@@ -352,6 +352,11 @@ pub struct FineTuneJobStatus {
     /// Content hash of the Dataset trained on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_content_hash: Option<String>,
+    /// The Hugging Face Hub commit the base model is fetched at, for an `hf://` base model: a
+    /// branch or tag (or none: `main`) is resolved once, when the run's Job is made, so every
+    /// attempt of the run trains on the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_revision: Option<String>,
     /// Tokens trained on (all epochs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_tokens: Option<u64>,

@@ -31,8 +31,10 @@ use crate::finetune::Hyperparameters;
 pub struct LoraAdapterSpec {
     /// The base model the adapter was trained on; serving checks it matches.
     pub base_model: ModelRef,
-    /// Artifact-store URI of the PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
-    #[schemars(regex(pattern = r"^(pvc|file|s3|gs)://.+"))]
+    /// URI of the PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`)
+    /// on the artifact volume (`pvc://`) or a node path (`file://`): the operator verifies it
+    /// there and the serving pods mount it. (Adapters in object stores are not served yet.)
+    #[schemars(regex(pattern = r"^(pvc|file)://.+"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("uri is immutable: create a new LoraAdapter for a new artifact"))]
     pub uri: String,
     /// LoRA rank.
@@ -144,6 +146,9 @@ pub struct Lineage {
     /// Its content hash at training time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_content_hash: Option<String>,
+    /// The Hub commit of an `hf://` base model the run trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_revision: Option<String>,
     /// Hyperparameters of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hyperparameters: Option<Hyperparameters>,

@@ -30,8 +30,12 @@ where
         .map_err(Error::apply(what))
 }
 
-/// Applies the whole status of `name`.
-pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
+/// Applies the whole status of `name`; returns the resourceVersion the object has after it.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    status: &S,
+) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
     S: Serialize,
@@ -43,6 +47,6 @@ where
     });
     api.patch_status(name, &params(), &Patch::Apply(&body))
         .await
-        .map(|_| ())
+        .map(|o| o.resource_version())
         .map_err(Error::apply(format!("{} {name} status", K::kind(&()))))
 }

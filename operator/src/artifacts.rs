@@ -35,14 +35,15 @@ pub enum Location {
         path: String,
     },
     File(PathBuf),
-    /// `s3://`, `gs://`, `hf://`: not readable by the operator or mountable into pods here.
+    /// `s3://`, `gs://`, `az://`, `https://`, `hf://`: fetched into the pod by an init
+    /// container (`tailor-fetch`), with credentials from a Secret the spec names.
     Remote(String),
 }
 
 pub fn parse(uri: &str) -> Result<Location, String> {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Err(format!(
-            "{uri:?} is not a URI (expected pvc://, file://, s3://, gs:// or hf://)"
+            "{uri:?} is not a URI (expected pvc://, file://, s3://, gs://, az://, https:// or hf://)"
         ));
     };
     match scheme {
@@ -75,7 +76,10 @@ pub fn parse(uri: &str) -> Result<Location, String> {
             }
             Ok(Location::File(PathBuf::from(rest)))
         }
-        "s3" | "gs" | "hf" => Ok(Location::Remote(uri.to_string())),
+        "s3" | "gs" | "az" | "abfs" | "abfss" | "https" | "hf" => {
+            tailor_artifacts::ArtifactUri::parse(uri).map_err(|e| e.to_string())?;
+            Ok(Location::Remote(uri.to_string()))
+        }
         other => Err(format!("{uri:?}: unsupported scheme {other:?}")),
     }
 }
@@ -95,6 +99,8 @@ pub enum Resolved {
     Claim { claim: String, path: String },
     /// A node path (only where `allowFileUris` is on).
     Host(PathBuf),
+    /// An object store or the Hub: fetched into the pod (see [`crate::jobs::PodVolumes`]).
+    Remote(String),
 }
 
 /// Resolves `uri` as a tenant of `ns` may use it, or says why it may not.
@@ -117,10 +123,7 @@ pub fn resolve(cfg: &OperatorConfig, uri: &str) -> Result<Resolved, String> {
             "{uri:?}: file:// URIs are disabled on this cluster (the operator config's allowFileUris); put the data on the artifact volume (pvc://{}/...)",
             cfg.artifacts_claim
         )),
-        Location::Remote(u) => Err(format!(
-            "{u}: object stores are not supported yet; put the data on the artifact volume (pvc://{}/...)",
-            cfg.artifacts_claim
-        )),
+        Location::Remote(u) => Ok(Resolved::Remote(u)),
     }
 }
 
@@ -138,8 +141,12 @@ pub fn pod_path(cfg: &OperatorConfig, r: &Resolved) -> PathBuf {
         Resolved::Shared { path } => join(Path::new(SHARED_MOUNT), path),
         Resolved::Claim { claim, path } => join(&PathBuf::from(format!("/mnt/{claim}")), path),
         Resolved::Host(p) => p.clone(),
+        Resolved::Remote(_) => PathBuf::from(INPUTS_DIR),
     }
 }
+
+/// Where the init containers put fetched inputs in a pod (an emptyDir).
+pub const INPUTS_DIR: &str = "/inputs";
 
 fn join(base: &Path, rel: &str) -> PathBuf {
     if rel.is_empty() {
@@ -175,6 +182,9 @@ pub fn operator_path(cfg: &OperatorConfig, ns: &str, uri: &str) -> Result<StoreP
             within: p.clone(),
             path: p,
         }),
+        Resolved::Remote(u) => Err(format!(
+            "{u}: fetched into the pods that use it; the operator does not read it"
+        )),
     }
 }
 
@@ -278,9 +288,26 @@ pub fn latest_checkpoint(output: &Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(s, _)| *s)
 }
 
+/// What a trainer records as `base_model_name_or_path` for a fetched base model (the pod only
+/// sees a local copy): the Hub's `org/name`, as PEFT writes it, or the URI itself. `None` for a
+/// mounted base, whose pod path already names it.
+pub fn recorded_base_name(uri: &str) -> Option<String> {
+    match tailor_artifacts::ArtifactUri::parse(uri).ok()? {
+        u if u.is_local() => None,
+        tailor_artifacts::ArtifactUri::Hf { repo, .. } => Some(repo),
+        _ => Some(uri.to_string()),
+    }
+}
+
 /// The path part of a model reference, for comparing a declared base with the one an
-/// adapter_config.json names: `pvc://claim/models/base` → `models/base`, `hf://org/m` → `org/m`.
+/// adapter_config.json names: `pvc://claim/models/base` → `models/base`, `hf://org/m@rev` →
+/// `org/m`.
 fn model_tail(s: &str) -> String {
+    if let Ok(tailor_artifacts::ArtifactUri::Hf { repo, .. }) =
+        tailor_artifacts::ArtifactUri::parse(s)
+    {
+        return repo;
+    }
     let rest = match s.split_once("://") {
         Some(("pvc", r)) => r.split_once('/').map_or("", |(_, p)| p),
         Some((_, r)) => r,
@@ -436,6 +463,25 @@ mod tests {
             "/artifacts/models/base"
         ));
         assert!(same_base("hf://org/m", "org/m"));
+        assert!(same_base("hf://org/m@v1.0", "org/m"));
+        assert!(!same_base("hf://org/m@v1.0", "org/other"));
+        assert!(same_base(
+            "s3://bucket/models/base",
+            "s3://bucket/models/base"
+        ));
+        // What the trainer records for a fetched base (the pod sees only `/inputs/N`).
+        assert_eq!(
+            recorded_base_name("hf://org/m@v1.0/sub").as_deref(),
+            Some("org/m")
+        );
+        assert_eq!(
+            recorded_base_name("s3://bucket/models/base").as_deref(),
+            Some("s3://bucket/models/base")
+        );
+        assert_eq!(
+            recorded_base_name("pvc://tailor-artifacts/models/base"),
+            None
+        );
         assert!(!same_base(
             "pvc://tailor-artifacts/models/base",
             "/artifacts/models/other"

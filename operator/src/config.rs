@@ -17,6 +17,10 @@ pub struct OperatorConfig {
     /// Image of the router pods (ModelDeployment).
     #[serde(default)]
     pub router_image: String,
+    /// Image of the init containers that fetch `s3://`, `gs://`, `az://`, `https://` and
+    /// `hf://` inputs into a pod before it starts (`tailor-fetch`; no libtorch).
+    #[serde(default = "default_fetch_image")]
+    pub fetch_image: String,
     /// Where the artifact claim is mounted, in the operator's pod and in every pod it creates.
     #[serde(default = "default_mount")]
     pub artifacts_mount: PathBuf,
@@ -86,6 +90,13 @@ fn yes() -> bool {
 }
 fn default_operator_namespace() -> String {
     "tailor-system".into()
+}
+
+fn default_fetch_image() -> String {
+    format!(
+        "ghcr.io/tailor-dev/tailor-fetch:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 fn default_mount() -> PathBuf {

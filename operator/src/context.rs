@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -20,6 +20,7 @@ pub struct Context {
     /// Bounds the Events sent at once (see [`crate::events`]).
     pub event_slots: Arc<tokio::sync::Semaphore>,
     failures: Mutex<HashMap<String, u32>>,
+    written: Mutex<Written>,
 }
 
 impl Context {
@@ -41,7 +42,22 @@ impl Context {
             http,
             event_slots: Arc::new(tokio::sync::Semaphore::new(crate::events::EVENTS_IN_FLIGHT)),
             failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(Written::default()),
         }
+    }
+
+    /// Records that this operator wrote the status of object `uid`, replacing version `before`
+    /// with `after`.
+    pub fn wrote_status(&self, uid: &str, before: &str, after: &str) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.wrote(uid, before, after, Instant::now());
+    }
+
+    /// Whether the cached version `rv` of object `uid` is one this operator has already
+    /// overwritten: deciding on it would undo (or repeat) what the last reconcile wrote.
+    pub fn is_stale(&self, uid: &str, rv: &str) -> bool {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.is_stale(uid, rv, Instant::now())
     }
 
     /// Exponential backoff per object for transient errors: 2 s, 4 s, … capped at 5 minutes.
@@ -59,6 +75,37 @@ impl Context {
     }
 }
 
+/// How long a written status waits for the watch to bring it before the cache is trusted
+/// again (a watch that lost the event relists well within this).
+const STALE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The versions this operator's status writes replaced, by object uid: a reconcile that reads
+/// one of them from its cache reads the past (the watch has not yet delivered the write) and
+/// waits for the cache instead. The "expectations" of controllers that must not act twice.
+#[derive(Default)]
+struct Written(HashMap<String, (String, Instant)>);
+
+impl Written {
+    fn wrote(&mut self, uid: &str, before: &str, after: &str, now: Instant) {
+        self.0
+            .retain(|_, (_, at)| now.duration_since(*at) < STALE_WINDOW);
+        if before != after {
+            self.0.insert(uid.to_string(), (before.to_string(), now));
+        }
+    }
+
+    fn is_stale(&mut self, uid: &str, rv: &str, now: Instant) -> bool {
+        let Some((before, at)) = self.0.get(uid) else {
+            return false;
+        };
+        if before == rv && now.duration_since(*at) < STALE_WINDOW {
+            return true;
+        }
+        self.0.remove(uid);
+        false
+    }
+}
+
 pub fn backoff_for(failures: u32) -> Duration {
     let secs = 2u64.saturating_pow(failures.min(9));
     Duration::from_secs(secs.min(300))
@@ -67,6 +114,30 @@ pub fn backoff_for(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_this_operator_overwrote_is_stale_until_a_newer_one_is_read() {
+        let t0 = Instant::now();
+        let mut w = Written::default();
+        w.wrote("u1", "10", "11", t0);
+        assert!(w.is_stale("u1", "10", t0));
+        assert!(!w.is_stale("u2", "10", t0), "another object");
+        assert!(!w.is_stale("u1", "11", t0), "the write arrived");
+        assert!(
+            !w.is_stale("u1", "10", t0),
+            "forgotten once the write was seen"
+        );
+        // A write that changed nothing leaves the version readable.
+        w.wrote("u1", "11", "11", t0);
+        assert!(!w.is_stale("u1", "11", t0));
+        // A watch that never brings the write does not stall the object for ever.
+        w.wrote("u1", "12", "13", t0);
+        assert!(!w.is_stale("u1", "12", t0 + STALE_WINDOW));
+        // Old entries go when new writes come.
+        w.wrote("u3", "1", "2", t0);
+        w.wrote("u4", "1", "2", t0 + STALE_WINDOW);
+        assert_eq!(w.0.len(), 1);
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -7,7 +7,8 @@
 //! (one object that does not deserialize is reported on itself and never stalls the watcher),
 //! the concurrency limit from the operator config, the tracing span, the reconcile metrics, the
 //! error policy (transient categories back off, the others wait for a change), the Event for an
-//! error, and [`write_status`] (status applied only when it changed, Events for condition
+//! error, the guard against deciding on a version the last status write replaced, and
+//! [`write_status`] (status applied only when it changed, Events for condition
 //! transitions).
 
 use std::fmt::Debug;
@@ -166,6 +167,13 @@ async fn reconcile<R: Reconciler>(
         return Ok(Action::requeue(cache::NOT_READY_RETRY));
     }
     let ctx = r.context();
+    if let (Some(uid), Some(rv)) = (obj.uid(), obj.resource_version())
+        && ctx.is_stale(&uid, &rv)
+    {
+        // The cache still holds the version the last reconcile replaced; its watch event is
+        // on the way and triggers the next reconcile.
+        return Ok(Action::requeue(cache::NOT_READY_RETRY));
+    }
     let _timer = ctx.metrics.reconcile(R::NAME);
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
@@ -250,14 +258,20 @@ async fn malformed<K: Kind>(
 }
 
 /// Applies `st` as the status of `obj` when it differs from what `obj` has, and publishes the
-/// transitions of [`Kind::EVENT_CONDITIONS`] as Events. Returns whether it wrote.
+/// transitions of [`Kind::EVENT_CONDITIONS`] as Events. Returns whether it wrote. The version
+/// it replaced is remembered: reconciles skip it while the cache still holds it.
 pub async fn write_status<K: Kind>(ctx: &Context, obj: &K, st: &K::Status) -> Result<bool, Error> {
     let prev = obj.status().cloned().unwrap_or_default();
     if prev == *st {
         return Ok(false);
     }
     let api = Api::<K>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    apply::apply_status(&api, &obj.name_any(), st).await?;
+    let after = apply::apply_status(&api, &obj.name_any(), st).await?;
+    if let (Some(uid), Some(before), Some(after)) =
+        (obj.uid(), obj.resource_version(), after.as_deref())
+    {
+        ctx.wrote_status(&uid, &before, after);
+    }
     events::publish_transitions(
         ctx,
         &obj.object_ref(&()),

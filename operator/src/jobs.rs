@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Pod, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, HostPathVolumeSource,
+    PersistentVolumeClaimVolumeSource, Pod, SecretEnvSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
@@ -138,6 +138,8 @@ pub struct PodState {
     pub scheduled: Option<(bool, String, String)>,
     pub ip: Option<String>,
     pub termination_message: Option<String>,
+    /// Why an init container that fetches an input failed: `<uri>: <Kind>: <cause>`.
+    pub fetch_failure: Option<String>,
 }
 
 pub fn pod_state(pod: &Pod) -> PodState {
@@ -167,13 +169,64 @@ pub fn pod_state(pod: &Pod) -> PodState {
                 .filter(|m| !m.trim().is_empty())
                 .map(|m| cut(m, TERMINATION_MESSAGE_MAX))
         });
+    let fetch_failure = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|cs| cs.name.starts_with("fetch-"))
+        .find_map(|cs| {
+            let t = cs
+                .state
+                .and_then(|s| s.terminated)
+                .or_else(|| cs.last_state.and_then(|s| s.terminated))
+                .filter(|t| t.exit_code != 0)?;
+            Some(fetch_error(t.message.as_deref().unwrap_or(""), t.exit_code))
+        });
     PodState {
         name: pod.metadata.name.clone().unwrap_or_default(),
         phase: status.phase.unwrap_or_else(|| "Pending".into()),
         scheduled,
         ip: status.pod_ip.filter(|ip| !ip.is_empty()),
         termination_message,
+        fetch_failure,
     }
+}
+
+/// The URIs a Job's pods fetch, as its fetch init containers were given them.
+pub fn fetched(job: &Job) -> Vec<String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.name.starts_with("fetch-"))
+        .filter_map(|c| c.args.as_ref()?.first().cloned())
+        .collect()
+}
+
+/// What a failed `tailor-fetch` said: its last `error: ` line (the log tail is its termination
+/// message), or its exit code's meaning.
+pub fn fetch_error(log_tail: &str, exit_code: i32) -> String {
+    let said = log_tail
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(|l| cut(l.to_string(), TERMINATION_MESSAGE_MAX));
+    said.unwrap_or_else(|| {
+        let kind = match exit_code {
+            2 => "bad command line",
+            3 => "Invalid",
+            4 => "NotFound",
+            5 => "PermissionDenied",
+            6 => "Unreachable",
+            7 => "ChecksumMismatch",
+            8 => "SourceChanged",
+            9 => "LocalIO",
+            _ => "failed",
+        };
+        format!("tailor-fetch exited with code {exit_code} ({kind})")
+    })
 }
 
 /// The most recently created pod.
@@ -215,12 +268,18 @@ fn cut(mut s: String, max: usize) -> String {
     s
 }
 
-/// Volumes and mounts of a pod the operator builds.
+/// Volumes and mounts of a pod the operator builds, and the init containers that fetch its
+/// remote inputs.
 #[derive(Debug, Default, Clone)]
 pub struct PodVolumes {
     pub volumes: Vec<Volume>,
     pub mounts: Vec<VolumeMount>,
+    /// One `tailor-fetch` init container per remote input (see [`PodVolumes::input`]).
+    pub fetches: Vec<Container>,
 }
+
+/// The emptyDir the fetch init containers fill and the main container reads.
+const INPUTS_VOLUME: &str = "inputs";
 
 impl PodVolumes {
     /// The namespace's area of the artifact volume at `artifactsMount` (a `subPath`: the pod sees
@@ -282,6 +341,100 @@ impl PodVolumes {
         });
     }
 
+    /// Makes a user's input visible in the pod and returns its path there: mounted like
+    /// [`PodVolumes::add`], or, for `s3://`, `gs://`, `az://`, `https://` and `hf://`, fetched
+    /// before the pod's containers start by an init container that gets the Secret
+    /// `credentials` as its environment (the store's standard variables). A file lands in a
+    /// directory of its own under [`artifacts::INPUTS_DIR`], under its own name.
+    pub fn input(
+        &mut self,
+        cfg: &OperatorConfig,
+        uri: &str,
+        is_dir: bool,
+        credentials: Option<&str>,
+    ) -> Result<PathBuf, String> {
+        if let Resolved::Remote(u) = artifacts::resolve(cfg, uri)? {
+            return Ok(self.fetch(cfg, &u, is_dir, credentials));
+        }
+        if credentials.is_some() {
+            return Err(format!(
+                "{uri} is mounted, not fetched: credentialsSecretRef goes only with s3://, gs://, az://, https:// and hf:// URIs"
+            ));
+        }
+        self.add(cfg, uri, is_dir)
+    }
+
+    fn fetch(
+        &mut self,
+        cfg: &OperatorConfig,
+        uri: &str,
+        is_dir: bool,
+        credentials: Option<&str>,
+    ) -> PathBuf {
+        let n =
+            match self.fetches.iter().position(|c| {
+                c.args.as_ref().and_then(|a| a.first()).map(String::as_str) == Some(uri)
+            }) {
+                Some(n) => n,
+                None => {
+                    self.push_fetch(cfg, uri, credentials);
+                    self.fetches.len() - 1
+                }
+            };
+        let dir = PathBuf::from(format!("{}/{n}", artifacts::INPUTS_DIR));
+        let name = tailor_artifacts::ArtifactUri::parse(uri)
+            .ok()
+            .and_then(|u| u.file_name());
+        match name {
+            Some(name) if !is_dir => dir.join(name),
+            _ => dir,
+        }
+    }
+
+    fn push_fetch(&mut self, cfg: &OperatorConfig, uri: &str, credentials: Option<&str>) {
+        if self.fetches.is_empty() {
+            self.volumes.push(Volume {
+                name: INPUTS_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            });
+            self.mounts.push(VolumeMount {
+                name: INPUTS_VOLUME.into(),
+                mount_path: artifacts::INPUTS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        let n = self.fetches.len();
+        self.fetches.push(Container {
+            name: format!("fetch-{n}"),
+            image: Some(cfg.fetch_image.clone()),
+            args: Some(vec![
+                uri.to_string(),
+                format!("{}/{n}", artifacts::INPUTS_DIR),
+                "--log-format".into(),
+                "json".into(),
+            ]),
+            env_from: credentials.map(|name| {
+                vec![EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: name.to_string(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                }]
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: INPUTS_VOLUME.into(),
+                mount_path: artifacts::INPUTS_DIR.into(),
+                ..Default::default()
+            }]),
+            // tailor-fetch's last line says what failed (`error: <uri>: <Kind>: <cause>`).
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        });
+    }
+
     /// Makes what `uri` names visible in the pod, read-only unless it is in the namespace's own
     /// area, and returns its path there; `Err` says why the tenant may not use `uri` (see
     /// [`artifacts::resolve`]). `is_dir` says whether it names a directory (a file's parent is
@@ -296,6 +449,12 @@ impl PodVolumes {
         let path = artifacts::pod_path(cfg, &r);
         match &r {
             Resolved::Area { .. } => {}
+            Resolved::Remote(u) => {
+                return Err(format!(
+                    "{u}: object stores and the Hub are read only for inputs (base models, dataset sources); this must be on the artifact volume (pvc://{}/...)",
+                    cfg.artifacts_claim
+                ));
+            }
             Resolved::Shared { path: rel } => {
                 // Each shared prefix is its own read-only subPath mount of the artifact claim.
                 let prefix = cfg
@@ -442,5 +601,88 @@ mod tests {
         assert!(v.volumes.iter().any(|vol| vol.host_path.is_some()));
         let writable = PodVolumes::new(&cfg, "team-a", "cm", true);
         assert_eq!(writable.mounts[1].read_only, None);
+    }
+
+    #[test]
+    fn remote_inputs_are_fetched_by_one_init_container_each_with_their_secret() {
+        let cfg: OperatorConfig = serde_json::from_value(serde_json::json!({
+            "trainerImage": "t", "fetchImage": "tailor-fetch:dev"
+        }))
+        .expect("config");
+        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let base = v
+            .input(&cfg, "hf://org/model@main", true, Some("hub"))
+            .expect("hf");
+        assert_eq!(base, PathBuf::from("/inputs/0"));
+        let data = v
+            .input(&cfg, "s3://bucket/data/train.jsonl", false, Some("s3"))
+            .expect("s3 file");
+        assert_eq!(data, PathBuf::from("/inputs/1/train.jsonl"));
+        let prefix = v
+            .input(&cfg, "s3://bucket/data/", true, Some("s3"))
+            .expect("s3 prefix");
+        assert_eq!(prefix, PathBuf::from("/inputs/2"));
+        // The same URI again is the same fetch.
+        let again = v
+            .input(&cfg, "hf://org/model@main", true, Some("hub"))
+            .expect("again");
+        assert_eq!(again, base);
+        assert_eq!(v.fetches.len(), 3);
+        let f = &v.fetches[1];
+        assert_eq!(f.name, "fetch-1");
+        assert_eq!(f.image.as_deref(), Some("tailor-fetch:dev"));
+        assert_eq!(
+            f.args.as_deref().unwrap_or_default()[..2],
+            ["s3://bucket/data/train.jsonl", "/inputs/1"]
+        );
+        let secret = f
+            .env_from
+            .iter()
+            .flatten()
+            .find_map(|e| e.secret_ref.clone());
+        assert_eq!(secret.map(|s| s.name), Some("s3".to_string()));
+        assert_eq!(
+            f.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        // One emptyDir for all of them, read-only in the main container.
+        assert_eq!(
+            v.volumes.iter().filter(|x| x.empty_dir.is_some()).count(),
+            1
+        );
+        let m = v
+            .mounts
+            .iter()
+            .find(|m| m.mount_path == "/inputs")
+            .expect("mount");
+        assert_eq!(m.read_only, Some(true));
+
+        // Bad input, each named.
+        let e = v.input(&cfg, "s3://", true, None).expect_err("no bucket");
+        assert!(e.contains("s3://"), "{e}");
+        let e = v
+            .input(&cfg, "pvc://tailor-artifacts/x", true, Some("s3"))
+            .expect_err("credentials for a mount");
+        assert!(e.contains("credentialsSecretRef"), "{e}");
+        let e = v
+            .add(&cfg, "s3://bucket/out", true)
+            .expect_err("outputs stay on the volume");
+        assert!(
+            e.contains("s3://bucket/out") && e.contains("pvc://tailor-artifacts/"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_failed_fetch_says_its_last_error_line_or_its_exit_code() {
+        let tail = "{\"level\":\"INFO\",\"message\":\"progress\"}\nerror: s3://b/k: PermissionDenied: 403 SignatureDoesNotMatch\n";
+        assert_eq!(
+            fetch_error(tail, 5),
+            "s3://b/k: PermissionDenied: 403 SignatureDoesNotMatch"
+        );
+        assert_eq!(
+            fetch_error("", 6),
+            "tailor-fetch exited with code 6 (Unreachable)"
+        );
     }
 }

@@ -102,7 +102,12 @@ pub fn finish(mut spec: PodSpec, defaults: &DefaultResources) -> PodSpec {
             ..Volume::default()
         });
     }
-    for c in &mut spec.containers {
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+    {
         finish_container(c, defaults);
     }
     spec

@@ -54,6 +54,35 @@ fn split_of(hash: &[u8], seed: u64, validation: f64, test: f64) -> usize {
     }
 }
 
+/// The JSONL to read: the file `input`, or each `*.jsonl` file directly under the directory
+/// `input` in name order (a fetched bucket prefix), with its name.
+fn read_sources(input: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, Vec<u8>)>> {
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    if !input.is_dir() {
+        return Ok(vec![(None, read(input)?)]);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(input)
+        .with_context(|| format!("listing {}", input.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.jsonl files directly under {}", input.display());
+    }
+    files
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((Some(name), read(p)?))
+        })
+        .collect()
+}
+
 pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
     for (name, f) in [
         ("validationFraction", cfg.validation_fraction),
@@ -66,8 +95,7 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
     if cfg.validation_fraction + cfg.test_fraction >= 1.0 {
         bail!("validationFraction + testFraction must be below 1, leaving examples to train on");
     }
-    let bytes =
-        std::fs::read(&cfg.input).with_context(|| format!("reading {}", cfg.input.display()))?;
+    let sources = read_sources(&cfg.input)?;
     let tokenizer = match &cfg.tokenizer {
         Some(dir) => Some(tailor_model::Tokenizer::from_dir(dir)?),
         None => None,
@@ -107,8 +135,18 @@ pub fn run(cfg: &PrepareConfig) -> anyhow::Result<Stats> {
             });
         }
     };
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_no = i + 1;
+    let lines = sources.iter().flat_map(|(file, bytes)| {
+        bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .map(move |(i, raw)| (file.as_deref(), i + 1, raw))
+    });
+    for (file, line_no, raw) in lines {
+        // In a directory of files, a rejected line's reason names its file.
+        let reject = |stats: &mut Stats, line: usize, reason: String| match file {
+            Some(f) => reject(stats, line, format!("{f}: {reason}")),
+            None => reject(stats, line, reason),
+        };
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -278,6 +316,45 @@ mod tests {
         cfg.output = dir.path().join("out2");
         let stats = run(&cfg).expect("prepares");
         assert_eq!((stats.examples, stats.invalid, stats.tokens), (3, 0, None));
+    }
+
+    #[test]
+    fn a_directory_is_its_jsonl_files_in_name_order_and_rejects_name_their_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let whole: Vec<String> = (0..30).map(|i| text(&format!("example {i}"))).collect();
+        let single = config(dir.path(), &whole);
+        let one = run(&single).expect("one file");
+
+        let parts = dir.path().join("parts");
+        std::fs::create_dir_all(parts.join(".tailor-fetch")).expect("mkdir");
+        std::fs::write(parts.join("b.jsonl"), whole[10..].join("\n")).expect("write");
+        std::fs::write(
+            parts.join("a.jsonl"),
+            format!("{}\n{{broken\n", whole[..10].join("\n")),
+        )
+        .expect("write");
+        std::fs::write(parts.join("notes.txt"), "not data").expect("write");
+        std::fs::write(parts.join(".tailor-fetch/complete.json"), "{}").expect("write");
+        let mut cfg = single.clone();
+        cfg.input = parts.clone();
+        cfg.output = dir.path().join("out-dir");
+        let many = run(&cfg).expect("a directory");
+        // The same examples in the same order as the one file: the same content and splits.
+        assert_eq!(many.examples, 30);
+        assert_eq!(many.content_hash, one.content_hash);
+        assert_eq!(many.invalid, 1);
+        assert_eq!(many.invalid_samples[0].line, 11);
+        assert!(
+            many.invalid_samples[0].reason.starts_with("a.jsonl: "),
+            "{:?}",
+            many.invalid_samples
+        );
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).expect("mkdir");
+        cfg.input = empty;
+        let e = run(&cfg).expect_err("nothing to read");
+        assert!(e.to_string().contains("no *.jsonl files"), "{e}");
     }
 
     #[test]

@@ -46,10 +46,11 @@ pub enum Input {
         name: String,
         key: String,
     },
-    /// An artifact URI, and the spec field it came from.
+    /// An artifact URI, the spec field it came from, and the Secret a fetch of it uses.
     Uri {
         uri: String,
         field: &'static str,
+        credentials: Option<String>,
     },
     Inline(String),
 }
@@ -99,11 +100,13 @@ pub fn validate(
         Input::Uri {
             uri: artifacts::pvc_uri(&p.claim_name, &p.path),
             field: "spec.source.pvc",
+            credentials: None,
         }
     } else if let Some(uri) = &src.uri {
         Input::Uri {
             uri: uri.clone(),
             field: "spec.source.uri",
+            credentials: src.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
         }
     } else {
         Input::Inline(src.inline.clone().unwrap_or_default())
@@ -126,8 +129,12 @@ pub fn validate(
     let input_path = match &input {
         Input::ConfigMap { .. } => format!("{SOURCE_DIR}/data.jsonl"),
         Input::Inline(_) => format!("{CONFIG_DIR}/{INLINE_KEY}"),
-        Input::Uri { uri, field } => vols
-            .add(cfg, uri, false)
+        Input::Uri {
+            uri,
+            field,
+            credentials,
+        } => vols
+            .input(cfg, uri, is_prefix(uri), credentials.as_deref())
             .map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))?
             .to_string_lossy()
             .into_owned(),
@@ -197,6 +204,11 @@ pub fn tokenizer_dir(uri: &str) -> Result<String, Error> {
     }
 }
 
+/// Whether a source URI names a prefix of JSONL files (it ends in `/`) rather than one file.
+fn is_prefix(uri: &str) -> bool {
+    uri.ends_with('/')
+}
+
 const SOURCE_DIR: &str = "/data/source";
 const CONFIG_KEY: &str = "prepare.json";
 const INLINE_KEY: &str = "source.jsonl";
@@ -255,8 +267,10 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
             });
         }
         // Validated: these resolve.
-        Input::Uri { uri, .. } => {
-            let _ = vols.add(cfg, uri, false);
+        Input::Uri {
+            uri, credentials, ..
+        } => {
+            let _ = vols.input(cfg, uri, is_prefix(uri), credentials.as_deref());
         }
         Input::Inline(_) => {}
     }
@@ -298,6 +312,7 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
                             ..Container::default()
                         }],
                         volumes: Some(vols.volumes),
+                        init_containers: (!vols.fetches.is_empty()).then_some(vols.fetches),
                         ..PodSpec::default()
                     },
                     &cfg.default_resources,
@@ -560,11 +575,36 @@ spec:
                 .contains_key("source.jsonl")
         );
         ds.spec.source.inline = None;
-        ds.spec.source.uri = Some("s3://bucket/x.jsonl".into());
-        assert!(matches!(
-            validate(&ds, &cfg, None),
-            Err(Error::InvalidSpec(_))
-        ));
+        // From a bucket: fetched by an init container with the named Secret.
+        ds.spec.source.uri = Some("s3://bucket/raw/x.jsonl".into());
+        ds.spec.source.credentials_secret_ref = Some(tailor_api::LocalRef {
+            name: "s3-creds".into(),
+        });
+        let v = validate(&ds, &cfg, None).expect("valid");
+        assert_eq!(v.prepare_config["input"], "/inputs/0/x.jsonl");
+        let pod = job(&ds, &v, &cfg)
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        crate::pods::assert_hardened(&pod);
+        let init = pod.init_containers.clone().unwrap_or_default();
+        assert_eq!(init.len(), 1);
+        assert_eq!(
+            init[0].args.as_deref().unwrap_or_default()[..2],
+            ["s3://bucket/raw/x.jsonl", "/inputs/0"]
+        );
+        // A prefix is a directory of JSONL files.
+        ds.spec.source.uri = Some("s3://bucket/raw/".into());
+        let v = validate(&ds, &cfg, None).expect("valid");
+        assert_eq!(v.prepare_config["input"], "/inputs/0");
+        ds.spec.source.uri = Some("s3://bad bucket/x.jsonl".into());
+        let Err(Error::InvalidSpec(e)) = validate(&ds, &cfg, None) else {
+            panic!("not a bucket name");
+        };
+        assert!(e.starts_with("spec.source.uri: "), "{e}");
+        ds.spec.source.credentials_secret_ref = None;
         ds.spec.source.uri = Some("pvc://raw-data/in/x.jsonl".into());
         let v = validate(&ds, &cfg, None).expect("valid");
         assert_eq!(v.prepare_config["input"], "/mnt/raw-data/in/x.jsonl");

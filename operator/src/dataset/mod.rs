@@ -190,7 +190,10 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
         let pod_message = pods
             .iter()
             .map(jobs::pod_state)
-            .find_map(|p| build::failure_message(p.termination_message.as_deref()));
+            .find_map(|p| match p.fetch_failure {
+                Some(f) => Some(format!("fetching the source: {f}")),
+                None => build::failure_message(p.termination_message.as_deref()),
+            });
         Observation::Failed {
             message: pod_message
                 .unwrap_or_else(|| format!("prepare Job {}: {reason}: {message}", v.job_name)),

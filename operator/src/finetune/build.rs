@@ -152,7 +152,7 @@ pub fn validate(
     let ns = ftj.namespace().unwrap_or_default();
     let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
     let base_path = vols
-        .add(cfg, &ftj.spec.base_model.uri, true)
+        .input(cfg, &ftj.spec.base_model.uri, true, base_credentials(ftj))
         .map_err(|e| Error::InvalidSpec(format!("spec.baseModel.uri: {e}")))?;
     let prepared_path = vols
         .add(cfg, prepared_uri, true)
@@ -184,6 +184,9 @@ pub fn validate(
     if *validation_examples > 0 {
         train_config["validation"] = json!(prepared_path.join("validation.jsonl"));
     }
+    if let Some(name) = artifacts::recorded_base_name(&ftj.spec.base_model.uri) {
+        train_config["baseModelName"] = json!(name);
+    }
     let identity = json!({
         "runSpec": run_spec_hash(ftj),
         "trainConfig": train_config,
@@ -202,6 +205,14 @@ pub fn validate(
         train_config,
         outputs,
     })
+}
+
+fn base_credentials(ftj: &FineTuneJob) -> Option<&str> {
+    ftj.spec
+        .base_model
+        .credentials_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
 }
 
 fn meta(ftj: &FineTuneJob, name: &str, hash: &str) -> ObjectMeta {
@@ -253,12 +264,14 @@ pub fn config_map(ftj: &FineTuneJob, v: &Validated) -> ConfigMap {
     }
 }
 
-/// The train Job. Owned by the FineTuneJob; `suspend` follows the spec.
-pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
+/// The train Job. Owned by the FineTuneJob; `suspend` follows the spec. `base_uri` is the
+/// base model's URI as the pod fetches it (an `hf://` revision pinned to its commit, see
+/// [`crate::inputs::pinned`]).
+pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &str) -> Job {
     let ns = ftj.namespace().unwrap_or_default();
     let mut vols = PodVolumes::new(cfg, &ns, &v.job_name, true);
-    // Validated: it resolves.
-    let _ = vols.add(cfg, &ftj.spec.base_model.uri, true);
+    // Validated: it resolves (a pinned URI the same way as the spec's).
+    let _ = vols.input(cfg, base_uri, true, base_credentials(ftj));
     let mut limits = BTreeMap::new();
     let r = &ftj.spec.resources;
     if r.gpus > 0 {
@@ -339,6 +352,7 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
                             ..Container::default()
                         }],
                         volumes: Some(vols.volumes),
+                        init_containers: (!vols.fetches.is_empty()).then_some(vols.fetches),
                         ..PodSpec::default()
                     },
                     &cfg.default_resources,
@@ -407,6 +421,8 @@ pub struct Observed {
     pub adapter: Option<String>,
     /// Why the run failed, from the trainer's termination message.
     pub failure: Option<String>,
+    /// The Hub commit the Job's fetch of the base model is pinned to.
+    pub base_model_revision: Option<String>,
 }
 
 fn progress_of(p: &TrainerProgress) -> Progress {
@@ -466,6 +482,9 @@ pub fn status(
             );
             if st.dataset_content_hash.is_none() || obs.job.is_none() {
                 st.dataset_content_hash = Some(content_hash.clone());
+            }
+            if obs.base_model_revision.is_some() {
+                st.base_model_revision = obs.base_model_revision.clone();
             }
         }
         DatasetGate::Missing(m) => set(
@@ -982,6 +1001,7 @@ pub fn lineage(ftj: &FineTuneJob, cfg: &OperatorConfig, adapter: &LoraAdapter) -
     recorded.then(|| Lineage {
         dataset: Some(ftj.spec.dataset_ref.name.clone()),
         dataset_content_hash: st.dataset_content_hash.clone(),
+        base_model_revision: st.base_model_revision.clone(),
         hyperparameters: Some(ftj.spec.hyperparameters.clone()),
         base_validation_loss: st.base_validation_loss,
         validation_loss: st.validation_loss,

@@ -39,6 +39,7 @@ use crate::cache;
 use crate::context::Context;
 use crate::controller;
 use crate::error::{Category, Error, is_not_found};
+use crate::inputs;
 use crate::jobs::{self, JOB_LABEL, SPEC_HASH};
 use build::{
     AdapterArtifact, AfterEnd, DatasetGate, FTJ_LABEL, Observed, TrainSummary, TrainerProgress,
@@ -270,9 +271,10 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             Some(j) => (*j).clone(),
             None => {
                 // The config first: the Job's pod mounts it.
+                let base = inputs::pinned(ctx, &ns, "spec.baseModel", &ftj.spec.base_model).await?;
                 let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
                 apply::apply(&cms, &build::config_map(ftj, v)).await?;
-                let j = apply::apply(&jobs_api, &build::job(ftj, v, cfg)).await?;
+                let j = apply::apply(&jobs_api, &build::job(ftj, v, cfg, &base)).await?;
                 tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %v.job_name, "created train job");
                 j
             }
@@ -308,6 +310,9 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             state.suspended = false;
         }
         let job_name = j.name_any();
+        obs.base_model_revision = jobs::fetched(j)
+            .iter()
+            .find_map(|uri| inputs::revision_of(uri));
         if let Some(v) = status_validated.as_mut() {
             v.job_name = job_name.clone();
         }
@@ -361,7 +366,11 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             record_adapter(ctx, &ns, &la).await?;
             obs.adapter = Some(outputs.adapter_name.clone());
         } else if state.failed.is_some() {
-            obs.failure = summaries.iter().rev().find_map(|s| s.message.clone());
+            let fetch = pods
+                .iter()
+                .find_map(|p| jobs::pod_state(p).fetch_failure)
+                .map(|f| format!("fetching the base model: {f}"));
+            obs.failure = fetch.or_else(|| summaries.iter().rev().find_map(|s| s.message.clone()));
             ctx.metrics.error(NAME, Category::JobFailed);
         }
         obs.job = Some(state);

@@ -212,13 +212,18 @@ pub fn serving_volumes(
     cfg: &OperatorConfig,
     ns: &str,
     config_map: &str,
-    base_uri: &str,
+    pods: &super::revision::PodSpec,
     adapters: &BTreeMap<String, String>,
 ) -> Result<ServingVolumes, String> {
     // Serving pods only read: the namespace's area is mounted read-only.
     let mut vols = PodVolumes::new(cfg, ns, config_map, false);
     let base_path = vols
-        .add(cfg, base_uri, true)
+        .input(
+            cfg,
+            &pods.base_model_uri,
+            true,
+            pods.base_model_credentials.as_deref(),
+        )
         .map_err(|e| format!("spec.baseModel.uri: {e}"))?
         .to_string_lossy()
         .into_owned();
@@ -383,6 +388,8 @@ pub fn server_deployment(
                             ..Default::default()
                         }],
                         volumes: Some(volumes),
+                        init_containers: (!vols.volumes.fetches.is_empty())
+                            .then(|| vols.volumes.fetches.clone()),
                         node_selector: (!md.spec.node_selector.is_empty())
                             .then(|| md.spec.node_selector.clone()),
                         tolerations: (!md.spec.tolerations.is_empty())

@@ -242,43 +242,13 @@ fn resolve_adapters(
     Ok(out)
 }
 
-/// A key of a Secret in `ns`, read by name (the operator has no list or watch on Secrets).
-/// A Secret that does not exist yet is waited for with back-off.
-async fn secret_key(
-    ctx: &Context,
-    ns: &str,
-    field: &str,
-    name: &str,
-    key: &str,
-) -> Result<Vec<u8>, Error> {
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {name}")))?
-        .ok_or_else(|| {
-            Error::SecretNotFound(format!(
-                "{field}: Secret {name:?} not found in {ns}; waiting for it"
-            ))
-        })?;
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .ok_or_else(|| {
-            Error::SecretNotFound(format!(
-                "{field}: Secret {name:?} has no key {key:?}; waiting for it"
-            ))
-        })
-}
-
 /// API keys from the Secret, one per line.
 async fn api_keys(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Vec<String>, Error> {
     let Some(auth) = &md.spec.auth else {
         return Ok(vec![]);
     };
     let r = &auth.api_key_secret_ref;
-    let bytes = secret_key(ctx, ns, "spec.auth.apiKeySecretRef", &r.name, &r.key).await?;
+    let bytes = crate::secrets::key(ctx, ns, "spec.auth.apiKeySecretRef", &r.name, &r.key).await?;
     Ok(String::from_utf8_lossy(&bytes)
         .lines()
         .map(str::to_string)
@@ -729,7 +699,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     let mut serving_vols = BTreeMap::new();
     for (pod_rev, (spec, uris)) in &by_pod {
         let cm_name = build::serving_name(&name, pod_rev);
-        let vols = build::serving_volumes(cfg, &ns, &cm_name, &spec.pods.base_model_uri, uris)
+        let vols = build::serving_volumes(cfg, &ns, &cm_name, &spec.pods, uris)
             .map_err(Error::InvalidSpec)?;
         let svc = apply::apply(&svcs, &build::server_service(md, pod_rev)).await?;
         let host = cluster_ip(&svc)
@@ -875,10 +845,14 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         )
         .await?;
     }
+    // The revisions the read status names stay until a status without them is read: an
+    // operator stopped before its status write must find the stable snapshot it decides from.
     let live_revs: BTreeSet<String> = [
         Some(stable_rev.clone()),
         st.canary_revision.clone(),
         Some(desired_rev.clone()),
+        prev.stable_revision.clone(),
+        prev.canary_revision.clone(),
     ]
     .into_iter()
     .flatten()

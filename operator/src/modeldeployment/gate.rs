@@ -51,6 +51,7 @@ mod tests {
         RevisionSpec {
             pods: PodSpec {
                 base_model_uri: "pvc://a/base".into(),
+                base_model_credentials: None,
                 served_name: "base".into(),
                 max_batch_size: 16,
                 max_seq_length: 2048,

@@ -47,6 +47,9 @@ pub struct ResolvedAdapter {
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub base_model_uri: String,
+    /// The Secret a fetched base model is read with (absent when none, as `template`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_credentials: Option<String>,
     pub served_name: String,
     pub max_batch_size: u32,
     pub max_seq_length: u32,
@@ -86,6 +89,11 @@ impl RevisionSpec {
         Self {
             pods: PodSpec {
                 base_model_uri: spec.base_model.uri.clone(),
+                base_model_credentials: spec
+                    .base_model
+                    .credentials_secret_ref
+                    .as_ref()
+                    .map(|r| r.name.clone()),
                 served_name: spec.base_model.served_name.clone(),
                 max_batch_size: spec.server.max_batch_size,
                 max_seq_length: spec.server.max_seq_length,

@@ -8,7 +8,7 @@
 //! the base model must exist at `pvc://tailor-artifacts/models/base` of each test namespace, and
 //! `TAILOR_E2E_ARTIFACTS_DIR` may name a host path of the shared artifact storage for the
 //! file-level checks). Otherwise it starts `tailor-sim` itself: a state directory in a temp dir,
-//! `--image` mappings to the `tailor-operator`, `tailor-trainer`, `tailor-server` and
+//! `--image` mappings to the `tailor-operator`, `tailor-trainer`, `tailor-server`, `tailor-fetch` and
 //! `tailor-router` binaries of the workspace's own build ([`binary`]),
 //! `kubectl apply -k manifests/overlays/sim`, the operator running as its Deployment's pod with
 //! its ServiceAccount token, and a tiny random Llama written into the artifact volume.
@@ -82,6 +82,7 @@ impl Env {
         let trainer = binary("tailor-trainer")?;
         let server = binary("tailor-server")?;
         let router = binary("tailor-router")?;
+        let fetch = binary("tailor-fetch")?;
         let tmp = tempfile::Builder::new().prefix("tailor-e2e-").tempdir()?;
         let state = tmp.path().join("sim");
         let kubeconfig = tmp.path().join("kubeconfig");
@@ -107,6 +108,8 @@ impl Env {
             .arg(format!("tailor-server={}", server.display()))
             .arg("--image")
             .arg(format!("tailor-router={}", router.display()))
+            .arg("--image")
+            .arg(format!("tailor-fetch={}", fetch.display()))
             .env("RUST_LOG", "warn")
             // The static Env is never dropped: the wrapper removes the state after the sim
             // exits (set TAILOR_E2E_KEEP to keep it for a post-mortem).

@@ -38,6 +38,7 @@ fn pod(phase: &str, scheduled: Option<(bool, &str, &str)>) -> PodState {
         scheduled: scheduled.map(|(s, r, m)| (s, r.to_string(), m.to_string())),
         ip: Some("10.0.0.5".into()),
         termination_message: None,
+        fetch_failure: None,
     }
 }
 
@@ -107,7 +108,7 @@ fn train_job_carries_gpus_scheduling_and_config() {
     assert_eq!(v.train_config["scheduler"], "cosine");
     assert_eq!(v.train_config["checkpointEvery"], 20);
     assert_eq!(v.outputs.adapter_name, "support-v1");
-    let job = job(&f, &v, &cfg);
+    let job = job(&f, &v, &cfg, &f.spec.base_model.uri);
     let spec = job.spec.as_ref().expect("spec");
     assert_eq!(spec.backoff_limit, Some(3));
     assert_eq!(spec.active_deadline_seconds, Some(3600));
@@ -160,11 +161,38 @@ fn job_name_is_stable_and_follows_the_spec_but_not_suspend() {
 }
 
 #[test]
-fn remote_base_model_is_an_invalid_spec() {
+fn a_base_model_on_the_hub_is_fetched_before_training_and_a_bad_uri_is_invalid() {
+    let cfg = OperatorConfig::for_tests();
     let mut f = ftj();
-    f.spec.base_model.uri = "hf://org/model".into();
-    let err = validate(&f, &OperatorConfig::for_tests(), &ready_gate()).expect_err("invalid");
+    f.spec.base_model.uri = "hf://org/model@v1.0".into();
+    f.spec.base_model.credentials_secret_ref = Some(tailor_api::LocalRef {
+        name: "hub-token".into(),
+    });
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    assert_eq!(v.train_config["baseModel"], "/inputs/0");
+    // The operator pins the branch or tag to a commit when it makes the Job.
+    let pinned = "hf://org/model@0123456789abcdef0123456789abcdef01234567";
+    let made = job(&f, &v, &cfg, pinned);
+    assert_eq!(jobs::fetched(&made), [pinned]);
+    assert_eq!(
+        crate::inputs::revision_of(pinned).as_deref(),
+        Some("0123456789abcdef0123456789abcdef01234567")
+    );
+    let pod = made.spec.expect("spec").template.spec.expect("pod");
+    crate::pods::assert_hardened(&pod);
+    let fetch = &pod.init_containers.clone().unwrap_or_default()[0];
+    assert_eq!(fetch.args.as_deref().unwrap_or_default()[0], pinned);
+    let secret = fetch
+        .env_from
+        .iter()
+        .flatten()
+        .find_map(|e| e.secret_ref.clone());
+    assert_eq!(secret.map(|s| s.name).as_deref(), Some("hub-token"));
+
+    f.spec.base_model.uri = "hf://org".into();
+    let err = validate(&f, &cfg, &ready_gate()).expect_err("invalid");
     assert_eq!(err.category(), Category::InvalidSpec);
+    assert!(err.to_string().contains("spec.baseModel.uri"), "{err}");
 }
 
 #[test]
@@ -355,7 +383,7 @@ fn failure_and_suspension() {
 /// A running job whose train Job was built for generation 1.
 fn running(f: &FineTuneJob, cfg: &OperatorConfig) -> (Validated, Job, FineTuneJob) {
     let v = validate(f, cfg, &ready_gate()).expect("valid");
-    let job = job(f, &v, cfg);
+    let job = job(f, &v, cfg, &f.spec.base_model.uri);
     let mut running = f.clone();
     running.status = Some(FineTuneJobStatus {
         phase: P::Running,
@@ -695,10 +723,10 @@ fn an_invalid_spec_waits_for_a_correction_not_a_rerun() {
 fn a_change_to_an_invalid_spec_cancels_the_earlier_attempt() {
     let cfg = OperatorConfig::for_tests();
     let (v, job, mut f) = running(&ftj(), &cfg);
-    f.spec.base_model.uri = "hf://meta-llama/Llama-3.2-1B".into();
+    f.spec.base_model.uri = "pvc://other-claim/../models".into();
     f.metadata.generation = Some(2);
     let Err(Error::InvalidSpec(msg)) = validate(&f, &cfg, &ready_gate()) else {
-        panic!("an hf:// base model cannot be mounted");
+        panic!("'..' is not allowed in a base model path");
     };
     // Running, waiting to be scheduled or suspended: cancelled. Ended: left alone.
     assert!(cancel_on_invalid(Some(&job)));
@@ -821,7 +849,7 @@ fn target_modules_are_checked_against_the_base_models_family() {
 fn gpus_are_requested_as_the_spec_or_the_operator_config_names_them() {
     let limits = |f: &FineTuneJob, cfg: &OperatorConfig| {
         let v = validate(f, cfg, &ready_gate()).expect("valid");
-        let job = job(f, &v, cfg);
+        let job = job(f, &v, cfg, &f.spec.base_model.uri);
         let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
         pod.containers[0]
             .resources

@@ -67,7 +67,7 @@ fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
         &cfg(),
         "tailor-demo",
         &cm,
-        &rev.pods.base_model_uri,
+        &rev.pods,
         &BTreeMap::from([(
             "support-v1".to_string(),
             "pvc://tailor-artifacts/adapters/support-v1".to_string(),
@@ -160,17 +160,64 @@ fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
 }
 
 #[test]
-fn object_store_artifacts_cannot_be_served_and_say_why() {
+fn a_base_model_in_a_bucket_is_fetched_before_the_server_starts() {
+    let mut md = md();
+    md.spec.base_model.uri = "s3://bucket/models/base".into();
+    md.spec.base_model.credentials_secret_ref = Some(tailor_api::LocalRef {
+        name: "s3-creds".into(),
+    });
+    let rev = revision(&md, vec![]);
+    let vols =
+        serving_volumes(&cfg(), "tailor-demo", "cm", &rev.pods, &BTreeMap::new()).expect("volumes");
+    assert_eq!(vols.base_path, "/inputs/0");
+    let d = server_deployment(&md, &rev, &vols, &cfg());
+    let pod = d.spec.template.spec.expect("pod spec");
+    crate::pods::assert_hardened(&pod);
+    let init = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(init.len(), 1, "{init:?}");
+    let fetch = &init[0];
+    assert_eq!(fetch.image.as_deref(), Some(cfg().fetch_image.as_str()));
+    let args = fetch.args.clone().unwrap_or_default();
+    assert_eq!(args[..2], ["s3://bucket/models/base", "/inputs/0"]);
+    let secret = fetch
+        .env_from
+        .iter()
+        .flatten()
+        .find_map(|e| e.secret_ref.as_ref())
+        .map(|s| s.name.as_str());
+    assert_eq!(secret, Some("s3-creds"));
+    // The server reads what the fetch wrote, and never sees the credentials.
+    let server = &pod.containers[0];
+    assert!(server.env_from.is_none());
+    let inputs = server
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/inputs")
+        .expect("inputs mounted");
+    assert_eq!(inputs.read_only, Some(true));
+    // Another Secret is another pod revision (the fetch must run again).
+    let mut md2 = md.clone();
+    md2.spec.base_model.credentials_secret_ref = Some(tailor_api::LocalRef {
+        name: "other".into(),
+    });
+    assert_ne!(revision(&md2, vec![]).pod_revision(), rev.pod_revision());
+}
+
+#[test]
+fn adapters_in_an_object_store_cannot_be_served_and_say_why() {
+    let rev = revision(&md(), vec![]);
     let err = serving_volumes(
         &cfg(),
         "tailor-demo",
         "cm",
-        "s3://bucket/models/base",
-        &BTreeMap::new(),
+        &rev.pods,
+        &BTreeMap::from([("a".to_string(), "s3://bucket/adapters/a".to_string())]),
     )
     .err()
     .expect("error");
-    assert!(err.contains("s3://bucket/models/base"), "{err}");
+    assert!(err.contains("adapter a: s3://bucket/adapters/a"), "{err}");
+    assert!(err.contains("pvc://tailor-artifacts/"), "{err}");
 }
 
 #[test]
@@ -421,14 +468,8 @@ fn servers_require_the_token_the_router_sends_and_the_operator_uses() {
     let md = md();
     let rev = revision(&md, vec![adapter("support", "support-v1")]);
     let cm = serving_name("support", &rev.pod_revision());
-    let vols = serving_volumes(
-        &cfg(),
-        "tailor-demo",
-        &cm,
-        &rev.pods.base_model_uri,
-        &BTreeMap::new(),
-    )
-    .expect("volumes");
+    let vols =
+        serving_volumes(&cfg(), "tailor-demo", &cm, &rev.pods, &BTreeMap::new()).expect("volumes");
     let token_file = "/etc/tailor-token/token".to_string();
     for (d, flags) in [
         (

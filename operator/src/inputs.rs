@@ -1,0 +1,107 @@
+//! Remote inputs the operator looks at before a pod fetches them: a Hub revision resolved to
+//! its commit once, so that every attempt of a run fetches the same bytes.
+
+use tailor_api::ModelRef;
+use tailor_artifacts::hub::is_commit_sha;
+use tailor_artifacts::{ArtifactUri, Env, Hub};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::secrets;
+
+/// The URI a pod fetches for `model`: an `hf://` reference to a branch or tag (or none, which
+/// is `main`) pinned to the commit it names now; any other URI as written. `field` names the
+/// spec field for errors.
+pub async fn pinned(
+    ctx: &Context,
+    ns: &str,
+    field: &str,
+    model: &ModelRef,
+) -> Result<String, Error> {
+    let Some(uri) = needs_pin(&model.uri) else {
+        return Ok(model.uri.clone());
+    };
+    let env = match &model.credentials_secret_ref {
+        Some(r) => Env::from_pairs(
+            secrets::data(ctx, ns, &format!("{field}.credentialsSecretRef"), &r.name)
+                .await?
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())),
+        ),
+        None => Env::default(),
+    };
+    let artifact = |e: tailor_artifacts::Error| Error::Artifact {
+        uri: model.uri.clone(),
+        message: format!("resolving the revision: {e}"),
+    };
+    let hub = Hub::new(&env).map_err(artifact)?;
+    let rev = hub.revision(&uri).await.map_err(artifact)?;
+    Ok(pin(uri, rev.sha))
+}
+
+/// The `hf://` URI of `uri` when its revision is not a commit sha.
+fn needs_pin(uri: &str) -> Option<ArtifactUri> {
+    match ArtifactUri::parse(uri).ok()? {
+        u @ ArtifactUri::Hf { .. } if !is_pinned(&u) => Some(u),
+        _ => None,
+    }
+}
+
+fn is_pinned(u: &ArtifactUri) -> bool {
+    matches!(u, ArtifactUri::Hf { revision: Some(r), .. } if is_commit_sha(r))
+}
+
+fn pin(uri: ArtifactUri, sha: String) -> String {
+    match uri {
+        ArtifactUri::Hf {
+            repo_type,
+            repo,
+            path,
+            ..
+        } => ArtifactUri::Hf {
+            repo_type,
+            repo,
+            revision: Some(sha),
+            path,
+        }
+        .to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The commit a pinned `hf://` URI names (what a Job's fetch was given).
+pub fn revision_of(uri: &str) -> Option<String> {
+    match ArtifactUri::parse(uri).ok()? {
+        ArtifactUri::Hf {
+            revision: Some(r), ..
+        } if is_commit_sha(&r) => Some(r),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn only_hub_references_to_branches_and_tags_are_pinned() {
+        assert!(needs_pin("hf://org/m").is_some());
+        assert!(needs_pin("hf://org/m@v1.0/sub").is_some());
+        assert!(needs_pin(&format!("hf://org/m@{SHA}")).is_none());
+        assert!(needs_pin("s3://bucket/models/base").is_none());
+        assert!(needs_pin("pvc://tailor-artifacts/models/base").is_none());
+        let u = needs_pin("hf://datasets/org/d@main/data").expect("hf");
+        assert_eq!(
+            pin(u, SHA.into()),
+            format!("hf://datasets/org/d@{SHA}/data")
+        );
+        assert_eq!(
+            revision_of(&format!("hf://org/m@{SHA}")).as_deref(),
+            Some(SHA)
+        );
+        assert_eq!(revision_of("hf://org/m@main"), None);
+        assert_eq!(revision_of("s3://bucket/k"), None);
+    }
+}

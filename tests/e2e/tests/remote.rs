@@ -1,0 +1,229 @@
+//! Inputs from an object store (issue 11): a Dataset whose source is a prefix of an S3 bucket,
+//! and a FineTuneJob and a ModelDeployment whose base model lies in that bucket, each fetched
+//! into its pods by a `tailor-fetch` init container with the credentials of a Secret — no
+//! volume holds the inputs. A wrong secret and a missing object each fail with a condition
+//! naming the URI and the cause, and no secret value shows in any log, Event or status.
+//!
+//! The bucket is served by `s3s-fs` (`tailor-local-s3`; see that crate for why not moto) on a
+//! loopback port the simulated pods reach, so this test needs tailor-sim.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tailor_e2e::{
+    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, binary, condition, phase,
+    quickstart_examples,
+};
+use tailor_local_s3::LocalS3;
+
+const LONG: Duration = Duration::from_secs(300);
+const BUCKET: &str = "tailor-e2e";
+/// Distinctive, so the grep for them cannot miss.
+const ACCESS_KEY: &str = "AKIATAILORE2EKEY0001";
+const SECRET_KEY: &str = "e2e-s3-secret/VALUE+k9=";
+
+fn upload(s3: &LocalS3, dir: &Path, uri: &str) {
+    let out = Command::new(binary("tailor-fetch").expect("tailor-fetch"))
+        .arg("--upload")
+        .arg(dir)
+        .arg(uri)
+        .envs(s3.env())
+        .output()
+        .expect("run tailor-fetch");
+    assert!(
+        out.status.success(),
+        "upload {uri}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn secret(s: &Scenario, name: &str, pairs: &[(String, String)]) {
+    let literals: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("--from-literal={k}={v}"))
+        .collect();
+    let mut args = vec!["-n", s.ns(), "create", "secret", "generic", name];
+    args.extend(literals.iter().map(String::as_str));
+    s.env.kubectl(&args).expect("create Secret");
+}
+
+fn dataset(s: &Scenario, name: &str, uri: &str, secret: &str) {
+    s.apply(&format!(
+        "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  source: {{uri: \"{uri}\", credentialsSecretRef: {{name: {secret}}}}}\n  format: chat\n  preparation: {{minExamples: 10, split: {{validation: 0.2}}}}\n",
+        ns = s.ns()
+    ))
+    .expect("apply Dataset");
+}
+
+fn ready_message(o: &Value) -> String {
+    condition(o, "Ready")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The pods of this namespace whose name starts with `prefix`.
+fn pods(s: &Scenario, prefix: &str) -> Vec<Value> {
+    s.get_json(&["pods"]).expect("pods")["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// The fetch runs in an init container that holds the Secret; the container that reads the
+/// input does not.
+fn assert_fetched_with(pod: &Value, uri: &str, secret: &str) {
+    let init = pod["spec"]["initContainers"].as_array().expect("init");
+    let fetch = init
+        .iter()
+        .find(|c| c["args"][0] == uri)
+        .unwrap_or_else(|| panic!("no fetch of {uri}: {init:?}"));
+    assert_eq!(fetch["envFrom"][0]["secretRef"]["name"], secret);
+    assert_eq!(fetch["securityContext"]["allowPrivilegeEscalation"], false);
+    for c in pod["spec"]["containers"].as_array().expect("containers") {
+        assert!(c["envFrom"].is_null(), "{}", c["name"]);
+    }
+}
+
+#[test]
+fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
+    let s = Scenario::new("e2e-s3");
+    let env = s.env;
+    if env.state_dir.is_none() {
+        eprintln!(
+            "remote: needs tailor-sim (the test's S3 server listens on loopback); not applicable to TAILOR_E2E_KUBECONFIG"
+        );
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let s3 = LocalS3::start(root.path(), ACCESS_KEY, SECRET_KEY).expect("start s3s-fs");
+    s3.create_bucket(BUCKET).expect("bucket");
+    let base_uri = format!("s3://{BUCKET}/models/base");
+    let base = s.artifact_path(BASE_MODEL).expect("the suite's base model");
+    upload(&s3, &base, &base_uri);
+    // The data: a prefix of two JSONL files.
+    let lines: Vec<String> = quickstart_examples().into_iter().take(30).collect();
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::write(data.path().join("part-1.jsonl"), lines[..15].join("\n")).expect("write");
+    std::fs::write(data.path().join("part-2.jsonl"), lines[15..].join("\n")).expect("write");
+    let prefix = format!("s3://{BUCKET}/data/support/");
+    upload(&s3, data.path(), &prefix);
+    secret(&s, "s3-creds", &s3.env());
+    let wrong: Vec<(String, String)> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "AWS_SECRET_ACCESS_KEY" => (k, "not-the-secret".to_string()),
+            _ => (k, v),
+        })
+        .collect();
+    secret(&s, "s3-wrong", &wrong);
+
+    // Dataset from the bucket prefix.
+    dataset(&s, "support", &prefix, "s3-creds");
+    let ds = s.wait_phase("dataset", "support", "Ready", LONG);
+    let valid = lines
+        .iter()
+        .filter(|l| tailor_e2e::is_valid_chat(l))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    assert_eq!(ds["status"]["stats"]["examples"], valid, "{}", ds["status"]);
+    let prepare = pods(&s, "support-prepare-");
+    assert!(!prepare.is_empty());
+    assert_fetched_with(&prepare[0], &prefix, "s3-creds");
+
+    // A FineTuneJob on the base model in the bucket.
+    let yaml = FineTuneJob::new("support-s3", "support")
+        .base_model(&base_uri)
+        .yaml(s.ns())
+        .replace(
+            &format!("baseModel: {{uri: {base_uri}}}"),
+            &format!(
+                "baseModel: {{uri: \"{base_uri}\", credentialsSecretRef: {{name: s3-creds}}}}"
+            ),
+        );
+    assert!(yaml.contains("credentialsSecretRef"), "{yaml}");
+    s.apply(&yaml).expect("apply FineTuneJob");
+    let ftj = s.wait_phase("finetunejob", "support-s3", "Succeeded", LONG);
+    let train = pods(&s, "support-s3-train-");
+    assert!(!train.is_empty(), "{}", ftj["status"]);
+    assert_fetched_with(&train[0], &base_uri, "s3-creds");
+    let la = s.wait_phase("loraadapter", "support-s3", "Ready", LONG);
+    assert_eq!(la["spec"]["baseModel"]["uri"], base_uri.as_str());
+
+    // Served on the same base, fetched by the serving pods.
+    let mut md = ModelDeployment::new("support-s3", "support-s3").manifest(s.ns());
+    md["spec"]["baseModel"]["uri"] = Value::from(base_uri.as_str());
+    md["spec"]["baseModel"]["credentialsSecretRef"] = serde_json::json!({"name": "s3-creds"});
+    s.apply(&md.to_string()).expect("apply ModelDeployment");
+    let served = s.wait_for("the deployment to serve", LONG, || {
+        let m = s.object("modeldeployment", "support-s3")?;
+        condition(&m, "Ready")
+            .is_some_and(|c| c["status"] == "True")
+            .then_some(m)
+    });
+    assert!(
+        ready_message(&served).contains("support-s3"),
+        "{}",
+        served["status"]
+    );
+    let server = pods(&s, "support-s3-")
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "tailor-server")
+        .expect("a serving pod");
+    assert_fetched_with(&server, &base_uri, "s3-creds");
+
+    // Faults: each a condition naming the URI and the cause.
+    let one = format!("{prefix}part-1.jsonl");
+    dataset(&s, "wrong-key", &one, "s3-wrong");
+    let missing = format!("s3://{BUCKET}/data/nope.jsonl");
+    dataset(&s, "missing", &missing, "s3-creds");
+    for (name, uri, cause) in [
+        ("wrong-key", one.as_str(), "PermissionDenied"),
+        ("missing", missing.as_str(), "NotFound"),
+    ] {
+        let ds = s.wait_phase("dataset", name, "Failed", LONG);
+        let msg = ready_message(&ds);
+        assert!(
+            msg.contains("fetching the source") && msg.contains(uri) && msg.contains(cause),
+            "{name}: {msg}"
+        );
+    }
+
+    // No secret value in any log, Event or status.
+    let mut haystack = String::new();
+    for args in [
+        vec![
+            "-n",
+            "tailor-system",
+            "logs",
+            "deploy/tailor-operator",
+            "--tail=-1",
+        ],
+        vec!["get", "events", "-A", "-o", "json"],
+        vec!["get", "tailor", "-A", "-o", "json"],
+    ] {
+        haystack.push_str(&env.kubectl(&args).unwrap_or_default());
+    }
+    for p in pods(&s, "") {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        haystack.push_str(
+            &s.kubectl(&["logs", name, "--all-containers", "--tail=-1"])
+                .unwrap_or_default(),
+        );
+    }
+    assert!(haystack.contains(&prefix), "the logs were read");
+    assert!(!haystack.contains(SECRET_KEY), "the secret key leaked");
+    assert_eq!(phase(&s.object("dataset", "support").expect("ds")), "Ready");
+}
