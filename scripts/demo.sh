@@ -21,7 +21,7 @@ elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
 
 step "1. environment (libtorch virtualenv with torch, transformers, peft, openai; cargo build)"
 eval "$(scripts/setup-libtorch.sh)"
-cargo build -q -p tailor-sim -p tailor-operator -p tailor-trainer -p tailor-server -p tailor-router --bins
+cargo build -q -p tailor-sim -p tailor-operator -p tailor-trainer -p tailor-server -p tailor-router -p tailor-artifacts --bins
 bin="$CARGO_TARGET_DIR/debug"
 
 step "2. start tailor-sim (2 nodes x 4 simulated GPUs; containers run the binaries just built)"

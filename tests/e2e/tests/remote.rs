@@ -4,8 +4,11 @@
 //! volume holds the inputs. A wrong secret and a missing object each fail with a condition
 //! naming the URI and the cause, and no secret value shows in any log, Event or status.
 //!
-//! The bucket is served by `s3s-fs` (`tailor-local-s3`; see that crate for why not moto) on a
-//! loopback port the simulated pods reach, so this test needs tailor-sim.
+//! An `hf://` base model is pinned to the commit its branch names when the run's Job is made.
+//!
+//! The bucket is served by `s3s-fs` (`tailor-local-s3`; see that crate for why not moto), the
+//! Hub by `tailor_local_s3::hub::LocalHub`, on loopback ports the simulated pods reach, so these
+//! tests need tailor-sim.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +20,7 @@ use tailor_e2e::{
     quickstart_examples,
 };
 use tailor_local_s3::LocalS3;
+use tailor_local_s3::hub::{LocalHub, Repo};
 
 const LONG: Duration = Duration::from_secs(300);
 const BUCKET: &str = "tailor-e2e";
@@ -226,4 +230,129 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
     assert!(haystack.contains(&prefix), "the logs were read");
     assert!(!haystack.contains(SECRET_KEY), "the secret key leaked");
     assert_eq!(phase(&s.object("dataset", "support").expect("ds")), "Ready");
+}
+
+/// Every file under `dir`, by its path relative to it.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read(&p).expect("read"),
+                );
+            }
+        }
+    }
+    out
+}
+
+const FIRST: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const SECOND: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const HF_TOKEN: &str = "hf_tailorE2eTokenVALUE0042";
+
+#[test]
+fn an_hf_base_model_is_pinned_to_the_commit_main_named_when_the_run_began() {
+    let s = Scenario::new("e2e-hub");
+    let env = s.env;
+    if env.state_dir.is_none() {
+        eprintln!(
+            "remote: needs tailor-sim (the test's Hub endpoint listens on loopback); not applicable to TAILOR_E2E_KUBECONFIG"
+        );
+        return;
+    }
+    // The suite's base model as two commits of one repository; `main` names the first.
+    let base = files(&s.artifact_path(BASE_MODEL).expect("the suite's base model"));
+    let mut repo = Repo::one_commit(FIRST, base.clone());
+    repo.commits.insert(SECOND.to_string(), base);
+    let repo_key = "models/org/tiny-base";
+    let hub = LocalHub::start(
+        std::collections::BTreeMap::from([(repo_key.to_string(), repo)]),
+        HF_TOKEN,
+    )
+    .expect("local Hub");
+    secret(
+        &s,
+        "hub",
+        &[
+            ("HF_ENDPOINT".to_string(), hub.endpoint.clone()),
+            ("HF_TOKEN".to_string(), HF_TOKEN.to_string()),
+        ],
+    );
+    s.quickstart_dataset("support", 24);
+    let ftj = |name: &str| {
+        FineTuneJob::new(name, "support")
+            .base_model("hf://org/tiny-base")
+            .yaml(s.ns())
+            .replace(
+                "baseModel: {uri: hf://org/tiny-base}",
+                "baseModel: {uri: \"hf://org/tiny-base\", credentialsSecretRef: {name: hub}}",
+            )
+    };
+    s.apply(&ftj("first")).expect("apply FineTuneJob");
+    // The run's Job fetches the commit main named when the operator made it ...
+    let job = s.wait_for("the first train Job", LONG, || {
+        let jobs = s.get_json(&["jobs"]).ok()?;
+        jobs["items"]
+            .as_array()?
+            .iter()
+            .find(|j| {
+                j["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("first-train-"))
+            })
+            .cloned()
+    });
+    let fetch = &job["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(
+        fetch["args"][0],
+        format!("hf://org/tiny-base@{FIRST}"),
+        "{fetch}"
+    );
+    // ... and keeps it after main moves: every attempt of the run trains on the same bytes.
+    hub.set_ref(repo_key, "main", SECOND);
+    let first = s.wait_phase("finetunejob", "first", "Succeeded", LONG);
+    assert_eq!(
+        first["status"]["baseModelRevision"], FIRST,
+        "{}",
+        first["status"]
+    );
+    let la = s.wait_phase("loraadapter", "first", "Ready", LONG);
+    assert_eq!(la["status"]["lineage"]["baseModelRevision"], FIRST);
+    assert_eq!(la["spec"]["baseModel"]["uri"], "hf://org/tiny-base");
+    for p in pods(&s, "first-train-") {
+        assert_fetched_with(&p, &format!("hf://org/tiny-base@{FIRST}"), "hub");
+    }
+
+    // A run that begins after main moved trains on the new commit.
+    s.apply(&ftj("second")).expect("apply FineTuneJob");
+    let second = s.wait_phase("finetunejob", "second", "Succeeded", LONG);
+    assert_eq!(second["status"]["baseModelRevision"], SECOND);
+
+    let mut haystack = env
+        .kubectl(&[
+            "-n",
+            "tailor-system",
+            "logs",
+            "deploy/tailor-operator",
+            "--tail=-1",
+        ])
+        .unwrap_or_default();
+    haystack.push_str(
+        &env.kubectl(&["get", "events", "-A", "-o", "json"])
+            .unwrap_or_default(),
+    );
+    for p in pods(&s, "") {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        haystack.push_str(
+            &s.kubectl(&["logs", name, "--all-containers", "--tail=-1"])
+                .unwrap_or_default(),
+        );
+    }
+    assert!(!haystack.contains(HF_TOKEN), "the Hub token leaked");
 }

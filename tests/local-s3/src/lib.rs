@@ -1,5 +1,6 @@
 //! A local S3-compatible server that tests and benchmarks start themselves: `s3s-fs`, the
-//! file-system backend of the `s3s` crate, on a loopback port.
+//! file-system backend of the `s3s` crate, on a loopback port. Beside it, [`hub::LocalHub`]:
+//! a local endpoint serving the Hugging Face Hub's layout.
 //!
 //! Why s3s-fs rather than moto's server: it checks every request's SigV4 signature (a wrong
 //! secret is a real `403 SignatureDoesNotMatch`, an unknown key `403 InvalidAccessKeyId`; moto
@@ -10,6 +11,8 @@
 //! (`x-amz-meta-*`) work, and it is a Rust crate the workspace builds — no extra runtime.
 //! What it does not reproduce: AWS's ETag of multipart uploads (`<md5 of md5s>-<parts>`),
 //! server-side encryption, versioning, and `If-Match` on GET.
+
+pub mod hub;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -199,3 +199,38 @@ fn subpath_and_read_only_mounts_as_the_kubelet_prepares_them() {
         "{events}"
     );
 }
+
+#[test]
+fn a_failed_init_container_fails_a_never_restarted_pod_with_its_log_tail() {
+    let sim = Sim::start(&[]);
+    // Two such pods at once, then one that runs: a failed init container must leave the node
+    // working (it once deadlocked the kubelet's status writes).
+    for name in ["fetch-a", "fetch-b"] {
+        sim.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  initContainers:\n  - name: fetch\n    image: busybox\n    command: [sh, -c, 'echo progress 50%; echo \"error: s3://b/k: PermissionDenied: 403 ✗\"; exit 5']\n    terminationMessagePolicy: FallbackToLogsOnError\n  containers:\n  - {{name: main, image: busybox, command: [sh, -c, 'echo never']}}\n"
+        ));
+    }
+    for name in ["fetch-a", "fetch-b"] {
+        wait_for(&format!("{name} to fail"), Duration::from_secs(60), || {
+            (phase(&sim, name) == "Failed").then_some(())
+        });
+        let init = sim.jsonpath(
+            &["get", "pod", name],
+            "{.status.initContainerStatuses[0].state.terminated.exitCode} {.status.initContainerStatuses[0].state.terminated.message}",
+        );
+        assert!(
+            init.starts_with("5 ") && init.ends_with("error: s3://b/k: PermissionDenied: 403 ✗"),
+            "{init}"
+        );
+        // The main container never ran.
+        let main = sim.jsonpath(
+            &["get", "pod", name],
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        );
+        assert!(!main.is_empty(), "main container waiting, never started");
+    }
+    sim.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: after}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'echo ran']}\n");
+    wait_for("the next pod to run", Duration::from_secs(60), || {
+        (phase(&sim, "after") == "Succeeded").then_some(())
+    });
+}

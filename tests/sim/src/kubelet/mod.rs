@@ -615,12 +615,14 @@ impl Kubelet {
                     Some(0) => break,
                     Some(_) if pod["spec"]["restartPolicy"].as_str() == Some("Never") => {
                         rt.failed_init.store(true, Ordering::SeqCst);
-                        for j in 0..rt
+                        // The count first: a lock held by the loop's range would deadlock
+                        // set_state (and with it this node's status writes).
+                        let n = rt
                             .containers
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .len()
-                        {
+                            .len();
+                        for j in 0..n {
                             Self::set_state(&rt, false, j, |s| s.done = true);
                         }
                         return;
@@ -1060,7 +1062,11 @@ impl Kubelet {
             let lines: Vec<&str> = logs.lines().collect();
             message = lines[lines.len().saturating_sub(80)..].join("\n");
             if message.len() > 2048 {
-                message = message[message.len() - 2048..].to_string();
+                let mut start = message.len() - 2048;
+                while !message.is_char_boundary(start) {
+                    start += 1;
+                }
+                message = message[start..].to_string();
             }
         }
         let reason = if code == 0 { "Completed" } else { "Error" };
