@@ -137,11 +137,12 @@ fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
         .as_str()
         .expect("jobName")
         .to_string();
-    // Admitted (a well-formed URI), but an hf:// checkpoint cannot be mounted into a pod.
+    // Admitted (a well-formed URI), but a node path this cluster's operator config does not
+    // allow (allowFileUris is off).
     s.merge_patch(
         "finetunejob",
         "moved",
-        r#"{"spec":{"baseModel":{"uri":"hf://meta-llama/Llama-3.2-1B"}}}"#,
+        r#"{"spec":{"baseModel":{"uri":"file:///models/llama-3.2-1b"}}}"#,
     )
     .expect("admitted");
     let f = s.wait_phase("finetunejob", "moved", "Failed", SHORT);
