@@ -1,7 +1,8 @@
-//! Remote inputs the operator looks at before a pod fetches them: a Hub revision resolved to
-//! its commit once, so that every attempt of a run fetches the same bytes.
+//! Remote inputs the operator looks at before a pod fetches them: the credentials Secret exists,
+//! and a Hub revision is resolved to its commit once, so that every attempt of a run fetches
+//! the same bytes.
 
-use tailor_api::ModelRef;
+use tailor_api::{LocalRef, ModelRef};
 use tailor_artifacts::hub::is_commit_sha;
 use tailor_artifacts::{ArtifactUri, Env, Hub};
 
@@ -11,24 +12,23 @@ use crate::secrets;
 
 /// The URI a pod fetches for `model`: an `hf://` reference to a branch or tag (or none, which
 /// is `main`) pinned to the commit it names now; any other URI as written. `field` names the
-/// spec field for errors.
+/// spec field for errors. A credentials Secret that does not exist (yet) is an error here,
+/// before a pod waits on it.
 pub async fn pinned(
     ctx: &Context,
     ns: &str,
     field: &str,
     model: &ModelRef,
 ) -> Result<String, Error> {
+    let env = credentials(
+        ctx,
+        ns,
+        &format!("{field}.credentialsSecretRef"),
+        model.credentials_secret_ref.as_ref(),
+    )
+    .await?;
     let Some(uri) = needs_pin(&model.uri) else {
         return Ok(model.uri.clone());
-    };
-    let env = match &model.credentials_secret_ref {
-        Some(r) => Env::from_pairs(
-            secrets::data(ctx, ns, &format!("{field}.credentialsSecretRef"), &r.name)
-                .await?
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())),
-        ),
-        None => Env::default(),
     };
     let artifact = |e: tailor_artifacts::Error| Error::Artifact {
         uri: model.uri.clone(),
@@ -37,6 +37,25 @@ pub async fn pinned(
     let hub = Hub::new(&env).map_err(artifact)?;
     let rev = hub.revision(&uri).await.map_err(artifact)?;
     Ok(pin(uri, rev.sha))
+}
+
+/// The store variables of the Secret `secret` names (none without one); `field` names the spec
+/// field for errors (`SecretNotFound`, transient: the Secret may be created later).
+pub async fn credentials(
+    ctx: &Context,
+    ns: &str,
+    field: &str,
+    secret: Option<&LocalRef>,
+) -> Result<Env, Error> {
+    let Some(r) = secret else {
+        return Ok(Env::default());
+    };
+    Ok(Env::from_pairs(
+        secrets::data(ctx, ns, field, &r.name)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())),
+    ))
 }
 
 /// The `hf://` URI of `uri` when its revision is not a commit sha.

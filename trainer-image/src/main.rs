@@ -32,11 +32,17 @@ use crate::redact::RedactKind;
     about = "Prepare datasets and train LoRA adapters for tailor"
 )]
 struct Cli {
-    /// Log as JSON lines (for pods).
-    #[arg(long, global = true, env = "TAILOR_LOG_JSON")]
-    log_json: bool,
+    /// Log format: text for people, json for pods (as every tailor binary).
+    #[arg(long, global = true, env = "TAILOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -317,7 +323,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if cli.log_json {
+    if cli.log_format == LogFormat::Json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

@@ -297,7 +297,8 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
                             image: Some(cfg.trainer_image.clone()),
                             args: Some(
                                 [
-                                    "--log-json",
+                                    "--log-format",
+                                    "json",
                                     "prepare",
                                     "--config",
                                     &format!("{CONFIG_DIR}/{CONFIG_KEY}"),

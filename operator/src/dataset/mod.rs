@@ -27,6 +27,7 @@ use crate::cache;
 use crate::context::Context;
 use crate::controller;
 use crate::error::{Category, Error};
+use crate::inputs;
 use crate::jobs::{self, JOB_LABEL};
 use build::{DATASET_LABEL, Observation, Summary};
 
@@ -153,6 +154,15 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
     let job = match cache::get(&ctx.jobs, &ns, &v.job_name) {
         Some(j) => (*j).clone(),
         None => {
+            // A fetch would wait on a missing credentials Secret in a pod; say so here.
+            let secret = ds.spec.source.credentials_secret_ref.as_ref();
+            match inputs::credentials(ctx, &ns, "spec.source.credentialsSecretRef", secret).await {
+                Ok(_) => {}
+                Err(Error::SecretNotFound(msg)) => {
+                    return blocked(ds, ctx, Category::SecretNotFound, msg).await;
+                }
+                Err(e) => return Err(e),
+            }
             let cms = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
             apply::apply(&cms, &build::config_map(ds, &v)).await?;
             let j = apply::apply(&jobs_api, &build::job(ds, &v, cfg)).await?;

@@ -316,7 +316,8 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
                             name: "train".into(),
                             image: Some(cfg.trainer_image.clone()),
                             args: Some(vec![
-                                "--log-json".into(),
+                                "--log-format".into(),
+                                "json".into(),
                                 "train".into(),
                                 "--config".into(),
                                 format!("{CONFIG_DIR}/{CONFIG_KEY}"),

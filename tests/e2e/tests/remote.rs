@@ -205,6 +205,24 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
         );
     }
 
+    // A Secret that does not exist yet: Pending, saying so, until it is created.
+    dataset(&s, "later", &one, "s3-later");
+    let ds = s.wait_for("the Dataset to wait for its Secret", LONG, || {
+        let d = s.object("dataset", "later")?;
+        condition(&d, "Ready")
+            .is_some_and(|c| c["reason"] == "SecretNotFound")
+            .then_some(d)
+    });
+    assert_eq!(phase(&ds), "Pending");
+    assert!(
+        ready_message(&ds).contains("spec.source.credentialsSecretRef")
+            && ready_message(&ds).contains("s3-later"),
+        "{}",
+        ready_message(&ds)
+    );
+    secret(&s, "s3-later", &s3.env());
+    s.wait_phase("dataset", "later", "Ready", LONG);
+
     // No secret value in any log, Event or status.
     let mut haystack = String::new();
     for args in [
