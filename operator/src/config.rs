@@ -62,6 +62,11 @@ pub struct OperatorConfig {
     /// writes.
     #[serde(default)]
     pub prometheus_allow_list: Vec<String>,
+    /// Hugging Face Hub endpoints the operator asks to resolve an `hf://` revision to its commit
+    /// (a Secret's `HF_ENDPOINT`, exactly; default: the Hub itself). The operator sends no
+    /// request to an endpoint a tenant wrote that is not listed.
+    #[serde(default = "default_hub_endpoints")]
+    pub hub_endpoint_allow_list: Vec<String>,
     /// Whether each ModelDeployment gets NetworkPolicies that let only its router reach its
     /// servers and only the operator reach the servers' and router's admin endpoints (needs a
     /// CNI that enforces NetworkPolicy; harmless where none does).
@@ -97,6 +102,10 @@ fn default_fetch_image() -> String {
         "ghcr.io/tailor-dev/tailor-fetch:{}",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+fn default_hub_endpoints() -> Vec<String> {
+    vec![tailor_artifacts::hub::DEFAULT_ENDPOINT.to_string()]
 }
 
 fn default_mount() -> PathBuf {

@@ -30,13 +30,42 @@ pub async fn pinned(
     let Some(uri) = needs_pin(&model.uri) else {
         return Ok(model.uri.clone());
     };
+    hub_allowed(&ctx.config.hub_endpoint_allow_list, &env)
+        .map_err(|e| Error::InvalidSpec(format!("{field}.uri {}: {e}", model.uri)))?;
     let artifact = |e: tailor_artifacts::Error| Error::Artifact {
         uri: model.uri.clone(),
         message: format!("resolving the revision: {e}"),
     };
     let hub = Hub::new(&env).map_err(artifact)?;
-    let rev = hub.revision(&uri).await.map_err(artifact)?;
+    let rev = tokio::time::timeout(RESOLVE_TIMEOUT, hub.revision(&uri))
+        .await
+        .map_err(|_| Error::Artifact {
+            uri: model.uri.clone(),
+            message: format!(
+                "resolving the revision: no answer in {}s",
+                RESOLVE_TIMEOUT.as_secs()
+            ),
+        })?
+        .map_err(artifact)?;
     Ok(pin(uri, rev.sha))
+}
+
+/// How long a reconcile waits for the Hub to resolve a revision.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Whether the operator may ask the Hub endpoint the credentials name (`HF_ENDPOINT`, else the
+/// Hub): a tenant's Secret must not make the operator send requests where it likes.
+fn hub_allowed(allowed: &[String], env: &Env) -> Result<(), String> {
+    let endpoint = env
+        .get("HF_ENDPOINT")
+        .unwrap_or(tailor_artifacts::hub::DEFAULT_ENDPOINT)
+        .trim_end_matches('/');
+    if allowed.iter().any(|a| a.trim_end_matches('/') == endpoint) {
+        return Ok(());
+    }
+    Err(format!(
+        "the operator resolves Hub revisions only at the endpoints the cluster admin lists in its config (hubEndpointAllowList: {allowed:?}), not at HF_ENDPOINT {endpoint:?}; write the commit in the URI (hf://<org>/<name>@<sha>) to fetch it without the operator"
+    ))
 }
 
 /// The store variables of the Secret `secret` names (none without one); `field` names the spec
@@ -103,6 +132,23 @@ mod tests {
     use super::*;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn the_operator_asks_only_the_hub_endpoints_the_admin_allows() {
+        let allowed = vec!["https://huggingface.co".to_string()];
+        assert!(hub_allowed(&allowed, &Env::default()).is_ok());
+        let mirror = Env::from_pairs([("HF_ENDPOINT", "http://169.254.169.254/")]);
+        let e = hub_allowed(&allowed, &mirror).expect_err("not listed");
+        assert!(
+            e.contains("hubEndpointAllowList") && e.contains("169.254.169.254"),
+            "{e}"
+        );
+        let listed = vec!["http://169.254.169.254".to_string()];
+        assert!(
+            hub_allowed(&listed, &mirror).is_ok(),
+            "trailing slashes aside"
+        );
+    }
 
     #[test]
     fn only_hub_references_to_branches_and_tags_are_pinned() {

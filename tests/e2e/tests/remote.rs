@@ -273,6 +273,8 @@ fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 const FIRST: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const SECOND: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const HF_TOKEN: &str = "hf_tailorE2eTokenVALUE0042";
+/// `hubEndpointAllowList` of `manifests/overlays/sim`.
+const HUB_ADDR: &str = "127.0.0.1:18089";
 
 #[test]
 fn an_hf_base_model_is_pinned_to_the_commit_main_named_when_the_run_began() {
@@ -289,7 +291,9 @@ fn an_hf_base_model_is_pinned_to_the_commit_main_named_when_the_run_began() {
     let mut repo = Repo::one_commit(FIRST, base.clone());
     repo.commits.insert(SECOND.to_string(), base);
     let repo_key = "models/org/tiny-base";
-    let hub = LocalHub::start(
+    // On the port the sim overlay's operator config lists in hubEndpointAllowList.
+    let hub = LocalHub::start_on(
+        HUB_ADDR.parse().expect("addr"),
         std::collections::BTreeMap::from([(repo_key.to_string(), repo)]),
         HF_TOKEN,
     )

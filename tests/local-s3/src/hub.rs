@@ -367,7 +367,16 @@ impl LocalHub {
     /// Serves `repos` (keyed `models/<org>/<name>` or `datasets/<org>/<name>`); `granted` is the
     /// token that may read gated repositories.
     pub fn start(repos: BTreeMap<String, Repo>, granted: &str) -> anyhow::Result<Self> {
-        let hub_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on("127.0.0.1:0".parse()?, repos, granted)
+    }
+
+    /// As [`LocalHub::start`], the Hub on `addr` (a fixed port an operator config can list).
+    pub fn start_on(
+        addr: SocketAddr,
+        repos: BTreeMap<String, Repo>,
+        granted: &str,
+    ) -> anyhow::Result<Self> {
+        let hub_listener = std::net::TcpListener::bind(addr)?;
         let cdn_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         for l in [&hub_listener, &cdn_listener] {
             l.set_nonblocking(true)?;
