@@ -157,6 +157,36 @@ impl Scenario {
         }
     }
 
+    /// Everything a secret must never appear in: the operator's log, every Event and every tailor
+    /// object of the cluster, and the logs of every container (init containers too) of this
+    /// namespace's pods.
+    pub fn logs_events_and_statuses(&self) -> String {
+        let mut all = String::new();
+        for args in [
+            vec![
+                "-n",
+                "tailor-system",
+                "logs",
+                "deploy/tailor-operator",
+                "--tail=-1",
+            ],
+            vec!["get", "events", "-A", "-o", "json"],
+            vec!["get", "tailor", "-A", "-o", "json"],
+        ] {
+            all.push_str(&self.env.kubectl(&args).unwrap_or_default());
+        }
+        let pods = self.get_json(&["pods"]).unwrap_or_default();
+        for p in pods["items"].as_array().into_iter().flatten() {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            all.push_str(
+                &self
+                    .kubectl(&["logs", name, "--all-containers", "--tail=-1"])
+                    .unwrap_or_default(),
+            );
+        }
+        all
+    }
+
     /// The Events of this namespace.
     pub fn events(&self) -> Vec<Value> {
         self.get_json(&["events"])

@@ -224,27 +224,7 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
     s.wait_phase("dataset", "later", "Ready", LONG);
 
     // No secret value in any log, Event or status.
-    let mut haystack = String::new();
-    for args in [
-        vec![
-            "-n",
-            "tailor-system",
-            "logs",
-            "deploy/tailor-operator",
-            "--tail=-1",
-        ],
-        vec!["get", "events", "-A", "-o", "json"],
-        vec!["get", "tailor", "-A", "-o", "json"],
-    ] {
-        haystack.push_str(&env.kubectl(&args).unwrap_or_default());
-    }
-    for p in pods(&s, "") {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        haystack.push_str(
-            &s.kubectl(&["logs", name, "--all-containers", "--tail=-1"])
-                .unwrap_or_default(),
-        );
-    }
+    let haystack = s.logs_events_and_statuses();
     assert!(haystack.contains(&prefix), "the logs were read");
     assert!(!haystack.contains(SECRET_KEY), "the secret key leaked");
     assert_eq!(phase(&s.object("dataset", "support").expect("ds")), "Ready");
@@ -356,25 +336,10 @@ fn an_hf_base_model_is_pinned_to_the_commit_main_named_when_the_run_began() {
     let second = s.wait_phase("finetunejob", "second", "Succeeded", LONG);
     assert_eq!(second["status"]["baseModelRevision"], SECOND);
 
-    let mut haystack = env
-        .kubectl(&[
-            "-n",
-            "tailor-system",
-            "logs",
-            "deploy/tailor-operator",
-            "--tail=-1",
-        ])
-        .unwrap_or_default();
-    haystack.push_str(
-        &env.kubectl(&["get", "events", "-A", "-o", "json"])
-            .unwrap_or_default(),
+    let haystack = s.logs_events_and_statuses();
+    assert!(
+        haystack.contains("hf://org/tiny-base"),
+        "the logs were read"
     );
-    for p in pods(&s, "") {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        haystack.push_str(
-            &s.kubectl(&["logs", name, "--all-containers", "--tail=-1"])
-                .unwrap_or_default(),
-        );
-    }
     assert!(!haystack.contains(HF_TOKEN), "the Hub token leaked");
 }

@@ -445,32 +445,7 @@ fn a_tenant_reaches_no_other_tenants_data_pods_or_endpoints() {
     let token = secret["data"]["token"].as_str().expect("token");
     let token = String::from_utf8(STANDARD.decode(token).expect("base64")).expect("utf-8");
     assert!(token.len() >= 32, "a strong token");
-    let mut haystack = String::new();
-    for args in [
-        vec![
-            "-n",
-            "tailor-system",
-            "logs",
-            "deploy/tailor-operator",
-            "--tail=-1",
-        ],
-        vec!["get", "events", "-A", "-o", "json"],
-        vec!["get", "tailor", "-A", "-o", "json"],
-    ] {
-        haystack.push_str(&env.kubectl(&args).unwrap_or_default());
-    }
-    for p in victim.get_json(&["pods"]).expect("pods")["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        haystack.push_str(
-            &victim
-                .kubectl(&["logs", name, "--all-containers", "--tail=-1"])
-                .unwrap_or_default(),
-        );
-    }
+    let haystack = victim.logs_events_and_statuses();
     assert!(haystack.len() > 10_000, "the logs were read");
     for (what, value) in [
         ("token", token.as_str()),
