@@ -888,21 +888,7 @@ impl Fetcher {
 }
 
 fn identity(uri: &ArtifactUri) -> String {
-    match uri {
-        ArtifactUri::Hf {
-            repo_type,
-            repo,
-            path,
-            ..
-        } => ArtifactUri::Hf {
-            repo_type: *repo_type,
-            repo: repo.clone(),
-            revision: None,
-            path: path.clone(),
-        }
-        .to_string(),
-        other => other.to_string(),
-    }
+    uri.with_revision(None).to_string()
 }
 
 fn cache_key(identity: &str, version: &str) -> String {

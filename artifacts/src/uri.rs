@@ -290,6 +290,24 @@ impl ArtifactUri {
         }
     }
 
+    /// The same `hf://` reference at `revision` (`None`: unpinned); any other URI as it is.
+    pub fn with_revision(&self, revision: Option<String>) -> Self {
+        match self {
+            Self::Hf {
+                repo_type,
+                repo,
+                path,
+                ..
+            } => Self::Hf {
+                repo_type: *repo_type,
+                repo: repo.clone(),
+                revision,
+                path: path.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+
     /// The path inside the store (empty for a bucket, claim or repository root).
     pub fn path(&self) -> String {
         match self {

@@ -100,21 +100,7 @@ fn is_pinned(u: &ArtifactUri) -> bool {
 }
 
 fn pin(uri: ArtifactUri, sha: String) -> String {
-    match uri {
-        ArtifactUri::Hf {
-            repo_type,
-            repo,
-            path,
-            ..
-        } => ArtifactUri::Hf {
-            repo_type,
-            repo,
-            revision: Some(sha),
-            path,
-        }
-        .to_string(),
-        other => other.to_string(),
-    }
+    uri.with_revision(Some(sha)).to_string()
 }
 
 /// The commit a pinned `hf://` URI names (what a Job's fetch was given).
