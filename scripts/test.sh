@@ -5,11 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests drive for real, installed when missing (as .ci/run does): Prometheus
-# (scrapes /metrics; promtool checks rules) and Lua (runs the Argo CD health checks). No test
+# (scrapes /metrics; promtool checks rules), Lua (runs the Argo CD health checks), and podman,
+# runc and debootstrap (the images are built and started: scripts/test-images.sh). No test
 # skips without them: they fail saying what is missing.
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]}"
   sudo=""
@@ -22,3 +26,5 @@ eval "$(scripts/setup-libtorch.sh)"
 # One build of every target (the e2e suite runs the binaries this build makes, never a build of
 # its own), then the tests.
 cargo test --workspace --all-targets "$@"
+# The five images, assembled from the binaries this build just made, start on a read-only root.
+scripts/test-images.sh "${CARGO_TARGET_DIR:-target}/debug"
