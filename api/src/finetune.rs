@@ -197,18 +197,8 @@ impl Default for LoraConfig {
     }
 }
 
-/// Learning-rate schedule after warmup.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum Scheduler {
-    /// Cosine decay to zero.
-    #[default]
-    Cosine,
-    /// Linear decay to zero.
-    Linear,
-    /// Constant after warmup.
-    Constant,
-}
+/// Learning-rate schedule after warmup (the trainer reads the same type).
+pub use tailor_wire::train::Scheduler;
 
 /// Optimisation settings (AdamW).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

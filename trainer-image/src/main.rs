@@ -307,12 +307,12 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
                     .transpose()?
                     .flatten()
                 {
-                    summary.adapter = PathBuf::from(uri);
+                    summary.adapter = uri;
                 }
                 Ok(serde_json::to_value(&summary)?)
             });
             if r.is_err() {
-                handle.update(|p| p.phase = "Failed".into());
+                handle.update(|p| p.phase = progress::Phase::Failed);
             }
             (r, path)
         }
@@ -347,7 +347,8 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {message}");
             write_termination(
                 termination.as_ref(),
-                &json!({"status": "Failed", "message": message}),
+                &serde_json::to_value(tailor_wire::train::Summary::failed(message))
+                    .unwrap_or_default(),
             );
             std::process::ExitCode::FAILURE
         }

@@ -2,16 +2,9 @@
 //! be checkpointed and their arithmetic matches `torch.optim.AdamW` (single-tensor path),
 //! `torch.nn.utils.clip_grad_norm_` and `transformers`' schedules step for step.
 
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheduler {
-    Cosine,
-    Linear,
-    Constant,
-}
+pub use tailor_wire::train::Scheduler;
 
 /// The multiplier of the base learning rate for optimizer step `step` (0-based), as
 /// `get_{cosine,linear,constant}_schedule_with_warmup` compute it.

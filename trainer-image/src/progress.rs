@@ -15,23 +15,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 
-/// What `/progress` reports (the operator copies it into the FineTuneJob status).
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Progress {
-    pub phase: String,
-    pub epoch: usize,
-    pub step: usize,
-    pub total_steps: usize,
-    pub train_loss: Option<f64>,
-    pub validation_loss: Option<f64>,
-    pub base_validation_loss: Option<f64>,
-    pub tokens_per_second: f64,
-    /// Seconds until the last step, at the current rate.
-    pub eta: Option<f64>,
-}
+pub use tailor_wire::train::{Phase, Progress};
 
 struct Metrics {
     registry: Registry,
@@ -95,7 +80,7 @@ impl ProgressHandle {
         registry.register("tokens", "Non-padding tokens trained on", m.tokens.clone());
         Self {
             progress: Arc::new(Mutex::new(Progress {
-                phase: "Starting".into(),
+                phase: Phase::Starting,
                 ..Progress::default()
             })),
             metrics: Arc::new(Metrics { registry, ..m }),

@@ -15,13 +15,7 @@ use crate::optim::AdamW;
 
 const KEEP: usize = 2;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct StepRecord {
-    pub step: usize,
-    pub loss: f64,
-    pub lr: f64,
-}
+pub use tailor_wire::train::StepRecord;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -10,168 +10,18 @@
 //! sees; that, the saved optimizer state and a per-step dropout seed make a resumed run equal an
 //! uninterrupted one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 use tailor_model::{Adapters, CausalLm, LoraAdapter, LoraConfig, TargetModule, Tokenizer, peft};
 use tch::{Device, Kind, Tensor};
 
 use crate::examples::{Example, Sample, tokenize};
-use crate::optim::{AdamW, Scheduler, clip_grad_norm, lr_factor, warmup_steps, zero_grad};
+use crate::optim::{AdamW, clip_grad_norm, lr_factor, warmup_steps, zero_grad};
 use crate::progress::ProgressHandle;
-use crate::run_state::{self, RunState, StepRecord};
-
-fn targets_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        List(Vec<String>),
-        Csv(String),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::List(v) => v,
-        Either::Csv(s) => s
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect(),
-    })
-}
-
-/// Settings of one training run (flags, or `--config` JSON with these camelCase keys).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TrainConfig {
-    pub base_model: PathBuf,
-    pub train: PathBuf,
-    #[serde(default)]
-    pub validation: Option<PathBuf>,
-    pub output: PathBuf,
-    #[serde(default = "d_rank")]
-    pub rank: i64,
-    #[serde(default = "d_alpha")]
-    pub alpha: f64,
-    #[serde(default = "d_dropout")]
-    pub dropout: f64,
-    #[serde(default = "d_targets", deserialize_with = "targets_de")]
-    pub target_modules: Vec<String>,
-    #[serde(default = "d_one")]
-    pub epochs: usize,
-    #[serde(default = "d_lr")]
-    pub learning_rate: f64,
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    #[serde(default = "d_one", alias = "gradientAccumulationSteps")]
-    pub grad_accum: usize,
-    #[serde(default = "d_seq")]
-    pub max_seq_length: usize,
-    #[serde(default)]
-    pub warmup_ratio: f64,
-    #[serde(default = "d_sched")]
-    pub scheduler: Scheduler,
-    #[serde(default = "d_seed")]
-    pub seed: u64,
-    /// Checkpoint every N optimizer steps (0: only at the end).
-    #[serde(default = "d_ckpt", alias = "checkpointEverySteps")]
-    pub checkpoint_every: usize,
-    #[serde(default)]
-    pub progress_listen: Option<String>,
-    #[serde(default)]
-    pub termination_message_path: Option<PathBuf>,
-    #[serde(default)]
-    pub weight_decay: f64,
-    #[serde(default = "d_clip")]
-    pub max_grad_norm: f64,
-    /// Stop after this many optimizer steps (the schedule still spans the full run).
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    /// Start from this PEFT adapter instead of a fresh initialisation.
-    #[serde(default)]
-    pub init_adapter: Option<PathBuf>,
-    /// Write every step's micro-batches as JSON (for cross-checks against PEFT).
-    #[serde(default)]
-    pub dump_batches: Option<PathBuf>,
-    /// CPU threads for libtorch (default: libtorch's choice).
-    #[serde(default)]
-    pub threads: Option<i32>,
-    /// `auto` (CUDA when present), `cpu` or `cuda`.
-    #[serde(default = "d_device")]
-    pub device: String,
-    /// Local scratch for inputs fetched from URIs and for an output that is a URI.
-    #[serde(default)]
-    pub work_dir: Option<PathBuf>,
-    /// Node-local cache of fetched inputs, shared by runs on this machine.
-    #[serde(default)]
-    pub artifact_cache: Option<PathBuf>,
-    /// The base model as adapters record it (the URI it was fetched from); default: `baseModel`.
-    #[serde(default)]
-    pub base_model_name: Option<String>,
-}
-
-fn d_rank() -> i64 {
-    8
-}
-fn d_alpha() -> f64 {
-    16.0
-}
-fn d_dropout() -> f64 {
-    0.05
-}
-fn d_targets() -> Vec<String> {
-    vec!["q_proj".into(), "v_proj".into()]
-}
-fn d_one() -> usize {
-    1
-}
-fn d_lr() -> f64 {
-    2e-4
-}
-fn d_batch() -> usize {
-    8
-}
-fn d_seq() -> usize {
-    512
-}
-fn d_sched() -> Scheduler {
-    Scheduler::Linear
-}
-fn d_seed() -> u64 {
-    42
-}
-fn d_ckpt() -> usize {
-    50
-}
-fn d_clip() -> f64 {
-    1.0
-}
-fn d_device() -> String {
-    "auto".into()
-}
-
-/// `metrics.json` and the termination message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    pub status: String,
-    pub base_validation_loss: Option<f64>,
-    pub validation_loss: Option<f64>,
-    pub train_loss: Option<f64>,
-    pub steps: usize,
-    pub total_steps: usize,
-    pub epochs: usize,
-    pub tokens: u64,
-    pub tokens_per_second: f64,
-    /// CPU time (all threads) of the training loop: comparable across runs on a busy machine.
-    pub train_cpu_seconds: f64,
-    pub wall_seconds: f64,
-    pub train_examples: usize,
-    pub skipped_examples: usize,
-    pub resumed_from_step: Option<usize>,
-    pub adapter: PathBuf,
-    pub history: Vec<StepRecord>,
-}
+use crate::run_state::{self, RunState};
+pub use tailor_wire::train::{Outcome, Phase, StepRecord, Summary, TrainConfig};
 
 /// Reads a prepared JSONL file; any bad line is an error naming file and line.
 fn load_examples(path: &Path) -> anyhow::Result<Vec<Example>> {
@@ -416,7 +266,7 @@ pub fn run(
     } else {
         Kind::Float
     };
-    progress.update(|p| p.phase = "Loading".into());
+    progress.update(|p| p.phase = Phase::Loading);
     let model = CausalLm::load(&cfg.base_model, kind, device)
         .with_context(|| format!("loading base model {}", cfg.base_model.display()))?;
     let tokenizer = Tokenizer::from_dir(&cfg.base_model)
@@ -525,7 +375,7 @@ pub fn run(
             };
             adapter.set_requires_grad(true);
             let optim = AdamW::new(&adapter.parameters(), cfg.weight_decay);
-            progress.update(|p| p.phase = "BaseValidation".into());
+            progress.update(|p| p.phase = Phase::BaseValidation);
             let base = eval_loss(&model, None, &validation, cfg.batch_size, pad)?;
             (adapter, optim, RunState::new(base))
         }
@@ -535,9 +385,9 @@ pub fn run(
     // Wall time of earlier attempts (a resumed run's metrics cover the whole job).
     let wall_before = state.wall_seconds;
     progress.update(|p| {
-        p.phase = "Running".into();
-        p.total_steps = total_steps;
-        p.step = state.step;
+        p.phase = Phase::Running;
+        p.total_steps = total_steps as u64;
+        p.step = state.step as u64;
         p.base_validation_loss = state.base_validation_loss;
     });
 
@@ -588,7 +438,7 @@ pub fn run(
         state.epoch = epoch;
         state.micro_batch = micro_end % micro_per_epoch;
         state.history.push(StepRecord {
-            step: state.step,
+            step: state.step as u64,
             loss,
             lr,
         });
@@ -602,8 +452,8 @@ pub fn run(
         let secs_per_step = elapsed / (state.step - resumed_from.unwrap_or(0)).max(1) as f64;
         progress.add_tokens(tokens as u64);
         progress.update(|p| {
-            p.step = state.step;
-            p.epoch = epoch;
+            p.step = state.step as u64;
+            p.epoch = epoch as u64;
             p.train_loss = Some(loss);
             p.tokens_per_second = tps;
             p.eta = Some(secs_per_step * (last_step - state.step) as f64);
@@ -632,7 +482,7 @@ pub fn run(
             }
         }
     }
-    progress.update(|p| p.phase = "Validation".into());
+    progress.update(|p| p.phase = Phase::Validation);
     let validation_loss = eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?;
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
     if last_ckpt_step != state.step {
@@ -658,13 +508,14 @@ pub fn run(
     let elapsed = loop_start.elapsed().as_secs_f64();
     let train_cpu_seconds = process_cpu_seconds() - loop_cpu_start;
     let summary = Summary {
-        status: "Succeeded".into(),
+        status: Outcome::Succeeded,
+        message: None,
         base_validation_loss: state.base_validation_loss,
         validation_loss,
         train_loss: state.history.last().map(|h| h.loss),
-        steps: state.step,
-        total_steps,
-        epochs: cfg.epochs,
+        steps: state.step as u64,
+        total_steps: total_steps as u64,
+        epochs: cfg.epochs as u64,
         tokens: state.tokens,
         tokens_per_second: if elapsed > 0.0 {
             loop_tokens as f64 / elapsed
@@ -673,11 +524,12 @@ pub fn run(
         },
         train_cpu_seconds,
         wall_seconds: wall_before + started.elapsed().as_secs_f64(),
-        train_examples: train.len(),
-        skipped_examples: skipped,
-        resumed_from_step: resumed_from,
-        adapter: cfg.output.clone(),
+        train_examples: train.len() as u64,
+        skipped_examples: skipped as u64,
+        resumed_from_step: resumed_from.map(|s| s as u64),
+        adapter: cfg.output.display().to_string(),
         history: state.history.clone(),
+        truncated: false,
     };
     std::fs::write(
         cfg.output.join("metrics.json"),
@@ -685,7 +537,7 @@ pub fn run(
     )
     .with_context(|| format!("writing {}", cfg.output.join("metrics.json").display()))?;
     progress.update(|p| {
-        p.phase = "Succeeded".into();
+        p.phase = Phase::Succeeded;
         p.validation_loss = validation_loss;
         p.eta = Some(0.0);
     });

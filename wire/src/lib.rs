@@ -9,3 +9,4 @@ pub mod families;
 pub mod prepare;
 pub mod router;
 pub mod server;
+pub mod train;

@@ -42,7 +42,8 @@ use crate::error::{Category, Error, is_not_found};
 use crate::inputs;
 use crate::jobs::{self, JOB_LABEL, SPEC_HASH};
 use build::{
-    AdapterArtifact, AfterEnd, DatasetGate, FTJ_LABEL, Observed, TrainSummary, TrainerProgress,
+    AdapterArtifact, AfterEnd, DatasetGate, FTJ_LABEL, Observed, Outcome, TrainSummary,
+    TrainerProgress,
 };
 
 pub const NAME: &str = "finetunejob";
@@ -356,7 +357,7 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         if state.complete {
             let summary = summaries
                 .iter()
-                .find(|s| s.status == "Succeeded")
+                .find(|s| s.status == Outcome::Succeeded)
                 .cloned()
                 .or_else(|| read_metrics(cfg, &ns, &outputs.adapter_uri));
             let artifact = adapter_artifact(cfg, &ns, &outputs.adapter_uri).await?;

@@ -1,3 +1,6 @@
+//! Tests of the pure FineTuneJob pipeline: validation, the Job and its config, the status machine.
+//! Size (over 700 lines, on purpose): one scenario per rule of the phase table, with shared fixtures.
+
 use super::*;
 use crate::jobs::{JobState, PodState};
 use tailor_api::{DatasetStatus, FineTuneJobPhase as P};
@@ -88,25 +91,27 @@ fn train_job_carries_gpus_scheduling_and_config() {
     let cfg = OperatorConfig::for_tests();
     let v = validate(&f, &cfg, &ready_gate()).expect("valid");
     assert!(v.job_name.starts_with("support-v1-train-"));
-    assert_eq!(v.train_config["baseModel"], "/artifacts/models/base");
+    // What the trainer reads: the JSON of the shared `TrainConfig` (`tailor-wire`).
+    let tc = serde_json::to_value(&v.train_config).expect("json");
+    assert_eq!(tc["baseModel"], "/artifacts/models/base");
     assert_eq!(
-        v.train_config["train"],
+        tc["train"],
         "/artifacts/datasets/support-chat/abcd/train.jsonl"
     );
     assert_eq!(
-        v.train_config["output"],
+        tc["output"],
         format!(
             "/artifacts/finetune/support-v1-01234567-{}",
             &run_spec_hash(&f)[..8]
         )
     );
-    assert_eq!(v.train_config["rank"], 8);
+    assert_eq!(tc["rank"], 8);
     assert_eq!(
-        v.train_config["targetModules"],
+        tc["targetModules"],
         json!(["q_proj", "k_proj", "v_proj", "o_proj"])
     );
-    assert_eq!(v.train_config["scheduler"], "cosine");
-    assert_eq!(v.train_config["checkpointEvery"], 20);
+    assert_eq!(tc["scheduler"], "cosine");
+    assert_eq!(tc["checkpointEvery"], 20);
     assert_eq!(v.outputs.adapter_name, "support-v1");
     let job = job(&f, &v, &cfg, &f.spec.base_model.uri);
     let spec = job.spec.as_ref().expect("spec");
@@ -169,7 +174,7 @@ fn a_base_model_on_the_hub_is_fetched_before_training_and_a_bad_uri_is_invalid()
         name: "hub-token".into(),
     });
     let v = validate(&f, &cfg, &ready_gate()).expect("valid");
-    assert_eq!(v.train_config["baseModel"], "/inputs/0");
+    assert_eq!(v.train_config.base_model, std::path::Path::new("/inputs/0"));
     // The operator pins the branch or tag to a commit when it makes the Job.
     let pinned = "hf://org/model@0123456789abcdef0123456789abcdef01234567";
     let made = job(&f, &v, &cfg, pinned);
@@ -235,7 +240,7 @@ fn phases_follow_dataset_job_and_pod() {
         progress: Some(TrainerProgress {
             step: 5,
             total_steps: 60,
-            epoch: 0.0,
+            epoch: 0,
             train_loss: Some(2.5),
             base_validation_loss: Some(3.1),
             ..TrainerProgress::default()
@@ -265,10 +270,10 @@ fn success_needs_the_adapter_and_records_final_metrics() {
             ..JobState::default()
         }),
         summary: Some(TrainSummary {
-            status: "Succeeded".into(),
+            status: Outcome::Succeeded,
             validation_loss: Some(1.2),
             base_validation_loss: Some(3.0),
-            tokens: Some(12345),
+            tokens: 12345,
             steps: 60,
             total_steps: 60,
             ..TrainSummary::default()
