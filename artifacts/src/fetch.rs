@@ -27,6 +27,10 @@
 //!
 //! Retryable failures (`Unreachable`, `Changed`) are retried with back-off for up to
 //! `retry_for`, resuming each time; others return at once.
+//!
+//! Size (over 700 lines, on purpose): planning, the parallel ranged transfer and the cache marker
+//! share the private `Plan`/`FileTask`/`Marker` types and one lock discipline; progress lines and
+//! errors are their own modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -9,6 +9,9 @@
 //! (`NoSuchKey`, `NoSuchBucket`, `InvalidAccessKeyId`). Faults the server cannot produce —
 //! a connection cut mid-body, an endpoint that is down and later comes up, a slow link — come
 //! from a TCP proxy in `support` and from starting the server late on a fixed port.
+//!
+//! Size (over 700 lines, on purpose): one suite per S3 server start; the fault proxy and fixtures are
+//! in `support`.
 
 mod support;
 

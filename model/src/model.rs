@@ -1,6 +1,9 @@
 //! The causal language model: loading from a Hugging Face directory and the forward pass. One
 //! decoder block serves every family; what differs is read from [`ModelConfig`] (norm style,
 //! sandwich norms, activation, fused projections, RoPE per layer type, windows, soft-capping).
+//!
+//! Size (just over 700 lines): the loader and the forward pass of the one decoder block every family
+//! shares; per-family differences are data in [`ModelConfig`].
 
 use std::path::Path;
 

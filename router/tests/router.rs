@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `tailor-router` binary between a real HTTP client and real
 //! OpenAI-like backends on loopback.
+//!
+//! Size (just over 700 lines): one suite over the real binary and its loopback backends.
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! The real `tailor-server` binary on tiny random checkpoints (tests/server_reference.py), with
 //! real clients: the official `openai` Python client, Hugging Face `transformers` + `peft` as the
 //! numerical reference, and a real Prometheus server.
+//!
+//! Size (over 700 lines, on purpose): one suite, so the tiny checkpoints, the reference outputs and
+//! Prometheus are made once per test process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

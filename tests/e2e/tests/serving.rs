@@ -6,6 +6,9 @@
 //! Canary tests use imported adapters (PEFT's own initialisation, written once into the shared
 //! artifact storage) so that only the quickstart pays for training; the test-only fault
 //! injection (`tailor.dev/test-fault-injection`) makes an adapter fail a fraction of requests.
+//!
+//! Size (over 700 lines, on purpose): one suite per cluster start (a cargo test binary is one
+//! process); each test is one of the acceptance scenarios.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

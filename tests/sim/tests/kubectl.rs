@@ -1,5 +1,8 @@
 //! tailor-sim driven by the real kubectl: CRDs and examples, admission, printing, watch,
 //! patches, finalizers, RBAC, Jobs on simulated GPUs, Deployments behind a Service, restart.
+//!
+//! Size (over 700 lines, on purpose): one suite, so one simulator and one kubectl configuration serve
+//! every test of the process.
 
 mod common;
 #[path = "../../../api/tests/fixtures/invalid_manifests.rs"]
