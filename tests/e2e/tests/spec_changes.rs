@@ -2,7 +2,8 @@
 //! tailor-sim (or the cluster of `TAILOR_E2E_KUBECONFIG`):
 //! - after `Failed`, a changed spec starts a new run (the failed Job deleted, attempts from 0);
 //! - after `Succeeded`, admission refuses a spec change (`suspend` aside);
-//! - a change to a spec the operator cannot run cancels the running attempt and says why.
+//! - a change to a spec the operator cannot run cancels the running attempt and says why;
+//! - an object the operator cannot read is a condition and an Event, and its neighbours go on.
 
 use std::time::Duration;
 
@@ -176,4 +177,67 @@ fn a_change_to_a_spec_the_operator_cannot_run_cancels_the_running_attempt() {
             .count();
         (train_jobs(env, ns, "moved").is_empty() && live == 0).then_some(())
     });
+}
+
+#[test]
+fn a_finetunejob_the_operator_cannot_read_is_a_condition_and_its_neighbours_go_on() {
+    let s = Scenario::new("e2e-malformed-object");
+    let ns = s.ns();
+    s.quickstart_dataset("data", 24);
+    // `podTemplate.affinity` is an open object in the CRD (kept small enough for client-side
+    // apply), so a wrong shape inside it is admitted and does not deserialize: an object the
+    // operator cannot read, as one stored before a schema change would be.
+    let suspended = |name: &str| {
+        format!(
+            "{}  suspend: true\n",
+            FineTuneJob::new(name, "data").yaml(ns)
+        )
+    };
+    let bad = format!(
+        "{}  podTemplate:\n    affinity: {{nodeAffinity: not-an-object}}\n",
+        suspended("unreadable")
+    );
+    s.apply(&format!(
+        "{bad}---\n{}---\n{}",
+        suspended("good-1"),
+        suspended("good-2")
+    ))
+    .expect("all three are admitted");
+    for good in ["good-1", "good-2"] {
+        s.wait_phase("finetunejob", good, "Queued", SHORT);
+    }
+    let f = s.wait_for("the unreadable job's InvalidSpec condition", SHORT, || {
+        s.object("finetunejob", "unreadable")
+            .filter(|f| condition(f, "Ready").is_some_and(|c| c["reason"] == "InvalidSpec"))
+    });
+    let msg = condition(&f, "Ready").expect("Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("could not be read") && msg.contains("not-an-object"),
+        "names what could not be read: {msg}"
+    );
+    assert_eq!(
+        f["status"]["observedGeneration"],
+        f["metadata"]["generation"]
+    );
+    // Events are published in the background: the condition may be first.
+    s.wait_for(
+        "an InvalidSpec Event about the unreadable job",
+        SHORT,
+        || {
+            s.events().into_iter().find(|e| {
+                e["involvedObject"]["name"] == "unreadable" && e["reason"] == "InvalidSpec"
+            })
+        },
+    );
+    // Fixed, it is read and runs like its neighbours.
+    s.merge_patch(
+        "finetunejob",
+        "unreadable",
+        r#"{"spec":{"podTemplate":{"affinity":null}}}"#,
+    )
+    .expect("patched");
+    s.wait_phase("finetunejob", "unreadable", "Queued", SHORT);
 }
