@@ -411,6 +411,11 @@ pub struct ModelDeploymentStatus {
     /// The OpenAI-compatible base URL (the router's Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The Hugging Face Hub commit the spec's revision fetches its base model at, for an
+    /// `hf://` base model: a branch or tag (or none: `main`) is resolved once, when the revision
+    /// is first seen, so every pod of it (restarts and new replicas too) serves the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_revision: Option<String>,
     /// Adapters each serving pod has actually loaded, and those that failed to load.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PodAdapters>,

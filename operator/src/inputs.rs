@@ -20,34 +20,52 @@ pub async fn pinned(
     field: &str,
     model: &ModelRef,
 ) -> Result<String, Error> {
+    pinned_uri(
+        ctx,
+        ns,
+        field,
+        &model.uri,
+        model.credentials_secret_ref.as_ref(),
+    )
+    .await
+}
+
+/// [`pinned`] for a URI and the Secret beside it (a ModelDeployment's base model).
+pub async fn pinned_uri(
+    ctx: &Context,
+    ns: &str,
+    field: &str,
+    uri: &str,
+    credentials_secret: Option<&LocalRef>,
+) -> Result<String, Error> {
     let env = credentials(
         ctx,
         ns,
         &format!("{field}.credentialsSecretRef"),
-        model.credentials_secret_ref.as_ref(),
+        credentials_secret,
     )
     .await?;
-    let Some(uri) = needs_pin(&model.uri) else {
-        return Ok(model.uri.clone());
+    let Some(hub_uri) = needs_pin(uri) else {
+        return Ok(uri.to_string());
     };
     hub_allowed(&ctx.config.hub_endpoint_allow_list, &env)
-        .map_err(|e| Error::InvalidSpec(format!("{field}.uri {}: {e}", model.uri)))?;
+        .map_err(|e| Error::InvalidSpec(format!("{field}.uri {uri}: {e}")))?;
     let artifact = |e: tailor_artifacts::Error| Error::Artifact {
-        uri: model.uri.clone(),
+        uri: uri.to_string(),
         message: format!("resolving the revision: {e}"),
     };
     let hub = Hub::new(&env).map_err(artifact)?;
-    let rev = tokio::time::timeout(RESOLVE_TIMEOUT, hub.revision(&uri))
+    let rev = tokio::time::timeout(RESOLVE_TIMEOUT, hub.revision(&hub_uri))
         .await
         .map_err(|_| Error::Artifact {
-            uri: model.uri.clone(),
+            uri: uri.to_string(),
             message: format!(
                 "resolving the revision: no answer in {}s",
                 RESOLVE_TIMEOUT.as_secs()
             ),
         })?
         .map_err(artifact)?;
-    Ok(pin(uri, rev.sha))
+    Ok(pin(hub_uri, rev.sha))
 }
 
 /// How long a reconcile waits for the Hub to resolve a revision.
@@ -85,6 +103,11 @@ pub async fn credentials(
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())),
     ))
+}
+
+/// Whether `uri` is an `hf://` reference the operator pins (its revision is not a commit sha).
+pub fn is_unpinned_hub_uri(uri: &str) -> bool {
+    needs_pin(uri).is_some()
 }
 
 /// The `hf://` URI of `uri` when its revision is not a commit sha.

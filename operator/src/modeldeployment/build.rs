@@ -220,7 +220,7 @@ pub fn serving_volumes(
     let base_path = vols
         .input(
             cfg,
-            &pods.base_model_uri,
+            &pods.base_model_fetch_uri(),
             true,
             pods.base_model_credentials.as_deref(),
         )

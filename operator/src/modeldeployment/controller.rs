@@ -25,7 +25,7 @@ use tailor_api::{LoraAdapter, LoraAdapterPhase, MetricsSource, ModelDeployment, 
 
 use super::build::{self, MDEP_LABEL, REVISION_LABEL, SNAPSHOT_LABEL, Side};
 use super::clients::{self, Peer};
-use super::revision::{ResolvedAdapter, RevisionSpec};
+use super::revision::{self, ResolvedAdapter, RevisionSpec};
 use super::rollout::{self, Readiness, Window};
 use super::{NAME, gate, pods, stats};
 use crate::apply;
@@ -34,6 +34,7 @@ use crate::context::Context;
 use crate::controller::{self, valid};
 use crate::error::{Category, Error, is_not_found};
 use crate::events;
+use crate::inputs;
 use crate::jobs;
 
 mod observe;
@@ -245,6 +246,51 @@ fn resolve_adapters(
     Ok(out)
 }
 
+/// The Hub commit the revision `rev` fetches an `hf://` base model without one at: the one a
+/// snapshot of its pod revision recorded (its own, or the stable or canary revision's when they
+/// run on the same pods: an adapter canary never changes the base model under them), else the
+/// one the branch names now (the snapshot written next keeps it). `None` for every other base
+/// model.
+async fn base_model_pin(
+    md: &ModelDeployment,
+    r: &Ctx,
+    ns: &str,
+    rev: &str,
+) -> Result<Option<String>, Error> {
+    let base = &md.spec.base_model;
+    if !inputs::is_unpinned_hub_uri(&base.uri) {
+        return Ok(None);
+    }
+    let status = md.status.clone().unwrap_or_default();
+    let same_pods = [
+        Some(rev.to_string()),
+        status.stable_revision,
+        status.canary_revision,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|r| revision::pod_part(r) == revision::pod_part(rev));
+    for other in same_pods {
+        let recorded = r
+            .config_map(ns, &build::snapshot_name(&md.name_any(), &other))
+            .as_deref()
+            .and_then(build::read_snapshot)
+            .and_then(|s| s.pods.base_model_revision);
+        if recorded.is_some() {
+            return Ok(recorded);
+        }
+    }
+    let pinned = inputs::pinned_uri(
+        &r.base,
+        ns,
+        "spec.baseModel",
+        &base.uri,
+        base.credentials_secret_ref.as_ref(),
+    )
+    .await?;
+    Ok(inputs::revision_of(&pinned))
+}
+
 async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     let ctx = &*r.base;
     let ns = md.namespace().unwrap_or_default();
@@ -287,8 +333,9 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     let now = Timestamp::now();
 
     // Observe and validate: what the desired revision serves.
-    let desired = RevisionSpec::new(&md.spec, resolve_adapters(md, r, &ns)?);
+    let mut desired = RevisionSpec::new(&md.spec, resolve_adapters(md, r, &ns)?);
     let desired_rev = desired.revision();
+    desired.pods.base_model_revision = base_model_pin(md, r, &ns, &desired_rev).await?;
     let keys = api_keys(md, ctx, &ns).await?;
     let token = serving_token(md, ctx, &ns).await?;
     let peer = Peer {
@@ -461,6 +508,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     st.endpoint = router_ip
         .as_ref()
         .map(|ip| format!("http://{ip}:{}/v1", build::ROUTER_PORT));
+    st.base_model_revision = desired.pods.base_model_revision.clone();
     // What the router no longer routes to may go only once it runs this config: the ConfigMap
     // reaches its pod and is reloaded a moment after the apply, and until then requests still
     // arrive for the old adapter or revision.

@@ -52,6 +52,7 @@ mod tests {
             pods: PodSpec {
                 base_model_uri: "pvc://a/base".into(),
                 base_model_credentials: None,
+                base_model_revision: None,
                 served_name: "base".into(),
                 max_batch_size: 16,
                 max_seq_length: 2048,

@@ -50,6 +50,11 @@ pub struct PodSpec {
     /// The Secret a fetched base model is read with (absent when none, as `template`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model_credentials: Option<String>,
+    /// The Hub commit an `hf://` base model without one is pinned to when the revision is first
+    /// seen (kept in the revision's snapshot). Not hashed: the revision is what the spec asks
+    /// for; the pin only says which bytes that was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_revision: Option<String>,
     pub served_name: String,
     pub max_batch_size: u32,
     pub max_seq_length: u32,
@@ -94,6 +99,7 @@ impl RevisionSpec {
                     .credentials_secret_ref
                     .as_ref()
                     .map(|r| r.name.clone()),
+                base_model_revision: None,
                 served_name: spec.base_model.served_name.clone(),
                 max_batch_size: spec.server.max_batch_size,
                 max_seq_length: spec.server.max_seq_length,
@@ -107,7 +113,11 @@ impl RevisionSpec {
 
     /// Hash of what the pods run; names the revision's Deployment, Service and server config.
     pub fn pod_revision(&self) -> String {
-        let v = serde_json::to_value(&self.pods).unwrap_or_default();
+        let pods = PodSpec {
+            base_model_revision: None,
+            ..self.pods.clone()
+        };
+        let v = serde_json::to_value(&pods).unwrap_or_default();
         hash_json(&v)[..POD_HASH_LEN].to_string()
     }
 
@@ -130,6 +140,21 @@ impl RevisionSpec {
     /// The adapter served under `served_name`, if any.
     pub fn adapter_for(&self, served_name: &str) -> Option<&ResolvedAdapter> {
         self.adapters.iter().find(|a| a.served_name == served_name)
+    }
+}
+
+impl PodSpec {
+    /// The URI the pods fetch the base model from: pinned to its Hub commit when there is one.
+    pub fn base_model_fetch_uri(&self) -> String {
+        match (
+            &self.base_model_revision,
+            tailor_artifacts::ArtifactUri::parse(&self.base_model_uri),
+        ) {
+            (Some(sha), Ok(u @ tailor_artifacts::ArtifactUri::Hf { .. })) => {
+                u.with_revision(Some(sha.clone())).to_string()
+            }
+            _ => self.base_model_uri.clone(),
+        }
     }
 }
 
@@ -211,6 +236,33 @@ mod tests {
         s.rollout.steps.truncate(1);
         let other = RevisionSpec::new(&s, vec![adapter("support", "support-v1")]);
         assert_eq!(base.revision(), other.revision());
+    }
+
+    #[test]
+    fn a_hub_pin_changes_what_pods_fetch_but_not_the_revision() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let mut s = spec();
+        s.base_model.uri = "hf://org/base/weights".into();
+        let mut r = RevisionSpec::new(&s, vec![adapter("support", "support-v1")]);
+        let name = r.revision();
+        assert_eq!(r.pods.base_model_fetch_uri(), "hf://org/base/weights");
+        r.pods.base_model_revision = Some(sha.into());
+        assert_eq!(r.revision(), name, "the revision is what the spec asks for");
+        assert_eq!(
+            r.pods.base_model_fetch_uri(),
+            format!("hf://org/base@{sha}/weights")
+        );
+        // The snapshot keeps the pin (a restart or a new replica fetches the same commit).
+        let back: RevisionSpec =
+            serde_json::from_value(serde_json::to_value(&r).expect("json")).expect("snapshot");
+        assert_eq!(back.pods.base_model_revision.as_deref(), Some(sha));
+        // A URI that is not the Hub's fetches as written.
+        let mut p = RevisionSpec::new(&spec(), vec![]);
+        p.pods.base_model_revision = Some(sha.into());
+        assert_eq!(
+            p.pods.base_model_fetch_uri(),
+            "pvc://tailor-artifacts/models/base"
+        );
     }
 
     #[test]

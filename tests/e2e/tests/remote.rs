@@ -4,7 +4,8 @@
 //! volume holds the inputs. A wrong secret and a missing object each fail with a condition
 //! naming the URI and the cause, and no secret value shows in any log, Event or status.
 //!
-//! An `hf://` base model is pinned to the commit its branch names when the run's Job is made.
+//! An `hf://` base model is pinned to the commit its branch names when the run's Job is made,
+//! and a ModelDeployment's revision to the one it names when the revision is first seen.
 //!
 //! The bucket is served by `s3s-fs` (`tailor-local-s3`; see that crate for why not moto), the
 //! Hub by `tailor_local_s3::hub::LocalHub`, on loopback ports the simulated pods reach, so these
@@ -335,6 +336,57 @@ fn an_hf_base_model_is_pinned_to_the_commit_main_named_when_the_run_began() {
     s.apply(&ftj("second")).expect("apply FineTuneJob");
     let second = s.wait_phase("finetunejob", "second", "Succeeded", LONG);
     assert_eq!(second["status"]["baseModelRevision"], SECOND);
+
+    // Served: the deployment's revision is pinned to the commit main names when the revision is
+    // first seen, and a pod made after main moved (a restart, a new replica) fetches that commit.
+    let mut md = ModelDeployment::new("hub-served", "second").manifest(s.ns());
+    md["spec"]["baseModel"]["uri"] = Value::from("hf://org/tiny-base");
+    md["spec"]["baseModel"]["credentialsSecretRef"] = serde_json::json!({"name": "hub"});
+    s.apply(&md.to_string()).expect("apply ModelDeployment");
+    let serving = |what: &str| {
+        s.wait_for(what, LONG, || {
+            let m = s.object("modeldeployment", "hub-served")?;
+            let server: Vec<Value> = pods(&s, "hub-served-")
+                .into_iter()
+                .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "tailor-server")
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .collect();
+            let ready = condition(&m, "Ready").is_some_and(|c| c["status"] == "True");
+            (ready && !server.is_empty() && server.iter().all(tailor_e2e::is_ready))
+                .then_some((m, server))
+        })
+    };
+    let (served, before) = serving("the Hub base model to serve");
+    assert_eq!(
+        served["status"]["baseModelRevision"], SECOND,
+        "{}",
+        served["status"]
+    );
+    for p in &before {
+        assert_fetched_with(p, &format!("hf://org/tiny-base@{SECOND}"), "hub");
+    }
+    hub.set_ref(repo_key, "main", FIRST);
+    for p in &before {
+        let name = p["metadata"]["name"].as_str().expect("name");
+        s.kubectl(&["delete", "pod", name, "--wait=false"])
+            .expect("delete the serving pod");
+    }
+    let (served, after) = serving("the serving pods to be recreated");
+    let names = |ps: &[Value]| -> Vec<String> {
+        ps.iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    };
+    assert!(
+        names(&after).iter().all(|n| !names(&before).contains(n)),
+        "new pods: {:?} after {:?}",
+        names(&after),
+        names(&before)
+    );
+    for p in &after {
+        assert_fetched_with(p, &format!("hf://org/tiny-base@{SECOND}"), "hub");
+    }
+    assert_eq!(served["status"]["baseModelRevision"], SECOND);
 
     let haystack = s.logs_events_and_statuses();
     assert!(
