@@ -1,9 +1,16 @@
-//! Benchmark (not a test): N suspended FineTuneJobs applied at once against tailor-sim (or the
-//! cluster of `TAILOR_E2E_KUBECONFIG`). Prints the time until every job has a status, reconcile
-//! p50/p99 of the FineTuneJob controller (from the operator's `/metrics` histogram, interpolated
-//! as Prometheus' histogram_quantile does), and the operator's peak RSS (VmHWM; sim mode only).
+//! Benchmark (not a test) of the operator against tailor-sim (or the cluster of
+//! `TAILOR_E2E_KUBECONFIG`): N objects of one kind applied at once. Prints the time until every
+//! object has a status, reconcile p50/p99 of that kind's controller (from the operator's
+//! `/metrics` histogram, interpolated as Prometheus' histogram_quantile does) and the operator's
+//! peak RSS (VmHWM; sim mode only).
 //!
-//! `cargo run --release -p tailor-e2e --bin tailor-e2e-bench -- [N]` (default 500).
+//! `cargo run --release -p tailor-e2e --bin tailor-e2e-bench -- [finetunejobs|modeldeployments] [N]`
+//! - `finetunejobs` (default N 500): suspended FineTuneJobs on one Ready Dataset, until every one
+//!   is Queued (its suspended Job created).
+//! - `modeldeployments` (default N 200): ModelDeployments of the base model whose server and
+//!   router pods select a node label no node has, so the operator builds and watches everything
+//!   (pods, services, config, disruption budgets, status) while nothing starts; measured until
+//!   every one has a status, then over a further steady-state window of periodic reconciles.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -99,13 +106,90 @@ fn operator_rss_kib() -> Option<(u64, u64)> {
     None
 }
 
-fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(500);
-    let env = Env::get();
+/// The reconcile histogram of `controller` since `before`.
+fn delta(env: &Env, controller: &str, before: &[(f64, f64)]) -> anyhow::Result<Vec<(f64, f64)>> {
+    let after = histogram(&scrape(env)?, controller);
+    Ok(after
+        .iter()
+        .map(|(le, c)| {
+            (
+                *le,
+                c - before.iter().find(|b| b.0 == *le).map_or(0.0, |b| b.1),
+            )
+        })
+        .collect())
+}
+
+fn report(controller: &str, delta: &[(f64, f64)]) {
+    let count = delta.last().map_or(0.0, |b| b.1);
+    println!("{controller} reconciles: {count}");
+    println!("reconcile p50: {:.1} ms", quantile(delta, 0.5) * 1000.0);
+    println!("reconcile p99: {:.1} ms", quantile(delta, 0.99) * 1000.0);
+    let mut below = 0.0;
+    let spread: Vec<String> = delta
+        .iter()
+        .filter_map(|&(le, c)| {
+            let n = c - below;
+            below = c;
+            (n > 0.0).then(|| format!("≤{}ms: {n}", le * 1000.0))
+        })
+        .collect();
+    println!("reconciles by duration: {}", spread.join(", "));
+    match operator_rss_kib() {
+        Some((hwm, rss)) => println!(
+            "operator peak RSS: {:.1} MB (now {:.1} MB)",
+            hwm as f64 / 1024.0,
+            rss as f64 / 1024.0
+        ),
+        None => println!("operator peak RSS: not measurable (operator process not local)"),
+    }
+}
+
+/// Applies `yaml` (N objects) and waits until every object of `plural` in `ns` satisfies
+/// `done`; prints the times.
+fn apply_and_wait(
+    env: &Env,
+    ns: &str,
+    plural: &str,
+    n: usize,
+    yaml: &str,
+    what: &str,
+    done: fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    env.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(yaml))?;
+    let applied = t0.elapsed();
+    let all = wait_for(
+        &format!("every {plural} to have a status"),
+        Duration::from_secs(600),
+        || {
+            let list = env.get_json(&["-n", ns, "get", plural]).ok()?;
+            let items = list["items"].as_array()?;
+            (items.len() == n && items.iter().all(|f| !phase(f).is_empty())).then(|| t0.elapsed())
+        },
+        || env.operator_logs(),
+    );
+    let settled = wait_for(
+        &format!("every {plural}: {what}"),
+        Duration::from_secs(600),
+        || {
+            let list = env.get_json(&["-n", ns, "get", plural]).ok()?;
+            let items = list["items"].as_array()?;
+            items.iter().all(done).then(|| t0.elapsed())
+        },
+        || env.operator_logs(),
+    );
+    println!("{plural}: {n}");
+    println!(
+        "kubectl apply (server-side, one request per object): {:.2} s",
+        applied.as_secs_f64()
+    );
+    println!("time until all have a status: {:.2} s", all.as_secs_f64());
+    println!("time until all {what}: {:.2} s", settled.as_secs_f64());
+    Ok(())
+}
+
+fn finetunejobs(env: &Env, n: usize) -> anyhow::Result<()> {
     let ns = "bench";
     env.namespace(ns)?;
     let lines: Vec<String> = quickstart_examples().into_iter().take(24).collect();
@@ -126,76 +210,50 @@ fn main() -> anyhow::Result<()> {
             "---\napiVersion: tailor.dev/v1alpha1\nkind: FineTuneJob\nmetadata:\n  name: bench-{i:04}\n  namespace: {ns}\nspec:\n  baseModel: {{uri: pvc://tailor-artifacts/models/base}}\n  datasetRef: {{name: data}}\n  suspend: true\n"
         ));
     }
-    let t0 = Instant::now();
-    env.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&yaml))?;
-    let applied = t0.elapsed();
-    let all = wait_for(
-        "every FineTuneJob to have a status",
-        Duration::from_secs(600),
-        || {
-            let list = env.get_json(&["-n", ns, "get", "finetunejobs"]).ok()?;
-            let items = list["items"].as_array()?;
-            (items.len() == n && items.iter().all(|f| !phase(f).is_empty())).then(|| t0.elapsed())
-        },
-        || env.operator_logs(),
-    );
-    let queued = Instant::now();
-    // Settle: each job's second pass (after its suspended Job appears) is part of the work.
-    wait_for(
-        "every FineTuneJob to be Queued (suspended Job created)",
-        Duration::from_secs(600),
-        || {
-            let list = env.get_json(&["-n", ns, "get", "finetunejobs"]).ok()?;
-            let items = list["items"].as_array()?;
-            items.iter().all(|f| phase(f) == "Queued").then_some(())
-        },
-        || env.operator_logs(),
-    );
-    let all_queued = t0.elapsed();
-    let _ = queued;
-    let after = histogram(&scrape(env)?, "finetunejob");
-    let delta: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, c)| {
-            (
-                *le,
-                c - before.iter().find(|b| b.0 == *le).map_or(0.0, |b| b.1),
-            )
-        })
-        .collect();
-    let count = delta.last().map_or(0.0, |b| b.1);
-    println!("finetunejobs: {n}");
-    println!(
-        "kubectl apply (server-side, one request per object): {:.2} s",
-        applied.as_secs_f64()
-    );
-    println!("time until all have a status: {:.2} s", all.as_secs_f64());
-    println!(
-        "time until all are Queued (suspended Job created): {:.2} s",
-        all_queued.as_secs_f64()
-    );
-    println!("finetunejob reconciles: {count}");
-    println!("reconcile p50: {:.1} ms", quantile(&delta, 0.5) * 1000.0);
-    println!("reconcile p99: {:.1} ms", quantile(&delta, 0.99) * 1000.0);
-    let mut below = 0.0;
-    let spread: Vec<String> = delta
-        .iter()
-        .filter_map(|&(le, c)| {
-            let n = c - below;
-            below = c;
-            (n > 0.0).then(|| format!("≤{}ms: {n}", le * 1000.0))
-        })
-        .collect();
-    println!("reconciles by duration: {}", spread.join(", "));
-    match operator_rss_kib() {
-        Some((hwm, rss)) => println!(
-            "operator peak RSS: {:.1} MB (now {:.1} MB)",
-            hwm as f64 / 1024.0,
-            rss as f64 / 1024.0
-        ),
-        None => println!("operator peak RSS: not measurable (operator process not local)"),
-    }
+    // Each job's second pass (after its suspended Job appears) is part of the work.
+    let queued = |f: &serde_json::Value| phase(f) == "Queued";
+    let what = "Queued (suspended Job created)";
+    apply_and_wait(env, ns, "finetunejobs", n, &yaml, what, queued)?;
+    report("finetunejob", &delta(env, "finetunejob", &before)?);
     Ok(())
+}
+
+/// A node label no node has: the pods stay Pending, the operator does all of its work.
+const NOWHERE: &str = "{bench.tailor.dev/nowhere: \"true\"}";
+
+fn modeldeployments(env: &Env, n: usize) -> anyhow::Result<()> {
+    let ns = "bench-md";
+    env.namespace(ns)?;
+    let before = histogram(&scrape(env)?, "modeldeployment");
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "---\napiVersion: tailor.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: bench-{i:04}\n  namespace: {ns}\nspec:\n  baseModel: {{uri: pvc://tailor-artifacts/models/base, servedName: base}}\n  replicas: 1\n  resources: {{gpus: 0}}\n  nodeSelector: {NOWHERE}\n  router: {{podTemplate: {{nodeSelector: {NOWHERE}}}}}\n"
+        ));
+    }
+    let observed = |m: &serde_json::Value| m["status"]["observedGeneration"] == 1;
+    let what = "observed at generation 1";
+    apply_and_wait(env, ns, "modeldeployments", n, &yaml, what, observed)?;
+    // Steady state: pods Pending, every deployment requeued on its own schedule.
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    println!("steady-state window after that: {} s", window.as_secs());
+    report("modeldeployment", &delta(env, "modeldeployment", &before)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).peekable();
+    let kind = match args.peek().map(String::as_str) {
+        Some("finetunejobs" | "modeldeployments") => args.next(),
+        _ => None,
+    };
+    let n: Option<usize> = args.next().map(|s| s.parse()).transpose()?;
+    let env = Env::get();
+    match kind.as_deref() {
+        Some("modeldeployments") => modeldeployments(env, n.unwrap_or(200)),
+        _ => finetunejobs(env, n.unwrap_or(500)),
+    }
 }
 
 #[cfg(test)]
