@@ -93,7 +93,7 @@ pub fn readiness(
 ) -> Readiness {
     let want = usize::try_from(replicas.max(1)).unwrap_or(1);
     if ready_pods.len() < want {
-        return Readiness::not_ready(format!("{}/{want} pods ready", ready_pods.len()));
+        return Readiness::pods_not_ready(format!("{}/{want} pods ready", ready_pods.len()));
     }
     let mut missing = vec![];
     for (pod, listed) in ready_pods {
@@ -211,9 +211,10 @@ mod tests {
         )];
         let want = vec!["support-v1".to_string()];
         let r = readiness(&[("p1", &good[..])], 2, &want);
-        assert_eq!(r, Readiness::not_ready("1/2 pods ready"));
+        assert_eq!(r, Readiness::pods_not_ready("1/2 pods ready"));
+        assert!(r.waits_for_pods, "a pod event changes this");
         let r = readiness(&[("p1", &good[..]), ("p2", &bad[..])], 2, &want);
-        assert!(!r.ready);
+        assert!(!r.ready && !r.waits_for_pods, "what a server holds is polled");
         assert_eq!(
             r.message,
             "support-v1 failed to load on p2: CUDA out of memory"

@@ -27,8 +27,14 @@ use super::revision::rollout_kind;
 
 /// Revisions kept in status.history.
 pub const HISTORY_LIMIT: usize = 20;
-/// How often to look again while waiting for pods or adapters.
+/// How often to look again while waiting for adapters to load on ready pods (what a server
+/// holds is read over HTTP: no watch event says it changed).
 const PREPARING_REQUEUE: Duration = Duration::from_secs(5);
+/// How often to look again while waiting for pods to become ready: a pod becoming ready is a
+/// watch event that brings the next pass at once, so this is only a safety net. Polling every
+/// few seconds instead made 200 deployments with Pending pods saturate the operator
+/// (`scripts/bench-sim.sh deployments`).
+const POD_WAIT_REQUEUE: Duration = Duration::from_secs(60);
 /// How often to look again when nothing is in flight (changes arrive by watch anyway).
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -37,6 +43,8 @@ const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 pub struct Readiness {
     pub ready: bool,
     pub message: String,
+    /// Not ready because fewer pods are ready than wanted (what changes that is a pod event).
+    pub waits_for_pods: bool,
 }
 
 impl Readiness {
@@ -44,12 +52,30 @@ impl Readiness {
         Self {
             ready: true,
             message: message.into(),
+            waits_for_pods: false,
         }
     }
     pub fn not_ready(message: impl Into<String>) -> Self {
         Self {
             ready: false,
             message: message.into(),
+            waits_for_pods: false,
+        }
+    }
+    /// Fewer pods ready than wanted.
+    pub fn pods_not_ready(message: impl Into<String>) -> Self {
+        Self {
+            waits_for_pods: true,
+            ..Self::not_ready(message)
+        }
+    }
+
+    /// When to look again while this revision is not ready.
+    fn recheck(&self) -> Duration {
+        if self.waits_for_pods {
+            POD_WAIT_REQUEUE
+        } else {
+            PREPARING_REQUEUE
         }
     }
 }
@@ -349,7 +375,9 @@ impl Pass<'_> {
             return;
         }
         self.st.phase = Phase::Progressing;
-        self.requeue(PREPARING_REQUEUE);
+        // At the deadline at the latest: it is checked on a pass.
+        let left = deadline.saturating_sub(elapsed(self.inp.now, self.st.step_started_at.as_ref()));
+        self.requeue(self.inp.canary.recheck().min(left));
     }
 
     /// A canary at a step: record the analysis, then roll back, pause, hold, advance or promote.
@@ -538,7 +566,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                 Phase::Progressing
             };
             if !inp.stable.ready {
-                pass.requeue(PREPARING_REQUEUE);
+                pass.requeue(inp.stable.recheck());
             }
         }
     }

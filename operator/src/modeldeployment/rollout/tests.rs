@@ -45,6 +45,8 @@ struct Sim {
     /// Canary weight after every pass.
     weights: Vec<u32>,
     analyses: usize,
+    /// Not-ready revisions wait for pods (Pending) rather than for adapters to load.
+    pods_pending: bool,
 }
 
 impl Sim {
@@ -58,6 +60,7 @@ impl Sim {
             transitions: vec![],
             weights: vec![],
             analyses: 0,
+            pods_pending: false,
         }
     }
 
@@ -108,11 +111,15 @@ impl Sim {
             now: self.now,
             stable: if stable_ready {
                 Readiness::ready("2/2 pods ready")
+            } else if self.pods_pending {
+                Readiness::pods_not_ready("0/2 pods ready")
             } else {
                 Readiness::not_ready("0/2 pods ready")
             },
             canary: if canary_ready {
                 Readiness::ready("adapter loaded on 2/2 pods")
+            } else if self.pods_pending {
+                Readiness::pods_not_ready("0/2 pods ready")
             } else {
                 Readiness::not_ready("adapter loaded on 0/2 pods")
             },
@@ -436,6 +443,34 @@ fn pod_canary_that_never_becomes_ready_rolls_back_at_its_deadline() {
         sim.status.history.last().map(|r| r.kind),
         Some(RolloutKind::Pod)
     );
+}
+
+#[test]
+fn waiting_for_pods_relies_on_pod_events_and_the_deadline_not_on_polling() {
+    let none = &mut |_| unreachable!();
+    // A first revision with no pod ready: a pod becoming ready is an event that brings the
+    // next pass, so the requeue is only a safety net.
+    let mut sim = Sim::new(rollout(true));
+    sim.pods_pending = true;
+    let d = sim.pass(STABLE, false, false, Gate::NotRequired, none);
+    assert_eq!(d.requeue_after, POD_WAIT_REQUEUE);
+    // Pods ready, adapters loading: what a server holds is read over HTTP, so it is polled.
+    sim.pods_pending = false;
+    let d = sim.pass(STABLE, false, false, Gate::NotRequired, none);
+    assert_eq!(d.requeue_after, PREPARING_REQUEUE);
+    // A pod canary whose pods stay Pending is looked at by its deadline at the latest.
+    let mut sim = Sim::serving(STABLE);
+    sim.pods_pending = true;
+    let d = sim.pass(POD_CANARY, true, false, Gate::NotRequired, none);
+    assert_eq!(d.requeue_after, POD_WAIT_REQUEUE, "deadline 120 s away");
+    sim.advance(Duration::from_secs(100));
+    let d = sim.pass(POD_CANARY, true, false, Gate::NotRequired, none);
+    assert_eq!(d.requeue_after, Duration::from_secs(20), "the deadline is nearer");
+    sim.advance(d.requeue_after);
+    sim.pass(POD_CANARY, true, false, Gate::NotRequired, none);
+    assert_eq!(sim.status.phase, Phase::RolledBack);
+    let c = conditions::get(&sim.status.conditions, ROLLED_BACK).expect("condition");
+    assert_eq!(c.reason, "ProgressDeadlineExceeded");
 }
 
 #[test]
