@@ -676,7 +676,11 @@ mod tests {
         let decided = Duration::from_secs(30);
         assert_eq!(requeue_after(decided, true, 2), decided);
         assert_eq!(requeue_after(decided, false, 2), Duration::from_secs(1));
-        assert_eq!(requeue_after(decided, false, 0), decided, "none ready: wait for a pod");
+        assert_eq!(
+            requeue_after(decided, false, 0),
+            decided,
+            "none ready: wait for a pod"
+        );
         assert_eq!(
             requeue_after(Duration::from_millis(200), false, 1),
             Duration::from_millis(200)

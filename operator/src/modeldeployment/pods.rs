@@ -214,7 +214,10 @@ mod tests {
         assert_eq!(r, Readiness::pods_not_ready("1/2 pods ready"));
         assert!(r.waits_for_pods, "a pod event changes this");
         let r = readiness(&[("p1", &good[..]), ("p2", &bad[..])], 2, &want);
-        assert!(!r.ready && !r.waits_for_pods, "what a server holds is polled");
+        assert!(
+            !r.ready && !r.waits_for_pods,
+            "what a server holds is polled"
+        );
         assert_eq!(
             r.message,
             "support-v1 failed to load on p2: CUDA out of memory"

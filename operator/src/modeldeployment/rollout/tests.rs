@@ -465,7 +465,11 @@ fn waiting_for_pods_relies_on_pod_events_and_the_deadline_not_on_polling() {
     assert_eq!(d.requeue_after, POD_WAIT_REQUEUE, "deadline 120 s away");
     sim.advance(Duration::from_secs(100));
     let d = sim.pass(POD_CANARY, true, false, Gate::NotRequired, none);
-    assert_eq!(d.requeue_after, Duration::from_secs(20), "the deadline is nearer");
+    assert_eq!(
+        d.requeue_after,
+        Duration::from_secs(20),
+        "the deadline is nearer"
+    );
     sim.advance(d.requeue_after);
     sim.pass(POD_CANARY, true, false, Gate::NotRequired, none);
     assert_eq!(sim.status.phase, Phase::RolledBack);
