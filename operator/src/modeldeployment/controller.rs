@@ -275,7 +275,8 @@ async fn base_model_pin(
             .config_map(ns, &build::snapshot_name(&md.name_any(), &other))
             .as_deref()
             .and_then(build::read_snapshot)
-            .and_then(|s| s.pods.base_model_revision);
+            .and_then(|s| s.pods.base_model_revision)
+            .filter(|sha| tailor_artifacts::hub::is_commit_sha(sha));
         if recorded.is_some() {
             return Ok(recorded);
         }

@@ -145,12 +145,16 @@ impl RevisionSpec {
 
 impl PodSpec {
     /// The URI the pods fetch the base model from: pinned to its Hub commit when there is one.
+    /// The pin is read back from a snapshot ConfigMap in the tenant's namespace, so only a commit
+    /// sha is taken as one.
     pub fn base_model_fetch_uri(&self) -> String {
         match (
             &self.base_model_revision,
             tailor_artifacts::ArtifactUri::parse(&self.base_model_uri),
         ) {
-            (Some(sha), Ok(u @ tailor_artifacts::ArtifactUri::Hf { .. })) => {
+            (Some(sha), Ok(u @ tailor_artifacts::ArtifactUri::Hf { .. }))
+                if tailor_artifacts::hub::is_commit_sha(sha) =>
+            {
                 u.with_revision(Some(sha.clone())).to_string()
             }
             _ => self.base_model_uri.clone(),
@@ -256,6 +260,9 @@ mod tests {
         let back: RevisionSpec =
             serde_json::from_value(serde_json::to_value(&r).expect("json")).expect("snapshot");
         assert_eq!(back.pods.base_model_revision.as_deref(), Some(sha));
+        // A pin that is not a commit (an edited snapshot) is not used.
+        r.pods.base_model_revision = Some("../../other".into());
+        assert_eq!(r.pods.base_model_fetch_uri(), "hf://org/base/weights");
         // A URI that is not the Hub's fetches as written.
         let mut p = RevisionSpec::new(&spec(), vec![]);
         p.pods.base_model_revision = Some(sha.into());
