@@ -532,6 +532,33 @@ def train(model_dir, adapter_dir, batches_path, out_dir):
     print(json.dumps({"losses": losses, "tokens": tokens, "seconds": seconds, "tokensPerSecond": tokens / seconds, "trainCpuSeconds": cpu_seconds}))
 
 
+def eval_loss(model_dir, adapter_dir, batches_path):
+    """Test loss of the base model and of base + adapter (PEFT) on tailor-trainer evaluate's
+    dumped batches: summed token CE over every counted token / their number."""
+    from peft import PeftModel
+
+    with open(batches_path) as f:
+        batches = json.load(f)
+
+    def loss(model):
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                ids, labels = torch.tensor(b["input_ids"]), torch.tensor(b["labels"])
+                logits = model(ids).logits.float()[:, :-1]
+                targets = labels[:, 1:]
+                total += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+                ).item()
+                n += int((targets != -100).sum())
+        return total / n
+
+    base = load_base(model_dir)
+    base_loss = loss(base)
+    pm = PeftModel.from_pretrained(base, adapter_dir).eval()
+    print(json.dumps({"base": base_loss, "adapter": loss(pm)}))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("REFERENCE_THREADS", "1")))
     cmd, args = sys.argv[1], sys.argv[2:]
@@ -539,6 +566,7 @@ if __name__ == "__main__":
         "fixtures": fixtures,
         "peft-load": peft_load,
         "train": train,
+        "eval-loss": eval_loss,
         "base-model": base_model,
         "peft-init": peft_init,
         "sharded-bf16": sharded_bf16,

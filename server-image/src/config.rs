@@ -104,6 +104,10 @@ pub struct Cli {
     /// TEST-ONLY: model names fault injection applies to (comma-separated in the env).
     #[arg(long, env = "TAILOR_SERVER_FAULT_ADAPTERS", value_delimiter = ',')]
     pub fault_adapters: Vec<String>,
+    /// TEST-ONLY: answer non-streamed chat completions with these contents in turn, without
+    /// generating (repeat the flag for several).
+    #[arg(long)]
+    pub fault_fixed_response: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,6 +146,7 @@ impl Cli {
             error_rate: self.fault_error_rate,
             adapters: self.fault_adapters.clone(),
             engine_panic_at_step: None,
+            fixed_responses: self.fault_fixed_response.clone(),
         }
     }
 }

@@ -57,7 +57,10 @@ fn apply_config(state: &AppState, cli: &Cli, fc: &FileConfig) {
     state
         .engine_panic_at_step
         .store(fault.engine_panic_at_step.unwrap_or(0), Ordering::Relaxed);
-    if fault.error_rate > 0.0 || fault.engine_panic_at_step.is_some() {
+    if fault.error_rate > 0.0
+        || fault.engine_panic_at_step.is_some()
+        || !fault.fixed_responses.is_empty()
+    {
         tracing::warn!(?fault, "TEST-ONLY fault injection is enabled");
     }
     if let Ok(mut f) = state.fault.write() {
@@ -204,6 +207,7 @@ pub fn start(cli: &Cli) -> anyhow::Result<Started> {
         api_keys: RwLock::new(api_keys),
         fault: RwLock::new(cli.fault()),
         engine_panic_at_step: Arc::new(AtomicU64::new(0)),
+        fixed_served: std::sync::atomic::AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,11 +1,14 @@
-//! `tailor-trainer`: `prepare` a dataset and `train` a LoRA adapter (see `--help`).
+//! `tailor-trainer`: `prepare` a dataset, `train` a LoRA adapter and `evaluate` it against its
+//! base model (see `--help`).
 //!
 //! Every setting is a flag (with a `TAILOR_*` environment fallback) or a key of the JSON file
 //! given with `--config`, in camelCase (the form the operator mounts into pods); flags win.
 //! On failure the process exits non-zero with the error chain on stderr and, with
 //! `--termination-message-path`, a JSON summary `{status: "Failed", message}` there.
 
+mod evaluate;
 mod examples;
+mod judge;
 mod optim;
 mod prepare;
 mod progress;
@@ -51,6 +54,76 @@ enum Command {
     Prepare(Box<PrepareArgs>),
     /// Train a LoRA adapter on prepared data.
     Train(Box<TrainArgs>),
+    /// Compare an adapter with its base model on the test split: loss, perplexity, exact match,
+    /// token F1 and, with a judge, an order-swapped pairwise win rate.
+    Evaluate(Box<EvaluateArgs>),
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// JSON file with the settings below in camelCase (`decoding` and `judge` as objects);
+    /// flags override it.
+    #[arg(long, env = "TAILOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Hugging Face model directory or artifact URI.
+    #[arg(long)]
+    base_model: Option<PathBuf>,
+    /// PEFT adapter directory or artifact URI.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The prepared test split (JSONL path or URI).
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Directory for evaluation.json and samples.jsonl.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    max_examples: Option<usize>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// 0 (default) decodes greedily.
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// OpenAI-compatible base URL of the judge (e.g. http://judge:8000/v1).
+    #[arg(long)]
+    judge_url: Option<String>,
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// File holding the judge's API key.
+    #[arg(long)]
+    judge_api_key_file: Option<PathBuf>,
+    /// A minijinja template replacing the default judge prompt.
+    #[arg(long)]
+    judge_prompt_file: Option<PathBuf>,
+    #[arg(long)]
+    judge_timeout_seconds: Option<u64>,
+    #[arg(long)]
+    judge_max_attempts: Option<usize>,
+    /// Judgements in flight at once.
+    #[arg(long)]
+    judge_concurrency: Option<usize>,
+    /// Judged samples kept in samples.jsonl.
+    #[arg(long)]
+    samples: Option<usize>,
+    #[arg(long)]
+    max_seq_length: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long, env = "TAILOR_TERMINATION_MESSAGE_PATH")]
+    termination_message_path: Option<PathBuf>,
+    #[arg(long, env = "TAILOR_THREADS")]
+    threads: Option<i32>,
+    #[arg(long, env = "TAILOR_DEVICE")]
+    device: Option<String>,
+    #[arg(long, env = "TAILOR_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    #[arg(long, env = "TAILOR_ARTIFACT_CACHE")]
+    artifact_cache: Option<PathBuf>,
+    /// Write the tokenized test batches as JSON (cross-checks against PEFT).
+    #[arg(long, hide = true)]
+    dump_batches: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -259,6 +332,62 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<train::TrainConfig> {
     serde_json::from_value(v).context("invalid train settings (flags or --config)")
 }
 
+fn evaluate_config(a: &EvaluateArgs) -> anyhow::Result<evaluate::EvaluateConfig> {
+    let mut m = Map::new();
+    put(&mut m, "baseModel", a.base_model.as_ref());
+    put(&mut m, "adapter", a.adapter.as_ref());
+    put(&mut m, "test", a.test.as_ref());
+    put(&mut m, "output", a.output.as_ref());
+    put(&mut m, "maxExamples", a.max_examples);
+    put(&mut m, "samples", a.samples);
+    put(&mut m, "maxSeqLength", a.max_seq_length);
+    put(&mut m, "batchSize", a.batch_size);
+    put(
+        &mut m,
+        "terminationMessagePath",
+        a.termination_message_path.as_ref(),
+    );
+    put(&mut m, "threads", a.threads);
+    put(&mut m, "device", a.device.as_ref());
+    put(&mut m, "workDir", a.work_dir.as_ref());
+    put(&mut m, "artifactCache", a.artifact_cache.as_ref());
+    put(&mut m, "dumpBatches", a.dump_batches.as_ref());
+    let mut decoding = Map::new();
+    put(&mut decoding, "maxNewTokens", a.max_new_tokens);
+    put(&mut decoding, "temperature", a.temperature);
+    put(&mut decoding, "seed", a.seed);
+    let mut judge = Map::new();
+    put(&mut judge, "url", a.judge_url.as_ref());
+    put(&mut judge, "model", a.judge_model.as_ref());
+    put(&mut judge, "apiKeyFile", a.judge_api_key_file.as_ref());
+    put(&mut judge, "promptFile", a.judge_prompt_file.as_ref());
+    put(&mut judge, "timeoutSeconds", a.judge_timeout_seconds);
+    put(&mut judge, "maxAttempts", a.judge_max_attempts);
+    put(&mut judge, "concurrency", a.judge_concurrency);
+    let mut v = merged(a.config.as_ref(), m)?;
+    // Nested settings: the flags are laid over the file's object key by key.
+    for (key, flags) in [("decoding", decoding), ("judge", judge)] {
+        if flags.is_empty() {
+            continue;
+        }
+        let slot = &mut v[key];
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        if let Some(o) = slot.as_object_mut() {
+            o.extend(flags);
+        }
+    }
+    if let Some(j) = v.get("judge").and_then(Value::as_object) {
+        for (key, flag) in [("url", "--judge-url"), ("model", "--judge-model")] {
+            if !j.contains_key(key) {
+                anyhow::bail!("judge.{key} ({flag}) is required when a judge is given");
+            }
+        }
+    }
+    serde_json::from_value(v).context("invalid evaluate settings (flags or --config)")
+}
+
 fn write_termination(path: Option<&PathBuf>, value: &Value) {
     if let Some(p) = path
         && let Err(e) = std::fs::write(p, termination::render(value, termination::LIMIT))
@@ -314,6 +443,36 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
             if r.is_err() {
                 handle.update(|p| p.phase = progress::Phase::Failed);
             }
+            (r, path)
+        }
+        Command::Evaluate(a) => {
+            let mut cfg = match evaluate_config(a) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), a.termination_message_path.clone()),
+            };
+            let path = cfg.termination_message_path.clone();
+            let work = cfg
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("tailor-evaluate"));
+            let cache = cfg.artifact_cache.clone();
+            let r = remote::localize_inputs(
+                &mut [
+                    ("base model", &mut cfg.base_model),
+                    ("adapter", &mut cfg.adapter),
+                    ("test split", &mut cfg.test),
+                ],
+                &work,
+                cache,
+            )
+            .and_then(|()| evaluate::run(&cfg))
+            .and_then(|e| {
+                let mut v = serde_json::to_value(&e)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("status".into(), json!("Succeeded"));
+                }
+                Ok(v)
+            });
             (r, path)
         }
     }

@@ -31,6 +31,35 @@ pub fn is_uri(p: &Path) -> bool {
     p.to_str().is_some_and(|s| s.contains("://"))
 }
 
+/// Fetches every input that is a URI into `<work>/inputs` (through the node-local cache when
+/// one is given) and replaces it by the local path; `what` names each in errors. Local paths
+/// are left alone, and nothing starts when there is no URI.
+pub fn localize_inputs(
+    inputs: &mut [(&str, &mut PathBuf)],
+    work: &Path,
+    cache: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if !inputs.iter().any(|(_, p)| is_uri(p)) {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the artifact runtime")?;
+    let mut ctx = Context::new(Env::from_process());
+    ctx.pvc_root = std::env::var_os("TAILOR_PVC_ROOT").map(PathBuf::from);
+    let fetcher = Fetcher::new(ctx).with_cache(cache);
+    let dir = work.join("inputs");
+    for (what, p) in inputs.iter_mut().filter(|(_, p)| is_uri(p)) {
+        let uri = ArtifactUri::parse(&p.display().to_string())?;
+        **p = rt
+            .block_on(fetcher.localize(&uri, &dir))
+            .with_context(|| format!("fetching the {what}"))?;
+    }
+    Ok(())
+}
+
 /// The output store of a run whose `output` is a URI.
 pub struct Remote {
     rt: tokio::runtime::Runtime,

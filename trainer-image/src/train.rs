@@ -24,7 +24,7 @@ use crate::run_state::{self, RunState};
 pub use tailor_wire::train::{Outcome, Phase, StepRecord, Summary, TrainConfig};
 
 /// Reads a prepared JSONL file; any bad line is an error naming file and line.
-fn load_examples(path: &Path) -> anyhow::Result<Vec<Example>> {
+pub(crate) fn load_examples(path: &Path) -> anyhow::Result<Vec<Example>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -40,7 +40,7 @@ fn load_examples(path: &Path) -> anyhow::Result<Vec<Example>> {
     Ok(out)
 }
 
-fn tokenize_all(
+pub(crate) fn tokenize_all(
     examples: &[Example],
     tok: &Tokenizer,
     template: Option<&tailor_model::ChatTemplate>,
@@ -100,7 +100,7 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// A micro-batch packed without padding: the sequences back to back, and the packed indices
 /// whose next token counts.
-struct Batch {
+pub(crate) struct Batch {
     input_ids: Tensor,
     lengths: Vec<i64>,
     positions: Tensor,
@@ -108,10 +108,10 @@ struct Batch {
     counted: usize,
     tokens: usize,
     /// The same batch right-padded, in `transformers`' label convention (for `--dump-batches`).
-    dump: Option<serde_json::Value>,
+    pub(crate) dump: Option<serde_json::Value>,
 }
 
-fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bool) -> Batch {
+pub(crate) fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bool) -> Batch {
     let mut ids = Vec::new();
     let mut lengths = Vec::with_capacity(samples.len());
     let mut positions = Vec::new();
@@ -193,7 +193,7 @@ fn batch_loss_sum(
     Ok(loss)
 }
 
-fn eval_loss(
+pub(crate) fn eval_loss(
     model: &CausalLm,
     adapter: Option<&LoraAdapter>,
     samples: &[Sample],
@@ -214,7 +214,7 @@ fn eval_loss(
     Ok(Some(sum / n.max(1) as f64))
 }
 
-fn choose_device(name: &str) -> anyhow::Result<Device> {
+pub(crate) fn choose_device(name: &str) -> anyhow::Result<Device> {
     Ok(tailor_model::parse_device(name)?)
 }
 

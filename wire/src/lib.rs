@@ -5,6 +5,7 @@
 //! Each module is one boundary. Every type has a round-trip test, so a field renamed on one side
 //! fails here, not in an end-to-end run.
 
+pub mod eval;
 pub mod families;
 pub mod prepare;
 pub mod router;

@@ -46,13 +46,21 @@ pub struct FaultInjection {
     /// failing libtorch op would: the server stays up with a dead engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_panic_at_step: Option<u64>,
+    /// Non-streamed chat completions to the models in `adapters` (all when empty) are answered
+    /// with these contents in turn, without generating: a judge whose verdicts a test fixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixed_responses: Vec<String>,
 }
 
 impl FaultInjection {
     /// Whether requests to `model` are subject to `error_rate`.
     pub fn applies(&self, model: &str) -> bool {
-        self.error_rate > 0.0
-            && (self.adapters.is_empty() || self.adapters.iter().any(|a| a == model))
+        self.error_rate > 0.0 && self.targets(model)
+    }
+
+    /// Whether `model` is one of `adapters` (every model when that list is empty).
+    pub fn targets(&self, model: &str) -> bool {
+        self.adapters.is_empty() || self.adapters.iter().any(|a| a == model)
     }
 }
 

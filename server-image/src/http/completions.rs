@@ -4,6 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -53,10 +54,42 @@ async fn handle(s: Shared, job: Result<Job, ApiError>, endpoint: Endpoint) -> Re
         Ok(j) => j,
         Err(e) => return track.fail(e).into_response(),
     };
+    if let Some(content) = fixed_response(&s, &job, endpoint) {
+        track.model = job.model.clone();
+        return Json(json!({
+            "id": request_id(endpoint),
+            "object": "chat.completion",
+            "created": now(),
+            "model": job.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }))
+        .into_response();
+    }
     match start(&s, &job, endpoint, &mut track).await {
         Ok(generation) => respond(job, endpoint, generation, track).await,
         Err(e) => track.fail(e).into_response(),
     }
+}
+
+/// TEST-ONLY: the next fixed answer, where fault injection gives fixed responses for this
+/// model and the request is a non-streamed chat completion.
+fn fixed_response(s: &Shared, job: &Job, endpoint: Endpoint) -> Option<String> {
+    let fault = s.fault();
+    if fault.fixed_responses.is_empty()
+        || endpoint != Endpoint::Chat
+        || job.stream
+        || !fault.targets(&job.model)
+    {
+        return None;
+    }
+    let n = s
+        .fixed_served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fault
+        .fixed_responses
+        .get(n % fault.fixed_responses.len())
+        .cloned()
 }
 
 /// The adapter `model` names (`None`: the base model), loaded if need be.

@@ -101,6 +101,8 @@ pub struct AppState {
     pub fault: RwLock<FaultInjection>,
     /// TEST-ONLY: the engine's panic step (0: off), from the config file's fault injection.
     pub engine_panic_at_step: Arc<AtomicU64>,
+    /// TEST-ONLY: fixed responses given so far (which one comes next).
+    pub fixed_served: std::sync::atomic::AtomicUsize,
     pub draining: AtomicBool,
     pub created: u64,
 }

@@ -251,8 +251,12 @@ pub async fn up(
     if !stuck.is_empty() {
         tracing::warn!(controllers = ?stuck, "controllers still in a pass after 5s; shutting down without waiting for them");
     }
+    // Each step is logged: a shutdown the watchdog has to end says where it stopped.
+    tracing::info!(elapsed = ?started.elapsed(), "controllers halted");
     kl.flush_status();
+    tracing::info!(elapsed = ?started.elapsed(), "pod status flushed");
     kl.shutdown(args.shutdown_grace_period).await;
+    tracing::info!(elapsed = ?started.elapsed(), "pods stopped");
     cluster.store.persist()?;
     tracing::info!(elapsed = ?started.elapsed(), "stopped");
     Ok(())
