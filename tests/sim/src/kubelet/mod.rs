@@ -556,12 +556,14 @@ impl Kubelet {
                     break;
                 }
                 Err(msg) => {
-                    for i in 0..rt
+                    // The count first: a guard in the `for` head would live through the loop,
+                    // and set_state takes the same lock (a deadlock that hung the shutdown).
+                    let n = rt
                         .containers
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .len()
-                    {
+                        .len();
+                    for i in 0..n {
                         Self::set_state(&rt, false, i, |c| {
                             c.state = waiting(
                                 "ContainerCreating",
