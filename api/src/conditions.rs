@@ -16,6 +16,8 @@ pub const DEGRADED: &str = "Degraded";
 pub const DATASET_READY: &str = "DatasetReady";
 /// A FineTuneJob's trainer pod is scheduled onto a node.
 pub const SCHEDULED: &str = "Scheduled";
+/// A FineTuneJob's adapter was evaluated against its base model (`spec.evaluation`).
+pub const EVALUATED: &str = "Evaluated";
 /// A ModelDeployment's last canary was rolled back.
 pub const ROLLED_BACK: &str = "RolledBack";
 

@@ -208,9 +208,14 @@ pub struct Rollout {
     #[serde(default = "yes")]
     pub auto_rollback: bool,
     /// Require the adapter's validation loss (recorded by its FineTuneJob) to be below the
-    /// base model's before it takes any traffic.
+    /// base model's before it takes any traffic (as `gate.requireBetterThanBase`).
     #[serde(default)]
     pub require_better_than_base: bool,
+    /// Checks each new adapter's evaluation (its FineTuneJob's `spec.evaluation`, recorded in
+    /// the LoraAdapter's lineage) must pass before its canary takes any traffic; a failed
+    /// check rolls the canary back (reason GateFailed), an adapter not evaluated yet waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<RolloutGate>,
     /// Seconds a pod canary's pods may take to become ready before it is rolled back.
     #[serde(default = "default_deadline")]
     #[schemars(range(min = 10, max = 86400))]
@@ -243,9 +248,33 @@ impl Default for Rollout {
             analysis: Analysis::default(),
             auto_rollback: true,
             require_better_than_base: false,
+            gate: None,
             progress_deadline_seconds: default_deadline(),
         }
     }
+}
+
+/// Evaluation thresholds a canary's new adapters must meet before any traffic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutGate {
+    /// The judge's win rate of the adapter against the base model must be at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_win_rate: Option<f64>,
+    /// The lower bound of the win rate's Wilson 95% interval must be at least this (a win
+    /// rate measured on few examples does not pass on luck).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_win_rate_lower_bound: Option<f64>,
+    /// The adapter's test loss may exceed the base model's by at most this much (0: it must
+    /// not be worse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_test_loss_increase: Option<f64>,
+    /// The adapter's validation loss must be below the base model's.
+    #[serde(default)]
+    pub require_better_than_base: bool,
 }
 
 /// One canary step.

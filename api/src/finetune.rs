@@ -34,6 +34,7 @@ use crate::common::{LocalRef, ModelRef, Resources};
     printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.progress.totalSteps"}"#,
     printcolumn = r#"{"name":"Train-Loss","type":"number","jsonPath":".status.progress.trainLoss"}"#,
     printcolumn = r#"{"name":"Val-Loss","type":"number","jsonPath":".status.validationLoss"}"#,
+    printcolumn = r#"{"name":"Win-Rate","type":"number","jsonPath":".status.evaluation.judge.winRate","priority":1}"#,
     printcolumn = r#"{"name":"Adapter","type":"string","jsonPath":".status.adapterRef.name","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -88,11 +89,73 @@ pub struct FineTuneJobSpec {
     /// own names, keys and paths win.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<crate::PodTemplate>,
+    /// Evaluate the adapter against its base model on the Dataset's test split before the job
+    /// Succeeds (its own Job on the same resources): test loss and perplexity, exact match and
+    /// token F1, and with a judge an order-swapped win rate. The results go to status and to
+    /// the LoraAdapter's lineage, where a ModelDeployment's `rollout.gate` reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluation>,
+}
+
+/// The evaluate step of a FineTuneJob.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// An LLM that compares the base model's and the adapter's answers (each pair twice, the
+    /// order swapped). Without one, only loss, exact match and F1 are measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Judge>,
+    /// Evaluate at most this many test examples.
+    #[serde(default = "default_max_examples")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_examples: u32,
+    /// Decoding of both models' answers (greedy by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding: Option<tailor_wire::eval::Decoding>,
+}
+
+fn default_max_examples() -> u32 {
+    200
+}
+
+/// The judge: an OpenAI-compatible chat endpoint, outside the cluster or a ModelDeployment in
+/// the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.endpoint) != has(self.modelDeploymentRef)").message("set exactly one of judge.endpoint and judge.modelDeploymentRef"))]
+pub struct Judge {
+    /// Base URL of an OpenAI-compatible API (`https://api.example.com/v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// A ModelDeployment (same namespace) whose endpoint judges, e.g. one serving a bigger
+    /// model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_deployment_ref: Option<LocalRef>,
+    /// The model name sent to the judge.
+    #[schemars(length(min = 1))]
+    pub model: String,
+    /// A Secret key holding the judge's API key (sent as a bearer token; never logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<crate::common::KeyRef>,
+    /// A ConfigMap key holding a minijinja template that replaces the default judge prompt
+    /// (variables `question`, `reference`, `answer_a`, `answer_b`; the reply must be JSON with
+    /// `winner`: "A", "B" or "tie").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_config_map_ref: Option<crate::common::KeyRef>,
+    /// Judgements in flight at once.
+    #[serde(default = "default_judge_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: u32,
+}
+
+fn default_judge_concurrency() -> u32 {
+    4
 }
 
 /// The spec fields that make a run: all but `suspend`. A Succeeded job's are frozen (see
 /// [`spec_frozen_after_success_rule`]).
-pub const RUN_SPEC_FIELDS: [&str; 14] = [
+pub const RUN_SPEC_FIELDS: [&str; 15] = [
     "baseModel",
     "datasetRef",
     "method",
@@ -107,6 +170,7 @@ pub const RUN_SPEC_FIELDS: [&str; 14] = [
     "checkpointEverySteps",
     "output",
     "podTemplate",
+    "evaluation",
 ];
 
 /// Why an update of a Succeeded job's spec is refused.
@@ -297,7 +361,9 @@ pub enum FineTuneJobPhase {
     Queued,
     /// Training.
     Running,
-    /// The adapter was produced and recorded.
+    /// The adapter is recorded; `spec.evaluation` runs on the test split.
+    Evaluating,
+    /// The adapter was produced and recorded (and evaluated, with `spec.evaluation`).
     Succeeded,
     /// Training failed after all retries; see conditions.
     Failed,
@@ -350,6 +416,9 @@ pub struct FineTuneJobStatus {
     /// Tokens trained on (all epochs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_tokens: Option<u64>,
+    /// The evaluation of the adapter against its base model (`spec.evaluation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<tailor_wire::eval::Evaluation>,
     /// When the first trainer pod started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

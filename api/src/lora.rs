@@ -161,4 +161,8 @@ pub struct Lineage {
     /// Tokens trained on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_tokens: Option<u64>,
+    /// The evaluation against the base model on the test split (FineTuneJob
+    /// `spec.evaluation`), which a ModelDeployment's `rollout.gate` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<tailor_wire::eval::Evaluation>,
 }

@@ -126,6 +126,15 @@ fn pin(uri: ArtifactUri, sha: String) -> String {
     uri.with_revision(Some(sha)).to_string()
 }
 
+/// `uri` fetched at `revision` where it is an `hf://` URI (the commit a run's first Job was
+/// pinned to, for the later steps of the same run); any other URI as written.
+pub fn at_revision(uri: &str, revision: Option<&str>) -> String {
+    match (ArtifactUri::parse(uri), revision) {
+        (Ok(u @ ArtifactUri::Hf { .. }), Some(r)) => pin(u, r.to_string()),
+        _ => uri.to_string(),
+    }
+}
+
 /// The commit a pinned `hf://` URI names (what a Job's fetch was given).
 pub fn revision_of(uri: &str) -> Option<String> {
     match ArtifactUri::parse(uri).ok()? {

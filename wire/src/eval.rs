@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// Decoding settings shared by the base model's and the adapter's answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Decoding {
     /// Tokens generated at most per answer.
     #[serde(default = "d_max_new_tokens")]

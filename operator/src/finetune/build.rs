@@ -5,16 +5,21 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use std::path::{Path, PathBuf};
+
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, ResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tailor_api::conditions::{self, DATASET_READY, DEGRADED, PROGRESSING, READY, SCHEDULED};
+use tailor_api::conditions::{
+    self, DATASET_READY, DEGRADED, EVALUATED, PROGRESSING, READY, SCHEDULED,
+};
 use tailor_api::{
     Checkpoint, Dataset, DatasetPhase, DeletionPolicy, FineTuneJob, FineTuneJobPhase,
     FineTuneJobStatus, Lineage, LocalRef, LoraAdapter, LoraAdapterSpec, Progress,
@@ -30,6 +35,7 @@ use crate::jobs::{
 /// Label on the train Job, its ConfigMap and pods, and the LoraAdapter, naming the FineTuneJob.
 /// The trainer's config, its `/progress` and its final summary (termination message,
 /// `metrics.json`): one definition, shared with the trainer.
+pub use tailor_wire::eval::{EvaluateConfig, Evaluation as EvaluationReport, JudgeConfig};
 pub use tailor_wire::train::{
     Outcome, Progress as TrainerProgress, Summary as TrainSummary, TrainConfig,
 };
@@ -40,6 +46,7 @@ pub const RUN_SPEC: &str = "tailor.dev/run-spec";
 /// Condition reason (and Event) when a spec change cancels the running attempt.
 pub const SPEC_CHANGED: &str = "SpecChanged";
 const CONFIG_KEY: &str = "train.json";
+const EVALUATE_KEY: &str = "evaluate.json";
 
 /// What the Dataset says about being trained on.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +55,7 @@ pub enum DatasetGate {
         content_hash: String,
         prepared_uri: String,
         validation_examples: u64,
+        test_examples: u64,
     },
     Missing(String),
     NotReady(String),
@@ -70,7 +78,8 @@ pub fn dataset_gate(ftj: &FineTuneJob, ds: Option<&Dataset>) -> DatasetGate {
             DatasetGate::Ready {
                 content_hash,
                 prepared_uri,
-                validation_examples: st.stats.map_or(0, |s| s.validation),
+                validation_examples: st.stats.as_ref().map_or(0, |s| s.validation),
+                test_examples: st.stats.as_ref().map_or(0, |s| s.test),
             }
         }
         (phase, ..) => {
@@ -149,11 +158,18 @@ pub fn validate(
     let DatasetGate::Ready {
         prepared_uri,
         validation_examples,
+        test_examples,
         ..
     } = gate
     else {
         return Err(Error::InvalidSpec("dataset is not Ready".into()));
     };
+    if ftj.spec.evaluation.is_some() && *test_examples == 0 {
+        return Err(Error::InvalidSpec(format!(
+            "spec.evaluation needs a test split, and Dataset {:?} has no test examples: set its spec.preparation.split.test (a fraction such as 0.1)",
+            ftj.spec.dataset_ref.name
+        )));
+    }
     let ns = ftj.namespace().unwrap_or_default();
     let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
     let base_path = vols
@@ -267,10 +283,68 @@ pub fn config_map(ftj: &FineTuneJob, v: &Validated) -> ConfigMap {
 /// base model's URI as the pod fetches it (an `hf://` revision pinned to its commit, see
 /// [`crate::inputs::pinned`]).
 pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &str) -> Job {
+    let port = cfg.progress_port;
+    let container = Container {
+        name: "train".into(),
+        args: Some(vec![
+            "--log-format".into(),
+            "json".into(),
+            "train".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+            // The pod IP is only known at run time: the kubelet expands it.
+            "--progress-listen".into(),
+            format!("$(POD_IP):{port}"),
+            "--termination-message-path".into(),
+            TERMINATION_PATH.into(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("progress".into()),
+            container_port: i32::from(port),
+            ..Default::default()
+        }]),
+        ..Container::default()
+    };
+    let mut job = trainer_job(ftj, &v.job_name, &v.hash, cfg, base_uri, container, vec![]);
+    if let Some(spec) = job.spec.as_mut() {
+        spec.suspend = Some(ftj.spec.suspend);
+        spec.active_deadline_seconds = ftj.spec.active_deadline_seconds;
+    }
+    job
+}
+
+/// A Job of the trainer image on the run's resources, placement and volumes (the base model,
+/// the artifact area, the config ConfigMap named `name`), running `container` (its image,
+/// resources, mounts and termination path are filled in here). `extra` volumes are mounted
+/// read-only at their mount paths.
+fn trainer_job(
+    ftj: &FineTuneJob,
+    name: &str,
+    hash: &str,
+    cfg: &OperatorConfig,
+    base_uri: &str,
+    mut container: Container,
+    extra: Vec<(Volume, VolumeMount)>,
+) -> Job {
     let ns = ftj.namespace().unwrap_or_default();
-    let mut vols = PodVolumes::new(cfg, &ns, &v.job_name, true);
+    let mut vols = PodVolumes::new(cfg, &ns, name, true);
     // Validated: it resolves (a pinned URI the same way as the spec's).
     let _ = vols.input(cfg, base_uri, true, base_credentials(ftj));
+    for (v, m) in extra {
+        vols.volumes.push(v);
+        vols.mounts.push(m);
+    }
     let mut limits = BTreeMap::new();
     let r = &ftj.spec.resources;
     if r.gpus > 0 {
@@ -286,18 +360,23 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
         limits.insert("memory".to_string(), m.clone());
     }
     let mut labels = jobs::managed_labels(FTJ_LABEL, &ftj.name_any());
-    labels.insert(JOB_LABEL.into(), v.job_name.clone());
-    let port = cfg.progress_port;
-    let mut metadata = meta(ftj, &v.job_name, &v.hash);
+    labels.insert(JOB_LABEL.into(), name.to_string());
+    let mut metadata = meta(ftj, name, hash);
     if let Some(a) = metadata.annotations.as_mut() {
         a.insert(RUN_SPEC.to_string(), run_spec_hash(ftj));
     }
+    container.image = Some(cfg.trainer_image.clone());
+    container.resources = (!limits.is_empty()).then(|| ResourceRequirements {
+        limits: Some(limits.clone()),
+        requests: Some(limits),
+        ..Default::default()
+    });
+    container.termination_message_path = Some(TERMINATION_PATH.into());
+    container.volume_mounts = Some(vols.mounts);
     let mut job = Job {
         metadata,
         spec: Some(JobSpec {
-            suspend: Some(ftj.spec.suspend),
             backoff_limit: Some(ftj.spec.backoff_limit),
-            active_deadline_seconds: ftj.spec.active_deadline_seconds,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -311,46 +390,7 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
                         tolerations: (!ftj.spec.tolerations.is_empty())
                             .then(|| ftj.spec.tolerations.clone()),
                         priority_class_name: ftj.spec.priority_class_name.clone(),
-                        containers: vec![Container {
-                            name: "train".into(),
-                            image: Some(cfg.trainer_image.clone()),
-                            args: Some(vec![
-                                "--log-format".into(),
-                                "json".into(),
-                                "train".into(),
-                                "--config".into(),
-                                format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-                                // The pod IP is only known at run time: the kubelet expands it.
-                                "--progress-listen".into(),
-                                format!("$(POD_IP):{port}"),
-                                "--termination-message-path".into(),
-                                TERMINATION_PATH.into(),
-                            ]),
-                            env: Some(vec![EnvVar {
-                                name: "POD_IP".into(),
-                                value_from: Some(EnvVarSource {
-                                    field_ref: Some(ObjectFieldSelector {
-                                        field_path: "status.podIP".into(),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }]),
-                            ports: Some(vec![ContainerPort {
-                                name: Some("progress".into()),
-                                container_port: i32::from(port),
-                                ..Default::default()
-                            }]),
-                            resources: (!limits.is_empty()).then(|| ResourceRequirements {
-                                limits: Some(limits.clone()),
-                                requests: Some(limits),
-                                ..Default::default()
-                            }),
-                            termination_message_path: Some(TERMINATION_PATH.into()),
-                            volume_mounts: Some(vols.mounts),
-                            ..Container::default()
-                        }],
+                        containers: vec![container],
                         volumes: Some(vols.volumes),
                         init_containers: (!vols.fetches.is_empty()).then_some(vols.fetches),
                         ..PodSpec::default()
@@ -367,6 +407,158 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
     }
     jobs::queue_for_kueue(&mut job, jobs::kueue_queue(&ftj.metadata));
     job
+}
+
+/// The evaluate Job of the run whose train Job is `train_job` (same hash, `eval` for `train`).
+pub fn evaluate_job_name(train_job: &str) -> String {
+    match train_job.rsplit_once("-train-") {
+        Some((base, hash)) => format!("{base}-eval-{hash}"),
+        None => jobs::child_name(train_job, "eval"),
+    }
+}
+
+/// Where the judge's API key and prompt template are mounted in the evaluate pod.
+const JUDGE_DIR: &str = "/var/run/tailor/judge";
+
+/// The evaluate step's config (`spec.evaluation` set): the run's base model, adapter and the
+/// Dataset's test split at the paths the train pod used, the report next to the adapter.
+/// `judge_url` is the judge's base URL: `spec.evaluation.judge.endpoint`, or the endpoint of
+/// its ModelDeployment as the caller read it.
+pub fn evaluate_config(
+    ftj: &FineTuneJob,
+    v: &Validated,
+    judge_url: Option<&str>,
+) -> Option<EvaluateConfig> {
+    let e = ftj.spec.evaluation.as_ref()?;
+    let t = &v.train_config;
+    let prepared = t.train.parent().map(Path::to_path_buf).unwrap_or_default();
+    let judge = match (&e.judge, judge_url) {
+        (Some(j), Some(url)) => Some(JudgeConfig {
+            url: url.to_string(),
+            model: j.model.clone(),
+            api_key_file: j
+                .api_key_secret_ref
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{JUDGE_DIR}/key/api-key"))),
+            prompt_file: j
+                .prompt_config_map_ref
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{JUDGE_DIR}/prompt/prompt.j2"))),
+            timeout_seconds: 60,
+            max_attempts: 3,
+            concurrency: j.concurrency as usize,
+        }),
+        _ => None,
+    };
+    Some(EvaluateConfig {
+        base_model: t.base_model.clone(),
+        adapter: t.output.clone(),
+        test: prepared.join("test.jsonl"),
+        output: Some(t.output.join("evaluation")),
+        max_examples: Some(e.max_examples as usize),
+        decoding: e.decoding.clone().unwrap_or_default(),
+        judge,
+        samples: 5,
+        max_seq_length: t.max_seq_length,
+        batch_size: t.batch_size,
+        termination_message_path: None,
+        threads: None,
+        device: t.device.clone(),
+        work_dir: None,
+        artifact_cache: None,
+        dump_batches: None,
+    })
+}
+
+/// The evaluate step's mounted config (same name as its Job).
+pub fn evaluate_config_map(
+    ftj: &FineTuneJob,
+    name: &str,
+    hash: &str,
+    e: &EvaluateConfig,
+) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(ftj, name, hash),
+        data: Some(BTreeMap::from([(
+            EVALUATE_KEY.to_string(),
+            serde_json::to_string_pretty(e).unwrap_or_default(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The evaluate Job: `tailor-trainer evaluate` on the run's resources (the models it compares
+/// are as large as the one trained), the judge's key and prompt mounted from their Secret and
+/// ConfigMap. Not suspended with the job: it runs once the adapter exists.
+pub fn evaluate_job(
+    ftj: &FineTuneJob,
+    name: &str,
+    hash: &str,
+    cfg: &OperatorConfig,
+    base_uri: &str,
+) -> Job {
+    let judge = ftj.spec.evaluation.as_ref().and_then(|e| e.judge.as_ref());
+    let mut extra = vec![];
+    if let Some(k) = judge.and_then(|j| j.api_key_secret_ref.as_ref()) {
+        extra.push((
+            Volume {
+                name: "judge-key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(k.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: k.key.clone(),
+                        path: "api-key".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "judge-key".into(),
+                mount_path: format!("{JUDGE_DIR}/key"),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ));
+    }
+    if let Some(p) = judge.and_then(|j| j.prompt_config_map_ref.as_ref()) {
+        extra.push((
+            Volume {
+                name: "judge-prompt".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: p.name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: p.key.clone(),
+                        path: "prompt.j2".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "judge-prompt".into(),
+                mount_path: format!("{JUDGE_DIR}/prompt"),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ));
+    }
+    let container = Container {
+        name: "evaluate".into(),
+        args: Some(vec![
+            "--log-format".into(),
+            "json".into(),
+            "evaluate".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{EVALUATE_KEY}"),
+            "--termination-message-path".into(),
+            TERMINATION_PATH.into(),
+        ]),
+        ..Container::default()
+    };
+    trainer_job(ftj, name, hash, cfg, base_uri, container, extra)
 }
 
 /// The LoraAdapter a successful run records; not owned by the job, so it outlives it.
@@ -407,6 +599,7 @@ pub fn lineage(ftj: &FineTuneJob, cfg: &OperatorConfig, adapter: &LoraAdapter) -
         base_validation_loss: st.base_validation_loss,
         validation_loss: st.validation_loss,
         trained_tokens: st.trained_tokens,
+        evaluation: st.evaluation.clone(),
     })
 }
 

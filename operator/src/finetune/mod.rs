@@ -31,7 +31,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tailor_api::{Checkpoint, Dataset, FineTuneJob, FineTuneJobPhase, LoraAdapter};
+use tailor_api::{
+    Checkpoint, Dataset, FineTuneJob, FineTuneJobPhase, LoraAdapter, ModelDeployment,
+};
 
 use crate::apply;
 use crate::artifacts;
@@ -42,8 +44,8 @@ use crate::error::{Category, Error, is_not_found};
 use crate::inputs;
 use crate::jobs::{self, JOB_LABEL, SPEC_HASH};
 use build::{
-    AdapterArtifact, AfterEnd, DatasetGate, FTJ_LABEL, Observed, Outcome, TrainSummary,
-    TrainerProgress,
+    AdapterArtifact, AfterEnd, DatasetGate, EvaluationState, FTJ_LABEL, Observed, Outcome,
+    TrainSummary, TrainerProgress,
 };
 
 pub const NAME: &str = "finetunejob";
@@ -366,6 +368,23 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             let la = build::adapter(ftj, &outputs, &artifact);
             record_adapter(ctx, &ns, &la).await?;
             obs.adapter = Some(outputs.adapter_name.clone());
+            obs.evaluation = match (&ftj.spec.evaluation, &prev.evaluation) {
+                (None, _) => EvaluationState::NotWanted,
+                (Some(_), Some(done)) => EvaluationState::Done(Box::new(done.clone())),
+                (Some(_), None) => match &status_validated {
+                    Some(v) => {
+                        let base = inputs::at_revision(
+                            &ftj.spec.base_model.uri,
+                            obs.base_model_revision.as_deref(),
+                        );
+                        evaluation(ctx, ftj, &ns, v, &base, &outputs.adapter_uri).await?
+                    }
+                    None => EvaluationState::Waiting(format!(
+                        "the adapter is recorded; the evaluation waits for Dataset {:?} to be Ready (its test split)",
+                        ftj.spec.dataset_ref.name
+                    )),
+                },
+            };
         } else if state.failed.is_some() {
             let fetch = pods
                 .iter()
@@ -395,13 +414,21 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         // suspended job waits for a change. The requeue is only a safety net.
         FineTuneJobPhase::Queued if ftj.spec.suspend => Action::await_change(),
         FineTuneJobPhase::Queued => Action::requeue(Duration::from_secs(60)),
+        // The evaluate Job and its pods are watched; a judge that has no endpoint yet is not.
+        FineTuneJobPhase::Evaluating => Action::requeue(Duration::from_secs(10)),
         FineTuneJobPhase::ValidatingData => Action::requeue(Duration::from_secs(60)),
         _ => Action::await_change(),
     })
 }
 
-/// Deletes a train Job (its pods with it) and its config ConfigMap (same name).
+/// Deletes a train Job and the run's evaluate Job (their pods with them) and their config
+/// ConfigMaps (same names).
 async fn delete_run(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    delete_job(ctx, ns, &build::evaluate_job_name(name)).await?;
+    delete_job(ctx, ns, name).await
+}
+
+async fn delete_job(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
     let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), ns);
     match jobs_api.delete(name, &DeleteParams::background()).await {
         Ok(_) => {}
@@ -414,6 +441,115 @@ async fn delete_run(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(Error::kube(format!("deleting ConfigMap {name}"))(e)),
     }
+}
+
+/// The evaluate step of a trained run: its Job created once the judge can be reached, then
+/// observed until it reports (termination message, else `evaluation/evaluation.json` next to
+/// the adapter) or fails.
+async fn evaluation(
+    ctx: &Ctx,
+    ftj: &FineTuneJob,
+    ns: &str,
+    v: &build::Validated,
+    base_uri: &str,
+    adapter_uri: &str,
+) -> Result<EvaluationState, Error> {
+    let name = build::evaluate_job_name(&v.job_name);
+    let Some(job) = cache::get(&ctx.jobs, ns, &name) else {
+        let judge_url = match judge_url(ctx, ftj, ns).await? {
+            Ok(url) => url,
+            Err(wait) => return Ok(EvaluationState::Waiting(wait)),
+        };
+        let Some(config) = build::evaluate_config(ftj, v, judge_url.as_deref()) else {
+            return Ok(EvaluationState::NotWanted);
+        };
+        let cms = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns);
+        apply::apply(
+            &cms,
+            &build::evaluate_config_map(ftj, &name, &v.hash, &config),
+        )
+        .await?;
+        let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), ns);
+        apply::apply(
+            &jobs_api,
+            &build::evaluate_job(ftj, &name, &v.hash, &ctx.config, base_uri),
+        )
+        .await?;
+        tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %name, "created evaluate job");
+        return Ok(EvaluationState::Running(name));
+    };
+    let state = jobs::job_state(&job);
+    let job_uid = job.metadata.uid.clone().unwrap_or_default();
+    let messages: Vec<String> = cache::pods_labelled(&ctx.pods, ns, JOB_LABEL, &name)
+        .into_iter()
+        .filter(|p| jobs::controlled_by(p, &job_uid))
+        .filter_map(|p| jobs::pod_state(&p).termination_message)
+        .collect();
+    if state.complete {
+        let report = messages
+            .iter()
+            .find_map(|m| serde_json::from_str::<build::EvaluationReport>(m).ok())
+            .or_else(|| {
+                let dir = artifacts::operator_path(&ctx.config, ns, adapter_uri).ok()?;
+                let bytes = artifacts::read_bounded(
+                    &dir.join("evaluation/evaluation.json"),
+                    crate::endpoints::SMALL_BODY,
+                )
+                .ok()?;
+                serde_json::from_slice(&bytes).ok()
+            });
+        return Ok(match report {
+            Some(r) => EvaluationState::Done(Box::new(r)),
+            None => {
+                EvaluationState::Failed(format!("Job {name} completed without a readable report"))
+            }
+        });
+    }
+    if let Some((reason, message)) = state.failed {
+        let why = messages
+            .iter()
+            .rev()
+            .find_map(|m| serde_json::from_str::<TrainSummary>(m).ok()?.message)
+            .unwrap_or(message);
+        ctx.metrics.error(NAME, Category::JobFailed);
+        return Ok(EvaluationState::Failed(format!(
+            "Job {name}: {reason}: {why}"
+        )));
+    }
+    Ok(EvaluationState::Running(name))
+}
+
+/// The judge's base URL: `spec.evaluation.judge.endpoint`, or the endpoint of the
+/// ModelDeployment it names (`Err` with why the evaluation waits while it has none). `None`
+/// without a judge.
+async fn judge_url(
+    ctx: &Ctx,
+    ftj: &FineTuneJob,
+    ns: &str,
+) -> Result<Result<Option<String>, String>, Error> {
+    let Some(judge) = ftj.spec.evaluation.as_ref().and_then(|e| e.judge.as_ref()) else {
+        return Ok(Ok(None));
+    };
+    if let Some(url) = &judge.endpoint {
+        return Ok(Ok(Some(url.clone())));
+    }
+    let Some(md) = &judge.model_deployment_ref else {
+        return Ok(Ok(None));
+    };
+    let api = Api::<ModelDeployment>::namespaced(ctx.client.clone(), ns);
+    let found = api
+        .get_opt(&md.name)
+        .await
+        .map_err(Error::kube(format!("reading ModelDeployment {}", md.name)))?;
+    Ok(
+        match found.and_then(|m| m.status.and_then(|s| s.endpoint)) {
+            Some(url) => Ok(Some(url)),
+            None => Err(format!(
+                "the adapter is recorded; the evaluation waits for the judge, ModelDeployment {:?}, to have an endpoint",
+                md.name
+            )),
+        },
+    )
 }
 
 async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {

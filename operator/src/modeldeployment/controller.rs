@@ -241,6 +241,7 @@ fn resolve_adapters(
             sha256: la.spec.sha256.clone(),
             validation_loss: lineage.validation_loss,
             base_validation_loss: lineage.base_validation_loss,
+            evaluation: lineage.evaluation,
         });
     }
     Ok(out)
@@ -398,7 +399,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         None => Readiness::default(),
     };
     let gate = match &canary_spec {
-        Some(c) => gate::gate(md.spec.rollout.require_better_than_base, &stable_spec, c),
+        Some(c) => gate::gate(&md.spec.rollout, &stable_spec, c),
         None => rollout::Gate::NotRequired,
     };
     let window = match (

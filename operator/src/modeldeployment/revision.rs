@@ -40,6 +40,10 @@ pub struct ResolvedAdapter {
     pub validation_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_validation_loss: Option<f64>,
+    /// Its evaluation against the base model, from the LoraAdapter's lineage (the gate). Not
+    /// hashed either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<tailor_wire::eval::Evaluation>,
 }
 
 /// What the serving pods run.
@@ -227,6 +231,7 @@ mod tests {
             sha256: Some("ab".repeat(32)),
             validation_loss: Some(0.9),
             base_validation_loss: Some(2.0),
+            evaluation: None,
         }
     }
 

@@ -25,6 +25,47 @@ pub struct Observed {
     pub failure: Option<String>,
     /// The Hub commit the Job's fetch of the base model is pinned to.
     pub base_model_revision: Option<String>,
+    /// The evaluate step, once the adapter is recorded.
+    pub evaluation: EvaluationState,
+}
+
+/// Where the evaluate step (`spec.evaluation`) is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum EvaluationState {
+    /// No evaluation asked for (or not looked at: the adapter is not recorded yet).
+    #[default]
+    NotWanted,
+    /// Not started, and why (the judge's ModelDeployment has no endpoint yet, …).
+    Waiting(String),
+    /// The evaluate Job of this name runs.
+    Running(String),
+    Done(Box<EvaluationReport>),
+    Failed(String),
+}
+
+/// One line of an evaluation for messages: test loss of both and, with a judge, the win rate.
+pub fn evaluation_summary(e: &EvaluationReport) -> String {
+    let loss = |s: &tailor_wire::eval::Scores| {
+        s.test_loss
+            .map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"))
+    };
+    let mut out = format!("test loss {} (base {})", loss(&e.adapter), loss(&e.base));
+    if let Some(em) = e.adapter.exact_match {
+        out.push_str(&format!(", exact match {em:.2}"));
+    }
+    if let Some(j) = &e.judge {
+        match (j.win_rate, j.win_rate_lower, j.win_rate_upper) {
+            (Some(w), Some(lo), Some(hi)) => out.push_str(&format!(
+                ", win rate {w:.2} [{lo:.2}, {hi:.2}] over {} judged pairs",
+                j.judged
+            )),
+            _ => out.push_str(", no pair judged"),
+        }
+        if j.unjudged > 0 {
+            out.push_str(&format!(" ({} unjudged)", j.unjudged));
+        }
+    }
+    out
 }
 
 fn progress_of(p: &TrainerProgress) -> Progress {
@@ -154,11 +195,34 @@ pub fn status(
         ),
         (Some(j), _) if j.complete && obs.adapter.is_some() => {
             let name = obs.adapter.clone().unwrap_or_default();
-            (
-                P::Succeeded,
-                "Succeeded".into(),
-                format!("adapter recorded as LoraAdapter {name:?}"),
-            )
+            match &obs.evaluation {
+                EvaluationState::NotWanted => (
+                    P::Succeeded,
+                    "Succeeded".into(),
+                    format!("adapter recorded as LoraAdapter {name:?}"),
+                ),
+                EvaluationState::Done(e) => (
+                    P::Succeeded,
+                    "Succeeded".into(),
+                    format!(
+                        "adapter recorded as LoraAdapter {name:?} and evaluated: {}",
+                        evaluation_summary(e)
+                    ),
+                ),
+                EvaluationState::Waiting(m) => (P::Evaluating, "Evaluating".into(), m.clone()),
+                EvaluationState::Running(job) => (
+                    P::Evaluating,
+                    "Evaluating".into(),
+                    format!(
+                        "adapter recorded as LoraAdapter {name:?}; evaluating it against the base model on the test split (Job {job})"
+                    ),
+                ),
+                EvaluationState::Failed(m) => (
+                    P::Failed,
+                    "EvaluationFailed".into(),
+                    format!("the evaluation of LoraAdapter {name:?} failed: {m}"),
+                ),
+            }
         }
         (Some(j), _) if j.complete => (
             P::Running,
@@ -278,7 +342,9 @@ pub fn status(
     if terminal && st.completion_time.is_none() {
         st.completion_time = Some(Time(now));
     }
-    if phase == P::Succeeded {
+    // The run trained: what it measured is recorded whatever the evaluation does.
+    let trained = obs.adapter.is_some() && obs.job.as_ref().is_some_and(|j| j.complete);
+    if trained {
         if let Some(s) = &obs.summary {
             st.validation_loss = s.validation_loss;
             if s.base_validation_loss.is_some() {
@@ -305,10 +371,21 @@ pub fn status(
         }
         st.adapter_ref = obs.adapter.clone().map(|name| LocalRef { name });
     }
+    match &obs.evaluation {
+        EvaluationState::NotWanted => {}
+        EvaluationState::Done(e) => {
+            st.evaluation = Some((**e).clone());
+            set(EVALUATED, Some(true), "Evaluated", &evaluation_summary(e));
+        }
+        EvaluationState::Failed(_) => set(EVALUATED, Some(false), &reason, &message),
+        EvaluationState::Waiting(_) | EvaluationState::Running(_) => {
+            set(EVALUATED, Some(false), &reason, &message)
+        }
+    }
     st.phase = phase;
     let progressing = matches!(
         phase,
-        P::ValidatingData | P::Queued | P::Running | P::Pending
+        P::ValidatingData | P::Queued | P::Running | P::Evaluating | P::Pending
     );
     set(READY, Some(phase == P::Succeeded), &reason, &message);
     set(PROGRESSING, Some(progressing), &reason, &message);

@@ -20,6 +20,7 @@ fn ready_gate() -> DatasetGate {
         content_hash: "c0ffee".into(),
         prepared_uri: "pvc://tailor-artifacts/datasets/support-chat/abcd".into(),
         validation_examples: 19,
+        test_examples: 4,
     }
 }
 
@@ -871,4 +872,227 @@ fn gpus_are_requested_as_the_spec_or_the_operator_config_names_them() {
     let l = limits(&f, &cfg);
     assert_eq!(l["nvidia.com/mig-1g.10gb"], Quantity("1".into()));
     assert!(!l.contains_key("amd.com/gpu"));
+}
+
+fn with_evaluation(mut f: FineTuneJob) -> FineTuneJob {
+    f.spec.evaluation = Some(
+        serde_json::from_value(json!({
+            "judge": {
+                "endpoint": "https://judge.example.com/v1",
+                "model": "big",
+                "apiKeySecretRef": {"name": "judge-key", "key": "token"},
+                "promptConfigMapRef": {"name": "judge-prompt", "key": "prompt.j2"},
+                "concurrency": 2
+            },
+            "maxExamples": 50,
+            "decoding": {"maxNewTokens": 64}
+        }))
+        .expect("evaluation spec"),
+    );
+    f
+}
+
+#[test]
+fn an_evaluation_needs_a_test_split() {
+    let f = with_evaluation(ftj());
+    let cfg = OperatorConfig::for_tests();
+    let no_test = DatasetGate::Ready {
+        content_hash: "c0ffee".into(),
+        prepared_uri: "pvc://tailor-artifacts/datasets/support-chat/abcd".into(),
+        validation_examples: 19,
+        test_examples: 0,
+    };
+    match validate(&f, &cfg, &no_test) {
+        Err(Error::InvalidSpec(m)) => assert!(
+            m.contains("spec.evaluation needs a test split, and Dataset \"support-chat\" has no test examples"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(validate(&f, &cfg, &ready_gate()).is_ok());
+}
+
+#[test]
+fn the_evaluate_job_reads_what_the_run_wrote_and_mounts_the_judges_secrets() {
+    let f = with_evaluation(ftj());
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let name = evaluate_job_name(&v.job_name);
+    assert_eq!(name, v.job_name.replace("-train-", "-eval-"));
+    let e = evaluate_config(&f, &v, Some("https://judge.example.com/v1")).expect("config");
+    let out = &v.train_config.output;
+    assert_eq!(e.base_model, v.train_config.base_model);
+    assert_eq!(&e.adapter, out);
+    assert_eq!(
+        e.test,
+        PathBuf::from("/artifacts/datasets/support-chat/abcd/test.jsonl")
+    );
+    assert_eq!(e.output.as_deref(), Some(out.join("evaluation").as_path()));
+    assert_eq!(e.max_examples, Some(50));
+    assert_eq!(e.decoding.max_new_tokens, 64);
+    let j = e.judge.as_ref().expect("judge");
+    assert_eq!((j.model.as_str(), j.concurrency), ("big", 2));
+    assert_eq!(
+        j.api_key_file.as_deref(),
+        Some(Path::new("/var/run/tailor/judge/key/api-key"))
+    );
+    // Without the judge's URL (its ModelDeployment has none yet) there is no judge config.
+    assert!(
+        evaluate_config(&f, &v, None)
+            .expect("config")
+            .judge
+            .is_none()
+    );
+
+    let job = evaluate_job(&f, &name, &v.hash, &cfg, &f.spec.base_model.uri);
+    let spec = job.spec.as_ref().expect("spec");
+    assert_eq!(spec.suspend, None, "it runs once the adapter exists");
+    let pod = spec.template.spec.as_ref().expect("pod");
+    crate::pods::assert_hardened(pod);
+    let c = &pod.containers[0];
+    assert_eq!(c.name, "evaluate");
+    let args = c.args.as_ref().expect("args");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--config", "/etc/tailor/evaluate.json"]),
+        "{args:?}"
+    );
+    // The same GPUs as the run: both models are as large as the one trained.
+    let limits = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .expect("limits");
+    assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+    let vols = pod.volumes.as_ref().expect("volumes");
+    let key = vols
+        .iter()
+        .find(|v| v.name == "judge-key")
+        .expect("key volume");
+    let secret = key.secret.as_ref().expect("secret");
+    assert_eq!(secret.secret_name.as_deref(), Some("judge-key"));
+    assert_eq!(secret.items.as_ref().expect("items")[0].key, "token");
+    assert!(vols.iter().any(|v| v.name == "judge-prompt"));
+    assert!(
+        vols.iter()
+            .any(|v| v.config_map.as_ref().is_some_and(|c| c.name == name))
+    );
+    let mounts = c.volume_mounts.as_ref().expect("mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/var/run/tailor/judge/key" && m.read_only == Some(true))
+    );
+    let cm = evaluate_config_map(&f, &name, &v.hash, &e);
+    let body: serde_json::Value =
+        serde_json::from_str(&cm.data.as_ref().expect("data")["evaluate.json"]).expect("json");
+    assert_eq!(body["judge"]["url"], "https://judge.example.com/v1");
+    assert_eq!(
+        body["test"],
+        "/artifacts/datasets/support-chat/abcd/test.jsonl"
+    );
+}
+
+#[test]
+fn a_trained_adapter_is_evaluated_before_the_job_succeeds() {
+    let mut f = with_evaluation(ftj());
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let report = EvaluationReport {
+        examples: 20,
+        answered: 20,
+        base: tailor_wire::eval::Scores {
+            test_loss: Some(3.0),
+            ..Default::default()
+        },
+        adapter: tailor_wire::eval::Scores {
+            test_loss: Some(1.5),
+            exact_match: Some(0.25),
+            ..Default::default()
+        },
+        judge: Some(tailor_wire::eval::JudgeSummary {
+            model: "big".into(),
+            pairs: 20,
+            judged: 19,
+            unjudged: 1,
+            wins: 15,
+            win_rate: Some(15.0 / 19.0),
+            win_rate_lower: Some(0.57),
+            win_rate_upper: Some(0.91),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut obs = Observed {
+        job: Some(JobState {
+            complete: true,
+            succeeded_pods: 1,
+            ..JobState::default()
+        }),
+        summary: Some(TrainSummary {
+            status: Outcome::Succeeded,
+            validation_loss: Some(1.2),
+            base_validation_loss: Some(3.0),
+            ..TrainSummary::default()
+        }),
+        adapter: Some("support-v1".into()),
+        evaluation: EvaluationState::Running("support-v1-eval-x".into()),
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &obs, now());
+    assert_eq!(st.phase, P::Evaluating);
+    let evaluated = conditions::get(&st.conditions, EVALUATED).expect("Evaluated");
+    assert_eq!(
+        (evaluated.status.as_str(), evaluated.reason.as_str()),
+        ("False", "Evaluating")
+    );
+    assert!(
+        evaluated.message.contains("Job support-v1-eval-x"),
+        "{}",
+        evaluated.message
+    );
+    assert!(conditions::is_true(&st.conditions, PROGRESSING));
+    // What training measured is recorded already; the run is not complete.
+    assert_eq!(st.validation_loss, Some(1.2));
+    assert_eq!(
+        st.adapter_ref.as_ref().map(|r| r.name.as_str()),
+        Some("support-v1")
+    );
+    assert!(st.completion_time.is_none());
+    // Lineage (what the gate reads) only once the job Succeeded.
+    f.status = Some(st);
+    let la = adapter(
+        &f,
+        &v.outputs,
+        &AdapterArtifact {
+            sha256: "a".repeat(64),
+            size_bytes: 42,
+        },
+    );
+    assert!(lineage(&f, &cfg, &la).is_none());
+
+    obs.evaluation = EvaluationState::Done(Box::new(report.clone()));
+    let st = status(&f, &ready_gate(), Some(&v), &obs, now());
+    assert_eq!(st.phase, P::Succeeded);
+    assert_eq!(st.evaluation.as_ref(), Some(&report));
+    let ready = conditions::get(&st.conditions, READY).expect("Ready");
+    assert!(
+        ready
+            .message
+            .contains("win rate 0.79 [0.57, 0.91] over 19 judged pairs (1 unjudged)"),
+        "{}",
+        ready.message
+    );
+    assert!(conditions::is_true(&st.conditions, EVALUATED));
+    f.status = Some(st);
+    let l = lineage(&f, &cfg, &la).expect("recorded");
+    assert_eq!(l.evaluation.as_ref(), Some(&report));
+
+    obs.evaluation = EvaluationState::Failed("Job x: BackoffLimitExceeded: out of memory".into());
+    f.status = None;
+    let st = status(&f, &ready_gate(), Some(&v), &obs, now());
+    assert_eq!(st.phase, P::Failed);
+    let ready = conditions::get(&st.conditions, READY).expect("Ready");
+    assert_eq!(ready.reason, "EvaluationFailed");
+    assert!(ready.message.contains("out of memory"), "{}", ready.message);
 }

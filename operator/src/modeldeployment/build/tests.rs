@@ -39,6 +39,7 @@ fn adapter(served: &str, name: &str) -> ResolvedAdapter {
         sha256: None,
         validation_loss: None,
         base_validation_loss: None,
+        evaluation: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn rollout(auto_rollback: bool) -> Rollout {
         },
         auto_rollback,
         require_better_than_base: false,
+        gate: None,
         progress_deadline_seconds: 120,
     }
 }
