@@ -747,3 +747,146 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
         records.len()
     );
 }
+
+/// A judge: a ModelDeployment serving the base model whose chat answers are fixed by the
+/// server's TEST-ONLY fault injection (`verdicts` in turn).
+fn judge(s: &Scenario, name: &str, verdicts: &[&str]) {
+    let fixed: Vec<String> = verdicts
+        .iter()
+        .map(|w| json!({"winner": w, "reason": format!("{name} says {w}")}).to_string())
+        .collect();
+    let mut md = ModelDeployment::new(name, "judge-adapter")
+        .annotations(json!({
+            "tailor.dev/test-fault-injection": json!({"fixedResponses": fixed}).to_string()
+        }))
+        .manifest(s.ns());
+    md["spec"]["adapters"] =
+        json!([{"name": "judge-adapter", "adapterRef": {"name": "judge-adapter"}}]);
+    s.apply(&md.to_string()).expect("apply judge");
+}
+
+#[test]
+fn evaluated_adapters_feed_the_gate_which_blocks_a_loser_and_admits_a_winner() {
+    let s = Scenario::new("e2e-eval-gate");
+    let (env, ns) = (s.env, s.ns());
+    s.import_adapters(&["stable-v1", "judge-adapter"]);
+    // A Dataset with a test split.
+    let mut body = String::new();
+    for l in quickstart_examples() {
+        body.push_str(&format!("      {l}\n"));
+    }
+    s.apply(&format!(
+        "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata: {{name: chat, namespace: {ns}}}\nspec:\n  format: chat\n  preparation:\n    minExamples: 10\n    split: {{validation: 0.2, test: 0.2}}\n  source:\n    inline: |\n{body}"
+    ))
+    .expect("apply Dataset");
+    // Two judges: one that prefers the adapter whichever place it is shown in ("A" when it is
+    // shown first, then "B" when it is second, one judgement at a time), one that always picks
+    // the first answer (position bias: every pair a tie, no win).
+    judge(&s, "judge-fair", &["A", "B"]);
+    judge(&s, "judge-biased", &["A"]);
+    for (job, judge) in [("winner", "judge-fair"), ("loser", "judge-biased")] {
+        let mut y = FineTuneJob::new(job, "chat").yaml(ns);
+        y.push_str(&format!(
+            "  evaluation:\n    maxExamples: 4\n    decoding: {{maxNewTokens: 8}}\n    judge: {{modelDeploymentRef: {{name: {judge}}}, model: base, concurrency: 1}}\n"
+        ));
+        s.apply(&y)
+            .unwrap_or_else(|e| panic!("apply FineTuneJob {job}: {e:#}"));
+    }
+    let mut saw_evaluating = false;
+    for job in ["winner", "loser"] {
+        s.wait_for(&format!("FineTuneJob {job} to be evaluated"), LONG, || {
+            let o = s.object("finetunejob", job)?;
+            saw_evaluating |= phase(&o) == "Evaluating";
+            (phase(&o) == "Succeeded").then_some(())
+        });
+    }
+    assert!(
+        saw_evaluating,
+        "the phase said Evaluating while the evaluate Job ran"
+    );
+    let win_rate = |job: &str| {
+        let o = s.object("finetunejob", job).expect("job");
+        let e = &o["status"]["evaluation"];
+        assert_eq!(e["examples"], 4, "{e}");
+        assert!(
+            e["base"]["testLoss"].is_number() && e["adapter"]["perplexity"].is_number(),
+            "{e}"
+        );
+        assert_eq!(e["judge"]["judged"], 4, "{e}");
+        let c = condition(&o, "Evaluated").expect("Evaluated");
+        assert_eq!(c["status"], "True", "{c}");
+        // The LoraAdapter's lineage carries the same report.
+        let la = s.object("loraadapter", job).expect("adapter");
+        assert_eq!(la["status"]["lineage"]["evaluation"], *e, "{la}");
+        e["judge"]["winRate"].as_f64().expect("winRate")
+    };
+    assert_eq!(win_rate("winner"), 1.0);
+    assert_eq!(win_rate("loser"), 0.0);
+
+    // The deployment's gate: a win rate of at least 0.6 before any traffic.
+    let rollout = json!({
+        "steps": [{"weight": 50, "pause": "2s"}],
+        "analysis": {"interval": "2s", "minRequests": 1},
+        "gate": {"minWinRate": 0.6},
+    });
+    env.apply(&mdep(&s, "stable-v1", rollout, json!({}), 1).to_string())
+        .expect("apply");
+    let md = wait_ready(&s);
+    let stable = md["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    set_adapter(&s, "loser");
+    let mut max_weight = 0;
+    let rolled = s.wait_for("the loser's canary to be refused", LONG, || {
+        let m = get_mdep(&s)?;
+        max_weight = max_weight.max(m["status"]["canaryWeight"].as_u64().unwrap_or(0));
+        (phase(&m) == "RolledBack").then_some(m)
+    });
+    assert_eq!(max_weight, 0, "the refused canary never took traffic");
+    let st = &rolled["status"];
+    assert_eq!(st["stableRevision"], stable.as_str());
+    let rec = st["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rec["outcome"], "RolledBack", "{st}");
+    let reason = rec["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains(
+            "loser: win rate 0.000 over 4 judged pairs is below rollout.gate.minWinRate 0.6"
+        ),
+        "{reason}"
+    );
+    let c = condition(&rolled, "RolledBack").expect("RolledBack");
+    assert_eq!(c["reason"], "GateFailed", "{c}");
+    let event = s.events().into_iter().find(|e| {
+        e["type"] == "Warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("rollout.gate.minWinRate"))
+    });
+    assert!(event.is_some(), "a Warning Event says why the gate blocked");
+
+    // The winner passes the gate, takes traffic (analysis needs requests) and is promoted.
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let load = Load::start(endpoint, "support");
+    set_adapter(&s, "winner");
+    s.wait_for("the winner's canary to be promoted", LONG, || {
+        let m = get_mdep(&s)?;
+        let promoted = m["status"]["stableRevision"] != stable.as_str() && phase(&m) == "Healthy";
+        promoted.then_some(())
+    });
+    let records = load.stop();
+    assert!(errors(&records).is_empty(), "{:?}", errors(&records));
+    let m = get_mdep(&s).expect("mdep");
+    let served: Vec<&str> = m["status"]["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["loaded"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(served.contains(&"winner"), "{}", m["status"]);
+}
