@@ -221,7 +221,7 @@ fn the_frozen_spec_rule_names_every_field_but_suspend() {
         "baseModel": {"uri": "pvc://a/b"}, "datasetRef": {"name": "d"},
         "nodeSelector": {"a": "b"}, "tolerations": [{"key": "k"}], "priorityClassName": "p",
         "activeDeadlineSeconds": 5, "output": {"adapterName": "x"},
-        "podTemplate": {"serviceAccountName": "trainer"}
+        "podTemplate": {"serviceAccountName": "trainer"}, "evaluation": {}
     }))
     .expect("spec");
     let mut keys: Vec<String> = serde_json::to_value(&spec)

@@ -23,7 +23,7 @@ pub use tailor_wire::eval::{EvaluateConfig, Evaluation, Scores};
 
 use crate::examples::{Example, Sample};
 use crate::judge::{self, Question};
-use crate::train::{choose_device, eval_loss, load_examples, make_batch, tokenize_all};
+use crate::train::{choose_device, eval_loss, load_examples, make_batch, pad_id, tokenize_all};
 
 /// SQuAD's answer normalisation: lower case, punctuation and the articles a/an/the removed,
 /// whitespace collapsed.
@@ -282,12 +282,7 @@ pub fn run(cfg: &EvaluateConfig) -> anyhow::Result<Evaluation> {
         cfg.max_seq_length,
         &cfg.test,
     )?;
-    let pad = tokenizer
-        .pad_token
-        .as_deref()
-        .and_then(|t| tokenizer.token_to_id(t))
-        .or_else(|| tokenizer.eos_token_id())
-        .map_or(0, i64::from);
+    let pad = pad_id(&tokenizer);
     if let Some(path) = &cfg.dump_batches {
         dump_batches(path, &samples, cfg.batch_size, pad)?;
     }

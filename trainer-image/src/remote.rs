@@ -31,6 +31,19 @@ pub fn is_uri(p: &Path) -> bool {
     p.to_str().is_some_and(|s| s.contains("://"))
 }
 
+/// The runtime transfers run on, and the artifact context from the process environment (the
+/// standard credential variables, `TAILOR_PVC_ROOT`).
+fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, Context)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the artifact runtime")?;
+    let mut ctx = Context::new(Env::from_process());
+    ctx.pvc_root = std::env::var_os("TAILOR_PVC_ROOT").map(PathBuf::from);
+    Ok((rt, ctx))
+}
+
 /// Fetches every input that is a URI into `<work>/inputs` (through the node-local cache when
 /// one is given) and replaces it by the local path; `what` names each in errors. Local paths
 /// are left alone, and nothing starts when there is no URI.
@@ -42,13 +55,7 @@ pub fn localize_inputs(
     if !inputs.iter().any(|(_, p)| is_uri(p)) {
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .context("starting the artifact runtime")?;
-    let mut ctx = Context::new(Env::from_process());
-    ctx.pvc_root = std::env::var_os("TAILOR_PVC_ROOT").map(PathBuf::from);
+    let (rt, ctx) = runtime()?;
     let fetcher = Fetcher::new(ctx).with_cache(cache);
     let dir = work.join("inputs");
     for (what, p) in inputs.iter_mut().filter(|(_, p)| is_uri(p)) {
@@ -100,13 +107,7 @@ impl Remote {
         if !inputs_are_uris && !is_uri(&cfg.output) {
             return Ok(None);
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .context("starting the artifact runtime")?;
-        let mut ctx = Context::new(Env::from_process());
-        ctx.pvc_root = std::env::var_os("TAILOR_PVC_ROOT").map(PathBuf::from);
+        let (rt, ctx) = runtime()?;
         let work = cfg.work_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!(
                 "tailor-trainer-{}",

@@ -214,6 +214,16 @@ pub(crate) fn eval_loss(
     Ok(Some(sum / n.max(1) as f64))
 }
 
+/// The padding token: the tokenizer's pad token, else its end-of-sequence token, else 0.
+pub(crate) fn pad_id(tokenizer: &Tokenizer) -> i64 {
+    tokenizer
+        .pad_token
+        .as_deref()
+        .and_then(|t| tokenizer.token_to_id(t))
+        .or_else(|| tokenizer.eos_token_id())
+        .map_or(0, i64::from)
+}
+
 pub(crate) fn choose_device(name: &str) -> anyhow::Result<Device> {
     Ok(tailor_model::parse_device(name)?)
 }
@@ -311,12 +321,7 @@ pub fn run(
         }
         None => Vec::new(),
     };
-    let pad = tokenizer
-        .pad_token
-        .as_deref()
-        .and_then(|t| tokenizer.token_to_id(t))
-        .or_else(|| tokenizer.eos_token_id())
-        .map_or(0, i64::from);
+    let pad = pad_id(&tokenizer);
 
     let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);

@@ -269,11 +269,22 @@ pub fn check_family(ftj: &FineTuneJob, config_json: Option<&[u8]>) -> Result<(),
 
 /// The trainer's mounted config. Owned by the FineTuneJob.
 pub fn config_map(ftj: &FineTuneJob, v: &Validated) -> ConfigMap {
+    json_config_map(ftj, &v.job_name, &v.hash, CONFIG_KEY, &v.train_config)
+}
+
+/// A ConfigMap `name` holding `value` as pretty JSON under `key` (what a trainer pod mounts).
+fn json_config_map<T: serde::Serialize>(
+    ftj: &FineTuneJob,
+    name: &str,
+    hash: &str,
+    key: &str,
+    value: &T,
+) -> ConfigMap {
     ConfigMap {
-        metadata: meta(ftj, &v.job_name, &v.hash),
+        metadata: meta(ftj, name, hash),
         data: Some(BTreeMap::from([(
-            CONFIG_KEY.to_string(),
-            serde_json::to_string_pretty(&v.train_config).unwrap_or_default(),
+            key.to_string(),
+            serde_json::to_string_pretty(value).unwrap_or_default(),
         )])),
         ..ConfigMap::default()
     }
@@ -316,27 +327,44 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
         }]),
         ..Container::default()
     };
-    let mut job = trainer_job(ftj, &v.job_name, &v.hash, cfg, base_uri, container, vec![]);
-    if let Some(spec) = job.spec.as_mut() {
-        spec.suspend = Some(ftj.spec.suspend);
-        spec.active_deadline_seconds = ftj.spec.active_deadline_seconds;
-    }
-    job
+    let spec = JobSpec {
+        suspend: Some(ftj.spec.suspend),
+        active_deadline_seconds: ftj.spec.active_deadline_seconds,
+        ..JobSpec::default()
+    };
+    let step = Step {
+        name: &v.job_name,
+        hash: &v.hash,
+        container,
+        extra: vec![],
+        spec,
+    };
+    trainer_job(ftj, cfg, base_uri, step)
 }
 
-/// A Job of the trainer image on the run's resources, placement and volumes (the base model,
-/// the artifact area, the config ConfigMap named `name`), running `container` (its image,
-/// resources, mounts and termination path are filled in here). `extra` volumes are mounted
-/// read-only at their mount paths.
-fn trainer_job(
-    ftj: &FineTuneJob,
-    name: &str,
-    hash: &str,
-    cfg: &OperatorConfig,
-    base_uri: &str,
-    mut container: Container,
+/// One step of a run as a Job of the trainer image (train, evaluate).
+struct Step<'a> {
+    /// The Job's name, also its config ConfigMap's.
+    name: &'a str,
+    hash: &'a str,
+    /// Its image, resources, mounts and termination path are filled in.
+    container: Container,
+    /// Volumes mounted read-only at their mount paths.
     extra: Vec<(Volume, VolumeMount)>,
-) -> Job {
+    /// The step's Job settings (suspend, deadline), which Kueue's queueing then adjusts.
+    spec: JobSpec,
+}
+
+/// A step's Job on the run's resources, placement and volumes (the base model, the artifact
+/// area, the config ConfigMap).
+fn trainer_job(ftj: &FineTuneJob, cfg: &OperatorConfig, base_uri: &str, step: Step<'_>) -> Job {
+    let Step {
+        name,
+        hash,
+        mut container,
+        extra,
+        spec,
+    } = step;
     let ns = ftj.namespace().unwrap_or_default();
     let mut vols = PodVolumes::new(cfg, &ns, name, true);
     // Validated: it resolves (a pinned URI the same way as the spec's).
@@ -398,7 +426,7 @@ fn trainer_job(
                     &cfg.default_resources,
                 )),
             },
-            ..JobSpec::default()
+            ..spec
         }),
         status: None,
     };
@@ -477,14 +505,46 @@ pub fn evaluate_config_map(
     hash: &str,
     e: &EvaluateConfig,
 ) -> ConfigMap {
-    ConfigMap {
-        metadata: meta(ftj, name, hash),
-        data: Some(BTreeMap::from([(
-            EVALUATE_KEY.to_string(),
-            serde_json::to_string_pretty(e).unwrap_or_default(),
-        )])),
-        ..ConfigMap::default()
+    json_config_map(ftj, name, hash, EVALUATE_KEY, e)
+}
+
+/// One key of the judge's Secret (`secret`) or ConfigMap, as `file` in `<JUDGE_DIR>/<dir>`.
+fn judge_file(
+    volume: &str,
+    dir: &str,
+    key: &tailor_api::KeyRef,
+    file: &str,
+    secret: bool,
+) -> (Volume, VolumeMount) {
+    let items = Some(vec![KeyToPath {
+        key: key.key.clone(),
+        path: file.into(),
+        ..Default::default()
+    }]);
+    let mut v = Volume {
+        name: volume.into(),
+        ..Default::default()
+    };
+    if secret {
+        v.secret = Some(SecretVolumeSource {
+            secret_name: Some(key.name.clone()),
+            items,
+            ..Default::default()
+        });
+    } else {
+        v.config_map = Some(ConfigMapVolumeSource {
+            name: key.name.clone(),
+            items,
+            ..Default::default()
+        });
     }
+    let m = VolumeMount {
+        name: volume.into(),
+        mount_path: format!("{JUDGE_DIR}/{dir}"),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    (v, m)
 }
 
 /// The evaluate Job: `tailor-trainer evaluate` on the run's resources (the models it compares
@@ -500,50 +560,10 @@ pub fn evaluate_job(
     let judge = ftj.spec.evaluation.as_ref().and_then(|e| e.judge.as_ref());
     let mut extra = vec![];
     if let Some(k) = judge.and_then(|j| j.api_key_secret_ref.as_ref()) {
-        extra.push((
-            Volume {
-                name: "judge-key".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(k.name.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: k.key.clone(),
-                        path: "api-key".into(),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "judge-key".into(),
-                mount_path: format!("{JUDGE_DIR}/key"),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ));
+        extra.push(judge_file("judge-key", "key", k, "api-key", true));
     }
     if let Some(p) = judge.and_then(|j| j.prompt_config_map_ref.as_ref()) {
-        extra.push((
-            Volume {
-                name: "judge-prompt".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: p.name.clone(),
-                    items: Some(vec![KeyToPath {
-                        key: p.key.clone(),
-                        path: "prompt.j2".into(),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "judge-prompt".into(),
-                mount_path: format!("{JUDGE_DIR}/prompt"),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ));
+        extra.push(judge_file("judge-prompt", "prompt", p, "prompt.j2", false));
     }
     let container = Container {
         name: "evaluate".into(),
@@ -558,7 +578,14 @@ pub fn evaluate_job(
         ]),
         ..Container::default()
     };
-    trainer_job(ftj, name, hash, cfg, base_uri, container, extra)
+    let step = Step {
+        name,
+        hash,
+        container,
+        extra,
+        spec: JobSpec::default(),
+    };
+    trainer_job(ftj, cfg, base_uri, step)
 }
 
 /// The LoraAdapter a successful run records; not owned by the job, so it outlives it.

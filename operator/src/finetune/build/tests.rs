@@ -1096,3 +1096,26 @@ fn a_trained_adapter_is_evaluated_before_the_job_succeeds() {
     assert_eq!(ready.reason, "EvaluationFailed");
     assert!(ready.message.contains("out of memory"), "{}", ready.message);
 }
+
+#[test]
+fn queued_train_and_evaluate_jobs_are_created_suspended_for_kueue() {
+    let mut f = with_evaluation(ftj());
+    f.metadata.labels = Some(BTreeMap::from([(
+        jobs::KUEUE_QUEUE.to_string(),
+        "team-a".to_string(),
+    )]));
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let name = evaluate_job_name(&v.job_name);
+    for job in [
+        job(&f, &v, &cfg, &f.spec.base_model.uri),
+        evaluate_job(&f, &name, &v.hash, &cfg, &f.spec.base_model.uri),
+    ] {
+        assert_eq!(
+            job.spec.as_ref().and_then(|s| s.suspend),
+            Some(true),
+            "{job:?}"
+        );
+        assert_eq!(jobs::kueue_queue(&job.metadata), Some("team-a"));
+    }
+}
