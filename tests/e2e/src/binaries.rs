@@ -55,6 +55,26 @@ fn build_workspace() -> anyhow::Result<()> {
             if let Some(t) = dir.parent() {
                 cmd.env("CARGO_TARGET_DIR", t);
             }
+            // The variables cargo sets for this test process are not the workspace build's
+            // environment: ring's build script reruns when CARGO_MANIFEST_DIR changes, and with it
+            // rustls, kube and everything above them, once in here and once more in the next
+            // top-level build (minutes of CPU taken from the running tests, every suite).
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                let set_by_cargo_test = [
+                    "CARGO_MANIFEST_",
+                    "CARGO_PKG_",
+                    "CARGO_BIN_EXE_",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p));
+                if set_by_cargo_test {
+                    cmd.env_remove(k.as_ref());
+                }
+            }
             let out = cmd
                 .output()
                 .map_err(|e| format!("running cargo build: {e}"))?;
