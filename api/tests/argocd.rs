@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tailor_api::conditions::{self, DEGRADED, PROGRESSING, READY, ROLLED_BACK, SCHEDULED};
 use tailor_api::*;
 
@@ -302,6 +302,54 @@ fn finetunejob_health() {
         ),
         "Healthy",
         "Trained adapter support-v1: validation loss 0.8123 (base model 2.5000)",
+    );
+    // Evaluated: the judge's win rate too; evaluating is progress.
+    let evaluation: tailor_wire::eval::Evaluation = serde_json::from_value(json!({
+        "examples": 20, "answered": 20, "base": {}, "adapter": {},
+        "judge": {"model": "big", "pairs": 20, "judged": 19, "unjudged": 1, "wins": 15, "ties": 2,
+                  "losses": 2, "winRate": 0.7894, "winsAsA": 8, "winsAsB": 7, "requests": 40,
+                  "retries": 0, "failures": 1},
+        "decoding": {}, "seconds": 3.5
+    }))
+    .expect("evaluation");
+    assert_health(
+        "FineTuneJob",
+        &job(
+            false,
+            Some(FineTuneJobStatus {
+                phase: FineTuneJobPhase::Succeeded,
+                observed_generation: Some(1),
+                conditions: vec![cond(READY, true, "Succeeded", "adapter recorded", 1)],
+                adapter_ref: Some(LocalRef {
+                    name: "support-v1".into(),
+                }),
+                validation_loss: Some(0.8123),
+                evaluation: Some(evaluation),
+                ..Default::default()
+            }),
+        ),
+        "Healthy",
+        "Trained adapter support-v1: validation loss 0.8123; win rate 0.79 over 19 judged pairs",
+    );
+    assert_health(
+        "FineTuneJob",
+        &job(
+            false,
+            Some(FineTuneJobStatus {
+                phase: FineTuneJobPhase::Evaluating,
+                observed_generation: Some(1),
+                conditions: vec![cond(
+                    PROGRESSING,
+                    true,
+                    "Evaluating",
+                    "evaluating it against the base model on the test split",
+                    1,
+                )],
+                ..Default::default()
+            }),
+        ),
+        "Progressing",
+        "evaluating it against the base model on the test split",
     );
     assert_health(
         "FineTuneJob",

@@ -77,6 +77,10 @@ if phase == "Succeeded" then
     if obj.status.baseValidationLoss ~= nil then
       msg = msg .. string.format(" (base model %.4f)", obj.status.baseValidationLoss)
     end
+    local judge = obj.status.evaluation ~= nil and obj.status.evaluation.judge or nil
+    if judge ~= nil and judge.winRate ~= nil then
+      msg = msg .. string.format("; win rate %.2f over %d judged pairs", judge.winRate, judge.judged or 0)
+    end
     hs.message = msg
   else
     hs.message = describe(condition("Ready"), "Training succeeded")
