@@ -263,6 +263,9 @@ def evaluation(path):
         f" of {j.get('judged', 0)} judged pairs, {j.get('unjudged', 0)} of {j.get('pairs', 0)} unjudged"
         + (f" ({kinds})" if kinds else "")
     )
+    if not j.get("judged") and set(j.get("failureKinds", {})) == {"malformed verdict"}:
+        print("  (the judge never wrote the JSON verdict its prompt asks for: the demo's stand-in judge is its small")
+        print("   pre-trained base model; --judge-url at an instruction-following model gives a win rate)")
 
 
 if __name__ == "__main__":
