@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The local demo, end to end on a fresh machine: build, start tailor-sim (a local Kubernetes
-# stand-in with simulated GPU nodes), install tailor with `kubectl apply -k`, train the quickstart
-# adapter, serve it behind an OpenAI-compatible endpoint, ask it a question before and after
-# fine-tuning (the official `openai` client), roll out a second adapter as a canary to promotion,
-# then a faulty third one that rolls itself back, and print a short report.
+# stand-in with simulated GPU nodes), install tailor with `kubectl apply -k`, pre-train a small
+# base model on text the machine already has (cached), train the quickstart adapter (its loss per
+# step as a sparkline and a PNG), serve it behind an OpenAI-compatible endpoint, ask it a question
+# before and after fine-tuning (the official `openai` client), evaluate it against its base on the
+# test split, roll out a second adapter as a canary to promotion, then a faulty third one that
+# rolls itself back, and print a short report.
 #
 #   scripts/demo.sh                 # TAILOR_DEMO_DIR=DIR keeps the simulator state and logs there
 set -euo pipefail
@@ -14,10 +16,12 @@ work="${TAILOR_DEMO_DIR:-$(mktemp -d -t tailor-demo.XXXXXX)}"
 mkdir -p "$work"
 ns=tailor-demo
 client="$root/tests/e2e/tests/serving_client.py"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-report=()
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
+demo_start=$(now)
+step() { printf '\n\033[1m== %s\033[0m  [%s s]\n' "$*" "$(elapsed "$demo_start")"; }
+report=()
+pretrained=""
 
 step "1. environment (libtorch virtualenv with torch, transformers, peft, openai; cargo build)"
 eval "$(scripts/setup-libtorch.sh)"
@@ -34,8 +38,8 @@ export KUBECONFIG="$work/kubeconfig"
 sim=$!
 load_pid=""
 cleanup() {
-  [[ -n "$load_pid" ]] && kill "$load_pid" 2>/dev/null || true
-  kill -TERM "$sim" 2>/dev/null && wait "$sim" 2>/dev/null || true
+  if [[ -n "$load_pid" ]]; then kill "$load_pid" 2>/dev/null || true; fi
+  if kill -TERM "$sim" 2>/dev/null; then wait "$sim" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 300); do
@@ -68,46 +72,105 @@ kubectl apply -f examples/quickstart/artifacts-pvc.yaml -n "$ns" >/dev/null
 demo_vol=$(volume_dir "$ns" tailor-artifacts)
 if [[ ! -L "$demo_vol" ]]; then rmdir "$demo_vol" && ln -s "$shared" "$demo_vol"; fi
 
-step "4. a base model (a tiny random Llama with a tokenizer trained on the quickstart data; no network)"
+# A random model writes noise, and a LoRA on top of noise has nothing to adapt; so the base is a
+# small Llama pre-trained here, on CPU, on English the machine already has (licences and manuals
+# under /usr/share), with a tokenizer that also knows the quickstart data. A minute or two, once:
+# the result is cached under ~/.cache/tailor, keyed by the script and the data.
+step "4. a base model: a small Llama pre-trained here on licences and manuals from /usr/share (no network; cached)"
+base_key=$(cat scripts/pretrain_base.py model/tests/reference.py examples/quickstart/support-chat.jsonl | sha256sum | cut -c1-16)
+base_cache="${XDG_CACHE_HOME:-$HOME/.cache}/tailor/demo-base-$base_key"
 if [[ ! -f "$shared/models/base/config.json" ]]; then
-  mkdir -p "$shared/models/base"
-  grep -v '^\s*$' examples/quickstart/support-chat.jsonl >"$work/corpus.jsonl"
-  python3 model/tests/reference.py base-model "$shared/models/base" "$work/corpus.jsonl" 384 48 2 4 2 96 2>/dev/null
+  if [[ -f "$base_cache/config.json" ]]; then
+    echo "  pre-trained before: $base_cache"
+  else
+    grep -v '^\s*$' examples/quickstart/support-chat.jsonl >"$work/corpus.jsonl"
+    rm -rf "$base_cache.tmp"
+    python3 scripts/pretrain_base.py "$base_cache.tmp" "$work/corpus.jsonl" 2>"$work/pretrain.err" \
+      | tee "$work/pretrain.log" | sed 's/^/  /' || { tail -n 20 "$work/pretrain.err"; exit 1; }
+    tail -n 1 "$work/pretrain.log" >"$base_cache.tmp/pretrain.json"
+    rm -rf "$base_cache" && mv "$base_cache.tmp" "$base_cache"
+    pretrained=" (pre-trained by this run)"
+  fi
+  rm -rf "$shared/models/base" && mkdir -p "$shared/models"
+  cp -r "$base_cache" "$shared/models/base"
 fi
 ls "$shared/models/base"
+if [[ -f "$shared/models/base/pretrain.json" ]]; then
+  report+=("base model: $(python3 scripts/demo_report.py pretrain "$shared/models/base/pretrain.json")${pretrained:- (pre-trained by an earlier run)}")
+fi
 
 step "5. the quickstart: Dataset -> FineTuneJob -> LoraAdapter -> ModelDeployment (kubectl apply -k examples/demo)"
 kubectl apply -k examples/demo | sed 's/^/  /'
 kubectl -n "$ns" wait --for=condition=Ready dataset/support-chat --timeout=300s
 kubectl -n "$ns" get dataset support-chat
 stats=$(kubectl -n "$ns" get dataset support-chat -o jsonpath='{.status.stats}')
-report+=("dataset: $(python3 -c "import json;s=json.loads('''$stats''');print(f\"{s['examples']} examples ({s['train']} train / {s['validation']} validation), {s['invalid']} invalid, {s['duplicatesRemoved']} duplicates removed, {s['redactions']} redactions\")")")
+report+=("dataset: $(python3 -c "import json;s=json.loads('''$stats''');print(f\"{s['examples']} examples ({s['train']} train / {s['validation']} validation / {s.get('test', 0)} test), {s['invalid']} invalid, {s['duplicatesRemoved']} duplicates removed, {s['redactions']} redactions\")")")
 t0=$(now)
 kubectl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded finetunejob/support-v1 --timeout=900s
 kubectl -n "$ns" get finetunejob support-v1
-losses() { kubectl -n "$ns" get finetunejob "$1" -o jsonpath='base {.status.baseValidationLoss} -> {.status.validationLoss}'; }
+losses() { # base model's -> the adapter's, as the job's status has them
+  kubectl -n "$ns" get finetunejob "$1" -o jsonpath='{.status.baseValidationLoss} {.status.validationLoss}' | awk '{printf "base %.3f -> %.3f", $1, $2}'
+}
 report+=("support-v1 trained in $(elapsed "$t0") s: validation loss $(losses support-v1)")
 kubectl -n "$ns" wait --for=condition=Ready loraadapter/support-v1 --timeout=300s
+# Where an adapter's files are: its URI's path, in the demo namespace's area of the store.
+adapter_dir() { echo "$shared/$ns/$(kubectl -n "$ns" get loraadapter "$1" -o jsonpath='{.spec.uri}' | sed 's|^pvc://tailor-artifacts/||')"; }
+v1_dir=$(adapter_dir support-v1)
+# Loss per step: train loss from metrics.json (next to the adapter), validation loss from the
+# trainer's log (every checkpointEverySteps) and the job's status (the base model's, the final).
+kubectl -n "$ns" logs -l tailor.dev/finetunejob=support-v1 --tail=-1 --all-containers >"$work/support-v1-train.log" 2>&1 || true
+echo "  loss per step (train: metrics.json history; validation: the trainer's log):"
+python3 scripts/demo_report.py losses "$v1_dir/metrics.json" "$work/support-v1-train.log" "$work/support-v1-loss.png" support-v1 \
+  | tee "$work/support-v1-loss.txt" | sed '$d'
+report+=("support-v1 loss per step (plot: $work/support-v1-loss.png):")
+while IFS= read -r line; do report+=("$line"); done < <(sed -n '1,2p' "$work/support-v1-loss.txt")
 kubectl -n "$ns" wait --for=condition=Ready modeldeployment/support --timeout=300s
 kubectl -n "$ns" get modeldeployment support
 endpoint=$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.endpoint}')
 echo "endpoint (status.endpoint): $endpoint"
 
-step "6. one question, before and after fine-tuning (openai client: model 'base', then model 'support')"
-python3 "$client" ask "$endpoint" "How do I reset my password?" base support | python3 -c '
+# The question as the support app would send it: the assistant's system prompt (the one in the
+# training data), then the customer's message.
+system_prompt=$(head -n 1 examples/quickstart/support-chat.jsonl | python3 -c 'import json, sys; print(json.load(sys.stdin)["messages"][0]["content"])')
+question="How do I reset my password?"
+ask() { # model...
+  python3 "$client" ask "$endpoint" "$question" "$@" --system "$system_prompt" --max-tokens 48 | python3 -c '
 import json, sys
 for model, a in json.load(sys.stdin).items():
     print("  [%s -> answered by %s] %r" % (model, a["model"], a["content"]))'
-report+=("the endpoint answered through the openai client as 'base' (the base model) and 'support' (support-v1)")
+}
+step "6. one question, before and after fine-tuning (openai client: model 'base', then model 'support')"
+echo "  system: $system_prompt"
+echo "  user:   $question"
+ask base support | tee "$work/answers.txt"
+report+=("the endpoint answered \"$question\" through the openai client (greedy, 48 tokens at most):")
+while IFS= read -r line; do report+=("$line"); done <"$work/answers.txt"
 
-# Two more adapters, trained side by side: v2 a good one, v3 the one the demo makes faulty.
-step "7. train support-v2 and support-v3"
-for v in v2 v3; do
+# STAND-IN for the FineTuneJob's own evaluation step (issue 15: spec.evaluation, run by the
+# operator as a Job): until then the demo runs the same command here, on the Dataset's test split
+# in the artifact store, with the base deployment as the judge. Replace this step when the
+# FineTuneJob reports its evaluation in status.
+step "7. evaluate support-v1 against its base on the test split (tailor-trainer evaluate; the 'base' deployment judges)"
+test_split="$shared/$ns/$(kubectl -n "$ns" get dataset support-chat -o jsonpath='{.status.preparedUri}' | sed 's|^pvc://tailor-artifacts/||')/test.jsonl"
+t0=$(now)
+"$bin/tailor-trainer" evaluate --base-model "$shared/models/base" --adapter "$v1_dir" --test "$test_split" \
+  --output "$work/eval" --judge-url "$endpoint" --judge-model base --max-examples 20 \
+  >"$work/eval.json" 2>"$work/eval.log" || { tail -n 20 "$work/eval.log"; exit 1; }
+python3 scripts/demo_report.py evaluation "$work/eval/evaluation.json" | tee "$work/eval.txt"
+report+=("support-v1 evaluated against the base in $(elapsed "$t0") s (tailor-trainer evaluate, run by the demo; $work/eval):")
+while IFS= read -r line; do report+=("$line"); done <"$work/eval.txt"
+
+# Two more adapters, trained side by side: v2 a good one (support-v1's settings, another seed),
+# v3 the one the demo makes faulty, which only has to exist to be rolled back: a short run.
+step "8. train support-v2 and support-v3"
+for v in v2:7 v3:9:5; do # name:seed[:epochs]
   kubectl kustomize examples/demo | python3 -c '
-import sys
+import re, sys
+name, seed, *epochs = sys.argv[1].split(":")
 docs = sys.stdin.read().split("\n---\n")
 job = next(d for d in docs if "kind: FineTuneJob" in d)
-print(job.replace("support-v1", "support-'$v'").replace("seed: 42", "seed: '$([[ $v == v2 ]] && echo 7 || echo 9)'"))' \
+job = job.replace("support-v1", "support-" + name).replace("seed: 42", "seed: " + seed)
+print(re.sub(r"epochs: \d+", "epochs: " + epochs[0], job) if epochs else job)' "$v" \
     | kubectl apply -f - | sed 's/^/  /'
 done
 t0=$(now)
@@ -160,7 +223,7 @@ watch_rollout() { # the stable revision before the canary
 }
 weights() { printf '%s\n' "${timeline[@]}" | sed -n 's/.*weight=\([0-9]*\).*/\1%/p' | uniq | paste -sd' ' | sed 's/ / -> /g'; }
 
-step "8. adapter canary: support -> support-v2 (no new pods; 25% of users, then 50%, then promoted)"
+step "9. adapter canary: support -> support-v2 (no new pods; 25% of users, then 50%, then promoted)"
 stable=$(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.stableRevision}')
 pods_before=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=tailor-server -o jsonpath='{.items[*].metadata.uid}')
 start_load "$work/load-v2.jsonl"
@@ -172,12 +235,9 @@ stop_load "$work/load-v2.jsonl"
 pods_after=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=tailor-server -o jsonpath='{.items[*].metadata.uid}')
 [[ "$pods_before" == "$pods_after" ]] && same="the same serving pods" || same="NEW serving pods (unexpected)"
 report+=("canary support-v2: $(kubectl -n "$ns" get modeldeployment support -o jsonpath='{.status.history[-1:].outcome}') — weights $(weights) on $same; load: $(load_summary "$work/load-v2.jsonl")")
-python3 "$client" ask "$endpoint" "How do I reset my password?" support | python3 -c '
-import json, sys
-a = json.load(sys.stdin)["support"]
-print("  [support -> answered by %s] %r" % (a["model"], a["content"]))'
+ask support
 
-step "9. a faulty canary: support -> support-v3, which fails 30% of requests (test-only fault injection)"
+step "10. a faulty canary: support -> support-v3, which fails 30% of requests (test-only fault injection)"
 # TEST-ONLY: tailor-server's faultInjection, off by default; here it breaks support-v3 on purpose.
 kubectl -n "$ns" annotate modeldeployment support --overwrite \
   'tailor.dev/test-fault-injection={"errorRate":0.3,"adapters":["support-v3"]}' | sed 's/^/  /'
@@ -206,6 +266,9 @@ report+=("$rollback")
 kubectl -n "$ns" get modeldeployment support
 
 step "report"
-printf ' - %s\n' "${report[@]}"
+report+=("the demo took $(elapsed "$demo_start") s")
+for line in "${report[@]}"; do
+  if [[ "$line" == "  "* ]]; then printf '  %s\n' "$line"; else printf ' - %s\n' "$line"; fi
+done
 echo
 echo "state and logs: $work (sim.log; kubectl --kubeconfig $KUBECONFIG ... while it runs)"

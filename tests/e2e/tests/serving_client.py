@@ -1,7 +1,8 @@
 """The official `openai` client against a ModelDeployment's endpoint (status.endpoint).
 
-    serving_client.py ask ENDPOINT QUESTION MODEL [MODEL...]
-        One chat completion per model; prints one JSON object {model: {content, model, usage}}.
+    serving_client.py ask ENDPOINT QUESTION MODEL [MODEL...] [--system TEXT] [--max-tokens N]
+        One chat completion per model (greedy; 16 tokens unless --max-tokens; a system message
+        first with --system); prints one JSON object {model: {content, model, usage}}.
         Exits non-zero when any request fails.
 
     serving_client.py load ENDPOINT MODEL STOP_FILE OUT_FILE [THREADS] [USERS]
@@ -27,14 +28,15 @@ def client(endpoint):
     return openai.OpenAI(base_url=endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"), max_retries=0, timeout=60)
 
 
-def ask(endpoint, question, *models):
+def ask(endpoint, question, *models, system=None, max_tokens=16):
     c = client(endpoint)
     out = {}
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     for m in models:
         r = c.chat.completions.create(
             model=m,
-            messages=[{"role": "user", "content": question}],
-            max_tokens=16,
+            messages=messages,
+            max_tokens=max_tokens,
             temperature=0,
         )
         out[m] = {
@@ -90,4 +92,16 @@ def load(endpoint, model, stop_file, out_file, threads="4", users="40"):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"ask": ask, "load": load}[cmd](*args)
+    if cmd == "ask":
+        positional, opts = [], {}
+        it = iter(args)
+        for a in it:
+            if a == "--system":
+                opts["system"] = next(it)
+            elif a == "--max-tokens":
+                opts["max_tokens"] = int(next(it))
+            else:
+                positional.append(a)
+        ask(*positional, **opts)
+    else:
+        {"load": load}[cmd](*args)
