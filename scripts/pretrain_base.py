@@ -4,15 +4,16 @@
 
 A fresh model writes noise, so a LoRA trained on top of it has nothing to adapt and the demo's
 "before" and "after" answers are both gibberish. This makes a small Llama that writes words, on
-CPU, in a minute or two, with no network: full-parameter causal-LM training with AdamW on
+CPU, in about two minutes on two cores, with no network: full-parameter causal-LM training with AdamW on
 licences and manuals found under /usr/share (common-licenses, doc/*/copyright, info manuals, man
 pages as a fallback), with a byte-level BPE tokenizer trained on that text plus the chat data.
 
 The checkpoint is written in the Hugging Face format tailor loads (config.json,
 model.safetensors, tokenizer.json, tokenizer_config.json with the ChatML template and special
 tokens of `model/tests/reference.py base-model`, so the rest of the demo is unchanged). Every
-choice is seeded and the number of steps is fixed, so a run is reproducible; the losses at the
-start and the end, the corpus size and the time go to stdout (last line: one JSON object).
+choice is seeded and the number of steps is fixed, so a run is reproducible on a given machine
+(the corpus is whatever packages installed there); the held-out losses at the start and the end,
+the corpus size and the time go to stdout (last line: one JSON object).
 """
 
 import argparse
@@ -94,27 +95,28 @@ def paragraphs(text):
 def corpus(max_chars, seed):
     """Deduplicated English paragraphs from SOURCES (man pages only when those are short),
     shuffled with SEED and cut to MAX_CHARS; and the files they came from."""
-    seen, paras, files = set(), [], 0
+    seen, paras, files, chars = set(), [], 0, 0
 
     def add(text):
-        nonlocal files
+        nonlocal files, chars
         before = len(paras)
         for p in paragraphs(text):
             h = hashlib.sha1(p.encode()).digest()
             if h not in seen:
                 seen.add(h)
                 paras.append(p)
+                chars += len(p)
         files += len(paras) > before
 
     for pattern in SOURCES:
         for path in sorted(glob.glob(pattern)):
             if os.path.isfile(path):
                 add(read_text(path))
-    if sum(len(p) for p in paras) < MIN_CHARS:  # a machine without manuals: man pages then
+    if chars < MIN_CHARS:  # a machine without manuals: man pages then
         for path in sorted(glob.glob(MAN_PAGES)):
             if os.path.isfile(path):
                 add(strip_troff(read_text(path)))
-            if sum(len(p) for p in paras) >= max_chars:
+            if chars >= max_chars:
                 break
     random.Random(seed).shuffle(paras)
     out, n = [], 0
