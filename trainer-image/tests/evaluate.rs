@@ -211,11 +211,7 @@ fn a_memorised_adapter_answers_exactly_and_its_test_loss_matches_peft() {
         serde_json::from_slice(&std::fs::read(out.join("evaluation.json")).expect("report"))
             .expect("json");
     assert_eq!(on_disk["adapter"], e["adapter"]);
-    let samples = std::fs::read_to_string(out.join("samples.jsonl")).expect("samples");
-    let samples: Vec<Value> = samples
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("sample"))
-        .collect();
+    let samples = read_samples(&out);
     assert_eq!(samples.len(), 3);
     assert_eq!(samples[0]["reference"], FACTS[0].1);
     assert_eq!(samples[0]["adapter"], FACTS[0].1, "{:#}", samples[0]);
@@ -237,6 +233,15 @@ fn a_memorised_adapter_answers_exactly_and_its_test_loss_matches_peft() {
         e["adapter"]["testLoss"].as_f64() < e["base"]["testLoss"].as_f64(),
         "{e:#}"
     );
+}
+
+/// The `samples.jsonl` an evaluation wrote into `out`.
+fn read_samples(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("samples.jsonl"))
+        .expect("samples")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("sample"))
+        .collect()
 }
 
 /// The workspace's tailor-server, built beside this test binary by `cargo test --workspace
@@ -392,11 +397,7 @@ fn the_judge_sees_both_orders_and_its_failures_are_counted_not_fatal() {
     );
     assert_eq!(j["failures"], 1);
     assert_eq!(j["failureKinds"]["malformed verdict"], 1, "{j:#}");
-    let samples = std::fs::read_to_string(out.join("samples.jsonl")).expect("samples");
-    let samples: Vec<Value> = samples
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("sample"))
-        .collect();
+    let samples = read_samples(&out);
     assert_eq!(samples[3]["judge"]["outcome"], "tie");
     assert_eq!(samples[0]["judge"]["adapterAsA"]["reason"], "said A");
     assert!(
