@@ -3,8 +3,8 @@
 # stand-in with simulated GPU nodes), install tailor with `kubectl apply -k`, pre-train a small
 # base model on text the machine already has (cached), train the quickstart adapter (its loss per
 # step as a sparkline and a PNG), serve it behind an OpenAI-compatible endpoint, ask it a question
-# before and after fine-tuning (the official `openai` client), evaluate it against its base on the
-# test split, roll out a second adapter as a canary to promotion, then a faulty third one that
+# before and after fine-tuning (the official `openai` client), show the FineTuneJob's evaluation
+# against its base on the test split, roll out a second adapter as a canary to promotion, then a faulty third one that
 # rolls itself back, and print a short report.
 #
 #   scripts/demo.sh                 # TAILOR_DEMO_DIR=DIR keeps the simulator state and logs there
@@ -146,18 +146,15 @@ ask base support | tee "$work/answers.txt"
 report+=("the endpoint answered \"$question\" through the openai client (greedy, 48 tokens at most):")
 while IFS= read -r line; do report+=("$line"); done <"$work/answers.txt"
 
-# STAND-IN for the FineTuneJob's own evaluation step (issue 15: spec.evaluation, run by the
-# operator as a Job): until then the demo runs the same command here, on the Dataset's test split
-# in the artifact store, with the base deployment as the judge. Replace this step when the
-# FineTuneJob reports its evaluation in status.
-step "7. evaluate support-v1 against its base on the test split (tailor-trainer evaluate; the 'base' deployment judges)"
-test_split="$shared/$ns/$(kubectl -n "$ns" get dataset support-chat -o jsonpath='{.status.preparedUri}' | sed 's|^pvc://tailor-artifacts/||')/test.jsonl"
-t0=$(now)
-"$bin/tailor-trainer" evaluate --base-model "$shared/models/base" --adapter "$v1_dir" --test "$test_split" \
-  --output "$work/eval" --judge-url "$endpoint" --judge-model base --max-examples 20 \
-  >"$work/eval.json" 2>"$work/eval.log" || { tail -n 20 "$work/eval.log"; exit 1; }
-python3 scripts/demo_report.py evaluation "$work/eval/evaluation.json" | tee "$work/eval.txt"
-report+=("support-v1 evaluated against the base in $(elapsed "$t0") s (tailor-trainer evaluate, run by the demo; $work/eval):")
+# The FineTuneJob's evaluate step (spec.evaluation in examples/demo) ran after training, as its own
+# Job: test loss, exact match and F1 of base and adapter on the Dataset's test split, and a win
+# rate from the judge, the 'base' model of this very deployment (a stand-in, constrained to a
+# verdict: structuredOutputs). Its results are in the job's status and next to the adapter.
+step "7. support-v1's evaluation: its own step of the FineTuneJob (spec.evaluation; the 'base' model of the deployment judges)"
+kubectl -n "$ns" get finetunejob support-v1 -o wide
+kubectl -n "$ns" get finetunejob support-v1 -o jsonpath='{.status.evaluation}' >"$work/eval.json"
+python3 scripts/demo_report.py evaluation "$work/eval.json" | tee "$work/eval.txt"
+report+=("support-v1 evaluated by its FineTuneJob's evaluate step (status.evaluation; judged samples in $v1_dir/evaluation):")
 while IFS= read -r line; do report+=("$line"); done <"$work/eval.txt"
 
 # Two more adapters, trained side by side: v2 a good one (support-v1's settings, another seed),
@@ -170,6 +167,7 @@ name, seed, *epochs = sys.argv[1].split(":")
 docs = sys.stdin.read().split("\n---\n")
 job = next(d for d in docs if "kind: FineTuneJob" in d)
 job = job.replace("support-v1", "support-" + name).replace("seed: 42", "seed: " + seed)
+job = re.sub(r"\n  evaluation:\n(    .*\n)*", "\n", job + "\n")  # only support-v1 is evaluated
 print(re.sub(r"epochs: \d+", "epochs: " + epochs[0], job) if epochs else job)' "$v" \
     | kubectl apply -f - | sed 's/^/  /'
 done

@@ -263,9 +263,14 @@ def evaluation(path):
         f" of {j.get('judged', 0)} judged pairs, {j.get('unjudged', 0)} of {j.get('pairs', 0)} unjudged"
         + (f" ({kinds})" if kinds else "")
     )
+    if j.get("judged"):
+        print(
+            f"  verdicts by position: the adapter won {j.get('winsAsA', 0)} of {j['judged']} orders shown first, "
+            f"{j.get('winsAsB', 0)} shown second (a judge that follows position makes each pair a tie)"
+        )
     if not j.get("judged") and set(j.get("failureKinds", {})) == {"malformed verdict"}:
-        print("  (the judge never wrote the JSON verdict its prompt asks for: the demo's stand-in judge is its small")
-        print("   pre-trained base model; --judge-url at an instruction-following model gives a win rate)")
+        print("  (the judge never wrote the JSON verdict its prompt asks for: a judge too small for that needs")
+        print("   judge.structuredOutputs, or an instruction-following model)")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,12 @@ pub struct Judge {
     #[serde(default = "default_judge_concurrency")]
     #[schemars(range(min = 1, max = 64))]
     pub concurrency: u32,
+    /// Constrain the judge's reply to exactly one verdict through vLLM's structured outputs
+    /// (`structured_outputs: {"choice": [...]}`; tailor-server and vLLM >= 0.12): for a judge too
+    /// small to follow the JSON instruction. The verdicts then carry no reason. Leave it off
+    /// for APIs without the extension (OpenAI refuses the field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub structured_outputs: bool,
 }
 
 fn default_judge_concurrency() -> u32 {

@@ -48,6 +48,9 @@ pub struct GenRequest {
     pub logprobs: Option<usize>,
     /// Keep generating past end-of-sequence tokens (benchmarks; vLLM's `ignore_eos`).
     pub ignore_eos: bool,
+    /// The answer must be exactly one of these token sequences (vLLM's structured-output
+    /// `choice`); it ends when it is one and no longer choice continues it.
+    pub choices: Option<Vec<Vec<i64>>>,
     pub tx: mpsc::UnboundedSender<Event>,
 }
 
@@ -152,6 +155,8 @@ struct Row {
     generated: usize,
     total: usize,
     last: i64,
+    /// The tokens generated so far, kept for a constrained choice only.
+    out: Vec<i64>,
 }
 
 pub struct Engine {
@@ -331,6 +336,7 @@ impl Engine {
             generated: 0,
             total,
             last: 0,
+            out: Vec::new(),
         };
         let argmax = Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap_or_default();
         let lp = needs_logprobs(std::slice::from_ref(&row)).then(|| log_probs(&logits));
@@ -414,10 +420,24 @@ impl Engine {
             }
             _ => Vec::new(),
         };
-        let token = if s.temperature > 0.0 && !values.is_empty() {
-            sample(&values, s.temperature, s.top_p, &mut row.rng)
-        } else {
-            argmax
+        let token = match &row.req.choices {
+            Some(choices) => {
+                let (mut allowed, complete) = choice_step(choices, &row.out);
+                if complete {
+                    allowed.extend(self.eos.first());
+                }
+                match constrained(&values, &allowed, s, &mut row.rng) {
+                    Some(t) => t,
+                    None => {
+                        let _ = row.req.tx.send(Event::Done(Finish::Stop));
+                        return false;
+                    }
+                }
+            }
+            None if s.temperature > 0.0 && !values.is_empty() => {
+                sample(&values, s.temperature, s.top_p, &mut row.rng)
+            }
+            None => argmax,
         };
         let (logprob, top) = match row.req.logprobs {
             Some(k) if !values.is_empty() => {
@@ -432,6 +452,9 @@ impl Engine {
         row.generated += 1;
         row.total += 1;
         row.last = token;
+        if row.req.choices.is_some() {
+            row.out.push(token);
+        }
         let sent = row.req.tx.send(Event::Token(TokenOut {
             id: token as u32,
             logprob,
@@ -440,7 +463,14 @@ impl Engine {
         if sent.is_err() {
             return false;
         }
-        let finish = if !row.req.ignore_eos && self.eos.contains(&token) {
+        let chosen = row
+            .req
+            .choices
+            .as_ref()
+            .is_some_and(|c| choice_step(c, &row.out) == (Vec::new(), true));
+        let finish = if chosen {
+            Some(Finish::Stop)
+        } else if (!row.req.ignore_eos || row.req.choices.is_some()) && self.eos.contains(&token) {
             Some(Finish::Stop)
         } else if row.generated >= row.req.max_tokens || row.total >= self.max_seq {
             Some(Finish::Length)
@@ -514,7 +544,9 @@ impl Threads {
 impl Row {
     /// Sampling and logprobs read the whole distribution; greedy decoding needs the argmax only.
     fn needs_logprobs(&self) -> bool {
-        self.req.sampling.temperature > 0.0 || self.req.logprobs.is_some()
+        self.req.sampling.temperature > 0.0
+            || self.req.logprobs.is_some()
+            || self.req.choices.is_some()
     }
 }
 
@@ -538,6 +570,53 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
         .take(k)
         .map(|i| (i as u32, values[i]))
         .collect()
+}
+
+/// Constrained choice: the tokens that keep `out` on the way to one of `choices` (each once,
+/// in first-seen order), and whether `out` already is one of them.
+pub fn choice_step(choices: &[Vec<i64>], out: &[i64]) -> (Vec<i64>, bool) {
+    let mut next = Vec::new();
+    let mut complete = false;
+    for c in choices.iter().filter(|c| c.starts_with(out)) {
+        match c.get(out.len()) {
+            Some(t) if !next.contains(t) => next.push(*t),
+            Some(_) => {}
+            None => complete = true,
+        }
+    }
+    (next, complete)
+}
+
+/// The next token among `allowed` only: the most likely one (greedy), or sampled from the
+/// model's distribution renormalised over them. `None` when nothing is allowed.
+fn constrained(logprobs: &[f32], allowed: &[i64], s: Sampling, rng: &mut StdRng) -> Option<i64> {
+    let lp = |t: i64| {
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| logprobs.get(i))
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY)
+    };
+    if s.temperature > 0.0 {
+        let masked: Vec<f32> = allowed.iter().map(|&t| lp(t)).collect();
+        if masked.iter().all(|l| *l == f32::NEG_INFINITY) {
+            return allowed.first().copied();
+        }
+        let i = sample(&masked, s.temperature, s.top_p, rng);
+        return allowed.get(i as usize).copied();
+    }
+    // The lowest id among equally likely tokens, as argmax does.
+    allowed
+        .iter()
+        .copied()
+        .reduce(|best, t| {
+            let (a, b) = (lp(t), lp(best));
+            if a > b || (a == b && t < best) {
+                t
+            } else {
+                best
+            }
+        })
 }
 
 /// Samples from `softmax(logprobs / temperature)` restricted to the top-p nucleus.
@@ -572,4 +651,43 @@ fn sample(logprobs: &[f32], temperature: f64, top_p: f64, rng: &mut StdRng) -> i
         }
     }
     kept.last().map_or(0, |p| p.0 as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_choice_allows_the_tokens_that_continue_some_choice_and_ends_on_a_whole_one() {
+        let choices = vec![vec![1, 2, 3], vec![1, 2, 4], vec![1, 5], vec![1, 2]];
+        assert_eq!(choice_step(&choices, &[]), (vec![1], false));
+        assert_eq!(choice_step(&choices, &[1]), (vec![2, 5], false));
+        // [1, 2] is a choice, and two longer ones continue it.
+        assert_eq!(choice_step(&choices, &[1, 2]), (vec![3, 4], true));
+        assert_eq!(choice_step(&choices, &[1, 2, 4]), (vec![], true));
+        assert_eq!(choice_step(&choices, &[7]), (vec![], false));
+    }
+
+    #[test]
+    fn constrained_picks_the_likeliest_allowed_token_or_samples_among_the_allowed_only() {
+        let lp = [-0.1f32, -5.0, -2.0, -2.0, -0.5];
+        let greedy = Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: None,
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        // Token 0 is the likeliest overall, but not allowed.
+        assert_eq!(constrained(&lp, &[1, 3, 2], greedy, &mut rng), Some(2));
+        assert_eq!(constrained(&lp, &[], greedy, &mut rng), None);
+        let hot = Sampling {
+            temperature: 1.0,
+            ..greedy
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(constrained(&lp, &[1, 4], hot, &mut rng).expect("a token"));
+        }
+        assert_eq!(seen, [1, 4].into_iter().collect());
+    }
 }

@@ -68,6 +68,13 @@ for chunk in client.completions.create(
     pieces.extend(c.text for c in chunk.choices)
 assert "".join(pieces) == cut, (pieces, full, stop)
 
+# vLLM's structured-output choice, as the client sends it (extra_body): the answer is one of them.
+verdicts = ['{"winner": "A"}', '{"winner": "B"}', '{"winner": "tie"}']
+for extra in ({"structured_outputs": {"choice": verdicts}}, {"guided_choice": verdicts}):
+    judged = client.chat.completions.create(model=base_model, messages=messages, max_tokens=32, temperature=0, extra_body=extra)
+    assert judged.choices[0].message.content in verdicts, judged
+    assert judged.choices[0].finish_reason == "stop", judged
+
 # An unsupported parameter is refused by name.
 try:
     client.chat.completions.create(model=base_model, messages=messages, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])

@@ -12,7 +12,9 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tailor_wire::eval::{JudgeConfig, JudgeSummary, Verdict, pair_outcome, wilson_interval};
+use tailor_wire::eval::{
+    JudgeConfig, JudgeSummary, VERDICT_CHOICES, Verdict, pair_outcome, wilson_interval,
+};
 
 /// The default judge prompt (a minijinja template; `judge.promptFile` replaces it).
 pub const DEFAULT_PROMPT: &str = r#"You are comparing two answers to the same request.{% if reference %} A reference answer is given: prefer the answer that agrees with it in substance.{% endif %}
@@ -208,12 +210,16 @@ impl Judge {
 
     /// One request, one verdict.
     async fn ask(&self, prompt: &str) -> Result<(String, String), Failure> {
-        let mut req = self.client.post(&self.url).json(&json!({
+        let mut body = json!({
             "model": self.cfg.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0,
             "max_tokens": 256,
-        }));
+        });
+        if self.cfg.structured_outputs {
+            body["structured_outputs"] = json!({ "choice": VERDICT_CHOICES });
+        }
+        let mut req = self.client.post(&self.url).json(&body);
         if let Some(k) = &self.api_key {
             req = req.bearer_auth(k);
         }
@@ -445,6 +451,7 @@ mod tests {
             timeout_seconds: 1,
             max_attempts: 1,
             concurrency: 1,
+            structured_outputs: false,
         })
         .expect("judge");
         let q = Question {

@@ -464,6 +464,54 @@ fn the_judge_sees_both_orders_and_its_failures_are_counted_not_fatal() {
 }
 
 #[test]
+fn a_judge_too_small_for_json_judges_every_pair_with_structured_outputs() {
+    let f = fixture();
+    // The tiny base model as its own judge: asked for JSON, it writes none (every pair
+    // unjudged); constrained to the three verdicts, every order of every pair has one.
+    let server = judge_server(&f.model, &[]);
+    let args = |structured: bool| {
+        let mut a = vec![
+            "--judge-url",
+            server.url.as_str(),
+            "--judge-model",
+            "judge",
+            "--judge-max-attempts",
+            "1",
+            "--max-examples",
+            "3",
+        ];
+        if structured {
+            a.push("--judge-structured-outputs");
+        }
+        a
+    };
+    let e = evaluate(f, &args(false));
+    assert_eq!(e["judge"]["unjudged"], 3, "{:#}", e["judge"]);
+    assert_eq!(e["judge"]["failureKinds"]["malformed verdict"], 6, "{:#}", e["judge"]);
+    let out = f.dir.join("structured");
+    let mut a = args(true);
+    let out_s = out.display().to_string();
+    a.extend(["--output", &out_s]);
+    let e = evaluate(f, &a);
+    let j = &e["judge"];
+    assert_eq!((&j["judged"], &j["unjudged"]), (&json!(3), &json!(0)), "{j:#}");
+    assert_eq!(j["requests"], 6, "{j:#}");
+    let w = j["winRate"].as_f64().expect("a win rate");
+    let (lo, hi) = (
+        j["winRateLower"].as_f64().expect("lower"),
+        j["winRateUpper"].as_f64().expect("upper"),
+    );
+    assert!(lo <= w && w <= hi, "{j:#}");
+    for s in read_samples(&out) {
+        for order in ["adapterAsA", "adapterAsB"] {
+            let o = &s["judge"][order];
+            assert!(["A", "B", "tie"].contains(&o["winner"].as_str().unwrap_or("")), "{s:#}");
+            assert_eq!(o["reason"], "", "{s:#}");
+        }
+    }
+}
+
+#[test]
 fn bad_input_fails_naming_what_is_wrong() {
     let f = fixture();
     let fails = |args: &[&str], expect: &str| {

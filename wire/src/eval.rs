@@ -71,7 +71,20 @@ pub struct JudgeConfig {
     /// Judgements in flight at once.
     #[serde(default = "d_concurrency")]
     pub concurrency: usize,
+    /// Ask for the verdict through vLLM's structured outputs (`structured_outputs: {"choice":
+    /// VERDICT_CHOICES}`; vLLM >= 0.12 and tailor-server): the reply is exactly one verdict,
+    /// without a reason. For judges too small to follow the JSON instruction; an API without
+    /// the extension (OpenAI's) refuses the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub structured_outputs: bool,
 }
+
+/// The replies a judge asked with `structuredOutputs` may give.
+pub const VERDICT_CHOICES: [&str; 3] = [
+    r#"{"winner": "A"}"#,
+    r#"{"winner": "B"}"#,
+    r#"{"winner": "tie"}"#,
+];
 
 /// Settings of one evaluation (flags, or `--config` JSON with these camelCase keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

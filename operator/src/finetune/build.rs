@@ -475,6 +475,7 @@ pub fn evaluate_config(
             timeout_seconds: 60,
             max_attempts: 3,
             concurrency: j.concurrency as usize,
+            structured_outputs: j.structured_outputs,
         }),
         _ => None,
     };

@@ -144,6 +144,31 @@ fn tokenize(s: &Shared, prompt: &Prompt) -> Result<Vec<i64>, ApiError> {
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Each choice as the tokens the answer must be (the choice's own tokenization, without
+/// special tokens).
+fn choice_tokens(s: &Shared, choices: &[String]) -> Result<Vec<Vec<i64>>, ApiError> {
+    choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ids: Vec<i64> = s
+                .tokenizer
+                .encode(c, false)
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            if ids.is_empty() {
+                return Err(ApiError::bad(
+                    format!("choice {i} ({c:?}) has no tokens in this model's vocabulary"),
+                    "structured_outputs.choice",
+                ));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
 /// Everything between a valid job and the first token: availability, model, fault injection,
 /// tokenization, context, and the hand-over to the engine.
 async fn start(
@@ -169,6 +194,10 @@ async fn start(
         Endpoint::Completions => "prompt",
     };
     let max_tokens = fit_context(prompt.len(), job.max_tokens, s.max_seq, param)?;
+    let choices = match &job.choices {
+        Some(c) => Some(choice_tokens(s, c)?),
+        None => None,
+    };
     let prompt_tokens = prompt.len();
     let (tx, rx) = mpsc::unbounded_channel();
     let adapter_name = adapter.as_ref().map(|a| a.name.clone());
@@ -179,6 +208,7 @@ async fn start(
         sampling: job.sampling,
         logprobs: job.logprobs,
         ignore_eos: job.ignore_eos,
+        choices,
         tx,
     };
     s.stats.submitted(adapter_name.as_deref());

@@ -1,7 +1,8 @@
 //! OpenAI request types, parsed once from the body, and their validation into a [`Job`] (TGI's
 //! split of `router/src/validation.rs`): typing says what a field is, validation says whether
 //! the server can do what it asks. Parameters the server does not implement — `tools`,
-//! `response_format` other than text, penalties, `logit_bias`, `n > 1`, ... — are refused with a
+//! `response_format` other than text, structured outputs other than vLLM's `choice`,
+//! penalties, `logit_bias`, `n > 1`, ... — are refused with a
 //! 400 naming the parameter, as OpenAI refuses what it does not know; so are fields nobody
 //! defined ("Unrecognized request argument supplied").
 
@@ -74,6 +75,10 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// vLLM's extension: generate exactly `max_tokens` (benchmarks).
     pub ignore_eos: Option<bool>,
+    /// vLLM's structured outputs (`{"choice": [...]}`; other kinds are refused).
+    pub structured_outputs: Option<Value>,
+    /// vLLM's spelling of `structured_outputs.choice` before 0.12.
+    pub guided_choice: Option<Value>,
     // Known, refused unless neutral.
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
@@ -123,6 +128,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     pub echo: Option<bool>,
     pub ignore_eos: Option<bool>,
+    pub structured_outputs: Option<Value>,
+    pub guided_choice: Option<Value>,
     // Known, refused unless neutral.
     pub best_of: Option<i64>,
     pub suffix: Option<String>,
@@ -155,6 +162,8 @@ pub struct Job {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// The answer must be exactly one of these (vLLM's `structured_outputs.choice`).
+    pub choices: Option<Vec<String>>,
 }
 
 /// The shared fields, validated.
@@ -165,6 +174,7 @@ struct Checked {
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
+    choices: Option<Vec<String>>,
 }
 
 impl Checked {
@@ -179,6 +189,7 @@ impl Checked {
             stream: self.stream,
             include_usage: self.include_usage,
             ignore_eos: ignore_eos.unwrap_or(false),
+            choices: self.choices,
         }
     }
 }
@@ -197,6 +208,8 @@ struct Common<'a> {
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
     logit_bias: &'a Option<Value>,
+    structured_outputs: &'a Option<Value>,
+    guided_choice: &'a Option<Value>,
     unrecognized: &'a BTreeMap<String, IgnoredAny>,
 }
 
@@ -307,6 +320,7 @@ impl Common<'_> {
             top_p,
             seed: self.seed.map(|s| s as u64),
         };
+        let choices = choices(self.structured_outputs, self.guided_choice)?;
         Ok(Checked {
             model,
             max_tokens,
@@ -314,8 +328,86 @@ impl Common<'_> {
             stops,
             stream,
             include_usage,
+            choices,
         })
     }
+}
+
+/// Most choices one request may give, and the longest choice (characters).
+const MAX_CHOICES: usize = 64;
+const MAX_CHOICE_CHARS: usize = 1024;
+
+/// vLLM's constrained choice, from `structured_outputs: {"choice": [...]}` or the older
+/// `guided_choice: [...]`. The other kinds of structured output (JSON schema, regex, grammar,
+/// structural tags) are refused with a 400 naming them.
+fn choices(
+    structured: &Option<Value>,
+    guided: &Option<Value>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    let mut found = None;
+    match structured {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            for (key, v) in o {
+                match key.as_str() {
+                    "choice" => found = Some(("structured_outputs.choice", v)),
+                    _ if neutral(v) => {}
+                    _ => {
+                        return Err(unsupported(
+                            &format!("structured_outputs.{key}"),
+                            &format!(
+                                "structured output of kind `{key}` (only `choice`)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "structured_outputs must be an object such as {\"choice\": [\"yes\", \"no\"]}",
+                "structured_outputs",
+            ));
+        }
+    }
+    match (guided, found) {
+        (None | Some(Value::Null), _) => {}
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "give structured_outputs.choice or guided_choice, not both",
+                "guided_choice",
+            ));
+        }
+        (Some(v), None) => found = Some(("guided_choice", v)),
+    }
+    let Some((param, v)) = found else {
+        return Ok(None);
+    };
+    let list: Vec<String> = match v {
+        Value::Array(a) => a
+            .iter()
+            .map(|c| c.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::bad(format!("{param} must be a list of strings"), param))?,
+        _ => return Err(ApiError::bad(format!("{param} must be a list of strings"), param)),
+    };
+    if list.is_empty() || list.len() > MAX_CHOICES {
+        return Err(ApiError::bad(
+            format!("{param} must hold 1 to {MAX_CHOICES} choices, got {}", list.len()),
+            param,
+        ));
+    }
+    if let Some((i, _)) = list
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.is_empty() || c.chars().count() > MAX_CHOICE_CHARS)
+    {
+        return Err(ApiError::bad(
+            format!("{param}[{i}] must be a non-empty string of at most {MAX_CHOICE_CHARS} characters"),
+            param,
+        ));
+    }
+    Ok(Some(list))
 }
 
 fn chat_messages(messages: Vec<MessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
@@ -373,6 +465,8 @@ impl ChatCompletionRequest {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logit_bias: &self.logit_bias,
+            structured_outputs: &self.structured_outputs,
+            guided_choice: &self.guided_choice,
             unrecognized: &self.unrecognized,
         }
         .validate()
@@ -472,6 +566,8 @@ impl CompletionRequest {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logit_bias: &self.logit_bias,
+            structured_outputs: &self.structured_outputs,
+            guided_choice: &self.guided_choice,
             unrecognized: &self.unrecognized,
         }
         .validate()?;

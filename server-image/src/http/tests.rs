@@ -474,3 +474,136 @@ async fn requests_beyond_the_in_flight_bound_get_a_429() {
     );
     long.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structured_choice_answers_exactly_one_of_the_choices() {
+    let s = state(&[]).await;
+    let prompt = "the quick brown fox";
+    let ask = |extra: Value| {
+        let mut b = json!({"model": "base", "prompt": prompt, "max_tokens": 24, "temperature": 0,
+                           "ignore_eos": true});
+        for (k, v) in extra.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        b
+    };
+    // The model's next-token distribution: among single-token choices, constrained greedy
+    // decoding must pick the one the model finds likeliest, wherever it is in the list.
+    let (status, b) = post(
+        &s,
+        "/v1/completions",
+        ask(json!({"max_tokens": 1, "logprobs": 20})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let mut ranked: Vec<(String, f64)> = b["choices"][0]["logprobs"]["top_logprobs"][0]
+        .as_object()
+        .expect("top logprobs")
+        .iter()
+        .map(|(t, lp)| (t.clone(), lp.as_f64().expect("logprob")))
+        .filter(|(t, _)| {
+            // Choices are tokenized on their own: keep the tokens that are one token that way.
+            s.tokenizer.encode(t, false).ok().is_some_and(|ids| {
+                ids.len() == 1 && s.tokenizer.decode(&ids, false).ok().as_deref() == Some(t)
+            })
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    assert!(ranked.len() >= 3, "too few clean tokens among the top 20: {b}");
+    let (first, second, third) = (&ranked[0].0, &ranked[1].0, &ranked[2].0);
+    for (choices, expected) in [
+        (vec![third, first, second], first),
+        (vec![third, second], second),
+    ] {
+        let (status, b) = post(
+            &s,
+            "/v1/completions",
+            ask(json!({"structured_outputs": {"choice": choices}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        assert_eq!(b["choices"][0]["text"], expected.as_str(), "{ranked:?}: {b}");
+        assert_eq!(b["choices"][0]["finish_reason"], "stop", "{b}");
+    }
+    let verdicts = [r#"{"winner": "A"}"#, r#"{"winner": "B"}"#, r#"{"winner": "tie"}"#];
+    // Without it, the answer is still exactly one of the choices (the model, left alone,
+    // writes none of them), on both endpoints, both spellings, greedy or sampled, streamed.
+    let chat = json!([{"role": "user", "content": "which answer is better?"}]);
+    for (endpoint, extra) in [
+        ("/v1/completions", json!({"structured_outputs": {"choice": verdicts}})),
+        ("/v1/completions", json!({"guided_choice": verdicts})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": chat, "structured_outputs": {"choice": verdicts}}),
+        ),
+        (
+            "/v1/completions",
+            json!({"guided_choice": verdicts, "temperature": 1.0, "seed": 3}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": chat, "guided_choice": verdicts, "temperature": 1.0, "seed": 5}),
+        ),
+    ] {
+        let mut body = ask(extra.clone());
+        if endpoint.contains("chat") {
+            body.as_object_mut().expect("object").remove("prompt");
+        }
+        let (status, b) = post(&s, endpoint, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{endpoint} {extra}: {b}");
+        let choice = &b["choices"][0];
+        let text = choice["text"]
+            .as_str()
+            .or(choice["message"]["content"].as_str())
+            .expect("text");
+        assert!(verdicts.contains(&text), "{endpoint} {extra}: {text:?}");
+        assert_eq!(choice["finish_reason"], "stop", "{b}");
+        body["stream"] = json!(true);
+        let (status, sse) = call(&s, "POST", endpoint, Some(body), None).await;
+        assert_eq!(status, StatusCode::OK, "{sse}");
+        let mut streamed = String::new();
+        for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if line == "[DONE]" {
+                break;
+            }
+            let v: Value = serde_json::from_str(line).expect("chunk");
+            let c = &v["choices"][0];
+            streamed.push_str(
+                c["text"]
+                    .as_str()
+                    .or(c["delta"]["content"].as_str())
+                    .unwrap_or_default(),
+            );
+        }
+        assert_eq!(streamed, text, "{endpoint} {extra} streamed");
+    }
+    // Kinds it cannot do, and malformed choices, are refused naming the field.
+    for (extra, param) in [
+        (
+            json!({"structured_outputs": {"json": {"type": "object"}}}),
+            "structured_outputs.json",
+        ),
+        (
+            json!({"structured_outputs": {"regex": "[a-z]+"}}),
+            "structured_outputs.regex",
+        ),
+        (
+            json!({"structured_outputs": {"choice": []}}),
+            "structured_outputs.choice",
+        ),
+        (
+            json!({"structured_outputs": {"choice": ["yes", 3]}}),
+            "structured_outputs.choice",
+        ),
+        (json!({"guided_choice": ["yes", ""]}), "guided_choice"),
+        (
+            json!({"guided_choice": ["a"], "structured_outputs": {"choice": ["b"]}}),
+            "guided_choice",
+        ),
+        (json!({"structured_outputs": "yes"}), "structured_outputs"),
+    ] {
+        let (status, b) = post(&s, "/v1/completions", ask(extra.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {b}");
+        assert_eq!(b["error"]["param"], param, "{extra}: {b}");
+    }
+}
