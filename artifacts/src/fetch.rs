@@ -382,6 +382,7 @@ impl Fetcher {
             if let Some(m) = read_marker(&entry.join(META_DIR).join(MARKER))
                 && files_present(&entry, &m)
             {
+                let m = self.as_expected(uri, &entry, m).await?;
                 return self.publish_cached(uri, &entry, m, dest, true);
             }
         }
@@ -393,6 +394,7 @@ impl Fetcher {
                 let _guard = lock(&cache.join(format!("{key}.lock")), &u).await?;
                 let marker_path = entry.join(META_DIR).join(MARKER);
                 if let Some(m) = read_marker(&marker_path).filter(|m| files_present(&entry, m)) {
+                    let m = self.as_expected(uri, &entry, m).await?;
                     return self.publish_cached(uri, &entry, m, dest, true);
                 }
                 let staging = cache.join(format!("{key}.partial"));
@@ -443,7 +445,8 @@ impl Fetcher {
             && m.version == plan.version
             && files_present(dest, m)
         {
-            return Ok(self.fetched(uri, dest, m.clone(), true));
+            let m = self.as_expected(uri, dest, m.clone()).await?;
+            return Ok(self.fetched(uri, dest, m, true));
         }
         let _ = std::fs::remove_file(&marker_path);
         let staging = meta.join("partial");
@@ -477,6 +480,34 @@ impl Fetcher {
         .map_err(|e| local(&u, "writing the completion marker", &e))?;
         let _ = std::fs::remove_dir_all(&staging);
         Ok(self.fetched(uri, dest, marker, false))
+    }
+
+    /// A copy already here, checked against the caller's expected sha256s (`expect_sha256`):
+    /// what it was verified against when fetched, or else its bytes hashed now. A mismatch is
+    /// `Corrupt` and leaves the copy alone (another caller may expect exactly it).
+    async fn as_expected(&self, uri: &ArtifactUri, dir: &Path, mut m: Marker) -> Result<Marker> {
+        for (path, want) in &self.expected {
+            let Some(f) = m.files.iter_mut().find(|f| &f.path == path) else {
+                continue;
+            };
+            if f.sha256.as_deref() == Some(want.as_str()) {
+                continue;
+            }
+            let file = dir.join(path);
+            let (got, _) = tokio::task::spawn_blocking(move || crate::store::sha256_file(&file))
+                .await
+                .map_err(|e| Error::plain(ErrorKind::Local, uri, e.to_string()))?
+                .map_err(|e| local(&uri.to_string(), &format!("hashing {path}"), &e))?;
+            if &got != want {
+                return Err(Error::plain(
+                    ErrorKind::Corrupt,
+                    uri.join(path),
+                    format!("sha256 is {got}, expected {want}"),
+                ));
+            }
+            f.sha256 = Some(got);
+        }
+        Ok(m)
     }
 
     fn fetched(&self, uri: &ArtifactUri, dir: &Path, m: Marker, from_cache: bool) -> Fetched {

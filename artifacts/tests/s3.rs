@@ -661,6 +661,25 @@ async fn a_checksum_mismatch_fails_and_discards_the_file() {
         .await
         .expect("matching checksum");
     assert_eq!(ok.files.len(), 1);
+    // Once a copy is here, a caller expecting other bytes is refused all the same (the copy
+    // stays, for callers expecting it), with and without a cache.
+    let cache = dir.path().join("cache");
+    for cached in [None, Some(cache.clone()), Some(cache)] {
+        let e = Fetcher::new(ctx(&s3.endpoint()))
+            .with_cache(cached.clone())
+            .expect_sha256("adapter_model.safetensors", "1".repeat(64))
+            .fetch(&uri("s3://tailor/adapters/a1"), Some(&dest))
+            .await
+            .expect_err("a copy with other bytes than expected");
+        assert_eq!(e.kind, ErrorKind::Corrupt, "{cached:?}: {e}");
+        let again = Fetcher::new(ctx(&s3.endpoint()))
+            .with_cache(cached.clone())
+            .fetch(&uri("s3://tailor/adapters/a1"), Some(&dest))
+            .await
+            .expect("the copy is still there");
+        assert_eq!(std::fs::read(dest.join("adapter_model.safetensors")).expect("read"), data);
+        assert!(again.files.len() == 1, "{cached:?}");
+    }
 }
 
 #[test]

@@ -51,6 +51,8 @@ struct Inner {
     roots: Vec<PathBuf>,
     /// The directories holding the CLI's and the config file's adapters.
     derived_roots: Vec<PathBuf>,
+    /// Where adapters loaded by URI are fetched to: always a root.
+    fetched_root: Option<PathBuf>,
 }
 
 /// Reads an adapter directory into weights (the real one: [`load_for_base`]).
@@ -193,14 +195,26 @@ impl Registry {
         self.lock().roots = roots;
     }
 
+    /// The directory adapters fetched by URI go to (created; canonical).
+    pub fn set_fetched_root(&self, dir: &Path) {
+        match std::fs::create_dir_all(dir).and_then(|()| dir.canonicalize()) {
+            Ok(c) => self.lock().fetched_root = Some(c),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "the adapter cache cannot be used: loads by URI will fail");
+            }
+        }
+    }
+
     /// The roots API loads are confined to.
     pub fn roots(&self) -> Vec<PathBuf> {
         let g = self.lock();
-        if g.roots.is_empty() {
+        let mut roots = if g.roots.is_empty() {
             g.derived_roots.clone()
         } else {
             g.roots.clone()
-        }
+        };
+        roots.extend(g.fetched_root.clone());
+        roots
     }
 
     fn derive_roots(g: &mut Inner) {

@@ -35,6 +35,20 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub adapter_roots: Vec<PathBuf>,
+    /// URI prefixes adapters may be loaded from by URI through the LoRA API (`s3://bucket/adapters`,
+    /// `hf://org`; repeatable; env: comma-separated). None: loads by URI are refused.
+    /// Credentials come from the standard variables (`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`,
+    /// `AZURE_*`, `HF_TOKEN`, `HF_ENDPOINT`).
+    #[arg(
+        long = "adapter-uri-prefix",
+        env = "TAILOR_SERVER_ADAPTER_URI_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub adapter_uri_prefixes: Vec<String>,
+    /// Where adapters loaded by URI are fetched to and cached (default: `tailor-adapters` in
+    /// the temporary directory).
+    #[arg(long, env = "TAILOR_SERVER_ADAPTER_CACHE")]
+    pub adapter_cache: Option<PathBuf>,
     /// Time one adapter load may take before it is abandoned with an error.
     #[arg(long, env = "TAILOR_SERVER_ADAPTER_LOAD_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub adapter_load_timeout: Duration,

@@ -463,14 +463,15 @@ impl Engine {
         if sent.is_err() {
             return false;
         }
+        // A constrained row ends on a whole choice that no longer one continues, or on an
+        // end-of-sequence token it was allowed (ignore_eos does not apply to it).
         let chosen = row
             .req
             .choices
             .as_ref()
             .is_some_and(|c| choice_step(c, &row.out) == (Vec::new(), true));
-        let finish = if chosen {
-            Some(Finish::Stop)
-        } else if (!row.req.ignore_eos || row.req.choices.is_some()) && self.eos.contains(&token) {
+        let eos = (!row.req.ignore_eos || row.req.choices.is_some()) && self.eos.contains(&token);
+        let finish = if chosen || eos {
             Some(Finish::Stop)
         } else if row.generated >= row.req.max_tokens || row.total >= self.max_seq {
             Some(Finish::Length)
@@ -606,17 +607,14 @@ fn constrained(logprobs: &[f32], allowed: &[i64], s: Sampling, rng: &mut StdRng)
         return allowed.get(i as usize).copied();
     }
     // The lowest id among equally likely tokens, as argmax does.
-    allowed
-        .iter()
-        .copied()
-        .reduce(|best, t| {
-            let (a, b) = (lp(t), lp(best));
-            if a > b || (a == b && t < best) {
-                t
-            } else {
-                best
-            }
-        })
+    allowed.iter().copied().reduce(|best, t| {
+        let (a, b) = (lp(t), lp(best));
+        if a > b || (a == b && t < best) {
+            t
+        } else {
+            best
+        }
+    })
 }
 
 /// Samples from `softmax(logprobs / temperature)` restricted to the top-p nucleus.

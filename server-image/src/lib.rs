@@ -11,5 +11,6 @@ pub mod generation;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod remote;
 pub mod serve;
 pub mod stop;

@@ -18,6 +18,7 @@ use crate::engine::{Engine, EngineStats, panic_message};
 use crate::health::EngineHealth;
 use crate::http::{ApiKeys, AppState, app};
 use crate::metrics::Metrics;
+use crate::remote::RemoteAdapters;
 
 fn device_and_kind(cli: &Cli) -> anyhow::Result<(Device, Kind)> {
     let device = tailor_model::parse_device(&cli.device).context("--device")?;
@@ -163,6 +164,14 @@ pub fn start(cli: &Cli) -> anyhow::Result<Started> {
         cli.adapter_load_timeout,
     ));
     registry.set_roots(&cli.adapter_roots);
+    let remote = RemoteAdapters::new(
+        cli.adapter_uri_prefixes.clone(),
+        cli.adapter_cache
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("tailor-adapters")),
+        cli.adapter_load_timeout,
+    );
+    registry.set_fetched_root(remote.cache_dir());
     for (n, p) in cli.adapter_pairs()? {
         registry.register(&n, p, Source::Cli);
     }
@@ -193,6 +202,7 @@ pub fn start(cli: &Cli) -> anyhow::Result<Started> {
         served_name: RwLock::new(served),
         model_dir: cli.model.clone(),
         registry,
+        remote,
         tokenizer,
         template,
         engine: tx,

@@ -92,7 +92,16 @@ impl Drop for Server {
 
 impl Server {
     async fn start(args: &[String]) -> Server {
+        Self::start_with(args, &[], None).await
+    }
+
+    /// With extra environment variables, and stderr (the log) into `log` when given.
+    async fn start_with(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Server {
         let port = free_port();
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tailor-server"))
             .arg("--model")
             .arg(fixtures().join("base"))
@@ -108,7 +117,9 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start tailor-server");
         let mut server = Server {
@@ -1366,4 +1377,323 @@ async fn a_fifo_adapter_is_refused_without_blocking_other_loads() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
+}
+
+/// An S3 server (s3s-fs, in process) holding the fixture adapters, for loads by URI.
+async fn bucket_with_adapters(root: &Path) -> tailor_local_s3::LocalS3 {
+    use tailor_artifacts::{ArtifactUri, Context, Env, Store};
+    let s3 = tailor_local_s3::LocalS3::start(root, "tailor-test", "s3cr3t-value-never-logged")
+        .expect("s3");
+    s3.create_bucket("tailor").expect("bucket");
+    let ctx = Context::new(Env::from_pairs(s3.env()));
+    let bucket = Store::open(&ArtifactUri::parse("s3://tailor").expect("uri"), &ctx).expect("open");
+    for name in ["a0", "a1", "other"] {
+        bucket
+            .upload_dir(&fixtures().join(name), &format!("adapters/{name}"))
+            .await
+            .expect("upload");
+    }
+    s3
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex_string(&sha2::Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_load_by_uri_from_a_bucket_verified_and_confined_to_the_allowed_prefixes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s3 = bucket_with_adapters(&dir.path().join("s3")).await;
+    let log = dir.path().join("server.log");
+    let server = Server::start_with(
+        &[
+            "--adapter".into(),
+            adapter_arg("a0"),
+            "--adapter-uri-prefix".into(),
+            "s3://tailor/adapters".into(),
+            "--adapter-cache".into(),
+            dir.path().join("cache").display().to_string(),
+        ],
+        &s3.env(),
+        Some(&log),
+    )
+    .await;
+    let load = |name: &str, path: &str, sha256: Option<&str>| {
+        let mut b = json!({"lora_name": name, "lora_path": path});
+        if let Some(s) = sha256 {
+            b["sha256"] = json!(s);
+        }
+        b
+    };
+    let answer = |model: &str| {
+        json!({"model": model, "prompt": "the quick brown fox", "max_tokens": 12,
+               "temperature": 0, "ignore_eos": true, "logprobs": 1})
+    };
+    // Loaded by URI, the adapter answers as the same adapter loaded from its directory.
+    let weights = fixtures().join("a0/adapter_model.safetensors");
+    let (status, body) = server
+        .post(
+            "/v1/load_lora_adapter",
+            &load(
+                "a0-remote",
+                "s3://tailor/adapters/a0",
+                Some(&sha256_hex(&weights)),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, local) = server.post("/v1/completions", &answer("a0")).await;
+    let (_, remote) = server.post("/v1/completions", &answer("a0-remote")).await;
+    assert_eq!(local["choices"][0]["text"], remote["choices"][0]["text"]);
+    assert_eq!(
+        local["choices"][0]["logprobs"]["token_logprobs"],
+        remote["choices"][0]["logprobs"]["token_logprobs"]
+    );
+    // ...and differs from another adapter (else the comparison proves little).
+    let (status, _) = server
+        .post(
+            "/v1/load_lora_adapter",
+            &load("a1-remote", "s3://tailor/adapters/a1/", None),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, other) = server.post("/v1/completions", &answer("a1-remote")).await;
+    assert_ne!(
+        other["choices"][0]["logprobs"]["token_logprobs"],
+        remote["choices"][0]["logprobs"]["token_logprobs"]
+    );
+
+    // Refusals, each naming the URI and why; none leaves a model behind.
+    let message = |v: &Value| {
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cases = [
+        (
+            load("x", "s3://tailor/adapters/missing", None),
+            404,
+            "NotFound",
+        ),
+        (
+            load("x", "s3://tailor/elsewhere/a0", None),
+            400,
+            "not under an allowed adapter URI prefix",
+        ),
+        (
+            load("x", "s3://tailor/adapters-old/a0", None),
+            400,
+            "not under an allowed",
+        ),
+        (
+            load("x", "s3://tailor/adapters/a0", Some(&"0".repeat(64))),
+            400,
+            "ChecksumMismatch",
+        ),
+        (
+            load("x", "s3://tailor/adapters/other", None),
+            400,
+            "different base model",
+        ),
+        (load("x", "file:///etc", None), 400, "directory path"),
+    ];
+    for (body, code, expect) in cases {
+        let (status, answer) = server.post("/v1/load_lora_adapter", &body).await;
+        assert_eq!(status, code, "{body}: {answer}");
+        assert!(message(&answer).contains(expect), "{body}: {answer}");
+        if code == 400 && expect != "directory path" {
+            assert!(message(&answer).contains("s3://tailor/"), "{answer}");
+        }
+    }
+    // Listed with the URI as its root; the failed loads left nothing behind.
+    let (_, models) = server.get("/v1/models").await;
+    let models: Value = serde_json::from_str(&models).expect("models");
+    let roots: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or(""),
+                m["root"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        roots.contains(&("a0-remote", "s3://tailor/adapters/a0")),
+        "{roots:?}"
+    );
+    assert!(
+        roots.contains(&("a1-remote", "s3://tailor/adapters/a1")),
+        "{roots:?}"
+    );
+    assert!(!roots.iter().any(|(id, _)| *id == "x"), "{roots:?}");
+    // A local directory with the wrong sha256 is refused too.
+    let (status, answer) = server
+        .post(
+            "/v1/load_lora_adapter",
+            &load(
+                "x",
+                &fixtures().join("a0").display().to_string(),
+                Some(&"1".repeat(64)),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(message(&answer).contains("sha256 is"), "{answer}");
+    drop(server);
+
+    // Without an allowed prefix, no URI is fetched; with wrong credentials, the answer says
+    // PermissionDenied and the secret is in no answer and no log line.
+    let plain = Server::start_with(&[], &s3.env(), None).await;
+    let (status, answer) = plain
+        .post(
+            "/v1/load_lora_adapter",
+            &load("x", "s3://tailor/adapters/a0", None),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        message(&answer).contains("--adapter-uri-prefix"),
+        "{answer}"
+    );
+    drop(plain);
+    let wrong_secret = "wrong-secret-value-never-logged";
+    let env: Vec<(String, String)> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "AWS_SECRET_ACCESS_KEY" => (k, wrong_secret.to_string()),
+            _ => (k, v),
+        })
+        .collect();
+    let log2 = dir.path().join("server2.log");
+    let denied = Server::start_with(
+        &[
+            "--adapter-uri-prefix".into(),
+            "s3://tailor/adapters".into(),
+            "--adapter-cache".into(),
+            dir.path().join("cache2").display().to_string(),
+        ],
+        &env,
+        Some(&log2),
+    )
+    .await;
+    let (status, answer) = denied
+        .post(
+            "/v1/load_lora_adapter",
+            &load("x", "s3://tailor/adapters/a0", None),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(message(&answer).contains("PermissionDenied"), "{answer}");
+    drop(denied);
+    for text in [
+        std::fs::read_to_string(&log).expect("log"),
+        std::fs::read_to_string(&log2).expect("log"),
+        answer.to_string(),
+    ] {
+        assert!(!text.contains("s3cr3t-value-never-logged"), "{text}");
+        assert!(!text.contains(wrong_secret), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_loads_by_uri_from_a_gated_hub_repository_at_a_pinned_commit() {
+    use tailor_local_s3::hub::{LocalHub, Repo};
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let files = ["adapter_config.json", "adapter_model.safetensors"]
+        .iter()
+        .map(|f| {
+            (
+                format!("lora/{f}"),
+                std::fs::read(fixtures().join("a1").join(f)).expect("read"),
+            )
+        })
+        .collect();
+    let mut repo = Repo::one_commit(sha, files);
+    repo.gated = true;
+    let token = "hf_granted_token_never_logged";
+    let hub = LocalHub::start(
+        std::collections::BTreeMap::from([("models/acme/support-lora".to_string(), repo)]),
+        token,
+    )
+    .expect("hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("server.log");
+    let env = |token: &str| {
+        vec![
+            ("HF_ENDPOINT".to_string(), hub.endpoint.clone()),
+            ("HF_TOKEN".to_string(), token.to_string()),
+        ]
+    };
+    let args = |cache: &str| -> Vec<String> {
+        vec![
+            "--adapter".into(),
+            adapter_arg("a1"),
+            "--adapter-uri-prefix".into(),
+            "hf://acme/support-lora".into(),
+            "--adapter-cache".into(),
+            dir.path().join(cache).display().to_string(),
+        ]
+    };
+    let server = Server::start_with(&args("cache"), &env(token), Some(&log)).await;
+    let load = |name: &str, uri: &str| json!({"lora_name": name, "lora_path": uri});
+    for (name, uri) in [
+        ("at-main", "hf://acme/support-lora/lora"),
+        ("at-commit", &format!("hf://acme/support-lora@{sha}/lora")),
+    ] {
+        let (status, body) = server.post("/v1/load_lora_adapter", &load(name, uri)).await;
+        assert_eq!(status, 200, "{uri}: {body}");
+    }
+    let answer = |model: &str| {
+        json!({"model": model, "prompt": "the quick brown fox", "max_tokens": 12,
+               "temperature": 0, "ignore_eos": true, "logprobs": 1})
+    };
+    let (_, local) = server.post("/v1/completions", &answer("a1")).await;
+    for model in ["at-main", "at-commit"] {
+        let (_, hub_loaded) = server.post("/v1/completions", &answer(model)).await;
+        assert_eq!(
+            local["choices"][0]["logprobs"]["token_logprobs"],
+            hub_loaded["choices"][0]["logprobs"]["token_logprobs"],
+            "{model}"
+        );
+    }
+    let (status, body) = server
+        .post("/v1/load_lora_adapter", &load("x", "hf://acme/other-lora"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    drop(server);
+    // The repository is gated: without the token, PermissionDenied naming the URI.
+    let log2 = dir.path().join("server2.log");
+    let denied = Server::start_with(&args("cache2"), &env("hf_wrong"), Some(&log2)).await;
+    let (status, body) = denied
+        .post(
+            "/v1/load_lora_adapter",
+            &load("x", "hf://acme/support-lora/lora"),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("hf://acme/support-lora") && message.contains("PermissionDenied"),
+        "{body}"
+    );
+    drop(denied);
+    for text in [
+        std::fs::read_to_string(&log).expect("log"),
+        std::fs::read_to_string(&log2).expect("log"),
+        body.to_string(),
+    ] {
+        assert!(
+            !text.contains(token) && !text.contains("hf_wrong"),
+            "{text}"
+        );
+    }
 }

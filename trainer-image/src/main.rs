@@ -367,7 +367,11 @@ fn evaluate_config(a: &EvaluateArgs) -> anyhow::Result<evaluate::EvaluateConfig>
     put(&mut judge, "timeoutSeconds", a.judge_timeout_seconds);
     put(&mut judge, "maxAttempts", a.judge_max_attempts);
     put(&mut judge, "concurrency", a.judge_concurrency);
-    put(&mut judge, "structuredOutputs", a.judge_structured_outputs.then_some(true));
+    put(
+        &mut judge,
+        "structuredOutputs",
+        a.judge_structured_outputs.then_some(true),
+    );
     let mut v = merged(a.config.as_ref(), m)?;
     // Nested settings: the flags are laid over the file's object key by key.
     for (key, flags) in [("decoding", decoding), ("judge", judge)] {

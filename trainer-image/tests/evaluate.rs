@@ -487,14 +487,22 @@ fn a_judge_too_small_for_json_judges_every_pair_with_structured_outputs() {
     };
     let e = evaluate(f, &args(false));
     assert_eq!(e["judge"]["unjudged"], 3, "{:#}", e["judge"]);
-    assert_eq!(e["judge"]["failureKinds"]["malformed verdict"], 6, "{:#}", e["judge"]);
+    assert_eq!(
+        e["judge"]["failureKinds"]["malformed verdict"], 6,
+        "{:#}",
+        e["judge"]
+    );
     let out = f.dir.join("structured");
     let mut a = args(true);
     let out_s = out.display().to_string();
     a.extend(["--output", &out_s]);
     let e = evaluate(f, &a);
     let j = &e["judge"];
-    assert_eq!((&j["judged"], &j["unjudged"]), (&json!(3), &json!(0)), "{j:#}");
+    assert_eq!(
+        (&j["judged"], &j["unjudged"]),
+        (&json!(3), &json!(0)),
+        "{j:#}"
+    );
     assert_eq!(j["requests"], 6, "{j:#}");
     let w = j["winRate"].as_f64().expect("a win rate");
     let (lo, hi) = (
@@ -505,7 +513,10 @@ fn a_judge_too_small_for_json_judges_every_pair_with_structured_outputs() {
     for s in read_samples(&out) {
         for order in ["adapterAsA", "adapterAsB"] {
             let o = &s["judge"][order];
-            assert!(["A", "B", "tie"].contains(&o["winner"].as_str().unwrap_or("")), "{s:#}");
+            assert!(
+                ["A", "B", "tie"].contains(&o["winner"].as_str().unwrap_or("")),
+                "{s:#}"
+            );
             assert_eq!(o["reason"], "", "{s:#}");
         }
     }

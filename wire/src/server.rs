@@ -72,12 +72,17 @@ impl FaultInjection {
 pub struct LoadLoraAdapterRequest {
     #[serde(default)]
     pub lora_name: String,
-    /// The adapter directory, as the server sees it.
+    /// The adapter directory, as the server sees it, or (tailor-server) a URI under one of its
+    /// `--adapter-uri-prefix`es: `s3://`, `gs://`, `az://`, `https://`, `hf://`.
     #[serde(default)]
     pub lora_path: String,
     /// Replace an adapter already loaded under `lora_name` (without it, that is a 400).
     #[serde(default)]
     pub load_inplace: bool,
+    /// tailor's extension: the sha256 `adapter_model.safetensors` must have (a LoraAdapter's
+    /// `spec.sha256`); a mismatch refuses the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// `POST /v1/unload_lora_adapter` (vLLM's body).

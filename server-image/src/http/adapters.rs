@@ -2,7 +2,7 @@
 //! (`POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`: vLLM's bodies, status codes
 //! and texts), and the deprecated `/admin/adapters` the operator used before the LoRA API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
@@ -14,8 +14,9 @@ use tailor_wire::server::{
 
 use super::Shared;
 use super::extract::ApiJson;
-use crate::adapters::LoadError;
+use crate::adapters::{LoadError, check_adapter_dir};
 use crate::error::ApiError;
+use crate::remote::{self, RemoteError};
 
 pub async fn models(State(s): State<Shared>) -> Response {
     let served = s.served_name();
@@ -37,7 +38,9 @@ pub async fn models(State(s): State<Shared>) -> Response {
     for (name, path) in s.registry.known() {
         data.push(card(
             name,
-            path.display().to_string(),
+            s.remote
+                .origin(&path)
+                .unwrap_or_else(|| path.display().to_string()),
             Some(served.clone()),
             None,
         ));
@@ -94,7 +97,38 @@ pub async fn load_lora_adapter(
             req.lora_name
         )));
     }
-    let path = PathBuf::from(&req.lora_path);
+    let fail =
+        |e: String| ApiError::LoraBadRequest(format!("Loading lora {} failed: {e}", req.lora_name));
+    let path = if remote::is_uri(&req.lora_path) {
+        // Fetched into the cache, verified against `sha256` on the way.
+        match s
+            .remote
+            .localize(&req.lora_path, req.sha256.as_deref())
+            .await
+        {
+            Ok(dir) => dir,
+            Err(e @ RemoteError::NotFound(_)) => {
+                return Err(ApiError::LoraNotFound(format!(
+                    "Loading lora {} failed: {e}",
+                    req.lora_name
+                )));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    } else {
+        let path = PathBuf::from(&req.lora_path);
+        if let Some(want) = &req.sha256 {
+            // Inside the roots first: nothing outside them is read, not even to hash it.
+            let dir = check_adapter_dir(&path, &s.registry.roots()).map_err(|_| {
+                ApiError::LoraNotFound(format!(
+                    "Loading lora {} failed: No adapter found for {}",
+                    req.lora_name, req.lora_path
+                ))
+            })?;
+            check_sha256(&dir, want).await.map_err(fail)?;
+        }
+        path
+    };
     match s.registry.load_from_api(&req.lora_name, &path).await {
         Ok(_) => {
             tracing::info!(adapter = %req.lora_name, path = %req.lora_path, "LoRA adapter loaded through the API");
@@ -104,10 +138,29 @@ pub async fn load_lora_adapter(
             "Loading lora {} failed: No adapter found for {}",
             req.lora_name, req.lora_path
         ))),
-        Err(e) => Err(ApiError::LoraBadRequest(format!(
-            "Loading lora {} failed: {e}",
-            req.lora_name
-        ))),
+        // A fetched adapter is named by its URI, not by its place in the cache.
+        Err(e) => Err(fail(
+            e.to_string()
+                .replace(&path.display().to_string(), &req.lora_path),
+        )),
+    }
+}
+
+/// Whether the adapter's weights in `dir` have the sha256 `want`.
+async fn check_sha256(dir: &Path, want: &str) -> Result<(), String> {
+    let file = dir.join(tailor_artifacts::adapter::WEIGHTS);
+    let f = file.clone();
+    let (got, _) = tokio::task::spawn_blocking(move || tailor_artifacts::store::sha256_file(&f))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading {}: {e}", file.display()))?;
+    if got.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: sha256 is {got}, expected {want}",
+            file.display()
+        ))
     }
 }
 

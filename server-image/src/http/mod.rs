@@ -85,6 +85,8 @@ pub struct AppState {
     /// The base model's directory (`root` in `/v1/models`).
     pub model_dir: PathBuf,
     pub registry: Arc<Registry>,
+    /// Adapters by URI (the LoRA API's `lora_path`).
+    pub remote: crate::remote::RemoteAdapters,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub engine: mpsc::Sender<GenRequest>,

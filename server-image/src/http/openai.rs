@@ -355,9 +355,7 @@ fn choices(
                     _ => {
                         return Err(unsupported(
                             &format!("structured_outputs.{key}"),
-                            &format!(
-                                "structured output of kind `{key}` (only `choice`)"
-                            ),
+                            &format!("structured output of kind `{key}` (only `choice`)"),
                         ));
                     }
                 }
@@ -389,11 +387,19 @@ fn choices(
             .map(|c| c.as_str().map(str::to_string))
             .collect::<Option<_>>()
             .ok_or_else(|| ApiError::bad(format!("{param} must be a list of strings"), param))?,
-        _ => return Err(ApiError::bad(format!("{param} must be a list of strings"), param)),
+        _ => {
+            return Err(ApiError::bad(
+                format!("{param} must be a list of strings"),
+                param,
+            ));
+        }
     };
     if list.is_empty() || list.len() > MAX_CHOICES {
         return Err(ApiError::bad(
-            format!("{param} must hold 1 to {MAX_CHOICES} choices, got {}", list.len()),
+            format!(
+                "{param} must hold 1 to {MAX_CHOICES} choices, got {}",
+                list.len()
+            ),
             param,
         ));
     }
@@ -403,7 +409,9 @@ fn choices(
         .find(|(_, c)| c.is_empty() || c.chars().count() > MAX_CHOICE_CHARS)
     {
         return Err(ApiError::bad(
-            format!("{param}[{i}] must be a non-empty string of at most {MAX_CHOICE_CHARS} characters"),
+            format!(
+                "{param}[{i}] must be a non-empty string of at most {MAX_CHOICE_CHARS} characters"
+            ),
             param,
         ));
     }

@@ -509,7 +509,10 @@ async fn a_structured_choice_answers_exactly_one_of_the_choices() {
         })
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    assert!(ranked.len() >= 3, "too few clean tokens among the top 20: {b}");
+    assert!(
+        ranked.len() >= 3,
+        "too few clean tokens among the top 20: {b}"
+    );
     let (first, second, third) = (&ranked[0].0, &ranked[1].0, &ranked[2].0);
     for (choices, expected) in [
         (vec![third, first, second], first),
@@ -522,15 +525,26 @@ async fn a_structured_choice_answers_exactly_one_of_the_choices() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{b}");
-        assert_eq!(b["choices"][0]["text"], expected.as_str(), "{ranked:?}: {b}");
+        assert_eq!(
+            b["choices"][0]["text"],
+            expected.as_str(),
+            "{ranked:?}: {b}"
+        );
         assert_eq!(b["choices"][0]["finish_reason"], "stop", "{b}");
     }
-    let verdicts = [r#"{"winner": "A"}"#, r#"{"winner": "B"}"#, r#"{"winner": "tie"}"#];
+    let verdicts = [
+        r#"{"winner": "A"}"#,
+        r#"{"winner": "B"}"#,
+        r#"{"winner": "tie"}"#,
+    ];
     // Without it, the answer is still exactly one of the choices (the model, left alone,
     // writes none of them), on both endpoints, both spellings, greedy or sampled, streamed.
     let chat = json!([{"role": "user", "content": "which answer is better?"}]);
     for (endpoint, extra) in [
-        ("/v1/completions", json!({"structured_outputs": {"choice": verdicts}})),
+        (
+            "/v1/completions",
+            json!({"structured_outputs": {"choice": verdicts}}),
+        ),
         ("/v1/completions", json!({"guided_choice": verdicts})),
         (
             "/v1/chat/completions",
