@@ -28,15 +28,24 @@ use crate::finetune::Hyperparameters;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(crate::common::FETCHED_ONLY).message(crate::common::FETCHED_ONLY_MESSAGE))]
 pub struct LoraAdapterSpec {
     /// The base model the adapter was trained on; serving checks it matches.
     pub base_model: ModelRef,
-    /// URI of the PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`)
-    /// on the artifact volume (`pvc://`) or a node path (`file://`): the operator verifies it
-    /// there and the serving pods mount it. (Adapters in object stores are not served yet.)
-    #[schemars(regex(pattern = r"^(pvc|file)://.+"))]
+    /// URI of the PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    /// Mounted: the artifact volume (`pvc://`) or a node path (`file://`). Fetched by the
+    /// serving pods at load time, with the credentials of `credentialsSecretRef`:
+    /// `s3://<bucket>/<prefix>` (any S3-compatible endpoint), `gs://`, `az://`/`abfs://`, and
+    /// `hf://<org>/<name>[@<revision>][/<subdir>]`. The operator verifies it where it is stored.
+    #[schemars(regex(pattern = r"^(pvc|file|s3|gs|az|abfs|hf)://.+"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("uri is immutable: create a new LoraAdapter for a new artifact"))]
     pub uri: String,
+    /// A Secret of this namespace with the store's standard variables for a fetched `uri`
+    /// (`AWS_*`, `HF_TOKEN`, …; see FineTuneJob `spec.baseModel.credentialsSecretRef`). The
+    /// operator verifies the adapter with it, and the serving pods that load the adapter get
+    /// it as their server's environment. Only for fetched URIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<crate::common::LocalRef>,
     /// LoRA rank.
     #[schemars(range(min = 1, max = 1024))]
     pub rank: u32,

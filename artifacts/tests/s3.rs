@@ -677,7 +677,10 @@ async fn a_checksum_mismatch_fails_and_discards_the_file() {
             .fetch(&uri("s3://tailor/adapters/a1"), Some(&dest))
             .await
             .expect("the copy is still there");
-        assert_eq!(std::fs::read(dest.join("adapter_model.safetensors")).expect("read"), data);
+        assert_eq!(
+            std::fs::read(dest.join("adapter_model.safetensors")).expect("read"),
+            data
+        );
         assert!(again.files.len() == 1, "{cached:?}");
     }
 }

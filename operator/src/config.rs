@@ -67,6 +67,13 @@ pub struct OperatorConfig {
     /// request to an endpoint a tenant wrote that is not listed.
     #[serde(default = "default_hub_endpoints")]
     pub hub_endpoint_allow_list: Vec<String>,
+    /// Object-store endpoints (`AWS_ENDPOINT_URL` and the like in a tenant's Secret, exactly)
+    /// the operator may read from when it verifies a LoraAdapter stored in a bucket. Without
+    /// an endpoint variable the store's own public endpoint is used; any other endpoint a
+    /// tenant writes is refused, so a Secret cannot make the operator send requests where it
+    /// likes.
+    #[serde(default)]
+    pub store_endpoint_allow_list: Vec<String>,
     /// Whether each ModelDeployment gets NetworkPolicies that let only its router reach its
     /// servers and only the operator reach the servers' and router's admin endpoints (needs a
     /// CNI that enforces NetworkPolicy; harmless where none does).

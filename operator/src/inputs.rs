@@ -6,6 +6,7 @@ use tailor_api::{LocalRef, ModelRef};
 use tailor_artifacts::hub::is_commit_sha;
 use tailor_artifacts::{ArtifactUri, Env, Hub};
 
+use crate::config::OperatorConfig;
 use crate::context::Context;
 use crate::error::Error;
 use crate::secrets;
@@ -105,6 +106,45 @@ pub async fn credentials(
     ))
 }
 
+/// Whether the operator may use a tenant's store credentials: every variable that points a
+/// client somewhere (`*ENDPOINT*`, `*_URL`, `*_URI`, `*EMULATOR*`, `*_HOST`) names an endpoint
+/// the admin listed (`HF_ENDPOINT` in `hubEndpointAllowList`, the others in
+/// `storeEndpointAllowList`). The message names the variable and its value (an address, not a
+/// secret).
+pub fn endpoints_allowed(cfg: &OperatorConfig, env: &Env) -> Result<(), String> {
+    allowed_endpoints(
+        &cfg.hub_endpoint_allow_list,
+        &cfg.store_endpoint_allow_list,
+        env,
+    )
+}
+
+fn allowed_endpoints(hub: &[String], store: &[String], env: &Env) -> Result<(), String> {
+    for (key, value) in env.with_prefix("") {
+        let k = key.to_ascii_uppercase();
+        let points = k.contains("ENDPOINT")
+            || k.contains("EMULATOR")
+            || k.ends_with("_URL")
+            || k.ends_with("_URI")
+            || k.ends_with("_HOST");
+        if !points {
+            continue;
+        }
+        let (list, name) = if k == "HF_ENDPOINT" {
+            (hub, "hubEndpointAllowList")
+        } else {
+            (store, "storeEndpointAllowList")
+        };
+        let v = value.trim_end_matches('/');
+        if !list.iter().any(|a| a.trim_end_matches('/') == v) {
+            return Err(format!(
+                "the operator reads stores only at the endpoints the cluster admin lists in its config ({name}: {list:?}), not at {key}={v:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `uri` is an `hf://` reference the operator pins (its revision is not a commit sha).
 pub fn is_unpinned_hub_uri(uri: &str) -> bool {
     needs_pin(uri).is_some()
@@ -150,6 +190,37 @@ mod tests {
     use super::*;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_tenants_store_endpoints_must_be_the_ones_the_admin_lists() {
+        let hub = ["https://huggingface.co".to_string()];
+        let store = ["http://minio.storage.svc:9000".to_string()];
+        let ok = |pairs: &[(&str, &str)]| {
+            allowed_endpoints(&hub, &store, &Env::from_pairs(pairs.to_vec()))
+        };
+        assert!(ok(&[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")]).is_ok());
+        assert!(ok(&[("AWS_ENDPOINT_URL", "http://minio.storage.svc:9000/")]).is_ok());
+        assert!(
+            ok(&[
+                ("HF_TOKEN", "hf_x"),
+                ("HF_ENDPOINT", "https://huggingface.co")
+            ])
+            .is_ok()
+        );
+        for (key, value) in [
+            ("AWS_ENDPOINT_URL", "http://10.0.0.7:9000"),
+            ("AWS_METADATA_ENDPOINT", "http://169.254.169.254"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://kubernetes.default.svc",
+            ),
+            ("AZURE_STORAGE_USE_EMULATOR", "true"),
+            ("HF_ENDPOINT", "http://internal-hub"),
+        ] {
+            let e = ok(&[(key, value), ("AWS_SECRET_ACCESS_KEY", "s3cr3t")]).expect_err(key);
+            assert!(e.contains(key) && !e.contains("s3cr3t"), "{e}");
+        }
+    }
 
     #[test]
     fn the_operator_asks_only_the_hub_endpoints_the_admin_allows() {

@@ -64,6 +64,8 @@ pub struct Registry {
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     loader: Loader,
     load_timeout: Duration,
+    /// Fetches the adapters known by URI (the config file's `s3://…`, `hf://…` entries).
+    remote: Mutex<Option<Arc<crate::remote::RemoteAdapters>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -173,7 +175,13 @@ impl Registry {
             loading: Mutex::new(HashMap::new()),
             loader,
             load_timeout,
+            remote: Mutex::new(None),
         }
+    }
+
+    /// What fetches adapters known by URI; without it they fail to load, saying so.
+    pub fn set_remote(&self, remote: Arc<crate::remote::RemoteAdapters>) {
+        *self.remote.lock().unwrap_or_else(|e| e.into_inner()) = Some(remote);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -371,13 +379,21 @@ impl Registry {
                 .map(|k| k.path.clone())
                 .ok_or_else(|| LookupError::Unknown(name.to_string()))?,
         };
-        let loader = self.loader.clone();
-        let p = path.clone();
-        let task = tokio::task::spawn_blocking(move || loader(&p));
-        let result = match tokio::time::timeout(self.load_timeout, task).await {
-            Ok(Ok(r)) => r.map_err(LoadError::Invalid),
-            Ok(Err(e)) => Err(LoadError::Invalid(format!("adapter load task failed: {e}"))),
-            Err(_) => Err(LoadError::Timeout(self.load_timeout)),
+        let result = match self.local_dir(&path).await {
+            Ok(dir) => {
+                let loader = self.loader.clone();
+                let shown = dir.display().to_string();
+                let task = tokio::task::spawn_blocking(move || loader(&dir));
+                match tokio::time::timeout(self.load_timeout, task).await {
+                    // A fetched adapter is named by its URI, not its place in the cache.
+                    Ok(Ok(r)) => r.map_err(|e| {
+                        LoadError::Invalid(e.replace(&shown, &path.display().to_string()))
+                    }),
+                    Ok(Err(e)) => Err(LoadError::Invalid(format!("adapter load task failed: {e}"))),
+                    Err(_) => Err(LoadError::Timeout(self.load_timeout)),
+                }
+            }
+            Err(e) => Err(e),
         };
         let mut g = self.lock();
         // The name may have been removed or re-pointed while loading.
@@ -418,6 +434,27 @@ impl Registry {
                 Err(LookupError::Load(e))
             }
         }
+    }
+
+    /// The directory to load `path` from: itself, or for a URI the verified copy fetched.
+    async fn local_dir(&self, path: &Path) -> Result<PathBuf, LoadError> {
+        let Some(uri) = path.to_str().filter(|p| crate::remote::is_uri(p)) else {
+            return Ok(path.to_path_buf());
+        };
+        let remote = self
+            .remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(remote) = remote else {
+            return Err(LoadError::Invalid(format!(
+                "{uri}: this server does not fetch adapters by URI"
+            )));
+        };
+        remote
+            .localize(uri, None)
+            .await
+            .map_err(|e| LoadError::Invalid(e.to_string()))
     }
 
     fn touch(&self, name: &str) -> Result<Option<AdapterRef>, LookupError> {

@@ -165,7 +165,8 @@ impl Cli {
     }
 }
 
-/// The `--config` file, validated, with adapter paths resolved against the file's directory.
+/// The `--config` file, validated, with adapter paths resolved against the file's directory
+/// (an adapter given by URI stays a URI).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileConfig {
     pub served_model_name: Option<String>,
@@ -187,8 +188,17 @@ impl FileConfig {
                     path.display()
                 );
             }
-            let p = PathBuf::from(p);
-            adapters.insert(name, if p.is_relative() { base.join(p) } else { p });
+            // A URI (`s3://…`, `hf://…`) is fetched when the adapter is loaded.
+            let p = PathBuf::from(&p);
+            let uri = p.to_str().is_some_and(crate::remote::is_uri);
+            adapters.insert(
+                name,
+                if p.is_relative() && !uri {
+                    base.join(p)
+                } else {
+                    p
+                },
+            );
         }
         if let Some(f) = &c.fault_injection
             && !(0.0..=1.0).contains(&f.error_rate)

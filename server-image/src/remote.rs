@@ -120,7 +120,8 @@ impl RemoteAdapters {
         match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(dir)) => {
                 let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
-                origins.insert(dir.clone(), normal);
+                // As the caller wrote it: what a listing is compared with.
+                origins.insert(dir.clone(), uri.to_string());
                 Ok(dir)
             }
             Ok(Err(e)) if e.kind == ErrorKind::NotFound => {

@@ -164,14 +164,15 @@ pub fn start(cli: &Cli) -> anyhow::Result<Started> {
         cli.adapter_load_timeout,
     ));
     registry.set_roots(&cli.adapter_roots);
-    let remote = RemoteAdapters::new(
+    let remote = Arc::new(RemoteAdapters::new(
         cli.adapter_uri_prefixes.clone(),
         cli.adapter_cache
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("tailor-adapters")),
         cli.adapter_load_timeout,
-    );
+    ));
     registry.set_fetched_root(remote.cache_dir());
+    registry.set_remote(remote.clone());
     for (n, p) in cli.adapter_pairs()? {
         registry.register(&n, p, Source::Cli);
     }

@@ -1447,7 +1447,8 @@ async fn adapters_load_by_uri_from_a_bucket_verified_and_confined_to_the_allowed
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, local) = server.post("/v1/completions", &answer("a0")).await;
+    let local_request = answer("a0");
+    let (_, local) = server.post("/v1/completions", &local_request).await;
     let (_, remote) = server.post("/v1/completions", &answer("a0-remote")).await;
     assert_eq!(local["choices"][0]["text"], remote["choices"][0]["text"]);
     assert_eq!(
@@ -1511,7 +1512,7 @@ async fn adapters_load_by_uri_from_a_bucket_verified_and_confined_to_the_allowed
             assert!(message(&answer).contains("s3://tailor/"), "{answer}");
         }
     }
-    // Listed with the URI as its root; the failed loads left nothing behind.
+    // Listed with the URI (as the caller wrote it) as its root; the failed loads left nothing.
     let (_, models) = server.get("/v1/models").await;
     let models: Value = serde_json::from_str(&models).expect("models");
     let roots: Vec<(&str, &str)> = models["data"]
@@ -1530,7 +1531,7 @@ async fn adapters_load_by_uri_from_a_bucket_verified_and_confined_to_the_allowed
         "{roots:?}"
     );
     assert!(
-        roots.contains(&("a1-remote", "s3://tailor/adapters/a1")),
+        roots.contains(&("a1-remote", "s3://tailor/adapters/a1/")),
         "{roots:?}"
     );
     assert!(!roots.iter().any(|(id, _)| *id == "x"), "{roots:?}");
@@ -1548,6 +1549,48 @@ async fn adapters_load_by_uri_from_a_bucket_verified_and_confined_to_the_allowed
     assert_eq!(status, 400, "{answer}");
     assert!(message(&answer).contains("sha256 is"), "{answer}");
     drop(server);
+
+    // The config file (what the operator writes) may name adapters by URI as well: fetched
+    // when loaded, and listed with the URI as their path.
+    let cfg_file = dir.path().join("server.json");
+    std::fs::write(
+        &cfg_file,
+        json!({"adapters": {"cfg-remote": "s3://tailor/adapters/a0"}}).to_string(),
+    )
+    .expect("config");
+    let from_config = Server::start_with(
+        &[
+            "--config".into(),
+            cfg_file.display().to_string(),
+            "--adapter-uri-prefix".into(),
+            "s3://".into(),
+            "--adapter-cache".into(),
+            dir.path().join("cache3").display().to_string(),
+        ],
+        &s3.env(),
+        None,
+    )
+    .await;
+    let listed = eventually(60, "the config's adapter loaded", || async {
+        let (_, text) = from_config.get("/admin/adapters").await;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let a = v
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "cfg-remote")?
+            .clone();
+        (a["loaded"] == true).then_some(a)
+    })
+    .await;
+    assert_eq!(listed["path"], "s3://tailor/adapters/a0", "{listed}");
+    let mut ask = local_request.clone();
+    ask["model"] = json!("cfg-remote");
+    let (_, via_config) = from_config.post("/v1/completions", &ask).await;
+    assert_eq!(
+        local["choices"][0]["logprobs"]["token_logprobs"],
+        via_config["choices"][0]["logprobs"]["token_logprobs"]
+    );
+    drop(from_config);
 
     // Without an allowed prefix, no URI is fetched; with wrong credentials, the answer says
     // PermissionDenied and the secret is in no answer and no log line.

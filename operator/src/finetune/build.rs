@@ -596,6 +596,7 @@ pub fn adapter(ftj: &FineTuneJob, outputs: &Outputs, artifact: &AdapterArtifact)
         LoraAdapterSpec {
             base_model: ftj.spec.base_model.clone(),
             uri: outputs.adapter_uri.clone(),
+            credentials_secret_ref: None,
             rank: ftj.spec.lora.rank,
             alpha: ftj.spec.lora.alpha,
             target_modules: ftj.spec.lora.target_modules.clone(),

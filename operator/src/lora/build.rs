@@ -101,7 +101,7 @@ pub fn verify(la: &LoraAdapter, found: &Found) -> Result<String, String> {
             found.sha256, found.size_bytes, spec.rank, spec.alpha
         ))
     } else {
-        Err(problems.join("; "))
+        Err(format!("{}: {}", spec.uri, problems.join("; ")))
     }
 }
 

@@ -126,7 +126,7 @@ async fn verify(la: &LoraAdapter, r: &Ctx) -> Result<Action, Error> {
     {
         return Ok(Action::await_change());
     }
-    let outcome = match read_artifact(ctx, &ns, &la.spec.uri).await {
+    let outcome = match read_artifact(ctx, &ns, la).await {
         Err(message) => Outcome::Unavailable(message),
         Ok(found) => match build::verify(la, &found) {
             Ok(message) => Outcome::Verified { found, message },
@@ -155,7 +155,15 @@ async fn verify(la: &LoraAdapter, r: &Ctx) -> Result<Action, Error> {
     })
 }
 
-async fn read_artifact(ctx: &Context, ns: &str, uri: &str) -> Result<Found, String> {
+/// How long one verification of an adapter in a store may take.
+const REMOTE_VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn read_artifact(ctx: &Context, ns: &str, la: &LoraAdapter) -> Result<Found, String> {
+    let uri = &la.spec.uri;
+    match tailor_artifacts::ArtifactUri::parse(uri) {
+        Ok(u) if !u.is_local() => return read_remote(ctx, ns, la, u).await,
+        _ => {}
+    }
     let dir = artifacts::operator_path(&ctx.config, ns, uri)?;
     tokio::task::spawn_blocking(move || {
         let weights = dir.join("adapter_model.safetensors");
@@ -174,6 +182,43 @@ async fn read_artifact(ctx: &Context, ns: &str, uri: &str) -> Result<Found, Stri
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// An adapter in a bucket or on the Hub, read where it is stored (the weights streamed through
+/// sha256, no local copy) with the credentials the LoraAdapter names.
+async fn read_remote(
+    ctx: &Context,
+    ns: &str,
+    la: &LoraAdapter,
+    uri: tailor_artifacts::ArtifactUri,
+) -> Result<Found, String> {
+    let env = crate::inputs::credentials(
+        ctx,
+        ns,
+        "spec.credentialsSecretRef",
+        la.spec.credentials_secret_ref.as_ref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    crate::inputs::endpoints_allowed(&ctx.config, &env).map_err(|e| format!("{uri}: {e}"))?;
+    let store = tailor_artifacts::Context::new(env);
+    let a = tokio::time::timeout(
+        REMOTE_VERIFY_TIMEOUT,
+        tailor_artifacts::adapter::inspect(&uri, &store),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "{uri}: reading the adapter took longer than {}s",
+            REMOTE_VERIFY_TIMEOUT.as_secs()
+        )
+    })?
+    .map_err(|e| e.to_string())?;
+    Ok(Found {
+        sha256: a.sha256,
+        size_bytes: a.size_bytes,
+        adapter_config: a.adapter_config,
+    })
 }
 
 /// Deletion with `deletionPolicy: Delete`: removes the artifact only if the operator created it

@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::{
     Affinity, PodAffinityTerm, PodAntiAffinity, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec as K8sPodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec as K8sPodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -30,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tailor_api::ModelDeployment;
+use tailor_artifacts::ArtifactUri;
 
 use super::revision::{RevisionSpec, pod_part};
 use crate::config::OperatorConfig;
@@ -229,6 +230,11 @@ pub fn serving_volumes(
         .into_owned();
     let mut paths = BTreeMap::new();
     for (name, uri) in adapters {
+        if ArtifactUri::parse(uri).is_ok_and(|u| !u.is_local()) {
+            // Fetched by the servers when loaded (tailor-server's adapters by URI).
+            paths.insert(name.clone(), uri.clone());
+            continue;
+        }
         let p = vols
             .add(cfg, uri, true)
             .map_err(|e| format!("adapter {name}: {e}"))?;
@@ -289,6 +295,10 @@ pub fn server_config_map(md: &ModelDeployment, pod_revision: &str, config: &Valu
 }
 
 /// The serving Deployment of a pod revision.
+/// The adapter URIs servers fetch (what a LoraAdapter admits; not `https://`: a tenant's URI
+/// must not make a server send requests where it likes).
+pub const ADAPTER_URI_PREFIXES: &str = "s3://,gs://,az://,abfs://,hf://";
+
 pub fn server_deployment(
     md: &ModelDeployment,
     spec: &RevisionSpec,
@@ -367,7 +377,24 @@ pub fn server_deployment(
                             name: "server".into(),
                             image: Some(cfg.server_image.clone()),
                             args: Some(args),
-                            env: Some(vec![pod_ip_env(), json_logs()]),
+                            env: Some(vec![
+                                pod_ip_env(),
+                                json_logs(),
+                                EnvVar {
+                                    name: "TAILOR_SERVER_ADAPTER_URI_PREFIXES".into(),
+                                    value: Some(ADAPTER_URI_PREFIXES.into()),
+                                    ..Default::default()
+                                },
+                            ]),
+                            env_from: p.adapter_credentials.as_ref().map(|s| {
+                                vec![EnvFromSource {
+                                    secret_ref: Some(SecretEnvSource {
+                                        name: s.clone(),
+                                        optional: Some(false),
+                                    }),
+                                    ..Default::default()
+                                }]
+                            }),
                             ports: Some(vec![ContainerPort {
                                 name: Some("http".into()),
                                 container_port: SERVER_PORT,

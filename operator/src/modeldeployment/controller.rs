@@ -239,10 +239,27 @@ fn resolve_adapters(
             adapter: name.clone(),
             uri: la.spec.uri.clone(),
             sha256: la.spec.sha256.clone(),
+            credentials: la
+                .spec
+                .credentials_secret_ref
+                .as_ref()
+                .map(|r| r.name.clone()),
             validation_loss: lineage.validation_loss,
             base_validation_loss: lineage.base_validation_loss,
             evaluation: lineage.evaluation,
         });
+    }
+    // The servers get one set of store credentials: adapters fetched with different Secrets
+    // cannot share them.
+    let secrets: std::collections::BTreeSet<&str> = out
+        .iter()
+        .filter_map(|a| a.credentials.as_deref())
+        .collect();
+    if secrets.len() > 1 {
+        return Err(Error::InvalidSpec(format!(
+            "the adapters name different credentialsSecretRefs ({}): the servers of one ModelDeployment fetch adapters with one Secret",
+            secrets.into_iter().collect::<Vec<_>>().join(", ")
+        )));
     }
     Ok(out)
 }

@@ -34,6 +34,9 @@ pub struct ResolvedAdapter {
     /// Its checksum, when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The Secret a fetched adapter is read with (the LoraAdapter's `credentialsSecretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
     /// Validation loss of the adapter and of the base model, from the LoraAdapter's lineage
     /// (the optional gate). Not hashed: the same artifact is the same revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +62,10 @@ pub struct PodSpec {
     /// for; the pin only says which bytes that was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model_revision: Option<String>,
+    /// The Secret the servers fetch adapters stored in buckets or on the Hub with (one per
+    /// deployment; absent when none, as `template`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_credentials: Option<String>,
     pub served_name: String,
     pub max_batch_size: u32,
     pub max_seq_length: u32,
@@ -104,6 +111,7 @@ impl RevisionSpec {
                     .as_ref()
                     .map(|r| r.name.clone()),
                 base_model_revision: None,
+                adapter_credentials: adapters.iter().find_map(|a| a.credentials.clone()),
                 served_name: spec.base_model.served_name.clone(),
                 max_batch_size: spec.server.max_batch_size,
                 max_seq_length: spec.server.max_seq_length,
@@ -229,6 +237,7 @@ mod tests {
             adapter: name.into(),
             uri: format!("pvc://tailor-artifacts/adapters/{name}"),
             sha256: Some("ab".repeat(32)),
+            credentials: None,
             validation_loss: Some(0.9),
             base_validation_loss: Some(2.0),
             evaluation: None,

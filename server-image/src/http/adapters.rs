@@ -185,9 +185,15 @@ pub async fn unload_lora_adapter(
     Ok(text(lora_unloaded_message(&req.lora_name)))
 }
 
-/// Deprecated: `GET /admin/adapters`.
+/// Deprecated: `GET /admin/adapters` (an adapter loaded by URI is listed with its URI).
 pub async fn list_adapters(State(s): State<Shared>) -> Response {
-    axum::Json(s.registry.status()).into_response()
+    let mut status = s.registry.status();
+    for a in &mut status {
+        if let Some(uri) = s.remote.origin(Path::new(&a.path)) {
+            a.path = uri;
+        }
+    }
+    axum::Json(status).into_response()
 }
 
 /// Deprecated: `POST /admin/adapters {name, path}` registers (or re-points) and loads now.
@@ -202,18 +208,25 @@ pub async fn add_adapter(
             "name",
         ));
     }
-    match s
-        .registry
-        .load_from_api(&req.name, &PathBuf::from(&req.path))
-        .await
-    {
+    let path = if remote::is_uri(&req.path) {
+        s.remote
+            .localize(&req.path, None)
+            .await
+            .map_err(|e| ApiError::AdapterLoad(e.to_string()))?
+    } else {
+        PathBuf::from(&req.path)
+    };
+    match s.registry.load_from_api(&req.name, &path).await {
         Ok(_) => Ok(axum::Json(AddAdapterResponse {
             name: req.name,
             path: req.path,
             loaded: true,
         })
         .into_response()),
-        Err(e) => Err(ApiError::AdapterLoad(e.to_string())),
+        Err(e) => Err(ApiError::AdapterLoad(
+            e.to_string()
+                .replace(&path.display().to_string(), &req.path),
+        )),
     }
 }
 

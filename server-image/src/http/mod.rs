@@ -86,7 +86,7 @@ pub struct AppState {
     pub model_dir: PathBuf,
     pub registry: Arc<Registry>,
     /// Adapters by URI (the LoRA API's `lora_path`).
-    pub remote: crate::remote::RemoteAdapters,
+    pub remote: Arc<crate::remote::RemoteAdapters>,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub engine: mpsc::Sender<GenRequest>,

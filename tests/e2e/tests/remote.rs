@@ -4,6 +4,10 @@
 //! volume holds the inputs. A wrong secret and a missing object each fail with a condition
 //! naming the URI and the cause, and no secret value shows in any log, Event or status.
 //!
+//! An adapter published to the bucket and imported as a LoraAdapter there is verified by the
+//! operator where it is stored (a wrong sha256 fails it, naming both digests) and served by
+//! pods that fetch it when they load it, answering the openai client.
+//!
 //! An `hf://` base model is pinned to the commit its branch names when the run's Job is made,
 //! and a ModelDeployment's revision to the one it names when the revision is first seen.
 //!
@@ -28,6 +32,8 @@ const BUCKET: &str = "tailor-e2e";
 /// Distinctive, so the grep for them cannot miss.
 const ACCESS_KEY: &str = "AKIATAILORE2EKEY0001";
 const SECRET_KEY: &str = "e2e-s3-secret/VALUE+k9=";
+/// `storeEndpointAllowList` of `manifests/overlays/sim`.
+const S3_ADDR: &str = "127.0.0.1:18090";
 
 fn upload(s3: &LocalS3, dir: &Path, uri: &str) {
     let out = Command::new(binary("tailor-fetch").expect("tailor-fetch"))
@@ -110,7 +116,15 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
         return;
     }
     let root = tempfile::tempdir().expect("tempdir");
-    let s3 = LocalS3::start(root.path(), ACCESS_KEY, SECRET_KEY).expect("start s3s-fs");
+    // On the port the sim overlay's operator config lists in storeEndpointAllowList (the
+    // operator verifies adapters stored in the bucket).
+    let s3 = LocalS3::start_on(
+        S3_ADDR.parse().expect("addr"),
+        root.path(),
+        ACCESS_KEY,
+        SECRET_KEY,
+    )
+    .expect("start s3s-fs");
     s3.create_bucket(BUCKET).expect("bucket");
     let base_uri = format!("s3://{BUCKET}/models/base");
     let base = s.artifact_path(BASE_MODEL).expect("the suite's base model");
@@ -189,6 +203,67 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
         .expect("a serving pod");
     assert_fetched_with(&server, &base_uri, "s3-creds");
 
+    // The adapter published to the bucket and imported as a LoraAdapter there: the operator
+    // verifies it in the bucket (no volume), the servers fetch it when they load it.
+    let trained = s
+        .artifact_path(la["spec"]["uri"].as_str().expect("uri"))
+        .expect("the trained adapter's files");
+    let adapter_uri = format!("s3://{BUCKET}/adapters/support-s3");
+    upload(&s3, &trained, &adapter_uri);
+    let import = |name: &str, sha256: &str| {
+        format!(
+            "apiVersion: tailor.dev/v1alpha1\nkind: LoraAdapter\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  baseModel: {{uri: \"{base_uri}\"}}\n  uri: \"{adapter_uri}\"\n  credentialsSecretRef: {{name: s3-creds}}\n  rank: {rank}\n  alpha: {alpha}\n  sha256: \"{sha256}\"\n",
+            ns = s.ns(),
+            rank = la["spec"]["rank"],
+            alpha = la["spec"]["alpha"],
+        )
+    };
+    let sha = la["spec"]["sha256"].as_str().expect("sha256").to_string();
+    s.apply(&import("published", &sha))
+        .expect("apply LoraAdapter");
+    s.apply(&import("tampered", &"0".repeat(64)))
+        .expect("apply LoraAdapter");
+    s.wait_phase("loraadapter", "published", "Ready", LONG);
+    let tampered = s.wait_phase("loraadapter", "tampered", "Failed", LONG);
+    let msg = ready_message(&tampered);
+    assert!(
+        msg.contains(&adapter_uri) && msg.contains(&sha) && msg.contains(&"0".repeat(64)),
+        "{msg}"
+    );
+    let mut md = ModelDeployment::new("published", "published").manifest(s.ns());
+    md["spec"]["baseModel"]["uri"] = Value::from(base_uri.as_str());
+    md["spec"]["baseModel"]["credentialsSecretRef"] = serde_json::json!({"name": "s3-creds"});
+    s.apply(&md.to_string()).expect("apply ModelDeployment");
+    let served = s.wait_for("the published adapter to serve", LONG, || {
+        let m = s.object("modeldeployment", "published")?;
+        condition(&m, "Ready")
+            .is_some_and(|c| c["status"] == "True")
+            .then_some(m)
+    });
+    assert!(
+        ready_message(&served).contains("published"),
+        "{}",
+        served["status"]
+    );
+    let server = pods(&s, "published-")
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "tailor-server")
+        .expect("a serving pod");
+    // The server container holds the adapter's credentials (it fetches at load time), and no
+    // volume carries the adapter.
+    let c = &server["spec"]["containers"][0];
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "s3-creds", "{c}");
+    let endpoint = served["status"]["endpoint"].as_str().expect("endpoint");
+    let answer = ask(endpoint, &["support"]);
+    assert_eq!(answer["support"]["model"], "published", "{answer}");
+    assert!(
+        !answer["support"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{answer}"
+    );
+
     // Faults: each a condition naming the URI and the cause.
     let one = format!("{prefix}part-1.jsonl");
     dataset(&s, "wrong-key", &one, "s3-wrong");
@@ -229,6 +304,23 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
     assert!(haystack.contains(&prefix), "the logs were read");
     assert!(!haystack.contains(SECRET_KEY), "the secret key leaked");
     assert_eq!(phase(&s.object("dataset", "support").expect("ds")), "Ready");
+}
+
+/// One question through the official openai client: {model: {content, model, usage}}.
+fn ask(endpoint: &str, models: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(tailor_e2e::repo_root().join("tests/e2e/tests/serving_client.py"))
+        .args(["ask", endpoint, "How do I reset my password?"])
+        .args(models)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "openai client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
 }
 
 /// Every file under `dir`, by its path relative to it.

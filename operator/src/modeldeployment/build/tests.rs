@@ -37,6 +37,7 @@ fn adapter(served: &str, name: &str) -> ResolvedAdapter {
         adapter: name.into(),
         uri: format!("pvc://tailor-artifacts/adapters/{name}"),
         sha256: None,
+        credentials: None,
         validation_loss: None,
         base_validation_loss: None,
         evaluation: None,
@@ -206,19 +207,47 @@ fn a_base_model_in_a_bucket_is_fetched_before_the_server_starts() {
 }
 
 #[test]
-fn adapters_in_an_object_store_cannot_be_served_and_say_why() {
-    let rev = revision(&md(), vec![]);
-    let err = serving_volumes(
-        &cfg(),
-        "tailor-demo",
-        "cm",
-        &rev.pods,
-        &BTreeMap::from([("a".to_string(), "s3://bucket/adapters/a".to_string())]),
-    )
-    .err()
-    .expect("error");
-    assert!(err.contains("adapter a: s3://bucket/adapters/a"), "{err}");
-    assert!(err.contains("pvc://tailor-artifacts/"), "{err}");
+fn adapters_in_a_bucket_are_fetched_by_the_servers_with_the_adapters_secret() {
+    let mut remote = adapter("support", "support-v1");
+    remote.uri = "s3://bucket/adapters/support-v1".into();
+    remote.credentials = Some("s3-creds".into());
+    let plain = revision(&md(), vec![adapter("support", "support-v1")]);
+    let rev = revision(&md(), vec![remote.clone()]);
+    // The servers' Secret is part of what the pods run.
+    assert_eq!(rev.pods.adapter_credentials.as_deref(), Some("s3-creds"));
+    assert_ne!(rev.pod_revision(), plain.pod_revision());
+    let uris = BTreeMap::from([(remote.adapter.clone(), remote.uri.clone())]);
+    let vols = serving_volumes(&cfg(), "tailor-demo", "cm", &rev.pods, &uris).expect("volumes");
+    // No volume for it: the server's config names the URI, and the server fetches it.
+    assert_eq!(
+        vols.adapters["support-v1"],
+        "s3://bucket/adapters/support-v1"
+    );
+    let d = server_deployment(&md(), &rev, &vols, &cfg());
+    let pod = d.spec.template.spec.expect("pod spec");
+    crate::pods::assert_hardened(&pod);
+    assert!(pod.init_containers.is_none());
+    let server = &pod.containers[0];
+    let secret = server
+        .env_from
+        .iter()
+        .flatten()
+        .find_map(|e| e.secret_ref.as_ref())
+        .map(|s| s.name.as_str());
+    assert_eq!(secret, Some("s3-creds"));
+    let prefixes = server
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "TAILOR_SERVER_ADAPTER_URI_PREFIXES")
+        .and_then(|e| e.value.clone())
+        .expect("prefixes");
+    assert!(!prefixes.contains("https"), "{prefixes}");
+    // Without fetched adapters the server holds no credentials.
+    let vols = serving_volumes(&cfg(), "tailor-demo", "cm", &plain.pods, &BTreeMap::new())
+        .expect("volumes");
+    let d = server_deployment(&md(), &plain, &vols, &cfg());
+    assert!(container(&d).env_from.is_none());
 }
 
 #[test]
