@@ -26,10 +26,12 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     status = "ModelDeploymentStatus",
     shortname = "mdep",
     category = "tailor",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stableRevision"}"#,
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canaryRevision"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas","priority":1}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -44,7 +46,8 @@ pub struct ModelDeploymentSpec {
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("adapter names must be unique"))]
     pub adapters: Vec<ServedAdapter>,
-    /// Serving pods per revision. Changing only this rolls nothing out.
+    /// Serving pods per revision. Changing only this rolls nothing out. Also set through the
+    /// `scale` subresource (`kubectl scale mdep NAME --replicas=N`, a HorizontalPodAutoscaler).
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 256))]
     pub replicas: i32,
@@ -448,6 +451,14 @@ pub struct ModelDeploymentStatus {
     /// Adapters each serving pod has actually loaded, and those that failed to load.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PodAdapters>,
+    /// Ready serving pods of the stable revision (the `scale` subresource's replicas, which
+    /// `kubectl scale` and a HorizontalPodAutoscaler read).
+    #[serde(default)]
+    pub replicas: i32,
+    /// The label selector of the stable revision's serving pods, as a string (the `scale`
+    /// subresource's selector: an autoscaler reads those pods' metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// One analysis.

@@ -141,6 +141,15 @@ fn server_labels(md: &str, pod_revision: &str) -> BTreeMap<String, String> {
     l
 }
 
+/// The stable revision's serving pods as a label selector string (the scale subresource's).
+pub fn server_selector(md: &str, pod_revision: &str) -> String {
+    selector(&server_labels(md, pod_revision))
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn selector(l: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     l.iter()
         .filter(|(k, _)| {

@@ -528,6 +528,9 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         .as_ref()
         .map(|ip| format!("http://{ip}:{}/v1", build::ROUTER_PORT));
     st.base_model_revision = desired.pods.base_model_revision.clone();
+    // The scale subresource's view: the stable revision's ready serving pods.
+    st.replicas = i32::try_from(stable_pods.len()).unwrap_or(i32::MAX);
+    st.selector = Some(build::server_selector(&name, &stable_spec.pod_revision()));
     // What the router no longer routes to may go only once it runs this config: the ConfigMap
     // reaches its pod and is reloaded a moment after the apply, and until then requests still
     // arrive for the old adapter or revision.

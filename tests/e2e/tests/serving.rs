@@ -259,6 +259,64 @@ fn quickstart_serves_the_base_model_and_the_trained_adapter_to_the_openai_client
         d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
         "1"
     );
+
+    // The scale subresource: status says how many serving pods are ready and which (the
+    // selector an autoscaler reads); `kubectl scale` changes spec.replicas and rolls nothing
+    // out.
+    assert_eq!(st["replicas"], 2, "{st}");
+    env.kubectl(&[
+        "-n",
+        ns,
+        "scale",
+        "modeldeployment",
+        "support",
+        "--replicas=3",
+    ])
+    .expect("kubectl scale");
+    let scaled = s.wait_for("three ready serving pods", LONG, || {
+        get_mdep(&s).filter(|m| m["status"]["replicas"] == 3)
+    });
+    assert_eq!(
+        scaled["status"]["stableRevision"], st["stableRevision"],
+        "scaling rolled something out"
+    );
+    assert_eq!(scaled["spec"]["replicas"], 3);
+    let scale: Value = serde_json::from_str(
+        &env.kubectl(&[
+            "get",
+            "--raw",
+            &format!("/apis/tailor.dev/v1alpha1/namespaces/{ns}/modeldeployments/support/scale"),
+        ])
+        .expect("the scale subresource"),
+    )
+    .expect("Scale JSON");
+    assert_eq!(scale["kind"], "Scale", "{scale}");
+    assert_eq!(
+        (&scale["spec"]["replicas"], &scale["status"]["replicas"]),
+        (&json!(3), &json!(3)),
+        "{scale}"
+    );
+    let selector = scale["status"]["selector"].as_str().expect("selector");
+    let selected = env
+        .get_json(&["-n", ns, "get", "pods", "-l", selector])
+        .expect("pods");
+    let names: Vec<&str> = selected["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{selector}: {names:?}");
+    // A HorizontalPodAutoscaler can take it as its target (its scaleTargetRef resolves to the
+    // Scale above); the autoscaling itself is the HPA controller's, not tailor-sim's.
+    env.apply(&format!(
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: support, namespace: {ns}}}\nspec:\n  scaleTargetRef: {{apiVersion: tailor.dev/v1alpha1, kind: ModelDeployment, name: support}}\n  minReplicas: 2\n  maxReplicas: 4\n  metrics:\n  - type: Pods\n    pods:\n      metric: {{name: tailor_server_requests_waiting}}\n      target: {{type: AverageValue, averageValue: \"4\"}}\n"
+    ))
+    .expect("apply HorizontalPodAutoscaler");
+    let hpa = env
+        .object(ns, "horizontalpodautoscaler", "support")
+        .expect("the HPA");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "ModelDeployment");
 }
 
 #[test]
