@@ -48,9 +48,16 @@ pub struct ModelDeploymentSpec {
     pub adapters: Vec<ServedAdapter>,
     /// Serving pods per revision. Changing only this rolls nothing out. Also set through the
     /// `scale` subresource (`kubectl scale mdep NAME --replicas=N`, a HorizontalPodAutoscaler).
+    /// Not used while `autoscaling` is set.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 256))]
     pub replicas: i32,
+    /// Scale the serving pods on their own load, read from the servers' Inference Extension
+    /// gauges (`vllm:num_requests_running`, `vllm:num_requests_waiting`) by the operator, as
+    /// KServe's KPA and AIBrix's autoscaler do. The decision and its inputs are in
+    /// `status.autoscaling` and Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
     /// Compute per serving pod.
     #[serde(default)]
     pub resources: Resources,
@@ -76,6 +83,53 @@ pub struct ModelDeploymentSpec {
 
 fn one() -> i32 {
     1
+}
+
+/// Load-based scaling of the serving pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("has(self.targetInFlightPerReplica) != has(self.targetQueueDepth)").message("set exactly one of autoscaling.targetInFlightPerReplica and autoscaling.targetQueueDepth"))]
+pub struct Autoscaling {
+    /// Fewest serving pods (scale-to-zero is not supported).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 256))]
+    pub min_replicas: i32,
+    /// Most serving pods.
+    #[schemars(range(min = 1, max = 256))]
+    pub max_replicas: i32,
+    /// Requests in flight (running in the batch or waiting for it) per serving pod to aim for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 100000.0))]
+    pub target_in_flight_per_replica: Option<f64>,
+    /// Requests waiting for the batch per serving pod to aim for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 100000.0))]
+    pub target_queue_depth: Option<f64>,
+    /// Scale up only to what every recommendation of this window allows (the lowest): a short
+    /// burst does not add pods. Default 0s.
+    #[serde(default = "zero_seconds")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub scale_up_stabilization: Duration,
+    /// Scale down only to what every recommendation of this window allows (the highest): load
+    /// that dips for a moment does not remove pods. Default 5m.
+    #[serde(default = "five_minutes")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub scale_down_stabilization: Duration,
+    /// How often the load is read and a decision made. Default 10s.
+    #[serde(default = "ten_seconds")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Duration,
+}
+
+fn zero_seconds() -> Duration {
+    std::time::Duration::ZERO.into()
+}
+fn five_minutes() -> Duration {
+    std::time::Duration::from_secs(300).into()
+}
+fn ten_seconds() -> Duration {
+    std::time::Duration::from_secs(10).into()
 }
 
 /// The base model of a deployment.
@@ -459,6 +513,45 @@ pub struct ModelDeploymentStatus {
     /// subresource's selector: an autoscaler reads those pods' metrics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The last autoscaling decision and its inputs (with `spec.autoscaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// An autoscaling decision and what it was made from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Serving pods per revision now asked for.
+    pub desired_replicas: i32,
+    /// The metric summed over the serving pods read (in-flight or waiting requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// Serving pods whose load was read.
+    #[serde(default)]
+    pub measured_pods: u32,
+    /// What this reading alone asks for, before the stabilization windows and step limits.
+    pub recommendation: i32,
+    /// Why the decision is what it is.
+    #[serde(default)]
+    pub message: String,
+    /// When the operator last read the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evaluated: Option<Time>,
+    /// When the desired count last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// Recent recommendations (the stabilization windows' memory), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<Recommendation>,
+}
+
+/// One past recommendation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Recommendation {
+    pub time: Time,
+    pub replicas: i32,
 }
 
 /// One analysis.

@@ -313,6 +313,7 @@ pub fn server_deployment(
     spec: &RevisionSpec,
     vols: &ServingVolumes,
     cfg: &OperatorConfig,
+    replicas: i32,
 ) -> Deployment {
     let md_name = md.name_any();
     let pod_revision = spec.pod_revision();
@@ -362,7 +363,7 @@ pub fn server_deployment(
     let mut d = Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
-            replicas: Some(md.spec.replicas),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(selector(&l)),
                 ..Default::default()

@@ -31,6 +31,50 @@ where
         .await
 }
 
+/// One serving pod's load, summed over its engines and models.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    pub running: f64,
+    pub waiting: f64,
+}
+
+/// The load in a Prometheus or OpenMetrics text exposition; `None` without either gauge.
+/// Only the two gauges' sample lines are read (`name{labels} value [timestamp]`): the
+/// prometheus-parse crate refuses the `:` that vLLM's metric names carry.
+pub fn parse_load(text: &str) -> Option<Load> {
+    let mut load = Load::default();
+    let mut seen = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line
+            .find(|c: char| c == '{' || c.is_whitespace())
+            .unwrap_or(line.len());
+        let slot = match &line[..name_end] {
+            "vllm:num_requests_running" => &mut load.running,
+            "vllm:num_requests_waiting" => &mut load.waiting,
+            _ => continue,
+        };
+        let rest = match line[name_end..].rfind('}') {
+            Some(i) if line[name_end..].starts_with('{') => &line[name_end + i + 1..],
+            _ => &line[name_end..],
+        };
+        let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if v.is_finite() {
+            *slot += v;
+            seen = true;
+        }
+    }
+    seen.then_some(load)
+}
+
 /// A peer and the token it requires.
 #[derive(Clone, Copy)]
 pub struct Peer<'a> {
@@ -44,6 +88,26 @@ impl Peer<'_> {
             Some(t) => req.bearer_auth(t),
             None => req,
         }
+    }
+
+    /// A serving pod's load: requests running in its batch and waiting for it, from the
+    /// Inference Extension gauges of its `/metrics` (as tailor-server and vLLM expose them).
+    pub async fn server_load(&self, ip: &str) -> Result<Load, String> {
+        let url = format!("http://{ip}:{SERVER_PORT}/metrics");
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| endpoints::describe(&url, &e))?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: {}", resp.status()));
+        }
+        let body = endpoints::read_body(resp, SMALL_BODY).await?;
+        parse_load(&String::from_utf8_lossy(&body)).ok_or_else(|| {
+            format!("{url}: no vllm:num_requests_running / vllm:num_requests_waiting gauge")
+        })
     }
 
     /// The adapters a serving pod holds.
@@ -210,5 +274,34 @@ mod tests {
         assert_eq!(out, (0..40).map(|i| i * 2).collect::<Vec<_>>());
         let p = peak.load(Ordering::SeqCst);
         assert!(p > 1 && p <= FAN_OUT, "peak {p}");
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    #[test]
+    fn the_load_is_read_from_tailor_servers_and_vllms_gauges() {
+        // tailor-server's exposition (OpenMetrics, as prometheus-client writes it).
+        let tailor = "# HELP vllm:num_requests_waiting Requests waiting.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"base\",engine=\"0\"} 2\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"base\",engine=\"0\"} 3\n# TYPE tailor_server_requests counter\ntailor_server_requests_total{model=\"base\",status=\"200\"} 17\n# EOF\n";
+        assert_eq!(
+            parse_load(tailor),
+            Some(Load {
+                running: 3.0,
+                waiting: 2.0
+            })
+        );
+        // vLLM's (Prometheus text, two engines, a float).
+        let vllm = "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 4.0\nvllm:num_requests_running{engine=\"1\",model_name=\"m\"} 1.0\nvllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 0.0\n";
+        assert_eq!(
+            parse_load(vllm),
+            Some(Load {
+                running: 5.0,
+                waiting: 0.0
+            })
+        );
+        assert_eq!(parse_load("up 1\n"), None);
+        assert_eq!(parse_load("not prometheus {{{"), None);
     }
 }

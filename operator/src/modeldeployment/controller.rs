@@ -27,7 +27,7 @@ use super::build::{self, MDEP_LABEL, REVISION_LABEL, SNAPSHOT_LABEL, Side};
 use super::clients::{self, Peer};
 use super::revision::{self, ResolvedAdapter, RevisionSpec};
 use super::rollout::{self, Readiness, Window};
-use super::{NAME, gate, pods, stats};
+use super::{NAME, autoscale, gate, pods, stats};
 use crate::apply;
 use crate::cache;
 use crate::context::Context;
@@ -403,14 +403,42 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         .and_then(cluster_ip);
     let router_pods = r.router_pods(&ns, &name);
     let router_ready = !router_pods.is_empty();
-    let mut stable_ready = readiness_of(&stable_pods, md.spec.replicas, &stable_spec);
+    // Autoscaling: the servers' load, read every `interval`, decides the pods per revision.
+    let scaling = match &md.spec.autoscaling {
+        Some(a) if autoscale::due(a, prev.autoscaling.as_ref(), now) => {
+            let pods_: Vec<&ServingPod> = stable_pods
+                .iter()
+                .chain(canary_pods.iter().flatten())
+                .collect();
+            let reading = read_load(peer, a, &pods_).await;
+            let current = autoscale::replicas(&md.spec, prev.autoscaling.as_ref());
+            Some(autoscale::decide(
+                a,
+                prev.autoscaling.as_ref(),
+                current,
+                &reading,
+                prev.canary_revision.is_some(),
+                now,
+            ))
+        }
+        Some(_) => prev.autoscaling.clone(),
+        None => None,
+    };
+    let replicas = autoscale::replicas(&md.spec, scaling.as_ref());
+    // Ready needs the pods asked for; with autoscaling, its minimum (pods it adds are capacity).
+    let ready_needs = md
+        .spec
+        .autoscaling
+        .as_ref()
+        .map_or(replicas, |a| a.min_replicas.min(replicas));
+    let mut stable_ready = readiness_of(&stable_pods, ready_needs, &stable_spec);
     if stable_ready.ready && !router_ready {
         stable_ready = Readiness::not_ready("router not ready");
     }
     let canary_ready = match &canary_spec {
         Some(c) => readiness_of(
             canary_pods.as_deref().unwrap_or(&stable_pods),
-            md.spec.replicas,
+            ready_needs,
             c,
         ),
         None => Readiness::default(),
@@ -442,6 +470,21 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         window,
     });
     let mut st = decision.status.clone();
+    // An Event per change of the count (one reason per direction: a recorder folds repeats of
+    // one reason into a series).
+    let before = autoscale::replicas(&md.spec, prev.autoscaling.as_ref());
+    let scaled_event = scaling
+        .as_ref()
+        .filter(|s| s.desired_replicas != before)
+        .map(|s| {
+            let reason = if s.desired_replicas > before {
+                "ScaledUp"
+            } else {
+                "ScaledDown"
+            };
+            (reason, s.message.clone())
+        });
+    st.autoscaling = scaling;
 
     // Build and apply the children of what serves now.
     let stable_rev = st
@@ -556,7 +599,11 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         }
         let config = build::server_config(spec, &adapters, fault.as_ref());
         apply::apply(&cms, &build::server_config_map(md, pod_rev, &config)).await?;
-        apply::apply(&deploys, &build::server_deployment(md, spec, vols, cfg)).await?;
+        apply::apply(
+            &deploys,
+            &build::server_deployment(md, spec, vols, cfg, replicas),
+        )
+        .await?;
         adapter_paths.insert(pod_rev.clone(), adapters);
     }
 
@@ -574,7 +621,10 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
         pod_lines.extend(sync_adapters(peer, pods_, pod_rev, paths, router_current).await);
     }
     st.pods = pod_lines;
-    let requeue = requeue_after(decision.requeue_after, router_current, router_pods.len());
+    let mut requeue = requeue_after(decision.requeue_after, router_current, router_pods.len());
+    if let Some(a) = &md.spec.autoscaling {
+        requeue = requeue.min(Duration::from(a.interval).max(Duration::from_secs(1)));
+    }
     if !router_current {
         tracing::debug!(
             "router has not loaded its new config yet: old adapters and revisions stay"
@@ -656,6 +706,16 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
             "Rollout",
         );
     }
+    if let Some((reason, note)) = scaled_event {
+        events::publish(
+            ctx,
+            &md.object_ref(&()),
+            kube::runtime::events::EventType::Normal,
+            reason,
+            &note,
+            "Autoscale",
+        );
+    }
     ctx.metrics
         .canary
         .observe(&ns, &name, st.canary_weight, decision.transition);
@@ -674,6 +734,38 @@ fn requeue_after(decided: Duration, router_current: bool, ready_router_pods: usi
         decided
     } else {
         decided.min(Duration::from_secs(1))
+    }
+}
+
+/// The autoscaling metric summed over `pods` (those that answered).
+async fn read_load(
+    peer: Peer<'_>,
+    a: &tailor_api::Autoscaling,
+    pods_: &[&ServingPod],
+) -> autoscale::Reading {
+    let queue_only = a.target_in_flight_per_replica.is_none();
+    let ips: Vec<String> = pods_.iter().map(|p| p.ip.clone()).collect();
+    let answers = clients::fan_out(ips, |ip| async move {
+        peer.server_load(&ip)
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "reading a server's load"))
+            .ok()
+    })
+    .await;
+    let loads: Vec<f64> = answers
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            if queue_only {
+                l.waiting
+            } else {
+                l.running + l.waiting
+            }
+        })
+        .collect();
+    autoscale::Reading {
+        load: (!loads.is_empty()).then(|| loads.iter().sum()),
+        measured_pods: u32::try_from(loads.len()).unwrap_or(u32::MAX),
     }
 }
 

@@ -13,6 +13,7 @@
 //! builders ([`build`]), `/stats` ([`stats`]) and per-pod adapter state ([`pods`]).
 
 pub mod analysis;
+pub mod autoscale;
 pub mod build;
 pub mod clients;
 pub mod controller;

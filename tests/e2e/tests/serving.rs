@@ -948,3 +948,85 @@ fn evaluated_adapters_feed_the_gate_which_blocks_a_loser_and_admits_a_winner() {
         .collect();
     assert!(served.contains(&"winner"), "{}", m["status"]);
 }
+
+#[test]
+fn autoscaling_adds_pods_under_load_and_removes_them_after_without_errors() {
+    let s = Scenario::new("e2e-autoscale");
+    let env = s.env;
+    s.import_adapters(&["good-v1"]);
+    let mut md = mdep(&s, "good-v1", json!({}), json!({}), 1);
+    // Paced for a test: a decision every 2 s, no up-window, a 15 s down-window. The load
+    // client keeps 4 requests in flight: well above half a request per pod.
+    md["spec"]["autoscaling"] = json!({
+        "minReplicas": 1, "maxReplicas": 3, "targetInFlightPerReplica": 0.5,
+        "scaleUpStabilization": "0s", "scaleDownStabilization": "15s", "interval": "2s",
+    });
+    env.apply(&md.to_string()).expect("apply");
+    let md = wait_ready(&s);
+    assert_eq!(md["status"]["replicas"], 1, "{}", md["status"]);
+    let stable = md["status"]["stableRevision"].clone();
+    let endpoint = md["status"]["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .to_string();
+
+    let load = Load::start(&endpoint, "support");
+    let up = s.wait_for("three ready serving pods under load", LONG, || {
+        get_mdep(&s).filter(|m| m["status"]["replicas"] == 3)
+    });
+    let a = &up["status"]["autoscaling"];
+    assert_eq!(a["desiredReplicas"], 3, "{a}");
+    assert!(a["measuredPods"].as_u64().unwrap_or(0) >= 1, "{a}");
+    assert!(
+        a["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("in-flight requests")),
+        "{a}"
+    );
+    // Scaling is not a rollout.
+    assert_eq!(up["status"]["stableRevision"], stable);
+    std::thread::sleep(Duration::from_secs(5));
+    let records = load.stop();
+    let failed = errors(&records);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while scaling up: {:?}",
+        failed.len(),
+        records.len(),
+        failed.iter().take(3).collect::<Vec<_>>()
+    );
+
+    // No load: back to one pod once the down-window has passed, half at a time.
+    let down = s.wait_for("one serving pod after the load", LONG, || {
+        get_mdep(&s).filter(|m| {
+            m["status"]["autoscaling"]["desiredReplicas"] == 1 && m["status"]["replicas"] == 1
+        })
+    });
+    assert_eq!(down["status"]["stableRevision"], stable);
+    assert_eq!(phase(&down), "Healthy");
+    // Each direction is an Event with the decision's inputs.
+    for (reason, says) in [("ScaledUp", "scale up"), ("ScaledDown", "scale down")] {
+        let events = env
+            .get_json(&[
+                "-n",
+                s.ns(),
+                "get",
+                "events",
+                "--field-selector",
+                &format!("reason={reason}"),
+            ])
+            .expect("events");
+        let notes: Vec<&str> = events["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|e| e["message"].as_str().or(e["note"].as_str()))
+            .collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(says) && n.contains("in-flight requests")),
+            "{reason}: {notes:?}"
+        );
+    }
+}

@@ -81,7 +81,7 @@ fn server_deployment_runs_the_pod_revision_with_gpus_probes_and_its_config() {
         vols.adapters["support-v1"],
         "/artifacts/adapters/support-v1"
     );
-    let d = server_deployment(&md, &rev, &vols, &cfg());
+    let d = server_deployment(&md, &rev, &vols, &cfg(), md.spec.replicas);
     crate::pods::assert_hardened(d.spec.template.spec.as_ref().expect("pod"));
     assert_eq!(d.metadata.name.as_deref(), Some(cm.as_str()));
     assert_eq!(
@@ -172,7 +172,7 @@ fn a_base_model_in_a_bucket_is_fetched_before_the_server_starts() {
     let vols =
         serving_volumes(&cfg(), "tailor-demo", "cm", &rev.pods, &BTreeMap::new()).expect("volumes");
     assert_eq!(vols.base_path, "/inputs/0");
-    let d = server_deployment(&md, &rev, &vols, &cfg());
+    let d = server_deployment(&md, &rev, &vols, &cfg(), md.spec.replicas);
     let pod = d.spec.template.spec.expect("pod spec");
     crate::pods::assert_hardened(&pod);
     let init = pod.init_containers.clone().unwrap_or_default();
@@ -223,7 +223,7 @@ fn adapters_in_a_bucket_are_fetched_by_the_servers_with_the_adapters_secret() {
         vols.adapters["support-v1"],
         "s3://bucket/adapters/support-v1"
     );
-    let d = server_deployment(&md(), &rev, &vols, &cfg());
+    let d = server_deployment(&md(), &rev, &vols, &cfg(), 1);
     let pod = d.spec.template.spec.expect("pod spec");
     crate::pods::assert_hardened(&pod);
     assert!(pod.init_containers.is_none());
@@ -246,7 +246,7 @@ fn adapters_in_a_bucket_are_fetched_by_the_servers_with_the_adapters_secret() {
     // Without fetched adapters the server holds no credentials.
     let vols = serving_volumes(&cfg(), "tailor-demo", "cm", &plain.pods, &BTreeMap::new())
         .expect("volumes");
-    let d = server_deployment(&md(), &plain, &vols, &cfg());
+    let d = server_deployment(&md(), &plain, &vols, &cfg(), 1);
     assert!(container(&d).env_from.is_none());
 }
 
@@ -503,7 +503,7 @@ fn servers_require_the_token_the_router_sends_and_the_operator_uses() {
     let token_file = "/etc/tailor-token/token".to_string();
     for (d, flags) in [
         (
-            server_deployment(&md, &rev, &vols, &cfg()),
+            server_deployment(&md, &rev, &vols, &cfg(), md.spec.replicas),
             vec!["--api-key-file"],
         ),
         (
