@@ -19,6 +19,10 @@
 //! - `vllm:gpu_cache_usage_perc{model_name,engine}` and its newer name
 //!   `vllm:kv_cache_usage_perc`: KV-cache utilisation, 0..1 — tokens held by the running batch
 //!   over the cache's fixed capacity (`--max-batch-size` × `--max-seq-length` tokens).
+//! - `vllm:e2e_request_latency_seconds{model_name}`: histogram of request durations (the same
+//!   numbers as `tailor_server_request_duration_seconds`); its `_sum` grows by one second per
+//!   second a request is in flight, so its rate is the mean concurrency (Little's law), which
+//!   the operator's autoscaler reads.
 //! - `vllm:lora_requests_info{running_lora_adapters,waiting_lora_adapters,max_lora}`: value the
 //!   scrape time (Unix seconds); adapters of running and waiting requests, comma-separated;
 //!   `max_lora` the adapters servable at once (`--max-loaded-adapters`).
@@ -45,6 +49,12 @@ pub struct StatusLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub model: String,
+}
+
+/// vLLM's model label on its request histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelNameLabels {
+    pub model_name: String,
 }
 
 /// vLLM's labels on its scheduler gauges.
@@ -85,6 +95,7 @@ pub struct Metrics {
     pub requests: Family<StatusLabels, Counter>,
     pub duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
     pub ttft: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub vllm_e2e_latency: Family<ModelNameLabels, Histogram, fn() -> Histogram>,
     pub prompt_tokens: Family<ModelLabels, Counter>,
     pub generation_tokens: Family<ModelLabels, Counter>,
     pub in_flight: Gauge,
@@ -119,6 +130,7 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             ttft: Family::new_with_constructor(latency_histogram),
+            vllm_e2e_latency: Family::new_with_constructor(latency_histogram),
             prompt_tokens: Family::default(),
             generation_tokens: Family::default(),
             in_flight: Gauge::default(),
@@ -182,6 +194,11 @@ impl Metrics {
             "decoded_rows",
             "Sequence rows decoded since start; decoded_rows / decode_steps is the mean batch",
             m.decoded_rows.clone(),
+        );
+        registry.register(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of end to end request latency in seconds.",
+            m.vllm_e2e_latency.clone(),
         );
         registry.register(
             "vllm:num_requests_waiting",

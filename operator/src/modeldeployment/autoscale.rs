@@ -152,6 +152,18 @@ pub fn decide(
     }
 }
 
+/// A pod's mean requests in flight between two readings of its busy seconds (the sum of its
+/// requests' durations: Little's law); `None` without an earlier reading or when the counter
+/// went back (the server restarted).
+pub fn mean_in_flight(
+    previous: Option<(std::time::Instant, f64)>,
+    now: (std::time::Instant, f64),
+) -> Option<f64> {
+    let (t0, b0) = previous?;
+    let dt = now.0.checked_duration_since(t0)?.as_secs_f64();
+    (dt > 0.0 && now.1 >= b0).then(|| (now.1 - b0) / dt)
+}
+
 /// Whether it is time for a new decision.
 pub fn due(a: &Autoscaling, previous: Option<&AutoscalingStatus>, now: Timestamp) -> bool {
     let interval = std::time::Duration::from(a.interval);
@@ -255,6 +267,18 @@ mod tests {
         // A canary does not stop scaling up.
         let d = decide(&a, Some(&d), 4, &read(32.0, 4), true, at(20));
         assert_eq!(d.desired_replicas, 8);
+    }
+
+    #[test]
+    fn the_mean_in_flight_is_the_rate_of_busy_seconds() {
+        let t0 = std::time::Instant::now();
+        let t1 = t0 + std::time::Duration::from_secs(10);
+        // 25 request-seconds in 10 s: 2.5 requests in flight on average.
+        assert_eq!(mean_in_flight(Some((t0, 100.0)), (t1, 125.0)), Some(2.5));
+        assert_eq!(mean_in_flight(None, (t1, 125.0)), None);
+        // A restarted server's counter starts again: no rate.
+        assert_eq!(mean_in_flight(Some((t0, 100.0)), (t1, 3.0)), None);
+        assert_eq!(mean_in_flight(Some((t1, 100.0)), (t0, 125.0)), None);
     }
 
     #[test]

@@ -613,8 +613,20 @@ pub fn router_config_map(md: &ModelDeployment, config: &RouterConfig) -> ConfigM
 
 /// Router pods run at once: two, so a node drain or a crash never leaves the endpoint without
 /// a router. The split is a hash of the user, so every pod sends a user to the same target;
-/// `/stats` is per pod, and the analysis sums the pods' answers.
+/// `/stats` is per pod, and the analysis sums the pods' answers. The fewest router pods.
 pub const ROUTER_REPLICAS: i32 = 2;
+/// Serving pods per router pod beyond the first [`ROUTER_REPLICAS`].
+pub const SERVERS_PER_ROUTER: i32 = 4;
+/// The most router pods.
+pub const MAX_ROUTER_REPLICAS: i32 = 16;
+
+/// Router pods for `serving` pods per revision: one per [`SERVERS_PER_ROUTER`], at least two.
+/// More router pods move no user: each computes the same split, and a revision's Service
+/// spreads each target's requests over its pods.
+pub fn router_replicas(serving: i32) -> i32 {
+    let wanted = (serving.max(0) + SERVERS_PER_ROUTER - 1) / SERVERS_PER_ROUTER;
+    wanted.clamp(ROUTER_REPLICAS, MAX_ROUTER_REPLICAS)
+}
 
 /// Prefer spreading `labels`' pods over nodes (never refuse to schedule for it).
 fn spread_over_nodes(labels: &BTreeMap<String, String>) -> Affinity {
@@ -639,14 +651,14 @@ fn spread_over_nodes(labels: &BTreeMap<String, String>) -> Affinity {
     }
 }
 
-pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig) -> Deployment {
+pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig, serving: i32) -> Deployment {
     let md_name = md.name_any();
     let l = labels(&md_name, "tailor-router");
     let name = router_name(&md_name);
     let mut d = Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
-            replicas: Some(ROUTER_REPLICAS),
+            replicas: Some(router_replicas(serving)),
             selector: LabelSelector {
                 match_labels: Some(selector(&l)),
                 ..Default::default()

@@ -36,6 +36,9 @@ where
 pub struct Load {
     pub running: f64,
     pub waiting: f64,
+    /// `vllm:e2e_request_latency_seconds_sum`: seconds requests have spent in the server; its
+    /// rate is the mean number in flight (Little's law).
+    pub busy_seconds: Option<f64>,
 }
 
 /// The load in a Prometheus or OpenMetrics text exposition; `None` without either gauge.
@@ -54,6 +57,7 @@ pub fn parse_load(text: &str) -> Option<Load> {
         let slot = match &line[..name_end] {
             "vllm:num_requests_running" => &mut load.running,
             "vllm:num_requests_waiting" => &mut load.waiting,
+            "vllm:e2e_request_latency_seconds_sum" => load.busy_seconds.get_or_insert(0.0),
             _ => continue,
         };
         let rest = match line[name_end..].rfind('}') {
@@ -69,7 +73,7 @@ pub fn parse_load(text: &str) -> Option<Load> {
         };
         if v.is_finite() {
             *slot += v;
-            seen = true;
+            seen |= !line.starts_with("vllm:e2e");
         }
     }
     seen.then_some(load)
@@ -284,12 +288,13 @@ mod load_tests {
     #[test]
     fn the_load_is_read_from_tailor_servers_and_vllms_gauges() {
         // tailor-server's exposition (OpenMetrics, as prometheus-client writes it).
-        let tailor = "# HELP vllm:num_requests_waiting Requests waiting.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"base\",engine=\"0\"} 2\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"base\",engine=\"0\"} 3\n# TYPE tailor_server_requests counter\ntailor_server_requests_total{model=\"base\",status=\"200\"} 17\n# EOF\n";
+        let tailor = "# HELP vllm:num_requests_waiting Requests waiting.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"base\",engine=\"0\"} 2\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"base\",engine=\"0\"} 3\n# TYPE tailor_server_requests counter\ntailor_server_requests_total{model=\"base\",status=\"200\"} 17\n# TYPE vllm:e2e_request_latency_seconds histogram\nvllm:e2e_request_latency_seconds_sum{model_name=\"base\"} 10.0\nvllm:e2e_request_latency_seconds_count{model_name=\"base\"} 7\nvllm:e2e_request_latency_seconds_bucket{le=\"0.001\",model_name=\"base\"} 0\nvllm:e2e_request_latency_seconds_sum{model_name=\"support-v1\"} 2.5\n# EOF\n";
         assert_eq!(
             parse_load(tailor),
             Some(Load {
                 running: 3.0,
-                waiting: 2.0
+                waiting: 2.0,
+                busy_seconds: Some(12.5),
             })
         );
         // vLLM's (Prometheus text, two engines, a float).
@@ -298,7 +303,8 @@ mod load_tests {
             parse_load(vllm),
             Some(Load {
                 running: 5.0,
-                waiting: 0.0
+                waiting: 0.0,
+                busy_seconds: None,
             })
         );
         assert_eq!(parse_load("up 1\n"), None);

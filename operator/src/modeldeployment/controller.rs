@@ -50,6 +50,9 @@ pub struct Ctx {
     config_maps: Store<ConfigMap>,
     pods: Store<Pod>,
     adapters: Store<DeserializeGuard<LoraAdapter>>,
+    /// Each serving pod's busy seconds at the autoscaler's last reading (`ns/md/pod` → (when,
+    /// seconds)): their rate is the pod's mean load since then.
+    busy: std::sync::Mutex<BTreeMap<String, (std::time::Instant, f64)>>,
 }
 
 impl controller::Reconciler for Ctx {
@@ -177,6 +180,7 @@ pub async fn run(ctx: Arc<Context>) {
             config_maps,
             pods,
             adapters,
+            busy: Default::default(),
         }),
     )
     .await;
@@ -410,7 +414,8 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
                 .iter()
                 .chain(canary_pods.iter().flatten())
                 .collect();
-            let reading = read_load(peer, a, &pods_).await;
+            let key = format!("{ns}/{name}/");
+            let reading = read_load(peer, a, &pods_, &r.busy, &key).await;
             let current = autoscale::replicas(&md.spec, prev.autoscaling.as_ref());
             Some(autoscale::decide(
                 a,
@@ -564,7 +569,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     for pdb in build::disruption_budgets(md) {
         apply::apply(&pdbs, &pdb).await?;
     }
-    apply::apply(&deploys, &build::router_deployment(md, cfg)).await?;
+    apply::apply(&deploys, &build::router_deployment(md, cfg, replicas)).await?;
     let router_svc = apply::apply(&svcs, &build::router_service(md)).await?;
     let router_ip = cluster_ip(&router_svc).or(router_ip);
     st.endpoint = router_ip
@@ -737,32 +742,49 @@ fn requeue_after(decided: Duration, router_current: bool, ready_router_pods: usi
     }
 }
 
-/// The autoscaling metric summed over `pods` (those that answered).
+/// The autoscaling metric summed over `pods` (those that answered): for in-flight requests,
+/// each pod's mean since the last reading (the rate of its busy seconds), at least what it has
+/// in flight now; for the queue, what waits now.
 async fn read_load(
     peer: Peer<'_>,
     a: &tailor_api::Autoscaling,
     pods_: &[&ServingPod],
+    busy: &std::sync::Mutex<BTreeMap<String, (std::time::Instant, f64)>>,
+    key: &str,
 ) -> autoscale::Reading {
     let queue_only = a.target_in_flight_per_replica.is_none();
-    let ips: Vec<String> = pods_.iter().map(|p| p.ip.clone()).collect();
-    let answers = clients::fan_out(ips, |ip| async move {
-        peer.server_load(&ip)
+    let named: Vec<(String, String)> = pods_
+        .iter()
+        .map(|p| (p.name.clone(), p.ip.clone()))
+        .collect();
+    let answers = clients::fan_out(named, |(name, ip)| async move {
+        let load = peer
+            .server_load(&ip)
             .await
             .map_err(|e| tracing::debug!(error = %e, "reading a server's load"))
-            .ok()
+            .ok();
+        (name, load, std::time::Instant::now())
     })
     .await;
-    let loads: Vec<f64> = answers
-        .into_iter()
-        .flatten()
-        .map(|l| {
-            if queue_only {
-                l.waiting
-            } else {
-                l.running + l.waiting
-            }
-        })
-        .collect();
+    let mut memory = busy.lock().unwrap_or_else(|e| e.into_inner());
+    // Pods of this deployment that are gone are forgotten.
+    memory.retain(|k, _| {
+        !k.starts_with(key) || answers.iter().any(|(n, _, _)| k[key.len()..] == **n)
+    });
+    let mut loads = vec![];
+    for (name, load, at) in answers {
+        let Some(l) = load else { continue };
+        if queue_only {
+            loads.push(l.waiting);
+            continue;
+        }
+        let now = l.running + l.waiting;
+        let mean = l.busy_seconds.and_then(|b| {
+            let previous = memory.insert(format!("{key}{name}"), (at, b));
+            autoscale::mean_in_flight(previous, (at, b))
+        });
+        loads.push(mean.map_or(now, |m| m.max(now)));
+    }
     autoscale::Reading {
         load: (!loads.is_empty()).then(|| loads.iter().sum()),
         measured_pods: u32::try_from(loads.len()).unwrap_or(u32::MAX),

@@ -91,8 +91,14 @@ impl Drop for Track {
                 status: status.to_string(),
             })
             .inc();
+        let seconds = self.start.elapsed().as_secs_f64();
         m.duration
             .get_or_create(&Metrics::model(&self.model))
-            .observe(self.start.elapsed().as_secs_f64());
+            .observe(seconds);
+        m.vllm_e2e_latency
+            .get_or_create(&crate::metrics::ModelNameLabels {
+                model_name: self.model.clone(),
+            })
+            .observe(seconds);
     }
 }

@@ -953,8 +953,12 @@ fn evaluated_adapters_feed_the_gate_which_blocks_a_loser_and_admits_a_winner() {
 fn autoscaling_adds_pods_under_load_and_removes_them_after_without_errors() {
     let s = Scenario::new("e2e-autoscale");
     let env = s.env;
-    s.import_adapters(&["good-v1"]);
-    let mut md = mdep(&s, "good-v1", json!({}), json!({}), 1);
+    s.import_adapters(&["good-v1", "good-v2"]);
+    let rollout = json!({
+        "steps": [{"weight": 25, "pause": "4s"}, {"weight": 50, "pause": "4s"}],
+        "analysis": {"interval": "2s", "minRequests": 2, "maxErrorRate": 0.05, "maxErrorRateIncrease": 0.02, "failureLimit": 2},
+    });
+    let mut md = mdep(&s, "good-v1", rollout, json!({}), 1);
     // Paced for a test: a decision every 2 s, no up-window, a 15 s down-window. The load
     // client keeps 4 requests in flight: well above half a request per pod.
     md["spec"]["autoscaling"] = json!({
@@ -971,6 +975,20 @@ fn autoscaling_adds_pods_under_load_and_removes_them_after_without_errors() {
         .to_string();
 
     let load = Load::start(&endpoint, "support");
+    // An adapter canary while the pods are being added: it still steps and is promoted.
+    set_adapter(&s, "good-v2");
+    let promoted = s.wait_for("the canary to be promoted while scaling", LONG, || {
+        get_mdep(&s).filter(|m| {
+            m["status"]["stableRevision"] != stable
+                && m["status"]["canaryRevision"].is_null()
+                && phase(m) == "Healthy"
+        })
+    });
+    let last = &promoted["status"]["history"][promoted["status"]["history"]
+        .as_array()
+        .map_or(0, |h| h.len().saturating_sub(1))];
+    assert_eq!(last["outcome"], "Promoted", "{}", promoted["status"]);
+    let stable = promoted["status"]["stableRevision"].clone();
     let up = s.wait_for("three ready serving pods under load", LONG, || {
         get_mdep(&s).filter(|m| m["status"]["replicas"] == 3)
     });

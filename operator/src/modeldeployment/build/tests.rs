@@ -447,7 +447,7 @@ fn api_keys_reach_the_router_hashed_never_in_plaintext() {
 #[test]
 fn router_deployment_and_service_expose_api_and_admin_ports() {
     let md = md();
-    let d = router_deployment(&md, &cfg());
+    let d = router_deployment(&md, &cfg(), md.spec.replicas);
     crate::pods::assert_hardened(d.spec.template.spec.as_ref().expect("pod"));
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some("tailor-router:test"));
@@ -507,7 +507,7 @@ fn servers_require_the_token_the_router_sends_and_the_operator_uses() {
             vec!["--api-key-file"],
         ),
         (
-            router_deployment(&md, &cfg()),
+            router_deployment(&md, &cfg(), md.spec.replicas),
             vec!["--backend-token-file", "--admin-token-file"],
         ),
     ] {
@@ -621,7 +621,7 @@ fn a_drain_takes_at_most_one_router_and_one_server_pod() {
     let md = md();
     let pdbs = disruption_budgets(&md);
     assert_eq!(pdbs.len(), 2);
-    let router = router_deployment(&md, &cfg());
+    let router = router_deployment(&md, &cfg(), md.spec.replicas);
     let router_labels = router
         .spec
         .template
@@ -659,4 +659,17 @@ fn a_drain_takes_at_most_one_router_and_one_server_pod() {
         .and_then(|s| s.match_labels.clone())
         .expect("selector");
     assert_eq!(sel["app.kubernetes.io/name"], "tailor-server");
+}
+
+#[test]
+fn router_pods_grow_with_the_serving_pods_from_two_to_sixteen() {
+    for (serving, routers) in [(0, 2), (1, 2), (8, 2), (9, 3), (12, 3), (13, 4), (256, 16)] {
+        assert_eq!(
+            super::router_replicas(serving),
+            routers,
+            "{serving} serving pods"
+        );
+    }
+    let d = router_deployment(&md(), &cfg(), 20);
+    assert_eq!(d.spec.replicas, Some(5));
 }
