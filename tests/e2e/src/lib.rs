@@ -34,8 +34,8 @@ use serde_json::Value;
 
 pub use binaries::{binary, repo_root};
 pub use scenario::{
-    BASE_MODEL, FineTuneJob, IMPORTED, ModelDeployment, Scenario, inline_dataset, is_valid_chat,
-    quickstart_examples,
+    BASE_MODEL, FineTuneJob, IMPORTED, ModelDeployment, Scenario, ask, inline_dataset,
+    is_valid_chat, quickstart_examples,
 };
 pub use wait::{describe, wait_for, wait_phase};
 

@@ -361,3 +361,22 @@ pub fn inline_dataset(ns: &str, name: &str, lines: &[String], min_examples: u32)
         "apiVersion: tailor.dev/v1alpha1\nkind: Dataset\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  format: chat\n  preparation:\n    minExamples: {min_examples}\n    split: {{validation: 0.2}}\n  source:\n    inline: |\n{body}"
     )
 }
+
+/// One question ("How do I reset my password?") to each of `models` at `endpoint` through the
+/// official `openai` client (`tests/e2e/tests/serving_client.py ask`): {model: {content, model,
+/// usage}}.
+pub fn ask(endpoint: &str, models: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/e2e/tests/serving_client.py"))
+        .args(["ask", endpoint, "How do I reset my password?"])
+        .args(models)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "openai client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tailor_e2e::{
-    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, binary, condition, phase,
+    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, ask, binary, condition, phase,
     quickstart_examples,
 };
 use tailor_local_s3::LocalS3;
@@ -304,23 +304,6 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
     assert!(haystack.contains(&prefix), "the logs were read");
     assert!(!haystack.contains(SECRET_KEY), "the secret key leaked");
     assert_eq!(phase(&s.object("dataset", "support").expect("ds")), "Ready");
-}
-
-/// One question through the official openai client: {model: {content, model, usage}}.
-fn ask(endpoint: &str, models: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg(tailor_e2e::repo_root().join("tests/e2e/tests/serving_client.py"))
-        .args(["ask", endpoint, "How do I reset my password?"])
-        .args(models)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "openai client: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
 }
 
 /// Every file under `dir`, by its path relative to it.

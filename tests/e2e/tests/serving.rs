@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tailor_e2e::{
-    FineTuneJob, ModelDeployment, Scenario, condition, phase, quickstart_examples, repo_root,
+    FineTuneJob, ModelDeployment, Scenario, ask, condition, phase, quickstart_examples, repo_root,
     wait_for,
 };
 
@@ -174,23 +174,6 @@ fn target_of(r: &Value) -> &str {
 
 fn errors(records: &[Value]) -> Vec<&Value> {
     records.iter().filter(|r| r["ok"] != true).collect()
-}
-
-/// One `ask` through the openai client: {model: {content, model, usage}}.
-fn ask(endpoint: &str, models: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg(client_script())
-        .args(["ask", endpoint, "How do I reset my password?"])
-        .args(models)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "openai client: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
 }
 
 #[test]
