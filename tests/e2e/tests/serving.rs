@@ -102,10 +102,23 @@ fn serving_pod_uids(s: &Scenario) -> BTreeSet<String> {
 
 /// Steady load by the openai client: workers cycling through 40 users.
 struct Load {
-    child: Child,
+    /// `None` once stopped.
+    child: Option<Child>,
     stop: PathBuf,
     out: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// A test that fails before `stop` must not leave the client running (it would load the
+/// machine for the rest of the suite).
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::fs::write(&self.stop, b"");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Load {
@@ -124,7 +137,7 @@ impl Load {
             .spawn()
             .expect("python3 load client");
         let load = Load {
-            child,
+            child: Some(child),
             stop,
             out,
             _dir: dir,
@@ -142,21 +155,16 @@ impl Load {
         read_records(&self.out)
     }
 
-    fn stop(self) -> Vec<Value> {
-        let Load {
-            child,
-            stop,
-            out,
-            _dir,
-        } = self;
-        std::fs::write(&stop, b"").expect("stop file");
+    fn stop(mut self) -> Vec<Value> {
+        std::fs::write(&self.stop, b"").expect("stop file");
+        let child = self.child.take().expect("running");
         let res = child.wait_with_output().expect("load client exits");
         assert!(
             res.status.success(),
             "load client: {}",
             String::from_utf8_lossy(&res.stderr)
         );
-        read_records(&out)
+        read_records(&self.out)
     }
 }
 

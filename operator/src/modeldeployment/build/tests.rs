@@ -48,6 +48,15 @@ fn revision(md: &ModelDeployment, adapters: Vec<ResolvedAdapter>) -> RevisionSpe
     RevisionSpec::new(&md.spec, adapters)
 }
 
+/// The Secret a container takes its environment from.
+fn env_secret(c: &Container) -> Option<&str> {
+    c.env_from
+        .iter()
+        .flatten()
+        .find_map(|e| e.secret_ref.as_ref())
+        .map(|s| s.name.as_str())
+}
+
 fn container(d: &Deployment) -> &Container {
     &d.spec.template.spec.as_ref().expect("pod").containers[0]
 }
@@ -181,13 +190,7 @@ fn a_base_model_in_a_bucket_is_fetched_before_the_server_starts() {
     assert_eq!(fetch.image.as_deref(), Some(cfg().fetch_image.as_str()));
     let args = fetch.args.clone().unwrap_or_default();
     assert_eq!(args[..2], ["s3://bucket/models/base", "/inputs/0"]);
-    let secret = fetch
-        .env_from
-        .iter()
-        .flatten()
-        .find_map(|e| e.secret_ref.as_ref())
-        .map(|s| s.name.as_str());
-    assert_eq!(secret, Some("s3-creds"));
+    assert_eq!(env_secret(fetch), Some("s3-creds"));
     // The server reads what the fetch wrote, and never sees the credentials.
     let server = &pod.containers[0];
     assert!(server.env_from.is_none());
@@ -228,13 +231,7 @@ fn adapters_in_a_bucket_are_fetched_by_the_servers_with_the_adapters_secret() {
     crate::pods::assert_hardened(&pod);
     assert!(pod.init_containers.is_none());
     let server = &pod.containers[0];
-    let secret = server
-        .env_from
-        .iter()
-        .flatten()
-        .find_map(|e| e.secret_ref.as_ref())
-        .map(|s| s.name.as_str());
-    assert_eq!(secret, Some("s3-creds"));
+    assert_eq!(env_secret(server), Some("s3-creds"));
     let prefixes = server
         .env
         .iter()
