@@ -50,6 +50,7 @@ pub async fn pinned_uri(
         return Ok(uri.to_string());
     };
     hub_allowed(&ctx.config.hub_endpoint_allow_list, &env)
+        .and_then(|()| endpoints_allowed(&ctx.config, &env))
         .map_err(|e| Error::InvalidSpec(format!("{field}.uri {uri}: {e}")))?;
     let artifact = |e: tailor_artifacts::Error| Error::Artifact {
         uri: uri.to_string(),
@@ -106,11 +107,23 @@ pub async fn credentials(
     ))
 }
 
-/// Whether the operator may use a tenant's store credentials: every variable that points a
-/// client somewhere (`*ENDPOINT*`, `*_URL`, `*_URI`, `*EMULATOR*`, `*_HOST`) names an endpoint
-/// the admin listed (`HF_ENDPOINT` in `hubEndpointAllowList`, the others in
-/// `storeEndpointAllowList`). The message names the variable and its value (an address, not a
-/// secret).
+/// Variables that name a file to read: in a pod they point into the pod, in the operator they
+/// would point into the operator (its own service-account token, say), so the operator uses
+/// none of them.
+fn names_a_file(key: &str) -> bool {
+    key.ends_with("_FILE")
+        || key.ends_with("_PATH")
+        || matches!(
+            key,
+            "HF_HOME" | "GOOGLE_APPLICATION_CREDENTIALS" | "GOOGLE_SERVICE_ACCOUNT"
+        )
+}
+
+/// Whether the operator may use a tenant's store credentials itself: no variable names a file
+/// (see [`names_a_file`]), and every variable that points a client somewhere (`*ENDPOINT*`,
+/// `*_URL`, `*_URI`, `*EMULATOR*`, `*_HOST`) names an endpoint the admin listed (`HF_ENDPOINT`
+/// in `hubEndpointAllowList`, the others in `storeEndpointAllowList`). The message names the
+/// variable and, for an endpoint, its value (an address, not a secret).
 pub fn endpoints_allowed(cfg: &OperatorConfig, env: &Env) -> Result<(), String> {
     allowed_endpoints(
         &cfg.hub_endpoint_allow_list,
@@ -122,6 +135,11 @@ pub fn endpoints_allowed(cfg: &OperatorConfig, env: &Env) -> Result<(), String> 
 fn allowed_endpoints(hub: &[String], store: &[String], env: &Env) -> Result<(), String> {
     for (key, value) in env.with_prefix("") {
         let k = key.to_ascii_uppercase();
+        if names_a_file(&k) {
+            return Err(format!(
+                "the operator reads no file a Secret names ({key}): put the credential itself in the Secret (e.g. HF_TOKEN, AWS_SECRET_ACCESS_KEY, GOOGLE_SERVICE_ACCOUNT_KEY)"
+            ));
+        }
         let points = k.contains("ENDPOINT")
             || k.contains("EMULATOR")
             || k.ends_with("_URL")
@@ -216,6 +234,22 @@ mod tests {
             ),
             ("AZURE_STORAGE_USE_EMULATOR", "true"),
             ("HF_ENDPOINT", "http://internal-hub"),
+            // Files in the operator's own filesystem (its service-account token, /dev/zero).
+            (
+                "HF_TOKEN_PATH",
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            ),
+            ("HF_HOME", "/var/run/secrets/kubernetes.io/serviceaccount"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/zero"),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            ),
+            (
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                "/etc/tailor/operator.json",
+            ),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/proc/self/environ"),
         ] {
             let e = ok(&[(key, value), ("AWS_SECRET_ACCESS_KEY", "s3cr3t")]).expect_err(key);
             assert!(e.contains(key) && !e.contains("s3cr3t"), "{e}");
