@@ -31,7 +31,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model", "tests"))
-from reference import build_tokenizer  # noqa: E402  (the ChatML template and special tokens)
+from reference import build_tokenizer, chat_texts  # noqa: E402  (the ChatML template and special tokens)
 
 # Where English prose lives on a Debian/Ubuntu machine, in the order they are read. Licences are
 # always there (base-files); the rest is read when present and skipped when not.
@@ -127,16 +127,6 @@ def corpus(max_chars, seed):
         n += len(p) + 1
     return out, files
 
-
-def chat_texts(path):
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                texts.extend(m["content"] for m in json.loads(line)["messages"])
-            except (ValueError, KeyError, TypeError):
-                continue  # the example datasets include deliberately invalid lines
-    return texts
 
 
 def main():

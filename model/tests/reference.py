@@ -56,6 +56,18 @@ CHATML = (
 )
 
 
+def chat_texts(path):
+    """Every message's content of a chat JSONL file (lines that are not chat examples skipped)."""
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                texts.extend(m["content"] for m in json.loads(line)["messages"])
+            except (ValueError, KeyError, TypeError):
+                continue  # the example datasets include deliberately invalid lines
+    return texts
+
+
 def build_tokenizer(out_dir, texts, vocab_size, extra_specials=()):
     """A byte-level BPE trained on `texts`, with ChatML special tokens and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -323,14 +335,7 @@ def base_model(out, data, vocab, hidden, layers, heads, kv_heads, intermediate, 
     overrides); the default is a plain Llama."""
     from transformers import LlamaConfig
 
-    texts = []
-    with open(data, encoding="utf-8") as f:
-        for line in f:
-            try:
-                texts.extend(m["content"] for m in json.loads(line)["messages"])
-            except (ValueError, KeyError, TypeError):
-                continue  # the example datasets include deliberately invalid lines
-    tok = build_tokenizer(out, texts, int(vocab))
+    tok = build_tokenizer(out, chat_texts(data), int(vocab))
     if family != "llama":
         fam, overrides, _, _ = FAMILIES[family]
         if fam in ("phi3", "phi4_mini"):

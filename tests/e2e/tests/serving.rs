@@ -994,7 +994,11 @@ fn autoscaling_adds_pods_under_load_and_removes_them_after_without_errors() {
     );
     // Scaling is not a rollout.
     assert_eq!(up["status"]["stableRevision"], stable);
-    std::thread::sleep(Duration::from_secs(5));
+    // Some more requests served by the three pods before the load stops.
+    let served = load.records().len();
+    s.wait_for("more requests with three pods", SHORT, || {
+        (load.records().len() >= served + 20).then_some(())
+    });
     let records = load.stop();
     let failed = errors(&records);
     assert!(
