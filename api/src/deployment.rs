@@ -40,6 +40,12 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 pub struct ModelDeploymentSpec {
     /// The base model and the name it is served under.
     pub base_model: ServedBaseModel,
+    /// The inference engine of the serving pods: `tailor` (tailor-server) or `vllm` (the
+    /// `vllm/vllm-openai` image, for tensor parallelism and quantized checkpoints). Adapters are
+    /// loaded through the same runtime LoRA API on both, so canaries, analysis and rollback are
+    /// the same. A change rolls out as a pod canary.
+    #[serde(default)]
+    pub runtime: Runtime,
     /// Adapters served on the base model; each `name` is a model name in the OpenAI API.
     /// Changing only the adapter a name points to rolls out as an adapter canary (no new pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -185,6 +191,31 @@ pub struct ServerSettings {
     /// own names, keys and paths win. A change rolls out as a pod canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<crate::PodTemplate>,
+    /// The serving image instead of the operator's default for the runtime (a vLLM release
+    /// other than the pinned one, a mirror). A change rolls out as a pod canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Flags appended to the engine's command line (`--enable-prefix-caching`,
+    /// `--quantization=fp8`, `--gpu-memory-utilization=0.85`). Flags the operator sets from
+    /// other fields (listen address, served name, LoRA and parallelism settings, API key) are
+    /// refused with the field to use instead. A change rolls out as a pod canary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(a, size(a) <= 1024)").message("each extra argument is at most 1024 characters"))]
+    pub extra_args: Vec<String>,
+}
+
+/// The inference engine of a ModelDeployment's serving pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Runtime {
+    /// tailor-server (libtorch; CPU or one GPU).
+    #[default]
+    Tailor,
+    /// vLLM's OpenAI-compatible server (`vllm serve`), `--tensor-parallel-size` from
+    /// `resources.gpus`.
+    Vllm,
 }
 
 fn default_batch() -> u32 {
@@ -205,6 +236,8 @@ impl Default for ServerSettings {
             max_loaded_adapters: default_loaded(),
             dtype: Dtype::default(),
             pod_template: None,
+            image: None,
+            extra_args: Vec::new(),
         }
     }
 }

@@ -14,6 +14,10 @@ pub struct OperatorConfig {
     /// Image of the serving pods (ModelDeployment).
     #[serde(default)]
     pub server_image: String,
+    /// Image of the serving pods of ModelDeployments with `runtime: vllm` (a spec's
+    /// `server.image` overrides it). The flags tailor passes are those of this release.
+    #[serde(default = "default_vllm_image")]
+    pub vllm_image: String,
     /// Image of the router pods (ModelDeployment).
     #[serde(default)]
     pub router_image: String,
@@ -109,6 +113,13 @@ fn default_fetch_image() -> String {
         "ghcr.io/tailor-dev/tailor-fetch:{}",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// The vLLM release whose `vllm serve` flags and runtime LoRA API tailor renders and speaks.
+pub const VLLM_IMAGE: &str = "vllm/vllm-openai:v0.12.0";
+
+fn default_vllm_image() -> String {
+    VLLM_IMAGE.into()
 }
 
 fn default_hub_endpoints() -> Vec<String> {

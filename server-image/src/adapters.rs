@@ -244,15 +244,23 @@ impl Registry {
         evict(&mut g, None);
     }
 
-    pub fn is_known(&self, name: &str) -> bool {
-        self.lock().known.contains_key(name)
+    /// Whether `name` is listed (see [`Registry::listed`]).
+    pub fn is_listed(&self, name: &str) -> bool {
+        self.lock()
+            .known
+            .get(name)
+            .is_some_and(|k| k.error.is_none())
     }
 
-    /// Known adapters and their directories, by name.
-    pub fn known(&self) -> Vec<(String, PathBuf)> {
+    /// Adapters and their directories, by name, as `/v1/models` lists them: those that loaded
+    /// (in memory or evicted, to be reloaded on demand), not those whose load failed. vLLM
+    /// registers an adapter only once it loaded; a client (the operator) takes an adapter that
+    /// is not listed for one to load.
+    pub fn listed(&self) -> Vec<(String, PathBuf)> {
         self.lock()
             .known
             .iter()
+            .filter(|(_, k)| k.error.is_none())
             .map(|(n, k)| (n.clone(), k.path.clone()))
             .collect()
     }

@@ -122,6 +122,9 @@ pub struct Cli {
     /// generating (repeat the flag for several).
     #[arg(long)]
     pub fault_fixed_response: Vec<String>,
+    /// Standing in for vLLM (`tailor-server serve ...`, see [`crate::vllm`]).
+    #[arg(skip)]
+    pub vllm: Option<crate::vllm::VllmMode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

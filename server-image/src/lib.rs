@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod remote;
 pub mod serve;
 pub mod stop;
+pub mod vllm;

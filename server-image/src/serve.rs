@@ -184,9 +184,13 @@ pub fn start(cli: &Cli) -> anyhow::Result<Started> {
         }
         None => None,
     };
-    let api_keys = match &cli.api_key_file {
-        Some(p) => Some(read_keys(p)?),
-        None => None,
+    let api_keys = match (
+        &cli.api_key_file,
+        cli.vllm.as_ref().and_then(|v| v.api_key.as_ref()),
+    ) {
+        (Some(p), _) => Some(read_keys(p)?),
+        (None, Some(key)) => Some(ApiKeys::parse(key)),
+        (None, None) => None,
     };
     let mut eos: Vec<i64> = model_config.eos_token_ids.clone();
     if let Some(e) = tokenizer.eos_token_id() {
@@ -223,6 +227,7 @@ pub fn start(cli: &Cli) -> anyhow::Result<Started> {
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        vllm: cli.vllm.clone(),
     });
     apply_config(
         &state,

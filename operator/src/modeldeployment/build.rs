@@ -34,7 +34,7 @@ use tailor_artifacts::ArtifactUri;
 
 use super::revision::{RevisionSpec, pod_part};
 use crate::config::OperatorConfig;
-use crate::jobs::{self, CONFIG_DIR, PodVolumes};
+use crate::jobs::{self, PodVolumes};
 
 /// Label naming the ModelDeployment a child belongs to.
 pub const MDEP_LABEL: &str = "tailor.dev/modeldeployment";
@@ -303,11 +303,9 @@ pub fn server_config_map(md: &ModelDeployment, pod_revision: &str, config: &Valu
     }
 }
 
-/// The serving Deployment of a pod revision.
-/// The adapter URIs servers fetch (what a LoraAdapter admits; not `https://`: a tenant's URI
-/// must not make a server send requests where it likes).
-pub const ADAPTER_URI_PREFIXES: &str = "s3://,gs://,az://,abfs://,hf://";
+pub use super::runtime::ADAPTER_URI_PREFIXES;
 
+/// The serving Deployment of a pod revision.
 pub fn server_deployment(
     md: &ModelDeployment,
     spec: &RevisionSpec,
@@ -334,32 +332,15 @@ pub fn server_deployment(
         limits.insert("memory".to_string(), m.clone());
     }
     let p = &spec.pods;
-    let args: Vec<String> = vec![
-        "--model".into(),
-        vols.base_path.clone(),
-        "--served-model-name".into(),
-        p.served_name.clone(),
-        "--listen".into(),
-        format!("$(POD_IP):{SERVER_PORT}"),
-        "--max-batch-size".into(),
-        p.max_batch_size.to_string(),
-        "--max-seq-length".into(),
-        p.max_seq_length.to_string(),
-        "--max-loaded-adapters".into(),
-        p.max_loaded_adapters.to_string(),
-        "--dtype".into(),
-        p.dtype.clone(),
-        "--config".into(),
-        format!("{CONFIG_DIR}/{SERVER_CONFIG_KEY}"),
-        // Inference and the admin API answer only the router and the operator.
-        "--api-key-file".into(),
-        token_file(),
-    ];
     let (token_vol, token_mount) = token_volume(&md_name);
     let mut mounts = vols.volumes.mounts.clone();
     mounts.push(token_mount);
     let mut volumes = vols.volumes.volumes.clone();
     volumes.push(token_vol);
+    for (v, m) in super::runtime::runtime_volumes(spec) {
+        volumes.push(v);
+        mounts.push(m);
+    }
     let mut d = Deployment {
         metadata: meta(md, name.clone(), l.clone()),
         spec: DeploymentSpec {
@@ -384,18 +365,6 @@ pub fn server_deployment(
                 spec: Some(crate::pods::finish(
                     K8sPodSpec {
                         containers: vec![Container {
-                            name: "server".into(),
-                            image: Some(cfg.server_image.clone()),
-                            args: Some(args),
-                            env: Some(vec![
-                                pod_ip_env(),
-                                json_logs(),
-                                EnvVar {
-                                    name: "TAILOR_SERVER_ADAPTER_URI_PREFIXES".into(),
-                                    value: Some(ADAPTER_URI_PREFIXES.into()),
-                                    ..Default::default()
-                                },
-                            ]),
                             env_from: p.adapter_credentials.as_ref().map(|s| {
                                 vec![EnvFromSource {
                                     secret_ref: Some(SecretEnvSource {
@@ -405,24 +374,19 @@ pub fn server_deployment(
                                     ..Default::default()
                                 }]
                             }),
-                            ports: Some(vec![ContainerPort {
-                                name: Some("http".into()),
-                                container_port: SERVER_PORT,
-                                ..Default::default()
-                            }]),
-                            readiness_probe: Some(http_probe("/ready", "http", 2, 3)),
-                            liveness_probe: Some(Probe {
-                                // Loading a large base model takes a while; /health answers at once.
-                                initial_delay_seconds: Some(10),
-                                ..http_probe("/health", "http", 10, 6)
-                            }),
                             resources: Some(ResourceRequirements {
                                 requests: (!limits.is_empty()).then(|| limits.clone()),
                                 limits: (!limits.is_empty()).then_some(limits),
                                 ..Default::default()
                             }),
                             volume_mounts: Some(mounts),
-                            ..Default::default()
+                            ..super::runtime::server_container(
+                                &md_name,
+                                r.gpus,
+                                spec,
+                                &vols.base_path,
+                                cfg,
+                            )
                         }],
                         volumes: Some(volumes),
                         init_containers: (!vols.volumes.fetches.is_empty())

@@ -1,4 +1,5 @@
-//! The ModelDeployment controller's HTTP side: the servers' adapter API (list, load, unload),
+//! The ModelDeployment controller's HTTP side: the servers' adapter protocol (`/v1/models`, the
+//! runtime LoRA API),
 //! the router's `/stats`, and Prometheus instant queries. Every call carries the
 //! ModelDeployment's token where the peer requires it, reads a bounded answer (see
 //! [`crate::endpoints`]), and the calls over pods run concurrently with a bounded fan-out.
@@ -11,10 +12,11 @@ use futures::StreamExt;
 
 use super::analysis::Sample;
 use super::build::{ROUTER_ADMIN_PORT, SERVER_PORT};
-use super::pods::{LoadPlan, ServerAdapter};
+use super::pods::{self, LoadPlan, ServerAdapter};
 use super::stats;
 use crate::endpoints::{self, SMALL_BODY};
 use crate::error::truncate;
+use tailor_wire::server::{LoadLoraAdapterRequest, ModelList, UnloadLoraAdapterRequest};
 
 /// Calls to pods of one reconcile in flight at once.
 pub const FAN_OUT: usize = 8;
@@ -114,38 +116,58 @@ impl Peer<'_> {
         })
     }
 
-    /// The adapters a serving pod holds.
+    /// The adapters a serving pod lists (`GET /v1/models`).
     pub async fn list_adapters(&self, ip: &str) -> Result<Vec<ServerAdapter>, String> {
-        let url = format!("http://{ip}:{SERVER_PORT}/admin/adapters");
-        endpoints::get_json(self.http, &url, self.token, SMALL_BODY).await
+        let url = format!("http://{ip}:{SERVER_PORT}/v1/models");
+        let list: ModelList = endpoints::get_json(self.http, &url, self.token, SMALL_BODY).await?;
+        Ok(pods::adapters_of(&list))
     }
 
-    /// Loads and unloads on one pod; the load errors by adapter name.
+    /// One call of the runtime LoRA API; the server's answer when it refused.
+    async fn lora_call(&self, url: &str, body: &impl serde::Serialize) -> Result<(), String> {
+        let req = self.with_token(self.http.post(url).json(body));
+        match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => {
+                let status = r.status();
+                let text = endpoints::read_body(r, SMALL_BODY)
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                Err(truncate(&format!("{status}: {text}"), 300))
+            }
+            Err(e) => Err(endpoints::describe(url, &e)),
+        }
+    }
+
+    /// Loads and unloads on one pod through the runtime LoRA API; the load errors by adapter.
     pub async fn apply_plan(&self, ip: &str, plan: &LoadPlan) -> BTreeMap<String, String> {
-        let base = format!("http://{ip}:{SERVER_PORT}/admin/adapters");
+        let load_url = format!("http://{ip}:{SERVER_PORT}/v1/load_lora_adapter");
+        let unload_url = format!("http://{ip}:{SERVER_PORT}/v1/unload_lora_adapter");
+        let unload = |name: &str| UnloadLoraAdapterRequest {
+            lora_name: name.to_string(),
+            lora_int_id: None,
+        };
         let mut errors = BTreeMap::new();
         for (name, path) in &plan.load {
-            let body = serde_json::json!({"name": name, "path": path});
-            let req = self.with_token(self.http.post(&base).json(&body));
-            match req.send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => {
-                    let status = r.status();
-                    let text = endpoints::read_body(r, SMALL_BODY)
-                        .await
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    errors.insert(name.clone(), truncate(&format!("{status}: {text}"), 300));
-                }
-                Err(e) => {
-                    errors.insert(name.clone(), endpoints::describe(&base, &e));
-                }
+            if plan.replace.contains(name)
+                && let Err(e) = self.lora_call(&unload_url, &unload(name)).await
+            {
+                errors.insert(name.clone(), e);
+                continue;
+            }
+            let body = LoadLoraAdapterRequest {
+                lora_name: name.clone(),
+                lora_path: path.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = self.lora_call(&load_url, &body).await {
+                errors.insert(name.clone(), e);
             }
         }
         for name in &plan.unload {
-            let req = self.with_token(self.http.delete(format!("{base}/{name}")));
-            if let Err(e) = req.send().await {
-                tracing::warn!(adapter = %name, error = %endpoints::describe(&base, &e), "unloading adapter");
+            if let Err(e) = self.lora_call(&unload_url, &unload(name)).await {
+                tracing::warn!(adapter = %name, error = %e, "unloading adapter");
             }
         }
         errors

@@ -243,6 +243,7 @@ fn resolve_adapters(
             adapter: name.clone(),
             uri: la.spec.uri.clone(),
             sha256: la.spec.sha256.clone(),
+            rank: Some(la.spec.rank),
             credentials: la
                 .spec
                 .credentials_secret_ref
@@ -357,6 +358,7 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
 
     // Observe and validate: what the desired revision serves.
     let mut desired = RevisionSpec::new(&md.spec, resolve_adapters(md, r, &ns)?);
+    super::runtime::check(&desired).map_err(Error::InvalidSpec)?;
     let desired_rev = desired.revision();
     desired.pods.base_model_revision = base_model_pin(md, r, &ns, &desired_rev).await?;
     let keys = api_keys(md, ctx, &ns).await?;

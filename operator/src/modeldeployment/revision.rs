@@ -11,7 +11,7 @@
 //! not change every revision (and start a canary everywhere) after an operator upgrade.
 
 use serde::{Deserialize, Serialize};
-use tailor_api::{Dtype, ModelDeploymentSpec, RolloutKind};
+use tailor_api::{Dtype, ModelDeploymentSpec, RolloutKind, Runtime};
 
 use crate::jobs::hash_json;
 
@@ -34,6 +34,10 @@ pub struct ResolvedAdapter {
     /// Its checksum, when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Its LoRA rank (the LoraAdapter's `rank`): vLLM's `--max-lora-rank` must cover it. Not
+    /// hashed: it follows from the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
     /// The Secret a fetched adapter is read with (the LoraAdapter's `credentialsSecretRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
@@ -76,6 +80,36 @@ pub struct PodSpec {
     /// field existed keep their names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<tailor_api::PodTemplate>,
+    /// The engine (absent for tailor-server, so revisions made before the field existed keep
+    /// their names; likewise the fields below).
+    #[serde(default, skip_serializing_if = "is_tailor")]
+    pub runtime: Runtime,
+    /// The image instead of the operator's default for the runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+    /// vLLM's `--max-lora-rank` (see [`vllm_max_lora_rank`]): an adapter of a higher rank needs
+    /// other pods, so it is part of what the pods run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lora_rank: Option<u32>,
+}
+
+fn is_tailor(r: &Runtime) -> bool {
+    *r == Runtime::Tailor
+}
+
+/// The ranks vLLM's `--max-lora-rank` accepts (`MaxLoRARanks` in vllm/config/lora.py).
+pub const VLLM_LORA_RANKS: [u32; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
+/// vLLM's default `--max-lora-rank`, also tailor's floor: adapters of rank 16 or below share
+/// pods whatever their rank, so an adapter canary between them needs no new pods.
+pub const VLLM_DEFAULT_LORA_RANK: u32 = 16;
+
+/// The `--max-lora-rank` that serves adapters of `ranks`: the smallest rank vLLM accepts that
+/// covers them all and the default; `None` beyond vLLM's largest (512).
+pub fn vllm_max_lora_rank(ranks: impl IntoIterator<Item = u32>) -> Option<u32> {
+    let need = ranks.into_iter().fold(VLLM_DEFAULT_LORA_RANK, u32::max);
+    VLLM_LORA_RANKS.into_iter().find(|r| *r >= need)
 }
 
 /// Everything a revision serves. Stored (as JSON) in the revision's snapshot ConfigMap, so that
@@ -118,6 +152,17 @@ impl RevisionSpec {
                 max_loaded_adapters: spec.server.max_loaded_adapters,
                 dtype: dtype_arg(spec.server.dtype).to_string(),
                 template: spec.server.pod_template.clone(),
+                runtime: spec.runtime,
+                image: spec.server.image.clone(),
+                extra_args: spec.server.extra_args.clone(),
+                max_lora_rank: match spec.runtime {
+                    Runtime::Tailor => None,
+                    // Beyond 512 the spec is refused (see `runtime::check`); 512 names the pods
+                    // meanwhile.
+                    Runtime::Vllm => Some(
+                        vllm_max_lora_rank(adapters.iter().filter_map(|a| a.rank)).unwrap_or(512),
+                    ),
+                },
             },
             adapters,
         }
@@ -237,6 +282,7 @@ mod tests {
             adapter: name.into(),
             uri: format!("pvc://tailor-artifacts/adapters/{name}"),
             sha256: Some("ab".repeat(32)),
+            rank: Some(8),
             credentials: None,
             validation_loss: Some(0.9),
             base_validation_loss: Some(2.0),

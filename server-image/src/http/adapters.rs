@@ -35,7 +35,7 @@ pub async fn models(State(s): State<Shared>) -> Response {
         None,
         Some(s.max_seq as u64),
     )];
-    for (name, path) in s.registry.known() {
+    for (name, path) in s.registry.listed() {
         data.push(card(
             name,
             s.remote
@@ -85,7 +85,7 @@ pub async fn load_lora_adapter(
             "Both 'lora_name' and 'lora_path' must be provided.".into(),
         ));
     }
-    if !req.load_inplace && s.registry.is_known(&req.lora_name) {
+    if !req.load_inplace && s.registry.is_listed(&req.lora_name) {
         return Err(ApiError::LoraInvalid(format!(
             "The lora adapter '{}' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True.",
             req.lora_name
@@ -129,6 +129,11 @@ pub async fn load_lora_adapter(
         }
         path
     };
+    if let Some(v) = &s.vllm
+        && let Ok(dir) = check_adapter_dir(&path, &s.registry.roots())
+    {
+        v.check_load(&dir).map_err(ApiError::LoraBadRequest)?;
+    }
     match s.registry.load_from_api(&req.lora_name, &path).await {
         Ok(_) => {
             tracing::info!(adapter = %req.lora_name, path = %req.lora_path, "LoRA adapter loaded through the API");

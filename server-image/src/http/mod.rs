@@ -107,6 +107,8 @@ pub struct AppState {
     pub fixed_served: std::sync::atomic::AtomicUsize,
     pub draining: AtomicBool,
     pub created: u64,
+    /// Standing in for vLLM: its routes, probes and LoRA checks (see [`crate::vllm`]).
+    pub vllm: Option<crate::vllm::VllmMode>,
 }
 
 impl AppState {
@@ -152,15 +154,24 @@ pub fn app(state: Shared) -> Router {
             get(adapters::list_adapters).post(adapters::add_adapter),
         )
         .route("/admin/adapters/{name}", delete(adapters::delete_adapter));
-    let authenticated = Router::new()
-        .merge(openai_api)
-        .merge(lora_api)
-        .merge(admin_api)
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    let probes = Router::new()
-        .route("/health", get(probes::health))
-        .route("/ready", get(probes::ready))
-        .route("/metrics", get(probes::metrics));
+    let mut authenticated = Router::new().merge(openai_api);
+    let mut probes = Router::new().route("/metrics", get(probes::metrics));
+    match &state.vllm {
+        None => {
+            authenticated = authenticated.merge(lora_api).merge(admin_api);
+            probes = probes
+                .route("/health", get(probes::health))
+                .route("/ready", get(probes::ready));
+        }
+        Some(v) => {
+            if v.runtime_lora_updating {
+                authenticated = authenticated.merge(lora_api);
+            }
+            probes = probes.route("/health", get(probes::vllm_health));
+        }
+    }
+    let authenticated =
+        authenticated.route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(authenticated)
         .merge(probes)

@@ -20,6 +20,15 @@ pub async fn health(State(s): State<Shared>) -> Response {
     }
 }
 
+/// `/health` standing in for vLLM, whose server listens only once the model is loaded and
+/// answers 503 once its engine is dead.
+pub async fn vllm_health(State(s): State<Shared>) -> Response {
+    match s.health.unavailable() {
+        None => StatusCode::OK.into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
 pub async fn ready(State(s): State<Shared>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();

@@ -82,7 +82,11 @@ async fn state(args: &[String]) -> Shared {
         argv.extend(["--max-seq-length".to_string(), "128".to_string()]);
     }
     argv.extend(args.iter().cloned());
-    let cli = Cli::try_parse_from(argv).expect("cli");
+    started(Cli::try_parse_from(argv).expect("cli")).await
+}
+
+/// The state of a server started with `cli`, once its engine serves.
+async fn started(cli: Cli) -> Shared {
     let started = crate::serve::start(&cli).expect("start");
     let s = started.state;
     let end = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -620,4 +624,105 @@ async fn a_structured_choice_answers_exactly_one_of_the_choices() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {b}");
         assert_eq!(b["error"]["param"], param, "{extra}: {b}");
     }
+}
+
+/// Standing in for vLLM (`tailor-server serve`): vLLM's routes, probes, key and LoRA checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_vllm_serve_the_server_answers_as_vllm_does() {
+    let base = fixtures().join("base").display().to_string();
+    let serve = |extra: &[&str], env: &'static [(&'static str, &'static str)]| {
+        let mut args: Vec<std::ffi::OsString> = [
+            base.as_str(),
+            "--served-model-name",
+            "base",
+            "--max-model-len",
+            "128",
+            "--api-key",
+            "sk-vllm",
+        ]
+        .iter()
+        .chain(extra)
+        .map(Into::into)
+        .collect();
+        args.extend(["--host".into(), "127.0.0.1".into()]);
+        crate::vllm::cli(args, move |k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("vllm serve flags")
+    };
+    let on = &[("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")];
+    let s = started(serve(&["--enable-lora", "--max-lora-rank", "8"], on)).await;
+    let key = Some("sk-vllm");
+    // vLLM's probes and routes: /health once loaded; no /ready, no /admin/adapters.
+    assert_eq!(
+        call(&s, "GET", "/health", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&s, "GET", "/ready", None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&s, "GET", "/admin/adapters", None, key).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // `/v1/*` needs the key (VLLM_API_KEY or --api-key); /metrics does not.
+    assert_eq!(
+        call(&s, "GET", "/v1/models", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&s, "GET", "/metrics", None, None).await.0,
+        StatusCode::OK
+    );
+    let load = |name: &str, dir: &str| json!({"lora_name": name, "lora_path": fixtures().join(dir).display().to_string()});
+    // Adapters load from wherever they are (no root confinement, as vLLM), up to the rank.
+    let (status, text) = call(
+        &s,
+        "POST",
+        "/v1/load_lora_adapter",
+        Some(load("sql", "a1")),
+        key,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (_, text) = call(&s, "GET", "/v1/models", None, key).await;
+    let models: tailor_wire::server::ModelList = serde_json::from_str(&text).expect("list");
+    assert_eq!(
+        models.adapters().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["sql"]
+    );
+
+    // A rank above --max-lora-rank: vLLM's 400, and nothing listed (the caller may retry).
+    let s = started(serve(&["--enable-lora", "--max-lora-rank", "1"], on)).await;
+    let (status, text) = call(
+        &s,
+        "POST",
+        "/v1/load_lora_adapter",
+        Some(load("sql", "a0")),
+        key,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text.contains("LoRA rank 4 is greater than max_lora_rank 1."),
+        "{text}"
+    );
+    let (_, text) = call(&s, "GET", "/v1/models", None, key).await;
+    let models: tailor_wire::server::ModelList = serde_json::from_str(&text).expect("list");
+    assert_eq!(models.adapters().count(), 0, "{text}");
+
+    // Without VLLM_ALLOW_RUNTIME_LORA_UPDATING the LoRA API does not exist.
+    let s = started(serve(&["--enable-lora"], &[])).await;
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/v1/load_lora_adapter",
+        Some(load("sql", "a1")),
+        key,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

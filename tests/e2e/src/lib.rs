@@ -9,7 +9,8 @@
 //! `TAILOR_E2E_ARTIFACTS_DIR` may name a host path of the shared artifact storage for the
 //! file-level checks). Otherwise it starts `tailor-sim` itself: a state directory in a temp dir,
 //! `--image` mappings to the `tailor-operator`, `tailor-trainer`, `tailor-server`, `tailor-fetch` and
-//! `tailor-router` binaries of the workspace's own build ([`binary`]),
+//! `tailor-router` binaries of the workspace's own build ([`binary`]) (and `vllm/vllm-openai` to
+//! `tailor-server`, which stands in for vLLM),
 //! `kubectl apply -k manifests/overlays/sim`, the operator running as its Deployment's pod with
 //! its ServiceAccount token, and a tiny random Llama written into the artifact volume.
 //!
@@ -106,6 +107,9 @@ impl Env {
             .arg(format!("tailor-trainer={}", trainer.display()))
             .arg("--image")
             .arg(format!("tailor-server={}", server.display()))
+            // tailor-server stands in for vLLM (`vllm serve ...`) under `runtime: vllm`.
+            .arg("--image")
+            .arg(format!("vllm/vllm-openai={}", server.display()))
             .arg("--image")
             .arg(format!("tailor-router={}", router.display()))
             .arg("--image")

@@ -1043,3 +1043,138 @@ fn autoscaling_adds_pods_under_load_and_removes_them_after_without_errors() {
         );
     }
 }
+
+/// issue 19: `runtime: vllm`. The operator renders the Deployment vLLM needs (`vllm serve` with
+/// its LoRA, parallelism and key settings) and drives adapters through the runtime LoRA API;
+/// on tailor-sim the `vllm/vllm-openai` image runs tailor-server standing in for vLLM, which
+/// takes only vLLM's flags and answers with vLLM's routes. The same canaries run on it: a good
+/// adapter is promoted on the same pods, a faulty one rolled back.
+#[test]
+fn runtime_vllm_promotes_and_rolls_back_adapter_canaries_through_the_lora_api() {
+    let s = Scenario::new("e2e-vllm");
+    let env = s.env;
+    s.import_adapters(&["good-v1", "good-v2", "faulty-v3"]);
+    let rollout = json!({
+        "steps": [{"weight": 50, "pause": "6s"}],
+        "analysis": {"interval": "3s", "minRequests": 5, "maxErrorRate": 0.1, "maxErrorRateIncrease": 0.05, "failureLimit": 2},
+    });
+    let mut m = mdep(&s, "good-v1", rollout, json!({}), 2);
+    m["spec"]["runtime"] = json!("vllm");
+    // TEST-ONLY: the stand-in fails 30% of faulty-v3's requests (tailor-server's own fault
+    // variables, set from the start: the pods never change).
+    m["spec"]["server"]["podTemplate"] = json!({"env": [
+        {"name": "TAILOR_SERVER_FAULT_ERROR_RATE", "value": "0.3"},
+        {"name": "TAILOR_SERVER_FAULT_ADAPTERS", "value": "faulty-v3"},
+    ]});
+    env.apply(&m.to_string()).expect("apply");
+    let md = wait_ready(&s);
+    let endpoint = md["status"]["endpoint"].as_str().expect("endpoint");
+    let first_stable = md["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+
+    // The Deployment is vLLM's.
+    let deps = s
+        .get_json(&["deployments", "-l", "app.kubernetes.io/name=tailor-server"])
+        .expect("deployments");
+    let c = &deps["items"][0]["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        c["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("vllm/vllm-openai:")),
+        "{c}"
+    );
+    assert_eq!(c["command"], json!(["vllm", "serve"]));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for pair in [
+        ["--max-lora-rank", "16"],
+        ["--max-loras", "4"],
+        ["--max-model-len", "256"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
+    assert!(args.contains(&"--enable-lora"), "{args:?}");
+    assert!(
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| { e["name"] == "VLLM_ALLOW_RUNTIME_LORA_UPDATING" && e["value"] == "True" }),
+        "{c}"
+    );
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/health");
+    // The adapter went on through the LoRA API (vLLM has no config file to read it from).
+    let pods = md["status"]["pods"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pods.len(), 2, "{}", md["status"]);
+    assert!(
+        pods.iter().all(|p| p["loaded"] == json!(["good-v1"])),
+        "{pods:?}"
+    );
+    let uids = serving_pod_uids(&s);
+
+    let load = Load::start(endpoint, "support");
+    // A good adapter: promoted on the same pods.
+    set_adapter(&s, "good-v2");
+    let promoted = s.wait_for("the good canary to be promoted", LONG, || {
+        get_mdep(&s).filter(|m| {
+            m["status"]["stableRevision"] != first_stable.as_str() && phase(m) == "Healthy"
+        })
+    });
+    let rec = promoted["status"]["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rec["outcome"], "Promoted", "{rec}");
+    assert_eq!(rec["kind"], "adapter", "{rec}");
+    let stable = promoted["status"]["stableRevision"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    // A faulty one: rolled back by analysis.
+    set_adapter(&s, "faulty-v3");
+    let rolled = s.wait_for("the faulty canary to be rolled back", LONG, || {
+        get_mdep(&s).filter(|m| phase(m) == "RolledBack")
+    });
+    let records = load.stop();
+    let st = &rolled["status"];
+    assert_eq!(st["stableRevision"], stable.as_str());
+    let rec = st["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rec["outcome"], "RolledBack", "{st}");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("maxErrorRate")),
+        "{rec}"
+    );
+    // Only the faulty canary's users saw errors; no pod was replaced throughout.
+    let canary_target = format!("canary-{}", rec["revision"].as_str().unwrap_or(""));
+    let others: Vec<&Value> = errors(&records)
+        .into_iter()
+        .filter(|r| target_of(r) != canary_target)
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    assert_eq!(serving_pod_uids(&s), uids, "serving pods changed");
+    // The rolled-back adapter is unloaded through the LoRA API.
+    s.wait_for("pods to hold only the stable adapter", SHORT, || {
+        get_mdep(&s).filter(|m| {
+            m["status"]["pods"].as_array().is_some_and(|ps| {
+                ps.len() == 2 && ps.iter().all(|p| p["loaded"] == json!(["good-v2"]))
+            })
+        })
+    });
+    println!(
+        "runtime vllm: promoted then rolled back on the same pods, {} requests",
+        records.len()
+    );
+}

@@ -1149,6 +1149,77 @@ fn jobs_suspend_resume_and_hit_their_deadline() {
 }
 
 #[test]
+fn a_startup_probe_holds_liveness_and_readiness_until_it_succeeds() {
+    let sim = Sim::start(&[]);
+    // Listens only after 3 s, with a liveness probe that restarts at the first failure: the
+    // startup probe keeps it from running until the server is up.
+    let pod = |name: &str, start: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'sleep 3; exec python3 -m http.server 8080 --bind $POD_IP']\n    env: [{{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}]\n    startupProbe: {start}\n    livenessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1, failureThreshold: 1}}\n    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}\n"
+        )
+    };
+    sim.apply(&pod(
+        "slow",
+        "{httpGet: {path: /, port: 8080}, periodSeconds: 1, failureThreshold: 30}",
+    ));
+    wait_for(
+        "the slow starter to be Ready",
+        Duration::from_secs(60),
+        || {
+            (sim.jsonpath(
+                &["get", "pod", "slow"],
+                "{.status.containerStatuses[0].ready}",
+            ) == "true")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        sim.jsonpath(
+            &["get", "pod", "slow"],
+            "{.status.containerStatuses[0].started}"
+        ),
+        "true"
+    );
+    assert_eq!(
+        sim.jsonpath(
+            &["get", "pod", "slow"],
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0",
+        "liveness ran before the startup probe succeeded"
+    );
+    // A startup probe that never succeeds restarts the container, saying which probe failed.
+    sim.apply(&pod(
+        "never",
+        "{tcpSocket: {port: 9999}, periodSeconds: 1, failureThreshold: 2}",
+    ));
+    wait_for("a startup-probe restart", Duration::from_secs(60), || {
+        let n: i64 = sim
+            .jsonpath(
+                &["get", "pod", "never"],
+                "{.status.containerStatuses[0].restartCount}",
+            )
+            .parse()
+            .unwrap_or(0);
+        (n >= 1).then_some(())
+    });
+    assert_eq!(
+        sim.jsonpath(
+            &["get", "pod", "never"],
+            "{.status.containerStatuses[0].started}"
+        ),
+        "false"
+    );
+    let events = sim.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=never",
+    ]);
+    assert!(events.contains("failed startup probe"), "{events}");
+}
+
+#[test]
 fn liveness_failures_restart_containers_and_pvc_data_outlives_pods() {
     let sim = Sim::start(&[]);
     // Nothing listens on 9999: the liveness probe fails and the kubelet restarts the container.

@@ -37,6 +37,7 @@ fn adapter(served: &str, name: &str) -> ResolvedAdapter {
         adapter: name.into(),
         uri: format!("pvc://tailor-artifacts/adapters/{name}"),
         sha256: None,
+        rank: Some(8),
         credentials: None,
         validation_loss: None,
         base_validation_loss: None,
@@ -245,6 +246,194 @@ fn adapters_in_a_bucket_are_fetched_by_the_servers_with_the_adapters_secret() {
         .expect("volumes");
     let d = server_deployment(&md(), &plain, &vols, &cfg(), 1);
     assert!(container(&d).env_from.is_none());
+}
+
+/// The value after `flag` in `args` (`--flag value`), if any.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+#[test]
+fn runtime_vllm_renders_vllm_serve_with_its_documented_flags_and_environment() {
+    let mut md = md();
+    md.spec.runtime = tailor_api::Runtime::Vllm;
+    md.spec.resources.gpus = 4;
+    md.spec.server.dtype = tailor_api::Dtype::Bfloat16;
+    md.spec.server.extra_args = vec!["--enable-prefix-caching".into()];
+    let mut big = adapter("support", "support-v2");
+    big.rank = Some(48);
+    let rev = revision(&md, vec![adapter("faq", "faq-v1"), big]);
+    let uris = BTreeMap::from([
+        (
+            "faq-v1".to_string(),
+            "pvc://tailor-artifacts/adapters/faq-v1".to_string(),
+        ),
+        (
+            "support-v2".to_string(),
+            "pvc://tailor-artifacts/adapters/support-v2".to_string(),
+        ),
+    ]);
+    let vols = serving_volumes(&cfg(), "tailor-demo", "cm", &rev.pods, &uris).expect("volumes");
+    let d = server_deployment(&md, &rev, &vols, &cfg(), 2);
+    let pod = d.spec.template.spec.clone().expect("pod");
+    crate::pods::assert_hardened(&pod);
+    let c = container(&d);
+    assert_eq!(c.image.as_deref(), Some(crate::config::VLLM_IMAGE));
+    assert_eq!(c.command.clone().unwrap_or_default(), ["vllm", "serve"]);
+    let args = c.args.clone().unwrap_or_default();
+    // `vllm serve MODEL`: the model is the positional argument.
+    assert_eq!(args[0], "/artifacts/models/base");
+    let f = |flag: &str| flag_value(&args, flag).unwrap_or_else(|| panic!("{flag}: {args:?}"));
+    assert_eq!(f("--served-model-name"), "base");
+    assert_eq!(f("--host"), "$(POD_IP)");
+    assert_eq!(f("--port"), "8000");
+    assert!(args.iter().any(|a| a == "--enable-lora"), "{args:?}");
+    assert_eq!(f("--max-loras"), "4");
+    // The smallest of vLLM's ranks that holds rank 48.
+    assert_eq!(f("--max-lora-rank"), "64");
+    assert_eq!(f("--tensor-parallel-size"), "4");
+    assert_eq!(f("--max-model-len"), "2048");
+    assert_eq!(f("--max-num-seqs"), "16");
+    assert_eq!(f("--dtype"), "bfloat16");
+    assert_eq!(
+        args.last().map(String::as_str),
+        Some("--enable-prefix-caching")
+    );
+    // No tailor-server flag reaches vLLM (its argparse would refuse it).
+    for tailor_only in [
+        "--listen",
+        "--config",
+        "--api-key-file",
+        "--max-loaded-adapters",
+    ] {
+        assert!(
+            !args.iter().any(|a| a == tailor_only),
+            "{tailor_only} in {args:?}"
+        );
+    }
+    let env = c.env.clone().unwrap_or_default();
+    let var = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    assert_eq!(
+        var("VLLM_ALLOW_RUNTIME_LORA_UPDATING").value.as_deref(),
+        Some("True")
+    );
+    let key = var("VLLM_API_KEY")
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("key from the token Secret");
+    assert_eq!(key.name, token_secret_name("support"));
+    assert_eq!(key.key, TOKEN_KEY);
+    assert_eq!(var("HF_HUB_OFFLINE").value.as_deref(), Some("1"));
+    assert_eq!(
+        var("HOME").value.as_deref(),
+        Some("/tmp"),
+        "a writable HOME"
+    );
+    // Probes on vLLM's /health, liveness and readiness held by a long startup probe.
+    let path = |p: &Option<Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    for p in [&c.startup_probe, &c.readiness_probe, &c.liveness_probe] {
+        assert_eq!(path(p).as_deref(), Some("/health"));
+    }
+    let startup = c.startup_probe.as_ref().expect("startup");
+    assert!(startup.period_seconds.unwrap_or(0) * startup.failure_threshold.unwrap_or(0) >= 1800);
+    // Shared memory for the tensor-parallel workers.
+    let shm = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "shm")
+        .and_then(|v| v.empty_dir.clone())
+        .expect("shm volume");
+    assert_eq!(shm.medium.as_deref(), Some("Memory"));
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "shm" && m.mount_path == "/dev/shm")
+    );
+    assert_eq!(
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits")["nvidia.com/gpu"]
+            .0,
+        "4"
+    );
+    // The image is the spec's when it names one.
+    md.spec.server.image = Some("registry.local/vllm-openai:v0.12.0".into());
+    let rev2 = revision(&md, rev.adapters.clone());
+    assert_ne!(
+        rev2.pod_revision(),
+        rev.pod_revision(),
+        "another image is another pod"
+    );
+    let d = server_deployment(&md, &rev2, &vols, &cfg(), 2);
+    assert_eq!(
+        container(&d).image.as_deref(),
+        Some("registry.local/vllm-openai:v0.12.0")
+    );
+}
+
+#[test]
+fn the_runtime_is_part_of_the_pods_and_small_ranks_share_them() {
+    let md = md();
+    let tailor = revision(&md, vec![adapter("support", "support-v1")]);
+    let mut vmd = md.clone();
+    vmd.spec.runtime = tailor_api::Runtime::Vllm;
+    let v8 = revision(&vmd, vec![adapter("support", "support-v1")]);
+    assert_ne!(v8.pod_revision(), tailor.pod_revision());
+    assert_eq!(tailor.pods.max_lora_rank, None);
+    assert_eq!(v8.pods.max_lora_rank, Some(16));
+    // An adapter canary from rank 8 to 16 stays on the pods; to rank 32 it needs new ones.
+    let mut r16 = adapter("support", "support-v2");
+    r16.rank = Some(16);
+    assert_eq!(
+        revision(&vmd, vec![r16.clone()]).pod_revision(),
+        v8.pod_revision()
+    );
+    r16.rank = Some(32);
+    assert_ne!(revision(&vmd, vec![r16]).pod_revision(), v8.pod_revision());
+}
+
+#[test]
+fn specs_a_runtime_cannot_run_are_refused_naming_the_field() {
+    use crate::modeldeployment::runtime::check;
+    let mut md = md();
+    md.spec.server.extra_args = vec!["--threads=4".into(), "--listen=0.0.0.0:1".into()];
+    let e = check(&revision(&md, vec![])).expect_err("managed flag");
+    assert!(
+        e.starts_with("spec.server.extraArgs[1] \"--listen=0.0.0.0:1\""),
+        "{e}"
+    );
+    md.spec.runtime = tailor_api::Runtime::Vllm;
+    md.spec.server.extra_args = vec!["--max-model-len".into(), "4096".into()];
+    let e = check(&revision(&md, vec![])).expect_err("managed flag");
+    assert!(e.contains("spec.server.maxSeqLength"), "{e}");
+    md.spec.server.extra_args = vec!["--enable-prefix-caching".into()];
+    check(&revision(&md, vec![adapter("support", "support-v1")])).expect("runs");
+    let mut remote = adapter("support", "support-v2");
+    remote.uri = "s3://bucket/adapters/support-v2".into();
+    let e = check(&revision(&md, vec![remote])).expect_err("vLLM fetches no bucket");
+    assert!(
+        e.contains("s3://bucket/adapters/support-v2") && e.contains("runtime tailor"),
+        "{e}"
+    );
+    let mut huge = adapter("support", "support-v3");
+    huge.rank = Some(1024);
+    let e = check(&revision(&md, vec![huge])).expect_err("rank");
+    assert!(e.contains("rank 1024") && e.contains("512"), "{e}");
 }
 
 #[test]

@@ -953,10 +953,14 @@ impl Kubelet {
         }
         let started_at = now();
         let has_readiness = c["readinessProbe"].is_object();
+        // With a startup probe the container counts as started, and is probed for readiness
+        // and liveness, only once that probe has succeeded (as the kubelet does).
+        let startup = c["startupProbe"].clone();
+        let has_startup = startup.is_object() && !init;
         Self::set_state(rt, init, idx, |s| {
             s.state = json!({"running": {"startedAt": started_at}});
-            s.started = true;
-            s.ready = !has_readiness && !init;
+            s.started = !has_startup;
+            s.ready = !has_readiness && !has_startup && !init;
         });
         crate::events::record(
             &self.cluster,
@@ -968,7 +972,47 @@ impl Kubelet {
         );
         // Probes while it runs.
         let (probe_stop_tx, probe_stop) = watch::channel(false);
-        let (liveness_fail_tx, mut liveness_fail) = tokio::sync::mpsc::channel::<()>(1);
+        let (liveness_fail_tx, mut liveness_fail) = tokio::sync::mpsc::channel::<&'static str>(1);
+        let (started_tx, started_rx) = watch::channel(!has_startup);
+        if has_startup {
+            let rt2 = rt.clone();
+            let c2 = c.clone();
+            let mut ps = probe_stop.clone();
+            let lf = liveness_fail_tx.clone();
+            let has_readiness2 = has_readiness;
+            tokio::spawn(async move {
+                let delay = startup["initialDelaySeconds"].as_u64().unwrap_or(0);
+                let period = Duration::from_millis(
+                    (startup["periodSeconds"].as_f64().unwrap_or(10.0) * 1000.0) as u64,
+                )
+                .max(Duration::from_millis(100));
+                let fail_thr = startup["failureThreshold"].as_u64().unwrap_or(3);
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(delay)) => {}, _ = ps.changed() => return }
+                let mut fails = 0u64;
+                loop {
+                    if probes::run(&startup, &c2, &rt2.ip).await {
+                        Self::set_state(&rt2, false, idx, |s| {
+                            s.started = true;
+                            s.ready = !has_readiness2;
+                        });
+                        let _ = started_tx.send(true);
+                        return;
+                    }
+                    fails += 1;
+                    if fails >= fail_thr {
+                        let _ = lf.send("startup").await;
+                        return;
+                    }
+                    // Probed quickly at first, as readiness below, so a fast start is seen soon.
+                    let wait = if fails < 20 {
+                        period.min(Duration::from_millis(250))
+                    } else {
+                        period
+                    };
+                    tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = ps.changed() => return }
+                }
+            });
+        }
         if !init {
             for (kind, probe) in [
                 ("readiness", c["readinessProbe"].clone()),
@@ -981,7 +1025,9 @@ impl Kubelet {
                 let c2 = c.clone();
                 let mut ps = probe_stop.clone();
                 let lf = liveness_fail_tx.clone();
+                let mut started = started_rx.clone();
                 tokio::spawn(async move {
+                    tokio::select! { r = started.wait_for(|s| *s) => if r.is_err() { return }, _ = ps.changed() => return }
                     let delay = probe["initialDelaySeconds"].as_u64().unwrap_or(0);
                     let period = Duration::from_millis(
                         (probe["periodSeconds"].as_f64().unwrap_or(10.0) * 1000.0) as u64,
@@ -1012,7 +1058,7 @@ impl Kubelet {
                                 Self::set_state(&rt2, false, idx, |s| s.ready = false);
                             }
                         } else if !ok && fails >= fail_thr {
-                            let _ = lf.send(()).await;
+                            let _ = lf.send("liveness").await;
                             return;
                         }
                         let wait = if kind == "readiness" && first {
@@ -1042,9 +1088,9 @@ impl Kubelet {
                 stopped = true;
                 process::terminate(&mut child, &tracked, grace).await
             }
-            Some(()) = liveness_fail.recv() => {
+            Some(probe) = liveness_fail.recv() => {
                 liveness_killed = true;
-                crate::events::record(&self.cluster, pod, "Normal", "Killing", &format!("Container {cname} failed liveness probe, will be restarted"), "kubelet");
+                crate::events::record(&self.cluster, pod, "Normal", "Killing", &format!("Container {cname} failed {probe} probe, will be restarted"), "kubelet");
                 process::terminate(&mut child, &tracked, grace_default).await
             }
         };
