@@ -26,8 +26,21 @@ pub struct AdapterArtifact {
 }
 
 /// Reads an adapter directory where it is stored, streaming the weights through sha256 (no
-/// local copy): `pvc://`, `file://`, object stores and `hf://`.
-pub async fn inspect(uri: &ArtifactUri, ctx: &Context) -> Result<AdapterArtifact> {
+/// local copy): `pvc://`, `file://`, object stores and `hf://`. Weights larger than
+/// `max_weights` bytes are refused (declared sizes before anything is read, streamed bytes as
+/// they come), so whoever names the URI cannot make the reader stream without end.
+pub async fn inspect(
+    uri: &ArtifactUri,
+    ctx: &Context,
+    max_weights: u64,
+) -> Result<AdapterArtifact> {
+    let too_large = |what: String| {
+        Error::plain(
+            ErrorKind::Invalid,
+            uri.join(WEIGHTS),
+            format!("{what}, more than the {max_weights} an adapter may have here"),
+        )
+    };
     let (weights, config) = if let ArtifactUri::Hf { path, .. } = uri {
         let hub = Hub::new(&ctx.env)?;
         let rev = hub.revision(uri).await?;
@@ -44,6 +57,9 @@ pub async fn inspect(uri: &ArtifactUri, ctx: &Context) -> Result<AdapterArtifact
         while let Some(c) = s.next().await {
             let c = c?;
             n += c.len() as u64;
+            if n > max_weights {
+                return Err(too_large(format!("more than {n} bytes")));
+            }
             h.update(&c);
         }
         let mut cfg = Vec::new();
@@ -61,7 +77,14 @@ pub async fn inspect(uri: &ArtifactUri, ctx: &Context) -> Result<AdapterArtifact
         ((hex::encode(h.finalize()), n), bytes::Bytes::from(cfg))
     } else {
         let store = Store::open(uri, ctx)?;
-        let weights = store.sha256(WEIGHTS).await?;
+        let size = store.head(WEIGHTS).await?.size;
+        if size > max_weights {
+            return Err(too_large(format!("{size} bytes")));
+        }
+        let weights = store
+            .sha256_within(WEIGHTS, max_weights)
+            .await
+            .map_err(|_| too_large(format!("more than {size} bytes as read")))?;
         let config = store.read_bytes(CONFIG, CONFIG_LIMIT).await?;
         (weights, config)
     };
@@ -133,4 +156,27 @@ pub async fn localize(
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn weights_beyond_the_limit_are_refused_before_they_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(WEIGHTS), vec![7u8; 1000]).expect("weights");
+        std::fs::write(dir.path().join(CONFIG), br#"{"r": 8}"#).expect("config");
+        let uri = ArtifactUri::parse(&format!("file://{}", dir.path().display())).expect("uri");
+        let ctx = Context::default();
+        let a = inspect(&uri, &ctx, 1000).await.expect("within the limit");
+        assert_eq!(a.size_bytes, 1000);
+        assert_eq!(a.adapter_config["r"], 8);
+        let e = inspect(&uri, &ctx, 999).await.expect_err("over the limit");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(WEIGHTS) && msg.contains("1000 bytes") && msg.contains("999"),
+            "{msg}"
+        );
+    }
 }

@@ -475,12 +475,24 @@ impl Store {
     /// SHA-256 (lowercase hex) and size of an object's bytes, streamed (for verifying an
     /// artifact where it is stored, without a local copy).
     pub async fn sha256(&self, rel: &str) -> Result<(String, u64)> {
+        self.sha256_within(rel, u64::MAX).await
+    }
+
+    /// [`Store::sha256`], refusing an object that streams more than `limit` bytes.
+    pub async fn sha256_within(&self, rel: &str, limit: u64) -> Result<(String, u64)> {
         let mut s = self.read(rel, None).await?;
         let mut h = Sha256::new();
         let mut n = 0u64;
         while let Some(chunk) = s.next().await {
             let chunk = chunk?;
             n += chunk.len() as u64;
+            if n > limit {
+                return Err(Error::plain(
+                    ErrorKind::Invalid,
+                    self.uri.join(rel),
+                    format!("more than the {limit} bytes allowed here"),
+                ));
+            }
             h.update(&chunk);
         }
         Ok((hex::encode(h.finalize()), n))

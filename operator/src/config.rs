@@ -78,6 +78,12 @@ pub struct OperatorConfig {
     /// likes.
     #[serde(default)]
     pub store_endpoint_allow_list: Vec<String>,
+    /// The largest adapter weights (`adapter_model.safetensors`, bytes) the operator reads when
+    /// it verifies a LoraAdapter stored in a bucket or on the Hub (default 16 GiB: a rank-64
+    /// adapter on every projection of a 70B model is under 2 GiB in bf16). Larger ones are
+    /// refused without being read.
+    #[serde(default = "default_max_adapter_bytes")]
+    pub max_adapter_bytes: u64,
     /// Whether each ModelDeployment gets NetworkPolicies that let only its router reach its
     /// servers and only the operator reach the servers' and router's admin endpoints (needs a
     /// CNI that enforces NetworkPolicy; harmless where none does).
@@ -120,6 +126,10 @@ pub const VLLM_IMAGE: &str = "vllm/vllm-openai:v0.12.0";
 
 fn default_vllm_image() -> String {
     VLLM_IMAGE.into()
+}
+
+fn default_max_adapter_bytes() -> u64 {
+    16 << 30
 }
 
 fn default_hub_endpoints() -> Vec<String> {

@@ -204,7 +204,7 @@ async fn read_remote(
     let store = tailor_artifacts::Context::new(env);
     let a = tokio::time::timeout(
         REMOTE_VERIFY_TIMEOUT,
-        tailor_artifacts::adapter::inspect(&uri, &store),
+        tailor_artifacts::adapter::inspect(&uri, &store, ctx.config.max_adapter_bytes),
     )
     .await
     .map_err(|_| {
