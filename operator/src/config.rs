@@ -28,9 +28,15 @@ pub struct OperatorConfig {
     /// Where the artifact claim is mounted, in the operator's pod and in every pod it creates.
     #[serde(default = "default_mount")]
     pub artifacts_mount: PathBuf,
-    /// Name of the artifact claim in each namespace that prepared data and adapters go to.
+    /// Name of the artifact claim in each namespace that prepared data and adapters go to
+    /// (without `artifactStore`).
     #[serde(default = "default_claim")]
     pub artifacts_claim: String,
+    /// The operator-wide artifact store in a bucket: prepared datasets, checkpoints, adapters
+    /// and metrics of namespace `ns` go to `<uri>/<ns>/`, and no namespace needs an artifact
+    /// claim. Without it they go to the artifact claim (single-node and local use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_store: Option<ArtifactStore>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -101,6 +107,21 @@ pub struct OperatorConfig {
     /// admit admin calls from the operator's pods there.
     #[serde(skip, default = "default_operator_namespace")]
     pub operator_namespace: String,
+}
+
+/// `artifactStore` of the operator config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactStore {
+    /// `s3://bucket/prefix` (any S3-compatible endpoint), `gs://`, `az://` or `abfs://`.
+    pub uri: String,
+    /// The Secret, in each tenant namespace, with that namespace's credentials for its area
+    /// `<uri>/<namespace>/` (the store's standard variables: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, ...). The platform team creates it with
+    /// credentials scoped to that prefix, so a tenant's pods reach no other tenant's data; the
+    /// operator reads a namespace's artifacts with the same Secret (its endpoint must be in
+    /// `storeEndpointAllowList`).
+    pub credentials_secret: String,
 }
 
 fn default_gpu_resource() -> String {
@@ -184,6 +205,19 @@ impl OperatorConfig {
             anyhow::bail!(
                 "sharedPrefixes: {p:?} is not a path prefix of the artifact volume (e.g. \"models\")"
             );
+        }
+        if let Some(store) = &self.artifact_store {
+            let uri = tailor_artifacts::ArtifactUri::parse(&store.uri)
+                .map_err(|e| anyhow::anyhow!("artifactStore.uri: {e}"))?;
+            if uri.is_local() || !matches!(uri.scheme(), "s3" | "gs" | "az" | "abfs" | "abfss") {
+                anyhow::bail!(
+                    "artifactStore.uri {:?}: the artifact store is a bucket (s3://, gs://, az://, abfs://); without artifactStore the artifact claim is the store",
+                    store.uri
+                );
+            }
+            if store.credentials_secret.is_empty() {
+                anyhow::bail!("artifactStore.credentialsSecret must name a Secret");
+            }
         }
         if !(1..=15).contains(&self.progress_interval_seconds) {
             anyhow::bail!(

@@ -276,6 +276,19 @@ pub struct PodVolumes {
     pub mounts: Vec<VolumeMount>,
     /// One `tailor-fetch` init container per remote input (see [`PodVolumes::input`]).
     pub fetches: Vec<Container>,
+    /// The namespace's store Secret, when the pod's process reads or writes its area of the
+    /// artifact store itself (see [`PodVolumes::own`]): the main container's environment.
+    pub store_secret: Option<String>,
+    /// The namespace, and whether its area of the artifact volume is writable here: the area is
+    /// mounted only once something in it is used, so without `pvc://` URIs a pod needs no claim.
+    ns: String,
+    writable: bool,
+}
+
+/// Whether a path a pod is given is a URI its process reads or writes itself (see
+/// [`PodVolumes::own`]).
+pub fn is_uri_path(p: &std::path::Path) -> bool {
+    p.to_str().is_some_and(|s| s.contains("://"))
 }
 
 /// The emptyDir the fetch init containers fill and the main container reads.
@@ -286,7 +299,12 @@ impl PodVolumes {
     /// nothing of other namespaces; writable only where the pod writes outputs), and the pod's
     /// config ConfigMap at `/etc/tailor`.
     pub fn new(cfg: &OperatorConfig, ns: &str, config_map: &str, writable: bool) -> Self {
-        let mut v = Self::default();
+        let _ = cfg;
+        let mut v = Self {
+            ns: ns.to_string(),
+            writable,
+            ..Self::default()
+        };
         v.volumes.push(Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -301,22 +319,62 @@ impl PodVolumes {
             read_only: Some(true),
             ..Default::default()
         });
-        v.volumes.push(Volume {
+        v
+    }
+
+    /// The namespace's area of the artifact claim at `artifactsMount`, once.
+    fn mount_area(&mut self, cfg: &OperatorConfig) {
+        if self.volumes.iter().any(|v| v.name == "artifacts") {
+            return;
+        }
+        let read_only = (!self.writable).then_some(true);
+        self.volumes.push(Volume {
             name: "artifacts".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: cfg.artifacts_claim.clone(),
-                read_only: (!writable).then_some(true),
+                read_only,
             }),
             ..Default::default()
         });
-        v.mounts.push(VolumeMount {
+        self.mounts.push(VolumeMount {
             name: "artifacts".into(),
             mount_path: cfg.artifacts_mount.to_string_lossy().into_owned(),
-            sub_path: Some(ns.to_string()),
-            read_only: (!writable).then_some(true),
+            sub_path: Some(self.ns.clone()),
+            read_only,
             ..Default::default()
         });
-        v
+    }
+
+    /// An artifact the operator's pods produce for the namespace (prepared data, a run's
+    /// output): in its area of the artifact store, given to the pod's process as the URI
+    /// itself (it reads and writes there with the namespace's store Secret), or on the
+    /// artifact volume, mounted as [`PodVolumes::add`] does.
+    pub fn own(
+        &mut self,
+        cfg: &OperatorConfig,
+        uri: &str,
+        is_dir: bool,
+    ) -> Result<PathBuf, String> {
+        match crate::stored::store_secret(cfg, &self.ns, uri) {
+            Some(secret) => {
+                self.store_secret = Some(secret.to_string());
+                Ok(PathBuf::from(uri))
+            }
+            None => self.add(cfg, uri, is_dir),
+        }
+    }
+
+    /// The main container's environment from the namespace's store Secret, if it needs it.
+    pub fn store_env(&self) -> Option<Vec<EnvFromSource>> {
+        self.store_secret.as_ref().map(|name| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: name.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        })
     }
 
     fn has_mount(&self, path: &str) -> bool {
@@ -448,7 +506,7 @@ impl PodVolumes {
         let r = artifacts::resolve(cfg, uri)?;
         let path = artifacts::pod_path(cfg, &r);
         match &r {
-            Resolved::Area { .. } => {}
+            Resolved::Area { .. } => self.mount_area(cfg),
             Resolved::Remote(u) => {
                 return Err(format!(
                     "{u}: object stores and the Hub are read only for inputs (base models, dataset sources); this must be on the artifact volume (pvc://{}/...)",
@@ -567,6 +625,12 @@ mod tests {
         let mut cfg = OperatorConfig::for_tests();
         cfg.shared_prefixes = vec!["models".into()];
         let mut v = PodVolumes::new(&cfg, "team-a", "cm", false);
+        // No claim until something on it is used.
+        assert_eq!(v.volumes.len(), 1, "only the config");
+        let p = v
+            .add(&cfg, "pvc://tailor-artifacts/finetune/x", true)
+            .expect("area");
+        assert_eq!(p, PathBuf::from("/artifacts/finetune/x"));
         let area = &v.mounts[1];
         assert_eq!(area.mount_path, "/artifacts");
         assert_eq!(area.sub_path.as_deref(), Some("team-a"));
@@ -599,8 +663,50 @@ mod tests {
         let p = v.add(&cfg, "file:///models/base", true).expect("on");
         assert_eq!(p, PathBuf::from("/models/base"));
         assert!(v.volumes.iter().any(|vol| vol.host_path.is_some()));
-        let writable = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut writable = PodVolumes::new(&cfg, "team-a", "cm", true);
+        writable
+            .add(&cfg, "pvc://tailor-artifacts/finetune/x", true)
+            .expect("area");
         assert_eq!(writable.mounts[1].read_only, None);
+    }
+
+    #[test]
+    fn with_an_artifact_store_a_pods_own_artifacts_are_uris_it_reaches_with_the_store_secret() {
+        let mut cfg = OperatorConfig::for_tests();
+        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        // Without a store: the area of the claim, mounted.
+        let p = v
+            .own(&cfg, "pvc://tailor-artifacts/datasets/d/h", true)
+            .expect("area");
+        assert_eq!(p, PathBuf::from("/artifacts/datasets/d/h"));
+        assert!(v.store_env().is_none());
+        cfg.artifact_store = Some(crate::config::ArtifactStore {
+            uri: "s3://acme/tailor".into(),
+            credentials_secret: "tailor-store".into(),
+        });
+        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let p = v
+            .own(&cfg, "s3://acme/tailor/team-a/datasets/d/h", true)
+            .expect("store");
+        assert_eq!(p, PathBuf::from("s3://acme/tailor/team-a/datasets/d/h"));
+        // No claim, no init container: the pod's process reads and writes there itself.
+        assert!(
+            v.volumes
+                .iter()
+                .all(|vol| vol.persistent_volume_claim.is_none())
+        );
+        assert!(v.fetches.is_empty());
+        let env = v.store_env().expect("store Secret");
+        assert_eq!(
+            env[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+            Some("tailor-store")
+        );
+        // Another namespace's area of the store is not its own.
+        let mut v = PodVolumes::new(&cfg, "team-b", "cm", true);
+        assert!(
+            v.own(&cfg, "s3://acme/tailor/team-a/datasets/d/h", true)
+                .is_err()
+        );
     }
 
     #[test]

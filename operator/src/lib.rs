@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod modeldeployment;
 pub mod pods;
 pub mod secrets;
+pub mod stored;

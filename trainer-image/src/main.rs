@@ -409,7 +409,15 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
         Command::Prepare(a) => {
             let path = a.termination_message_path.clone();
             let r = prepare_config(a)
-                .and_then(|c| prepare::run(&c))
+                .and_then(|mut c| {
+                    // An output in the store: prepared locally, uploaded with stats.json last.
+                    let upload = remote::Upload::redirect(&mut c.output, None)?;
+                    let s = prepare::run(&c)?;
+                    if let Some(u) = upload {
+                        u.finish(&c.output, "stats.json")?;
+                    }
+                    Ok(s)
+                })
                 .and_then(|s| {
                     let mut v = serde_json::to_value(&s)?;
                     if let Some(o) = v.as_object_mut() {

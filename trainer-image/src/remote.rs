@@ -67,6 +67,48 @@ pub fn localize_inputs(
     Ok(())
 }
 
+/// An output directory given as a URI (`prepare`'s): written locally, then uploaded whole.
+pub struct Upload {
+    rt: tokio::runtime::Runtime,
+    store: Store,
+}
+
+impl Upload {
+    /// When `output` is a URI: points it at a local directory (under `work`, default the
+    /// temporary directory) and returns what uploads it there afterwards.
+    pub fn redirect(output: &mut PathBuf, work: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        if !is_uri(output) {
+            return Ok(None);
+        }
+        let uri = ArtifactUri::parse(&output.display().to_string())?;
+        let (rt, ctx) = runtime()?;
+        let store = Store::open(&uri, &ctx)?;
+        let local = work
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!("tailor-output-{}", short_hash(&uri.to_string())));
+        *output = local;
+        Ok(Some(Self { rt, store }))
+    }
+
+    /// Uploads every file of `local`, `last` after all others (its presence in the store says
+    /// the upload is whole). Returns the store URI.
+    pub fn finish(&self, local: &Path, last: &str) -> anyhow::Result<String> {
+        let uri = self.store.uri().to_string();
+        self.rt.block_on(async {
+            for f in local_files(local)?.iter().filter(|f| *f != last) {
+                self.store.put_file(f, &local.join(f)).await?;
+            }
+            if local.join(last).exists() {
+                self.store.put_file(last, &local.join(last)).await?;
+            }
+            anyhow::Ok(())
+        })?;
+        tracing::info!(output = %uri, "output uploaded");
+        Ok(uri)
+    }
+}
+
 /// The output store of a run whose `output` is a URI.
 pub struct Remote {
     rt: tokio::runtime::Runtime,

@@ -251,3 +251,57 @@ fn a_run_killed_mid_way_resumes_from_the_bucket_on_an_empty_disk() {
         "{all}"
     );
 }
+
+/// `prepare --output s3://...` (a Dataset's output in the operator's artifact store): the same
+/// files a local output gets, uploaded with `stats.json` last.
+#[test]
+fn prepare_writes_its_output_to_the_bucket() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s3 = LocalS3::start(&dir.path().join("s3"), ACCESS_KEY, SECRET_KEY).expect("s3");
+    s3.create_bucket("tailor").expect("bucket");
+    let data = repo().join("examples/quickstart/support-chat.jsonl");
+    let prepare = |output: &str| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "prepare",
+            "--input",
+            s(&data),
+            "--format",
+            "chat",
+            "--output",
+            output,
+        ]);
+        for (k, v) in env(&s3) {
+            c.env(k, v);
+        }
+        let out = c.output().expect("prepare");
+        check(&out, &format!("prepare to {output}"));
+    };
+    let local = dir.path().join("local");
+    prepare(s(&local));
+    prepare("s3://tailor/team-a/datasets/chat/abc");
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let store = Store::open(
+        &ArtifactUri::parse("s3://tailor/team-a/datasets/chat/abc").expect("uri"),
+        &ctx(&s3),
+    )
+    .expect("open");
+    let listed: Vec<String> = rt
+        .block_on(store.list(""))
+        .expect("list")
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    let mut want = tailor_artifacts::store::local_files(&local).expect("local files");
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(listed.iter().any(|f| f == "stats.json"), "{listed:?}");
+    for f in &want {
+        let got = rt.block_on(store.read_bytes(f, 1 << 30)).expect("read");
+        assert_eq!(
+            got.as_ref(),
+            std::fs::read(local.join(f)).expect("local").as_slice(),
+            "{f}"
+        );
+    }
+}

@@ -124,7 +124,7 @@ pub fn validate(
     });
     let hash = jobs::hash_json(&identity)[..16].to_string();
     let output_path = format!("datasets/{name}/{hash}");
-    let prepared_uri = artifacts::pvc_uri(&cfg.artifacts_claim, &output_path);
+    let prepared_uri = crate::stored::output_uri(cfg, &ns, &output_path);
     let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
     let input_path = match &input {
         Input::ConfigMap { .. } => format!("{SOURCE_DIR}/data.jsonl"),
@@ -147,7 +147,7 @@ pub fn validate(
         None => None,
     };
     let output = vols
-        .add(cfg, &prepared_uri, true)
+        .own(cfg, &prepared_uri, true)
         .map_err(Error::InvalidSpec)?;
     let prepare_config = serde_json::to_value(PrepareConfig {
         input: input_path.into(),
@@ -277,6 +277,8 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
     if let Some(uri) = &v.tokenizer {
         let _ = vols.add(cfg, uri, true);
     }
+    // Validated: it resolves.
+    let _ = vols.own(cfg, &v.prepared_uri, true);
     let mut labels = jobs::managed_labels(DATASET_LABEL, &ds.name_any());
     labels.insert(JOB_LABEL.into(), v.job_name.clone());
     let mut job = Job {
@@ -309,6 +311,7 @@ pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
                                 .to_vec(),
                             ),
                             termination_message_path: Some(TERMINATION_PATH.into()),
+                            env_from: vols.store_env(),
                             volume_mounts: Some(vols.mounts),
                             ..Container::default()
                         }],

@@ -22,7 +22,6 @@ use sha2::{Digest, Sha256};
 use tailor_api::{Dataset, DatasetPhase};
 
 use crate::apply;
-use crate::artifacts;
 use crate::cache;
 use crate::context::Context;
 use crate::controller;
@@ -191,10 +190,10 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
         match from_pods {
             // A shortened message lost invalid-line samples: stats.json has them all.
             Some(s) if s.truncated => {
-                Observation::Prepared(read_stats(cfg, &ns, &v.prepared_uri).unwrap_or(s))
+                Observation::Prepared(read_stats(ctx, &ns, &v.prepared_uri).await.unwrap_or(s))
             }
             Some(s) => Observation::Prepared(s),
-            None => Observation::Prepared(read_stats(cfg, &ns, &v.prepared_uri)?),
+            None => Observation::Prepared(read_stats(ctx, &ns, &v.prepared_uri).await?),
         }
     } else if let Some((reason, message)) = &state.failed {
         let pod_message = pods
@@ -207,7 +206,7 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
         Observation::Failed {
             message: pod_message
                 .unwrap_or_else(|| format!("prepare Job {}: {reason}: {message}", v.job_name)),
-            stats: read_stats(cfg, &ns, &v.prepared_uri).ok(),
+            stats: read_stats(ctx, &ns, &v.prepared_uri).await.ok(),
         }
     } else {
         Observation::Preparing {
@@ -230,19 +229,16 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
     })
 }
 
-fn read_stats(
-    cfg: &crate::config::OperatorConfig,
-    ns: &str,
-    prepared_uri: &str,
-) -> Result<Summary, Error> {
+async fn read_stats(ctx: &Context, ns: &str, prepared_uri: &str) -> Result<Summary, Error> {
     let unavailable = |message: String| Error::Artifact {
         uri: format!("{prepared_uri}/stats.json"),
         message,
     };
-    let dir = artifacts::operator_path(cfg, ns, prepared_uri).map_err(unavailable)?;
     // Written by a pod of the tenant's: bounded (a well-formed one is a few KiB).
-    let bytes = artifacts::read_bounded(&dir.join("stats.json"), crate::endpoints::SMALL_BODY)
-        .map_err(|e| unavailable(e.to_string()))?;
+    let bytes = crate::stored::Stored { ctx, ns }
+        .read(prepared_uri, "stats.json", crate::endpoints::SMALL_BODY)
+        .await
+        .map_err(unavailable)?;
     serde_json::from_slice(&bytes).map_err(|e| unavailable(format!("invalid stats.json: {e}")))
 }
 

@@ -130,10 +130,14 @@ pub fn outputs(ftj: &FineTuneJob, cfg: &OperatorConfig) -> Outputs {
     let name = ftj.name_any();
     let uid: String = ftj.uid().unwrap_or_default().chars().take(8).collect();
     let run = run_spec_hash(ftj);
-    // Relative to the namespace's area of the artifact volume (see crate::artifacts).
+    // Relative to the namespace's area of the artifact store or volume (see crate::stored).
     let output_path = format!("finetune/{name}-{uid}-{}", &run[..8]);
     Outputs {
-        adapter_uri: artifacts::pvc_uri(&cfg.artifacts_claim, &output_path),
+        adapter_uri: crate::stored::output_uri(
+            cfg,
+            &ftj.namespace().unwrap_or_default(),
+            &output_path,
+        ),
         output_path,
         adapter_name: ftj.spec.output.adapter_name.clone().unwrap_or(name),
     }
@@ -146,6 +150,8 @@ pub struct Validated {
     pub job_name: String,
     pub train_config: TrainConfig,
     pub outputs: Outputs,
+    /// The Dataset's prepared data.
+    pub prepared_uri: String,
 }
 
 pub fn validate(
@@ -176,11 +182,11 @@ pub fn validate(
         .input(cfg, &ftj.spec.base_model.uri, true, base_credentials(ftj))
         .map_err(|e| Error::InvalidSpec(format!("spec.baseModel.uri: {e}")))?;
     let prepared_path = vols
-        .add(cfg, prepared_uri, true)
+        .own(cfg, prepared_uri, true)
         .map_err(|e| Error::InvalidSpec(format!("dataset preparedUri: {e}")))?;
     let outputs = outputs(ftj, cfg);
     let output = vols
-        .add(cfg, &outputs.adapter_uri, true)
+        .own(cfg, &outputs.adapter_uri, true)
         .map_err(Error::InvalidSpec)?;
     let h = &ftj.spec.hyperparameters;
     let l = &ftj.spec.lora;
@@ -219,6 +225,7 @@ pub fn validate(
         hash,
         train_config,
         outputs,
+        prepared_uri: prepared_uri.clone(),
     })
 }
 
@@ -338,6 +345,7 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
         container,
         extra: vec![],
         spec,
+        own: [&v.prepared_uri, &v.outputs.adapter_uri],
     };
     trainer_job(ftj, cfg, base_uri, step)
 }
@@ -353,6 +361,9 @@ struct Step<'a> {
     extra: Vec<(Volume, VolumeMount)>,
     /// The step's Job settings (suspend, deadline), which Kueue's queueing then adjusts.
     spec: JobSpec,
+    /// The run's own artifacts (prepared data, output): mounted, or in the artifact store with
+    /// the namespace's store Secret.
+    own: [&'a str; 2],
 }
 
 /// A step's Job on the run's resources, placement and volumes (the base model, the artifact
@@ -364,11 +375,15 @@ fn trainer_job(ftj: &FineTuneJob, cfg: &OperatorConfig, base_uri: &str, step: St
         mut container,
         extra,
         spec,
+        own,
     } = step;
     let ns = ftj.namespace().unwrap_or_default();
     let mut vols = PodVolumes::new(cfg, &ns, name, true);
-    // Validated: it resolves (a pinned URI the same way as the spec's).
+    // Validated: these resolve (a pinned URI the same way as the spec's).
     let _ = vols.input(cfg, base_uri, true, base_credentials(ftj));
+    for uri in own {
+        let _ = vols.own(cfg, uri, true);
+    }
     for (v, m) in extra {
         vols.volumes.push(v);
         vols.mounts.push(m);
@@ -400,6 +415,7 @@ fn trainer_job(ftj: &FineTuneJob, cfg: &OperatorConfig, base_uri: &str, step: St
         ..Default::default()
     });
     container.termination_message_path = Some(TERMINATION_PATH.into());
+    container.env_from = vols.store_env();
     container.volume_mounts = Some(vols.mounts);
     let mut job = Job {
         metadata,
@@ -483,7 +499,8 @@ pub fn evaluate_config(
         base_model: t.base_model.clone(),
         adapter: t.output.clone(),
         test: prepared.join("test.jsonl"),
-        output: Some(t.output.join("evaluation")),
+        // An output in the store: the report is the termination message alone.
+        output: (!crate::jobs::is_uri_path(&t.output)).then(|| t.output.join("evaluation")),
         max_examples: Some(e.max_examples as usize),
         decoding: e.decoding.clone().unwrap_or_default(),
         judge,
@@ -554,7 +571,7 @@ fn judge_file(
 pub fn evaluate_job(
     ftj: &FineTuneJob,
     name: &str,
-    hash: &str,
+    v: &Validated,
     cfg: &OperatorConfig,
     base_uri: &str,
 ) -> Job {
@@ -581,22 +598,33 @@ pub fn evaluate_job(
     };
     let step = Step {
         name,
-        hash,
+        hash: &v.hash,
         container,
         extra,
         spec: JobSpec::default(),
+        own: [&v.prepared_uri, &v.outputs.adapter_uri],
     };
     trainer_job(ftj, cfg, base_uri, step)
 }
 
-/// The LoraAdapter a successful run records; not owned by the job, so it outlives it.
-pub fn adapter(ftj: &FineTuneJob, outputs: &Outputs, artifact: &AdapterArtifact) -> LoraAdapter {
+/// The LoraAdapter a successful run records; not owned by the job, so it outlives it. An
+/// adapter in the artifact store is read with the namespace's store Secret.
+pub fn adapter(
+    ftj: &FineTuneJob,
+    outputs: &Outputs,
+    artifact: &AdapterArtifact,
+    cfg: &OperatorConfig,
+) -> LoraAdapter {
+    let ns = ftj.namespace().unwrap_or_default();
     let mut la = LoraAdapter::new(
         &outputs.adapter_name,
         LoraAdapterSpec {
             base_model: ftj.spec.base_model.clone(),
             uri: outputs.adapter_uri.clone(),
-            credentials_secret_ref: None,
+            credentials_secret_ref: crate::stored::store_secret(cfg, &ns, &outputs.adapter_uri)
+                .map(|name| tailor_api::LocalRef {
+                    name: name.to_string(),
+                }),
             rank: ftj.spec.lora.rank,
             alpha: ftj.spec.lora.alpha,
             target_modules: ftj.spec.lora.target_modules.clone(),

@@ -43,6 +43,7 @@ use crate::controller;
 use crate::error::{Category, Error, is_not_found};
 use crate::inputs;
 use crate::jobs::{self, JOB_LABEL, SPEC_HASH};
+use crate::stored::Stored;
 use build::{
     AdapterArtifact, AfterEnd, DatasetGate, EvaluationState, FTJ_LABEL, Observed, Outcome,
     TrainSummary, TrainerProgress,
@@ -336,13 +337,11 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         {
             obs.progress = poll_progress(ctx, ip).await;
         }
-        if let Ok(dir) = artifacts::operator_path(cfg, &ns, &outputs.adapter_uri)
-            && let Some((step, path)) = artifacts::latest_checkpoint(&dir.path)
-        {
-            let rel = path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        let stored = Stored {
+            ctx: &ctx.base,
+            ns: &ns,
+        };
+        if let Some((step, rel)) = stored.latest_checkpoint(&outputs.adapter_uri).await {
             obs.checkpoint = Some(Checkpoint {
                 step,
                 uri: Some(format!("{}/checkpoints/{rel}", outputs.adapter_uri)),
@@ -360,12 +359,15 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             let summary = summaries
                 .iter()
                 .find(|s| s.status == Outcome::Succeeded)
-                .cloned()
-                .or_else(|| read_metrics(cfg, &ns, &outputs.adapter_uri));
-            let artifact = adapter_artifact(cfg, &ns, &outputs.adapter_uri).await?;
+                .cloned();
+            let summary = match summary {
+                Some(s) => Some(s),
+                None => read_metrics(&stored, &outputs.adapter_uri).await,
+            };
+            let artifact = adapter_artifact(&stored, &outputs.adapter_uri).await?;
             obs.summary = summary;
             obs.job = Some(state.clone());
-            let la = build::adapter(ftj, &outputs, &artifact);
+            let la = build::adapter(ftj, &outputs, &artifact, cfg);
             record_adapter(ctx, &ns, &la).await?;
             obs.adapter = Some(outputs.adapter_name.clone());
             obs.evaluation = match (&ftj.spec.evaluation, &prev.evaluation) {
@@ -472,7 +474,7 @@ async fn evaluation(
         let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), ns);
         apply::apply(
             &jobs_api,
-            &build::evaluate_job(ftj, &name, &v.hash, &ctx.config, base_uri),
+            &build::evaluate_job(ftj, &name, v, &ctx.config, base_uri),
         )
         .await?;
         tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %name, "created evaluate job");
@@ -486,18 +488,21 @@ async fn evaluation(
         .filter_map(|p| jobs::pod_state(&p).termination_message)
         .collect();
     if state.complete {
-        let report = messages
+        let mut report = messages
             .iter()
-            .find_map(|m| serde_json::from_str::<build::EvaluationReport>(m).ok())
-            .or_else(|| {
-                let dir = artifacts::operator_path(&ctx.config, ns, adapter_uri).ok()?;
-                let bytes = artifacts::read_bounded(
-                    &dir.join("evaluation/evaluation.json"),
+            .find_map(|m| serde_json::from_str::<build::EvaluationReport>(m).ok());
+        if report.is_none() {
+            let stored = Stored { ctx: &ctx.base, ns };
+            report = stored
+                .read(
+                    adapter_uri,
+                    "evaluation/evaluation.json",
                     crate::endpoints::SMALL_BODY,
                 )
-                .ok()?;
-                serde_json::from_slice(&bytes).ok()
-            });
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+        }
         return Ok(match report {
             Some(r) => EvaluationState::Done(Box::new(r)),
             None => {
@@ -563,28 +568,26 @@ async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {
     }
 }
 
-fn read_metrics(cfg: &crate::config::OperatorConfig, ns: &str, uri: &str) -> Option<TrainSummary> {
-    let dir = artifacts::operator_path(cfg, ns, uri).ok()?;
-    let bytes =
-        artifacts::read_bounded(&dir.join("metrics.json"), crate::endpoints::SMALL_BODY).ok()?;
+async fn read_metrics(stored: &Stored<'_>, uri: &str) -> Option<TrainSummary> {
+    let bytes = stored
+        .read(uri, "metrics.json", crate::endpoints::SMALL_BODY)
+        .await
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn adapter_artifact(
-    cfg: &crate::config::OperatorConfig,
-    ns: &str,
-    uri: &str,
-) -> Result<AdapterArtifact, Error> {
-    let unavailable = |message: String| Error::Artifact {
-        uri: uri.to_string(),
-        message,
-    };
-    let dir = artifacts::operator_path(cfg, ns, uri).map_err(unavailable)?;
-    let file = dir.join("adapter_model.safetensors");
-    let (sha256, size_bytes) = tokio::task::spawn_blocking(move || artifacts::sha256_file(&file))
+async fn adapter_artifact(stored: &Stored<'_>, uri: &str) -> Result<AdapterArtifact, Error> {
+    let (sha256, size_bytes) = stored
+        .sha256(
+            uri,
+            "adapter_model.safetensors",
+            stored.ctx.config.max_adapter_bytes,
+        )
         .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .map_err(|e| unavailable(format!("adapter_model.safetensors: {e}")))?;
+        .map_err(|message| Error::Artifact {
+            uri: uri.to_string(),
+            message,
+        })?;
     Ok(AdapterArtifact { sha256, size_bytes })
 }
 

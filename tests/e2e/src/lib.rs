@@ -52,17 +52,26 @@ pub struct Env {
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
+/// The overlay tailor is installed from on tailor-sim.
+pub const SIM_OVERLAY: &str = "manifests/overlays/sim";
 
 impl Env {
     /// The one cluster of this test process, started on first use.
     pub fn get() -> &'static Env {
-        ENV.get_or_init(|| match Env::start() {
+        Env::get_with(SIM_OVERLAY)
+    }
+
+    /// [`Env::get`], with tailor installed on tailor-sim from `overlay` (a test binary whose
+    /// operator needs another config; only the first call's overlay counts, as there is one
+    /// cluster per process).
+    pub fn get_with(overlay: &str) -> &'static Env {
+        ENV.get_or_init(|| match Env::start(overlay) {
             Ok(e) => e,
             Err(e) => panic!("starting the e2e environment: {e:#}"),
         })
     }
 
-    fn start() -> anyhow::Result<Env> {
+    fn start(sim_overlay: &str) -> anyhow::Result<Env> {
         if let Ok(kc) = std::env::var("TAILOR_E2E_KUBECONFIG") {
             let env = Env {
                 kubeconfig: PathBuf::from(kc),
@@ -144,7 +153,7 @@ impl Env {
             },
             || std::fs::read_to_string(&sim_log).unwrap_or_default(),
         );
-        env.install("manifests/overlays/sim")?;
+        env.install(sim_overlay)?;
         let shared = env.volume_dir("tailor-system", "tailor-artifacts")?;
         make_base_model(&shared.join("models/base"))?;
         env.artifacts = Some(shared);
@@ -268,6 +277,14 @@ impl Env {
     /// Creates a namespace with a `tailor-artifacts` claim on the shared artifact storage. It
     /// enforces the `restricted` Pod Security level, as production namespaces do: every pod
     /// the operator creates must meet it.
+    /// A namespace under the `restricted` Pod Security Standard, and nothing in it.
+    pub fn bare_namespace(&self, ns: &str) -> anyhow::Result<()> {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+        ))
+        .map(|_| ())
+    }
+
     pub fn namespace(&self, ns: &str) -> anyhow::Result<()> {
         self.apply(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tailor-artifacts\n  namespace: {ns}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 20Gi\n"

@@ -36,6 +36,16 @@ impl Scenario {
         }
     }
 
+    /// A namespace `ns` in `env`'s cluster with no claim at all (an operator with an artifact
+    /// store needs none).
+    pub fn without_claim(env: &'static Env, ns: &str) -> Scenario {
+        env.bare_namespace(ns).expect("namespace");
+        Scenario {
+            env,
+            ns: ns.to_string(),
+        }
+    }
+
     pub fn ns(&self) -> &str {
         &self.ns
     }

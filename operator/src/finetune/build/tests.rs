@@ -308,6 +308,7 @@ fn success_needs_the_adapter_and_records_final_metrics() {
             sha256: "a".repeat(64),
             size_bytes: 42,
         },
+        &OperatorConfig::for_tests(),
     );
     assert_eq!(la.spec.uri, v.outputs.adapter_uri);
     assert_eq!(la.spec.source_job.as_deref(), Some("support-v1"));
@@ -944,7 +945,7 @@ fn the_evaluate_job_reads_what_the_run_wrote_and_mounts_the_judges_secrets() {
             .is_none()
     );
 
-    let job = evaluate_job(&f, &name, &v.hash, &cfg, &f.spec.base_model.uri);
+    let job = evaluate_job(&f, &name, &v, &cfg, &f.spec.base_model.uri);
     let spec = job.spec.as_ref().expect("spec");
     assert_eq!(spec.suspend, None, "it runs once the adapter exists");
     let pod = spec.template.spec.as_ref().expect("pod");
@@ -1068,6 +1069,7 @@ fn a_trained_adapter_is_evaluated_before_the_job_succeeds() {
             sha256: "a".repeat(64),
             size_bytes: 42,
         },
+        &OperatorConfig::for_tests(),
     );
     assert!(lineage(&f, &cfg, &la).is_none());
 
@@ -1109,7 +1111,7 @@ fn queued_train_and_evaluate_jobs_are_created_suspended_for_kueue() {
     let name = evaluate_job_name(&v.job_name);
     for job in [
         job(&f, &v, &cfg, &f.spec.base_model.uri),
-        evaluate_job(&f, &name, &v.hash, &cfg, &f.spec.base_model.uri),
+        evaluate_job(&f, &name, &v, &cfg, &f.spec.base_model.uri),
     ] {
         assert_eq!(
             job.spec.as_ref().and_then(|s| s.suspend),
@@ -1118,4 +1120,85 @@ fn queued_train_and_evaluate_jobs_are_created_suspended_for_kueue() {
         );
         assert_eq!(jobs::kueue_queue(&job.metadata), Some("team-a"));
     }
+}
+
+#[test]
+fn with_an_artifact_store_the_run_reads_and_writes_its_namespaces_area_of_the_bucket() {
+    let mut f = ftj();
+    f.spec.base_model.uri = "s3://acme/models/base".into();
+    f.spec.base_model.credentials_secret_ref = Some(tailor_api::LocalRef {
+        name: "models".into(),
+    });
+    let mut cfg = OperatorConfig::for_tests();
+    cfg.artifact_store = Some(crate::config::ArtifactStore {
+        uri: "s3://acme/tailor".into(),
+        credentials_secret: "tailor-store".into(),
+    });
+    let gate = DatasetGate::Ready {
+        content_hash: "c0ffee".into(),
+        prepared_uri: "s3://acme/tailor/tailor-demo/datasets/support-chat/abcd".into(),
+        validation_examples: 19,
+        test_examples: 4,
+    };
+    let v = validate(&f, &cfg, &gate).expect("valid");
+    assert!(
+        v.outputs
+            .adapter_uri
+            .starts_with("s3://acme/tailor/tailor-demo/finetune/"),
+        "{}",
+        v.outputs.adapter_uri
+    );
+    // The trainer reads the prepared data and writes the run by URI (checkpoints go to the
+    // bucket as written, so a pod on another node resumes from there).
+    let t = &v.train_config;
+    assert_eq!(
+        t.train.to_str(),
+        Some("s3://acme/tailor/tailor-demo/datasets/support-chat/abcd/train.jsonl")
+    );
+    assert_eq!(t.output.to_str(), Some(v.outputs.adapter_uri.as_str()));
+    let job = job(&f, &v, &cfg, &f.spec.base_model.uri);
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod");
+    crate::pods::assert_hardened(&pod);
+    assert!(
+        pod.volumes
+            .iter()
+            .flatten()
+            .all(|vol| vol.persistent_volume_claim.is_none()),
+        "no claim in a namespace that has none"
+    );
+    let trainer = &pod.containers[0];
+    let secrets: Vec<&str> = trainer
+        .env_from
+        .iter()
+        .flatten()
+        .filter_map(|e| e.secret_ref.as_ref().map(|s| s.name.as_str()))
+        .collect();
+    assert_eq!(secrets, ["tailor-store"]);
+    // The base model is fetched before, with its own Secret.
+    let init = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(init.len(), 1);
+    // The evaluate step's report is its termination message (no local path in a URI).
+    let mut e = f.clone();
+    e.spec.evaluation = serde_json::from_value(serde_json::json!({"maxExamples": 4})).ok();
+    let ev = evaluate_config(&e, &v, None).expect("evaluate config");
+    assert!(ev.output.is_none());
+    // The recorded adapter is read with the store Secret.
+    let la = adapter(
+        &f,
+        &v.outputs,
+        &AdapterArtifact {
+            sha256: "ab".repeat(32),
+            size_bytes: 10,
+        },
+        &cfg,
+    );
+    assert_eq!(la.spec.uri, v.outputs.adapter_uri);
+    assert_eq!(
+        la.spec.credentials_secret_ref.map(|r| r.name).as_deref(),
+        Some("tailor-store")
+    );
 }
