@@ -60,6 +60,22 @@ pub fn gpu_resource<'a>(
     r.gpu_resource.as_deref().unwrap_or(&cfg.gpu_resource_name)
 }
 
+/// `POD_IP` from the downward API: pods listen on their own IP (on tailor-sim every pod shares
+/// the host's network on a loopback IP of its own).
+pub fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The pod-level part of the `restricted` level.
 pub fn pod_security() -> PodSecurityContext {
     PodSecurityContext {

@@ -15,9 +15,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec as K8sPodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, PodSpec as K8sPodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretEnvSource, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -172,20 +171,6 @@ fn meta(md: &ModelDeployment, name: String, labels: BTreeMap<String, String>) ->
     }
 }
 
-fn pod_ip_env() -> EnvVar {
-    EnvVar {
-        name: "POD_IP".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// Pods log JSON lines (every tailor binary reads `TAILOR_LOG_FORMAT`).
 pub fn json_logs() -> EnvVar {
     EnvVar {
@@ -195,7 +180,7 @@ pub fn json_logs() -> EnvVar {
     }
 }
 
-fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
+pub(super) fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -650,7 +635,7 @@ pub fn router_deployment(md: &ModelDeployment, cfg: &OperatorConfig, serving: i3
                                 "--admin-token-file".into(),
                                 token_file(),
                             ]),
-                            env: Some(vec![pod_ip_env(), json_logs()]),
+                            env: Some(vec![crate::pods::pod_ip_env(), json_logs()]),
                             ports: Some(vec![
                                 ContainerPort {
                                     name: Some("http".into()),

@@ -7,10 +7,9 @@
 //! ([`crate::config::VLLM_IMAGE`]); its documentation is the reference for each of them.
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, SecretKeySelector, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Probe, SecretKeySelector,
+    Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tailor_api::Runtime;
 use tailor_artifacts::ArtifactUri;
 
@@ -132,31 +131,8 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-pub fn pod_ip_env() -> EnvVar {
-    EnvVar {
-        name: "POD_IP".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Default::default()
-    }
+    super::build::http_probe(path, "http", period, failures)
 }
 
 /// The serving container of a revision of ModelDeployment `md` (volumes, resources and
@@ -206,7 +182,7 @@ pub fn server_container(
             args.extend(p.extra_args.iter().cloned());
             c.args = Some(args);
             c.env = Some(vec![
-                pod_ip_env(),
+                crate::pods::pod_ip_env(),
                 json_logs(),
                 env("TAILOR_SERVER_ADAPTER_URI_PREFIXES", ADAPTER_URI_PREFIXES),
             ]);
@@ -249,7 +225,7 @@ pub fn server_container(
             args.extend(p.extra_args.iter().cloned());
             c.args = Some(args);
             c.env = Some(vec![
-                pod_ip_env(),
+                crate::pods::pod_ip_env(),
                 // The runtime LoRA API (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`)
                 // exists only with this set.
                 env("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True"),

@@ -51,6 +51,23 @@ pub struct Env {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// Uploads `dir` to the bucket `uri` with `tailor-fetch --upload`, the store's variables in
+/// `env` (a test's object store).
+pub fn upload(dir: &Path, uri: &str, env: &[(String, String)]) {
+    let out = Command::new(binary("tailor-fetch").expect("tailor-fetch"))
+        .arg("--upload")
+        .arg(dir)
+        .arg(uri)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run tailor-fetch");
+    assert!(
+        out.status.success(),
+        "upload {uri}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 static ENV: OnceLock<Env> = OnceLock::new();
 /// The overlay tailor is installed from on tailor-sim.
 pub const SIM_OVERLAY: &str = "manifests/overlays/sim";

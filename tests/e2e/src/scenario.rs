@@ -46,6 +46,17 @@ impl Scenario {
         }
     }
 
+    /// A generic Secret `name` in the namespace with these keys and values.
+    pub fn secret(&self, name: &str, pairs: &[(String, String)]) {
+        let literals: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("--from-literal={k}={v}"))
+            .collect();
+        let mut args = vec!["-n", self.ns(), "create", "secret", "generic", name];
+        args.extend(literals.iter().map(String::as_str));
+        self.env.kubectl(&args).expect("create Secret");
+    }
+
     pub fn ns(&self) -> &str {
         &self.ns
     }

@@ -16,13 +16,12 @@
 //! tests need tailor-sim.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use tailor_e2e::{
-    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, ask, binary, condition, phase,
-    quickstart_examples,
+    BASE_MODEL, FineTuneJob, ModelDeployment, Scenario, ask, condition, phase, quickstart_examples,
+    upload,
 };
 use tailor_local_s3::LocalS3;
 use tailor_local_s3::hub::{LocalHub, Repo};
@@ -34,31 +33,6 @@ const ACCESS_KEY: &str = "AKIATAILORE2EKEY0001";
 const SECRET_KEY: &str = "e2e-s3-secret/VALUE+k9=";
 /// `storeEndpointAllowList` of `manifests/overlays/sim`.
 const S3_ADDR: &str = "127.0.0.1:18090";
-
-fn upload(s3: &LocalS3, dir: &Path, uri: &str) {
-    let out = Command::new(binary("tailor-fetch").expect("tailor-fetch"))
-        .arg("--upload")
-        .arg(dir)
-        .arg(uri)
-        .envs(s3.env())
-        .output()
-        .expect("run tailor-fetch");
-    assert!(
-        out.status.success(),
-        "upload {uri}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn secret(s: &Scenario, name: &str, pairs: &[(String, String)]) {
-    let literals: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("--from-literal={k}={v}"))
-        .collect();
-    let mut args = vec!["-n", s.ns(), "create", "secret", "generic", name];
-    args.extend(literals.iter().map(String::as_str));
-    s.env.kubectl(&args).expect("create Secret");
-}
 
 fn dataset(s: &Scenario, name: &str, uri: &str, secret: &str) {
     s.apply(&format!(
@@ -128,15 +102,15 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
     s3.create_bucket(BUCKET).expect("bucket");
     let base_uri = format!("s3://{BUCKET}/models/base");
     let base = s.artifact_path(BASE_MODEL).expect("the suite's base model");
-    upload(&s3, &base, &base_uri);
+    upload(&base, &base_uri, &s3.env());
     // The data: a prefix of two JSONL files.
     let lines: Vec<String> = quickstart_examples().into_iter().take(30).collect();
     let data = tempfile::tempdir().expect("tempdir");
     std::fs::write(data.path().join("part-1.jsonl"), lines[..15].join("\n")).expect("write");
     std::fs::write(data.path().join("part-2.jsonl"), lines[15..].join("\n")).expect("write");
     let prefix = format!("s3://{BUCKET}/data/support/");
-    upload(&s3, data.path(), &prefix);
-    secret(&s, "s3-creds", &s3.env());
+    upload(data.path(), &prefix, &s3.env());
+    s.secret("s3-creds", &s3.env());
     let wrong: Vec<(String, String)> = s3
         .env()
         .into_iter()
@@ -145,7 +119,7 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
             _ => (k, v),
         })
         .collect();
-    secret(&s, "s3-wrong", &wrong);
+    s.secret("s3-wrong", &wrong);
 
     // Dataset from the bucket prefix.
     dataset(&s, "support", &prefix, "s3-creds");
@@ -209,7 +183,7 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
         .artifact_path(la["spec"]["uri"].as_str().expect("uri"))
         .expect("the trained adapter's files");
     let adapter_uri = format!("s3://{BUCKET}/adapters/support-s3");
-    upload(&s3, &trained, &adapter_uri);
+    upload(&trained, &adapter_uri, &s3.env());
     let import = |name: &str, sha256: &str| {
         format!(
             "apiVersion: tailor.dev/v1alpha1\nkind: LoraAdapter\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  baseModel: {{uri: \"{base_uri}\"}}\n  uri: \"{adapter_uri}\"\n  credentialsSecretRef: {{name: s3-creds}}\n  rank: {rank}\n  alpha: {alpha}\n  sha256: \"{sha256}\"\n",
@@ -296,7 +270,7 @@ fn a_dataset_and_a_base_model_in_a_bucket_train_and_serve() {
         "{}",
         ready_message(&ds)
     );
-    secret(&s, "s3-later", &s3.env());
+    s.secret("s3-later", &s3.env());
     s.wait_phase("dataset", "later", "Ready", LONG);
 
     // No secret value in any log, Event or status.
@@ -354,8 +328,7 @@ fn an_hf_base_model_is_pinned_to_the_commit_main_named_when_the_run_began() {
         HF_TOKEN,
     )
     .expect("local Hub");
-    secret(
-        &s,
+    s.secret(
         "hub",
         &[
             ("HF_ENDPOINT".to_string(), hub.endpoint.clone()),

@@ -176,6 +176,15 @@ fn read_records(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// The newest entry of a ModelDeployment status's `history`.
+fn last_record(status: &Value) -> Value {
+    status["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn target_of(r: &Value) -> &str {
     r["target"].as_str().unwrap_or("")
 }
@@ -363,11 +372,7 @@ fn adapter_canary_to_a_good_adapter_steps_and_promotes_without_new_pods_or_error
     let records = load.stop();
 
     let st = &done["status"];
-    let canary = st["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
+    let canary = last_record(st);
     assert_eq!(canary["outcome"], "Promoted", "{st}");
     assert_eq!(canary["kind"], "adapter", "{st}");
     assert_eq!(st["stableRevision"], canary["revision"]);
@@ -446,11 +451,7 @@ fn faulty_adapter_canary_rolls_back_within_the_failure_limit_with_evidence() {
 
     let st = &rolled["status"];
     assert_eq!(st["stableRevision"], stable.as_str());
-    let rec = st["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
+    let rec = last_record(st);
     assert_eq!(rec["outcome"], "RolledBack", "{st}");
     let canary_rev = rec["revision"].as_str().unwrap_or("").to_string();
     let reason = rec["reason"].as_str().unwrap_or("");
@@ -703,11 +704,7 @@ fn pod_canaries_promote_a_server_change_and_roll_back_pods_that_never_get_ready(
         get_mdep(&s)
             .filter(|m| m["status"]["stableRevision"] != first.as_str() && phase(m) == "Healthy")
     });
-    let rec = promoted["status"]["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
+    let rec = last_record(&promoted["status"]);
     assert_eq!(rec["outcome"], "Promoted");
     assert_eq!(rec["kind"], "pod");
     let deploys = s.wait_for("the old revision's Deployment to go", SHORT, || {
@@ -895,11 +892,7 @@ fn evaluated_adapters_feed_the_gate_which_blocks_a_loser_and_admits_a_winner() {
     assert_eq!(max_weight, 0, "the refused canary never took traffic");
     let st = &rolled["status"];
     assert_eq!(st["stableRevision"], stable.as_str());
-    let rec = st["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
+    let rec = last_record(st);
     assert_eq!(rec["outcome"], "RolledBack", "{st}");
     let reason = rec["reason"].as_str().unwrap_or("");
     assert!(
@@ -1126,11 +1119,7 @@ fn runtime_vllm_promotes_and_rolls_back_adapter_canaries_through_the_lora_api() 
             m["status"]["stableRevision"] != first_stable.as_str() && phase(m) == "Healthy"
         })
     });
-    let rec = promoted["status"]["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
+    let rec = last_record(&promoted["status"]);
     assert_eq!(rec["outcome"], "Promoted", "{rec}");
     assert_eq!(rec["kind"], "adapter", "{rec}");
     let stable = promoted["status"]["stableRevision"]
@@ -1145,11 +1134,7 @@ fn runtime_vllm_promotes_and_rolls_back_adapter_canaries_through_the_lora_api() 
     let records = load.stop();
     let st = &rolled["status"];
     assert_eq!(st["stableRevision"], stable.as_str());
-    let rec = st["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
+    let rec = last_record(st);
     assert_eq!(rec["outcome"], "RolledBack", "{st}");
     assert!(
         rec["reason"]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tailor_e2e::{
-    BASE_MODEL, Env, FineTuneJob, ModelDeployment, Scenario, ask, binary, condition, phase,
+    BASE_MODEL, Env, FineTuneJob, ModelDeployment, Scenario, ask, binary, condition, phase, upload,
 };
 use tailor_local_s3::LocalS3;
 
@@ -65,29 +65,11 @@ fn the_quickstart_runs_on_a_bucket_store_with_no_claim_and_resumes_on_another_no
     let base = env
         .artifact_path("tailor-system", BASE_MODEL)
         .expect("the suite's base model");
-    let out = Command::new(binary("tailor-fetch").expect("tailor-fetch"))
-        .arg("--upload")
-        .arg(&base)
-        .arg(&base_uri)
-        .envs(s3.env())
-        .output()
-        .expect("upload");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    upload(&base, &base_uri, &s3.env());
 
     let s = Scenario::without_claim(env, "e2e-store");
     // The namespace's store Secret (the platform team's, scoped to its area).
-    let mut args = vec!["-n", s.ns(), "create", "secret", "generic", "tailor-store"];
-    let literals: Vec<String> = s3
-        .env()
-        .iter()
-        .map(|(k, v)| format!("--from-literal={k}={v}"))
-        .collect();
-    args.extend(literals.iter().map(String::as_str));
-    env.kubectl(&args).expect("create Secret");
+    s.secret("tailor-store", &s3.env());
     let area = format!("s3://{BUCKET}/clusters/sim/{}", s.ns());
 
     // Dataset: prepared into the bucket.
