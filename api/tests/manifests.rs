@@ -188,3 +188,32 @@ fn quickstart_renders_and_carries_the_dataset() {
         assert!(common::admission_errors(o[0], None).is_empty());
     }
 }
+
+#[test]
+fn artifact_store_overlay_renders_an_install_without_any_claim() {
+    let objs = render("manifests/overlays/artifact-store");
+    assert!(of_kind(&objs, "PersistentVolumeClaim").is_empty());
+    let dep = of_kind(&objs, "Deployment")[0];
+    let volumes = dep["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    assert!(
+        volumes.iter().all(|v| v["persistentVolumeClaim"].is_null()),
+        "{volumes:?}"
+    );
+    let cm = of_kind(&objs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "tailor-operator-config")
+        .expect("operator config");
+    let config: Value =
+        serde_json::from_str(cm["data"]["operator.json"].as_str().expect("operator.json"))
+            .expect("operator.json is JSON");
+    let store = &config["artifactStore"];
+    assert!(
+        store["uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("s3://")),
+        "{store}"
+    );
+    assert_eq!(store["credentialsSecret"], "tailor-store");
+}

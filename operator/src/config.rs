@@ -251,6 +251,36 @@ mod tests {
     }
 
     #[test]
+    fn the_artifact_store_is_a_bucket_with_a_secret() {
+        let with = |uri: &str, secret: &str| {
+            let mut cfg = OperatorConfig::for_tests();
+            cfg.artifact_store = Some(ArtifactStore {
+                uri: uri.into(),
+                credentials_secret: secret.into(),
+            });
+            cfg.check().map_err(|e| e.to_string())
+        };
+        for ok in [
+            "s3://ml-artifacts/tailor",
+            "gs://ml-artifacts/tailor",
+            "az://mlstore/tailor",
+        ] {
+            with(ok, "tailor-store").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "pvc://tailor-artifacts/x",
+            "hf://org/name",
+            "https://example.com/x",
+            "file:///x",
+        ] {
+            let e = with(bad, "tailor-store").expect_err(bad);
+            assert!(e.contains("artifactStore.uri"), "{e}");
+        }
+        let e = with("s3://ml-artifacts/tailor", "").expect_err("no Secret");
+        assert!(e.contains("credentialsSecret"), "{e}");
+    }
+
+    #[test]
     fn relative_mount_is_rejected() {
         let mut cfg = OperatorConfig::for_tests();
         cfg.artifacts_mount = "artifacts".into();
