@@ -37,6 +37,15 @@ pub struct OperatorConfig {
     /// claim. Without it they go to the artifact claim (single-node and local use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_store: Option<ArtifactStore>,
+    /// A volume source (a Pod `volumes` entry without its name) every fetch init container
+    /// mounts as its cache, each namespace in a subdirectory of its own (`subPath`), so a base
+    /// model a pod on the same node fetched before is linked, not downloaded again. Node-local
+    /// caching needs a volume that outlives pods on the node: a CSI volume, or `hostPath`
+    /// (`{"hostPath": {"path": "/var/cache/tailor", "type": "DirectoryOrCreate"}}`), which the
+    /// `restricted` Pod Security Standard forbids — only for namespaces that admit it. Unset:
+    /// no cache (each pod fetches its inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_cache: Option<serde_json::Value>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -108,6 +117,9 @@ pub struct OperatorConfig {
     #[serde(skip, default = "default_operator_namespace")]
     pub operator_namespace: String,
 }
+
+/// The name of the `fetchCache` volume in pods.
+pub const FETCH_CACHE_VOLUME: &str = "fetch-cache";
 
 /// `artifactStore` of the operator config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -219,6 +231,9 @@ impl OperatorConfig {
                 anyhow::bail!("artifactStore.credentialsSecret must name a Secret");
             }
         }
+        if self.fetch_cache.is_some() {
+            self.fetch_cache_volume()?;
+        }
         if !(1..=15).contains(&self.progress_interval_seconds) {
             anyhow::bail!(
                 "progressIntervalSeconds must be between 1 and 15, got {}",
@@ -226,6 +241,23 @@ impl OperatorConfig {
             );
         }
         Ok(())
+    }
+
+    /// `fetchCache` as the Pod volume `fetch-cache`.
+    pub fn fetch_cache_volume(&self) -> anyhow::Result<Option<k8s_openapi::api::core::v1::Volume>> {
+        let Some(source) = &self.fetch_cache else {
+            return Ok(None);
+        };
+        let mut v = source.clone();
+        let Some(o) = v.as_object_mut() else {
+            anyhow::bail!(
+                "fetchCache must be a volume source, e.g. {{\"hostPath\": {{\"path\": \"/var/cache/tailor\"}}}}"
+            );
+        };
+        o.insert("name".into(), serde_json::json!(FETCH_CACHE_VOLUME));
+        let vol: k8s_openapi::api::core::v1::Volume = serde_json::from_value(v)
+            .map_err(|e| anyhow::anyhow!("fetchCache is not a volume source: {e}"))?;
+        Ok(Some(vol))
     }
 
     /// A config for unit tests.

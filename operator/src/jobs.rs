@@ -291,6 +291,9 @@ pub fn is_uri_path(p: &std::path::Path) -> bool {
     p.to_str().is_some_and(|s| s.contains("://"))
 }
 
+/// Where fetch init containers see the operator config's `fetchCache`.
+pub const FETCH_CACHE_DIR: &str = "/var/cache/tailor";
+
 /// The emptyDir the fetch init containers fill and the main container reads.
 const INPUTS_VOLUME: &str = "inputs";
 
@@ -464,15 +467,35 @@ impl PodVolumes {
             });
         }
         let n = self.fetches.len();
+        let mut args = vec![
+            uri.to_string(),
+            format!("{}/{n}", artifacts::INPUTS_DIR),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        let mut mounts = vec![VolumeMount {
+            name: INPUTS_VOLUME.into(),
+            mount_path: artifacts::INPUTS_DIR.into(),
+            ..Default::default()
+        }];
+        // Checked when the config was loaded.
+        if let Ok(Some(cache)) = cfg.fetch_cache_volume() {
+            if !self.volumes.iter().any(|v| v.name == cache.name) {
+                self.volumes.push(cache);
+            }
+            // The namespace's own directory of the cache: no pod reads another's fetches.
+            mounts.push(VolumeMount {
+                name: crate::config::FETCH_CACHE_VOLUME.into(),
+                mount_path: FETCH_CACHE_DIR.into(),
+                sub_path: Some(self.ns.clone()),
+                ..Default::default()
+            });
+            args.extend(["--cache".into(), FETCH_CACHE_DIR.into()]);
+        }
         self.fetches.push(Container {
             name: format!("fetch-{n}"),
             image: Some(cfg.fetch_image.clone()),
-            args: Some(vec![
-                uri.to_string(),
-                format!("{}/{n}", artifacts::INPUTS_DIR),
-                "--log-format".into(),
-                "json".into(),
-            ]),
+            args: Some(args),
             env_from: credentials.map(|name| {
                 vec![EnvFromSource {
                     secret_ref: Some(SecretEnvSource {
@@ -482,11 +505,7 @@ impl PodVolumes {
                     ..Default::default()
                 }]
             }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: INPUTS_VOLUME.into(),
-                mount_path: artifacts::INPUTS_DIR.into(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(mounts),
             // tailor-fetch's last line says what failed (`error: <uri>: <Kind>: <cause>`).
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()
@@ -668,6 +687,50 @@ mod tests {
             .add(&cfg, "pvc://tailor-artifacts/finetune/x", true)
             .expect("area");
         assert_eq!(writable.mounts[1].read_only, None);
+    }
+
+    #[test]
+    fn fetches_share_the_admins_cache_volume_each_namespace_in_its_own_directory() {
+        let mut cfg = OperatorConfig::for_tests();
+        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        v.input(&cfg, "s3://bucket/models/base", true, None)
+            .expect("s3");
+        let args = v.fetches[0].args.clone().unwrap_or_default();
+        assert!(!args.iter().any(|a| a == "--cache"), "no cache configured");
+        cfg.fetch_cache = Some(serde_json::json!({
+            "hostPath": {"path": "/var/cache/tailor", "type": "DirectoryOrCreate"}
+        }));
+        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        v.input(&cfg, "s3://bucket/models/base", true, None)
+            .expect("s3");
+        v.input(&cfg, "hf://org/tokenizer", true, None).expect("hf");
+        for f in &v.fetches {
+            let args = f.args.clone().unwrap_or_default();
+            let at = args.iter().position(|a| a == "--cache").expect("--cache");
+            assert_eq!(args[at + 1], FETCH_CACHE_DIR);
+            let m = f
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == FETCH_CACHE_DIR)
+                .expect("cache mount");
+            assert_eq!(m.sub_path.as_deref(), Some("team-a"));
+        }
+        // One volume for the pod, whatever the number of fetches.
+        let caches: Vec<_> = v
+            .volumes
+            .iter()
+            .filter(|vol| vol.name == crate::config::FETCH_CACHE_VOLUME)
+            .collect();
+        assert_eq!(caches.len(), 1);
+        assert_eq!(
+            caches[0].host_path.as_ref().map(|h| h.path.as_str()),
+            Some("/var/cache/tailor")
+        );
+        // A config whose cache is not a volume source is refused at load.
+        cfg.fetch_cache = Some(serde_json::json!({"hostPath": "not an object"}));
+        let e = cfg.fetch_cache_volume().expect_err("invalid");
+        assert!(e.to_string().contains("fetchCache"), "{e}");
     }
 
     #[test]
