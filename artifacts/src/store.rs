@@ -398,14 +398,25 @@ impl Store {
 
     /// Every object under `rel` (recursively), sorted by path.
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectInfo>> {
+        self.list_at_most(rel, usize::MAX).await
+    }
+
+    /// [`Store::list`], refusing a listing of more than `max` objects (read no further).
+    pub async fn list_at_most(&self, rel: &str, max: usize) -> Result<Vec<ObjectInfo>> {
         let loc = self.location(rel)?;
         let prefix = (!loc.as_ref().is_empty()).then_some(&loc);
-        let metas: Vec<_> = self
-            .inner
-            .list(prefix)
-            .try_collect()
-            .await
-            .map_err(|e| self.error(rel, &e))?;
+        let mut listing = self.inner.list(prefix);
+        let mut metas = Vec::new();
+        while let Some(m) = listing.next().await {
+            metas.push(m.map_err(|e| self.error(rel, &e))?);
+            if metas.len() > max {
+                return Err(Error::plain(
+                    ErrorKind::Invalid,
+                    self.uri.join(rel),
+                    format!("more than the {max} objects allowed here"),
+                ));
+            }
+        }
         let mut out: Vec<ObjectInfo> = metas.iter().map(|m| self.info(m, None)).collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)

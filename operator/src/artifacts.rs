@@ -277,13 +277,10 @@ pub fn latest_checkpoint(output: &Path) -> Option<(u64, PathBuf)> {
         .flatten()
         .filter_map(|e| {
             let p = e.path();
-            let step = p
-                .file_name()?
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse()
-                .ok()?;
-            p.join("state.json").exists().then_some((step, p))
+            let step = tailor_wire::train::checkpoint_step(p.file_name()?.to_str()?)? as u64;
+            p.join(tailor_wire::train::CHECKPOINT_MARKER)
+                .exists()
+                .then_some((step, p))
         })
         .max_by_key(|(s, _)| *s)
 }

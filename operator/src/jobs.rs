@@ -285,12 +285,6 @@ pub struct PodVolumes {
     writable: bool,
 }
 
-/// Whether a path a pod is given is a URI its process reads or writes itself (see
-/// [`PodVolumes::own`]).
-pub fn is_uri_path(p: &std::path::Path) -> bool {
-    p.to_str().is_some_and(|s| s.contains("://"))
-}
-
 /// Where fetch init containers see the operator config's `fetchCache`.
 pub const FETCH_CACHE_DIR: &str = "/var/cache/tailor";
 
@@ -298,11 +292,10 @@ pub const FETCH_CACHE_DIR: &str = "/var/cache/tailor";
 const INPUTS_VOLUME: &str = "inputs";
 
 impl PodVolumes {
-    /// The namespace's area of the artifact volume at `artifactsMount` (a `subPath`: the pod sees
-    /// nothing of other namespaces; writable only where the pod writes outputs), and the pod's
-    /// config ConfigMap at `/etc/tailor`.
-    pub fn new(cfg: &OperatorConfig, ns: &str, config_map: &str, writable: bool) -> Self {
-        let _ = cfg;
+    /// The pod's config ConfigMap at `/etc/tailor`. The namespace's area of the artifact volume
+    /// (at `artifactsMount`, a `subPath`: the pod sees nothing of other namespaces; writable only
+    /// where `writable`, for pods that write outputs) is mounted once something in it is used.
+    pub fn new(ns: &str, config_map: &str, writable: bool) -> Self {
         let mut v = Self {
             ns: ns.to_string(),
             writable,
@@ -643,7 +636,7 @@ mod tests {
     fn pods_see_their_namespace_area_shared_prefixes_and_their_own_claims() {
         let mut cfg = OperatorConfig::for_tests();
         cfg.shared_prefixes = vec!["models".into()];
-        let mut v = PodVolumes::new(&cfg, "team-a", "cm", false);
+        let mut v = PodVolumes::new("team-a", "cm", false);
         // No claim until something on it is used.
         assert_eq!(v.volumes.len(), 1, "only the config");
         let p = v
@@ -682,7 +675,7 @@ mod tests {
         let p = v.add(&cfg, "file:///models/base", true).expect("on");
         assert_eq!(p, PathBuf::from("/models/base"));
         assert!(v.volumes.iter().any(|vol| vol.host_path.is_some()));
-        let mut writable = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut writable = PodVolumes::new("team-a", "cm", true);
         writable
             .add(&cfg, "pvc://tailor-artifacts/finetune/x", true)
             .expect("area");
@@ -692,7 +685,7 @@ mod tests {
     #[test]
     fn fetches_share_the_admins_cache_volume_each_namespace_in_its_own_directory() {
         let mut cfg = OperatorConfig::for_tests();
-        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut v = PodVolumes::new("team-a", "cm", true);
         v.input(&cfg, "s3://bucket/models/base", true, None)
             .expect("s3");
         let args = v.fetches[0].args.clone().unwrap_or_default();
@@ -700,7 +693,7 @@ mod tests {
         cfg.fetch_cache = Some(serde_json::json!({
             "hostPath": {"path": "/var/cache/tailor", "type": "DirectoryOrCreate"}
         }));
-        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut v = PodVolumes::new("team-a", "cm", true);
         v.input(&cfg, "s3://bucket/models/base", true, None)
             .expect("s3");
         v.input(&cfg, "hf://org/tokenizer", true, None).expect("hf");
@@ -736,7 +729,7 @@ mod tests {
     #[test]
     fn with_an_artifact_store_a_pods_own_artifacts_are_uris_it_reaches_with_the_store_secret() {
         let mut cfg = OperatorConfig::for_tests();
-        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut v = PodVolumes::new("team-a", "cm", true);
         // Without a store: the area of the claim, mounted.
         let p = v
             .own(&cfg, "pvc://tailor-artifacts/datasets/d/h", true)
@@ -747,7 +740,7 @@ mod tests {
             uri: "s3://acme/tailor".into(),
             credentials_secret: "tailor-store".into(),
         });
-        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut v = PodVolumes::new("team-a", "cm", true);
         let p = v
             .own(&cfg, "s3://acme/tailor/team-a/datasets/d/h", true)
             .expect("store");
@@ -765,7 +758,7 @@ mod tests {
             Some("tailor-store")
         );
         // Another namespace's area of the store is not its own.
-        let mut v = PodVolumes::new(&cfg, "team-b", "cm", true);
+        let mut v = PodVolumes::new("team-b", "cm", true);
         assert!(
             v.own(&cfg, "s3://acme/tailor/team-a/datasets/d/h", true)
                 .is_err()
@@ -778,7 +771,7 @@ mod tests {
             "trainerImage": "t", "fetchImage": "tailor-fetch:dev"
         }))
         .expect("config");
-        let mut v = PodVolumes::new(&cfg, "team-a", "cm", true);
+        let mut v = PodVolumes::new("team-a", "cm", true);
         let base = v
             .input(&cfg, "hf://org/model@main", true, Some("hub"))
             .expect("hf");

@@ -6,6 +6,7 @@
 
 use tailor_api::LocalRef;
 use tailor_artifacts::{ArtifactUri, Store};
+use tailor_wire::train::{checkpoint_dir, complete_checkpoints};
 
 use crate::artifacts;
 use crate::config::OperatorConfig;
@@ -33,27 +34,30 @@ pub fn store_secret<'a>(cfg: &'a OperatorConfig, ns: &str, uri: &str) -> Option<
         .then_some(s.credentials_secret.as_str())
 }
 
-/// The reads of one namespace's artifacts.
-pub struct Stored<'a> {
-    pub ctx: &'a Context,
-    pub ns: &'a str,
-}
+/// Time one read of a bucket may take (a listing, a small file, an adapter's weights streamed
+/// through sha256), as the operator's verification of stored adapters.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Objects a run's `checkpoints/` may hold (the trainer keeps two complete checkpoints).
+const MAX_CHECKPOINT_OBJECTS: usize = 10_000;
 
-/// Where an artifact is, as the operator reads it.
-enum Place {
+/// One artifact of a namespace where the operator reads it: a directory on its mount of the
+/// artifact volume, or a prefix of the bucket opened with the namespace's store Secret (read
+/// once per handle).
+pub enum Stored {
     Volume(artifacts::StorePath),
     Bucket(Store),
 }
 
-impl Stored<'_> {
-    async fn place(&self, uri: &str) -> Result<Place, String> {
-        let cfg = &self.ctx.config;
-        let Some(secret) = store_secret(cfg, self.ns, uri) else {
-            return artifacts::operator_path(cfg, self.ns, uri).map(Place::Volume);
+impl Stored {
+    /// The artifact at `uri` of namespace `ns`.
+    pub async fn open(ctx: &Context, ns: &str, uri: &str) -> Result<Self, String> {
+        let cfg = &ctx.config;
+        let Some(secret) = store_secret(cfg, ns, uri) else {
+            return artifacts::operator_path(cfg, ns, uri).map(Stored::Volume);
         };
         let env = crate::inputs::credentials(
-            self.ctx,
-            self.ns,
+            ctx,
+            ns,
             "artifactStore.credentialsSecret",
             Some(&LocalRef {
                 name: secret.to_string(),
@@ -64,14 +68,26 @@ impl Stored<'_> {
         crate::inputs::endpoints_allowed(cfg, &env).map_err(|e| format!("{uri}: {e}"))?;
         let parsed = ArtifactUri::parse(uri).map_err(|e| e.to_string())?;
         Store::open(&parsed, &tailor_artifacts::Context::new(env))
-            .map(Place::Bucket)
+            .map(Stored::Bucket)
             .map_err(|e| e.to_string())
     }
 
-    /// `file` of the artifact at `uri`, at most `limit` bytes.
-    pub async fn read(&self, uri: &str, file: &str, limit: u64) -> Result<Vec<u8>, String> {
-        match self.place(uri).await? {
-            Place::Volume(dir) => {
+    /// A bucket read within [`READ_TIMEOUT`].
+    async fn timed<T>(
+        &self,
+        what: &str,
+        read: impl std::future::Future<Output = tailor_artifacts::Result<T>>,
+    ) -> Result<T, String> {
+        tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .map_err(|_| format!("{what}: took longer than {}s", READ_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// `file` of the artifact, at most `limit` bytes.
+    pub async fn read(&self, file: &str, limit: u64) -> Result<Vec<u8>, String> {
+        match self {
+            Stored::Volume(dir) => {
                 let p = dir.join(file);
                 tokio::task::spawn_blocking(move || {
                     artifacts::read_bounded(&p, limit)
@@ -80,18 +96,17 @@ impl Stored<'_> {
                 .await
                 .map_err(|e| e.to_string())?
             }
-            Place::Bucket(store) => store
-                .read_bytes(file, limit)
+            Stored::Bucket(store) => self
+                .timed(file, store.read_bytes(file, limit))
                 .await
-                .map(|b| b.to_vec())
-                .map_err(|e| e.to_string()),
+                .map(|b| b.to_vec()),
         }
     }
 
-    /// sha256 and size of `file` of the artifact at `uri` (refused beyond `limit` bytes).
-    pub async fn sha256(&self, uri: &str, file: &str, limit: u64) -> Result<(String, u64), String> {
-        match self.place(uri).await? {
-            Place::Volume(dir) => {
+    /// sha256 and size of `file` of the artifact (refused beyond `limit` bytes).
+    pub async fn sha256(&self, file: &str, limit: u64) -> Result<(String, u64), String> {
+        match self {
+            Stored::Volume(dir) => {
                 let p = dir.join(file);
                 tokio::task::spawn_blocking(move || {
                     artifacts::sha256_file(&p).map_err(|e| format!("{}: {e}", p.path.display()))
@@ -99,39 +114,31 @@ impl Stored<'_> {
                 .await
                 .map_err(|e| e.to_string())?
             }
-            Place::Bucket(store) => store
-                .sha256_within(file, limit)
-                .await
-                .map_err(|e| e.to_string()),
+            Stored::Bucket(store) => self.timed(file, store.sha256_within(file, limit)).await,
         }
     }
 
-    /// The newest complete checkpoint of the run writing to `uri` (one with its `state.json`):
-    /// its step and directory name under `checkpoints/`.
-    pub async fn latest_checkpoint(&self, uri: &str) -> Option<(u64, String)> {
-        match self.place(uri).await.ok()? {
-            Place::Volume(dir) => {
+    /// The newest complete checkpoint of the run writing here: its step and directory name
+    /// under `checkpoints/`.
+    pub async fn latest_checkpoint(&self) -> Option<(u64, String)> {
+        match self {
+            Stored::Volume(dir) => {
                 let (step, path) = artifacts::latest_checkpoint(&dir.path)?;
                 Some((step, path.file_name()?.to_string_lossy().into_owned()))
             }
-            Place::Bucket(store) => {
-                let listed = store.list("checkpoints").await.ok()?;
-                latest_listed(listed.iter().map(|o| o.path.as_str()))
+            Stored::Bucket(store) => {
+                let listed = self
+                    .timed(
+                        "checkpoints",
+                        store.list_at_most("checkpoints", MAX_CHECKPOINT_OBJECTS),
+                    )
+                    .await
+                    .ok()?;
+                let step = *complete_checkpoints(listed.iter().map(|o| o.path.as_str())).last()?;
+                Some((step as u64, checkpoint_dir(step)))
             }
         }
     }
-}
-
-/// The newest complete checkpoint in a listing of `checkpoints/` (`checkpoints/step-N/state.json`
-/// marks one complete): its step and directory name.
-fn latest_listed<'a>(paths: impl Iterator<Item = &'a str>) -> Option<(u64, String)> {
-    paths
-        .filter_map(|p| {
-            let (dir, file) = p.strip_prefix("checkpoints/")?.split_once('/')?;
-            let step = dir.strip_prefix("step-")?.parse().ok()?;
-            (file == "state.json").then(|| (step, dir.to_string()))
-        })
-        .max_by_key(|(s, _)| *s)
 }
 
 #[cfg(test)]
@@ -172,21 +179,5 @@ mod tests {
             store_secret(&cfg, "team-a", "s3://acme-ml/other/team-a/x"),
             None
         );
-    }
-
-    #[test]
-    fn the_newest_complete_checkpoint_of_a_listing() {
-        let listed = [
-            "checkpoints/step-00000004/state.json",
-            "checkpoints/step-00000008/adapter_model.safetensors",
-            "checkpoints/step-00000008/state.json",
-            "checkpoints/step-00000012/adapter_model.safetensors",
-            "metrics.json",
-        ];
-        assert_eq!(
-            latest_listed(listed.into_iter()),
-            Some((8, "step-00000008".to_string()))
-        );
-        assert_eq!(latest_listed(["metrics.json"].into_iter()), None);
     }
 }

@@ -18,6 +18,8 @@ use std::path::Path;
 
 use clap::Parser;
 
+use tailor_wire::server::VLLM_LORA_RANKS;
+
 use crate::config::Cli;
 
 /// `vllm serve`'s flags that tailor-server implements.
@@ -60,14 +62,11 @@ pub struct VllmServe {
     pub api_key: Option<String>,
 }
 
-/// vLLM's `MaxLoRARanks`.
-const LORA_RANKS: [u32; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
-
 fn lora_rank(text: &str) -> Result<u32, String> {
     text.parse::<u32>()
         .ok()
-        .filter(|r| LORA_RANKS.contains(r))
-        .ok_or_else(|| format!("invalid choice: {text} (choose from {LORA_RANKS:?})"))
+        .filter(|r| VLLM_LORA_RANKS.contains(r))
+        .ok_or_else(|| format!("invalid choice: {text} (choose from {VLLM_LORA_RANKS:?})"))
 }
 
 /// What this mode changes in the server.
@@ -152,10 +151,20 @@ pub fn cli(
     Ok(cli)
 }
 
+/// The most of adapter_config.json read for its rank.
+const CONFIG_LIMIT: u64 = 1 << 20;
+
 /// The rank of the PEFT adapter in `dir` (its `r`, or the largest of its `rank_pattern`), when
 /// its adapter_config.json says.
 pub fn adapter_rank(dir: &Path) -> Option<u32> {
-    let text = std::fs::read(dir.join(tailor_artifacts::adapter::CONFIG)).ok()?;
+    // adapter_config.json is a few hundred bytes: a larger one is not read (the load then
+    // fails on it with its own error).
+    let file = std::fs::File::open(dir.join(tailor_artifacts::adapter::CONFIG)).ok()?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, CONFIG_LIMIT + 1), &mut text).ok()?;
+    if text.len() as u64 > CONFIG_LIMIT {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     let base = v["r"].as_u64();
     let pattern = v["rank_pattern"]

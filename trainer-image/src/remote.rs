@@ -22,6 +22,7 @@ use tailor_artifacts::store::local_files;
 use tailor_artifacts::{ArtifactUri, Context, Env, Fetcher, Store};
 
 use crate::train::TrainConfig;
+use tailor_wire::train::{checkpoint_dir, checkpoint_step, complete_checkpoints};
 
 /// Complete checkpoints kept in the store (as `run_state` keeps locally).
 const KEEP: usize = 2;
@@ -115,27 +116,14 @@ pub struct Remote {
     store: Option<Store>,
 }
 
-fn step_of(name: &str) -> Option<usize> {
-    name.strip_prefix("step-")?.parse().ok()
-}
-
-/// Complete checkpoint steps in a listing of `checkpoints/` (those with a `state.json`), sorted.
-fn complete_steps(paths: &[String]) -> Vec<usize> {
-    let mut steps: Vec<usize> = paths
-        .iter()
-        .filter_map(|p| {
-            let rest = p.strip_prefix("checkpoints/")?;
-            let (dir, file) = rest.split_once('/')?;
-            (file == "state.json").then(|| step_of(dir)).flatten()
-        })
-        .collect();
-    steps.sort_unstable();
-    steps.dedup();
-    steps
-}
-
+/// A checkpoint's directory in the store.
 fn step_dir(step: usize) -> String {
-    format!("checkpoints/step-{step:08}")
+    format!("checkpoints/{}", checkpoint_dir(step))
+}
+
+/// Complete checkpoint steps in a listing of `checkpoints/`, sorted.
+fn complete_steps(paths: &[String]) -> Vec<usize> {
+    complete_checkpoints(paths.iter().map(String::as_str))
 }
 
 impl Remote {
@@ -275,7 +263,7 @@ async fn pull_latest_checkpoint(
         return Ok(());
     };
     let local_latest = crate::run_state::latest(&local.join("checkpoints"))?
-        .and_then(|p| step_of(p.file_name()?.to_str()?));
+        .and_then(|p| checkpoint_step(p.file_name()?.to_str()?));
     if local_latest.is_some_and(|l| l >= step) {
         return Ok(());
     }
@@ -294,19 +282,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_complete_checkpoints_in_a_listing() {
-        let paths: Vec<String> = [
-            "checkpoints/step-00000004/adapter_model.safetensors",
-            "checkpoints/step-00000004/state.json",
-            "checkpoints/step-00000008/state.json",
-            "checkpoints/step-00000012/adapter_model.safetensors",
-            "checkpoints/junk/state.json",
-            "adapter_model.safetensors",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(complete_steps(&paths), [4, 8]);
+    fn uris_are_told_from_paths() {
         assert!(is_uri(Path::new("s3://b/k")) && !is_uri(Path::new("/data/x")));
     }
 }

@@ -48,11 +48,7 @@ impl RunState {
 }
 
 fn step_of(dir: &Path) -> Option<usize> {
-    dir.file_name()?
-        .to_str()?
-        .strip_prefix("step-")?
-        .parse()
-        .ok()
+    tailor_wire::train::checkpoint_step(dir.file_name()?.to_str()?)
 }
 
 fn complete_checkpoints(root: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
@@ -84,8 +80,11 @@ pub fn save(
     state: &RunState,
     base_model: &str,
 ) -> anyhow::Result<PathBuf> {
-    let final_dir = root.join(format!("step-{:08}", state.step));
-    let tmp = root.join(format!(".tmp-step-{:08}", state.step));
+    let final_dir = root.join(tailor_wire::train::checkpoint_dir(state.step));
+    let tmp = root.join(format!(
+        ".tmp-{}",
+        tailor_wire::train::checkpoint_dir(state.step)
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }

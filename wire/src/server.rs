@@ -95,6 +95,9 @@ pub struct UnloadLoraAdapterRequest {
     pub lora_int_id: Option<i64>,
 }
 
+/// The ranks vLLM's `--max-lora-rank` accepts (`MaxLoRARanks` in vllm/config/lora.py).
+pub const VLLM_LORA_RANKS: [u32; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
+
 /// The plain-text body of a successful load (status 200), in vLLM's words.
 pub fn lora_loaded_message(name: &str) -> String {
     format!("Success: LoRA adapter '{name}' added successfully.")

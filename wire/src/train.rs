@@ -280,9 +280,58 @@ impl Summary {
     }
 }
 
+// ------------------------------------------------------------------------------ checkpoints
+
+/// A checkpoint's directory under `<output>/checkpoints/`: `step-00000040`. It is complete once
+/// its `state.json` exists (written last), locally and in a store alike.
+pub fn checkpoint_dir(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
+/// The step a checkpoint directory name (see [`checkpoint_dir`]) stands for.
+pub fn checkpoint_step(dir: &str) -> Option<usize> {
+    dir.strip_prefix("step-")?.parse().ok()
+}
+
+/// The complete checkpoints (those with a `state.json`) in a store listing of
+/// `checkpoints/`: their steps, sorted, once each.
+pub fn complete_checkpoints<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+    let mut steps: Vec<usize> = paths
+        .into_iter()
+        .filter_map(|p| {
+            let (dir, file) = p.strip_prefix("checkpoints/")?.split_once('/')?;
+            (file == CHECKPOINT_MARKER)
+                .then(|| checkpoint_step(dir))
+                .flatten()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    steps
+}
+
+/// The file whose presence makes a checkpoint complete.
+pub const CHECKPOINT_MARKER: &str = "state.json";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn complete_checkpoints_of_a_listing() {
+        let listed = [
+            "checkpoints/step-00000004/adapter_model.safetensors",
+            "checkpoints/step-00000004/state.json",
+            "checkpoints/step-00000008/state.json",
+            "checkpoints/step-00000012/adapter_model.safetensors",
+            "checkpoints/junk/state.json",
+            "adapter_model.safetensors",
+        ];
+        assert_eq!(complete_checkpoints(listed), [4, 8]);
+        assert_eq!(checkpoint_dir(40), "step-00000040");
+        assert_eq!(checkpoint_step(&checkpoint_dir(40)), Some(40));
+        assert_eq!(checkpoint_step("junk"), None);
+    }
 
     #[test]
     fn config_round_trips_in_the_operators_shape() {

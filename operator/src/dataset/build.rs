@@ -125,7 +125,7 @@ pub fn validate(
     let hash = jobs::hash_json(&identity)[..16].to_string();
     let output_path = format!("datasets/{name}/{hash}");
     let prepared_uri = crate::stored::output_uri(cfg, &ns, &output_path);
-    let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
+    let mut vols = PodVolumes::new(&ns, "unused", true);
     let input_path = match &input {
         Input::ConfigMap { .. } => format!("{SOURCE_DIR}/data.jsonl"),
         Input::Inline(_) => format!("{CONFIG_DIR}/{INLINE_KEY}"),
@@ -243,7 +243,7 @@ pub fn config_map(ds: &Dataset, v: &Validated) -> ConfigMap {
 /// The prepare Job. Owned by the Dataset, so deleting it cascades.
 pub fn job(ds: &Dataset, v: &Validated, cfg: &OperatorConfig) -> Job {
     let ns = ds.namespace().unwrap_or_default();
-    let mut vols = PodVolumes::new(cfg, &ns, &v.job_name, true);
+    let mut vols = PodVolumes::new(&ns, &v.job_name, true);
     match &v.input {
         Input::ConfigMap { name, key } => {
             vols.volumes.push(Volume {

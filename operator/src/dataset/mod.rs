@@ -235,8 +235,10 @@ async fn read_stats(ctx: &Context, ns: &str, prepared_uri: &str) -> Result<Summa
         message,
     };
     // Written by a pod of the tenant's: bounded (a well-formed one is a few KiB).
-    let bytes = crate::stored::Stored { ctx, ns }
-        .read(prepared_uri, "stats.json", crate::endpoints::SMALL_BODY)
+    let bytes = crate::stored::Stored::open(ctx, ns, prepared_uri)
+        .await
+        .map_err(unavailable)?
+        .read("stats.json", crate::endpoints::SMALL_BODY)
         .await
         .map_err(unavailable)?;
     serde_json::from_slice(&bytes).map_err(|e| unavailable(format!("invalid stats.json: {e}")))

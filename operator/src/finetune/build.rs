@@ -176,7 +176,7 @@ pub fn validate(
         )));
     }
     let ns = ftj.namespace().unwrap_or_default();
-    let mut vols = PodVolumes::new(cfg, &ns, "unused", true);
+    let mut vols = PodVolumes::new(&ns, "unused", true);
     let base_path = vols
         .input(cfg, &ftj.spec.base_model.uri, true, base_credentials(ftj))
         .map_err(|e| Error::InvalidSpec(format!("spec.baseModel.uri: {e}")))?;
@@ -367,7 +367,7 @@ fn trainer_job(ftj: &FineTuneJob, cfg: &OperatorConfig, base_uri: &str, step: St
         own,
     } = step;
     let ns = ftj.namespace().unwrap_or_default();
-    let mut vols = PodVolumes::new(cfg, &ns, name, true);
+    let mut vols = PodVolumes::new(&ns, name, true);
     // Validated: these resolve (a pinned URI the same way as the spec's).
     let _ = vols.input(cfg, base_uri, true, base_credentials(ftj));
     for uri in own {
@@ -489,7 +489,9 @@ pub fn evaluate_config(
         adapter: t.output.clone(),
         test: prepared.join("test.jsonl"),
         // An output in the store: the report is the termination message alone.
-        output: (!crate::jobs::is_uri_path(&t.output)).then(|| t.output.join("evaluation")),
+        output: tailor_artifacts::ArtifactUri::parse(&v.outputs.adapter_uri)
+            .is_ok_and(|u| u.is_local())
+            .then(|| t.output.join("evaluation")),
         max_examples: Some(e.max_examples as usize),
         decoding: e.decoding.clone().unwrap_or_default(),
         judge,

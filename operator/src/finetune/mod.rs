@@ -337,11 +337,11 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
         {
             obs.progress = poll_progress(ctx, ip).await;
         }
-        let stored = Stored {
-            ctx: &ctx.base,
-            ns: &ns,
-        };
-        if let Some((step, rel)) = stored.latest_checkpoint(&outputs.adapter_uri).await {
+        // The run's output, opened once for this pass (its checkpoints, metrics, weights).
+        let output = Stored::open(&ctx.base, &ns, &outputs.adapter_uri).await;
+        if let Ok(o) = &output
+            && let Some((step, rel)) = o.latest_checkpoint().await
+        {
             obs.checkpoint = Some(Checkpoint {
                 step,
                 uri: Some(format!("{}/checkpoints/{rel}", outputs.adapter_uri)),
@@ -360,11 +360,15 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 .iter()
                 .find(|s| s.status == Outcome::Succeeded)
                 .cloned();
+            let output = output.map_err(|message| Error::Artifact {
+                uri: outputs.adapter_uri.clone(),
+                message,
+            })?;
             let summary = match summary {
                 Some(s) => Some(s),
-                None => read_metrics(&stored, &outputs.adapter_uri).await,
+                None => read_metrics(&output).await,
             };
-            let artifact = adapter_artifact(&stored, &outputs.adapter_uri).await?;
+            let artifact = adapter_artifact(&output, &outputs.adapter_uri, cfg).await?;
             obs.summary = summary;
             obs.job = Some(state.clone());
             let la = build::adapter(ftj, &outputs, &artifact, cfg);
@@ -491,14 +495,11 @@ async fn evaluation(
         let mut report = messages
             .iter()
             .find_map(|m| serde_json::from_str::<build::EvaluationReport>(m).ok());
-        if report.is_none() {
-            let stored = Stored { ctx: &ctx.base, ns };
-            report = stored
-                .read(
-                    adapter_uri,
-                    "evaluation/evaluation.json",
-                    crate::endpoints::SMALL_BODY,
-                )
+        if report.is_none()
+            && let Ok(output) = Stored::open(&ctx.base, ns, adapter_uri).await
+        {
+            report = output
+                .read("evaluation/evaluation.json", crate::endpoints::SMALL_BODY)
                 .await
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
@@ -568,21 +569,21 @@ async fn poll_progress(ctx: &Context, ip: &str) -> Option<TrainerProgress> {
     }
 }
 
-async fn read_metrics(stored: &Stored<'_>, uri: &str) -> Option<TrainSummary> {
-    let bytes = stored
-        .read(uri, "metrics.json", crate::endpoints::SMALL_BODY)
+async fn read_metrics(output: &Stored) -> Option<TrainSummary> {
+    let bytes = output
+        .read("metrics.json", crate::endpoints::SMALL_BODY)
         .await
         .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn adapter_artifact(stored: &Stored<'_>, uri: &str) -> Result<AdapterArtifact, Error> {
-    let (sha256, size_bytes) = stored
-        .sha256(
-            uri,
-            "adapter_model.safetensors",
-            stored.ctx.config.max_adapter_bytes,
-        )
+async fn adapter_artifact(
+    output: &Stored,
+    uri: &str,
+    cfg: &crate::config::OperatorConfig,
+) -> Result<AdapterArtifact, Error> {
+    let (sha256, size_bytes) = output
+        .sha256("adapter_model.safetensors", cfg.max_adapter_bytes)
         .await
         .map_err(|message| Error::Artifact {
             uri: uri.to_string(),

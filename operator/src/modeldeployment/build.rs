@@ -211,7 +211,7 @@ pub fn serving_volumes(
     adapters: &BTreeMap<String, String>,
 ) -> Result<ServingVolumes, String> {
     // Serving pods only read: the namespace's area is mounted read-only.
-    let mut vols = PodVolumes::new(cfg, ns, config_map, false);
+    let mut vols = PodVolumes::new(ns, config_map, false);
     let base_path = vols
         .input(
             cfg,
@@ -287,8 +287,6 @@ pub fn server_config_map(md: &ModelDeployment, pod_revision: &str, config: &Valu
         ..Default::default()
     }
 }
-
-pub use super::runtime::ADAPTER_URI_PREFIXES;
 
 /// The serving Deployment of a pod revision.
 pub fn server_deployment(

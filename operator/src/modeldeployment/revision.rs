@@ -99,8 +99,7 @@ fn is_tailor(r: &Runtime) -> bool {
     *r == Runtime::Tailor
 }
 
-/// The ranks vLLM's `--max-lora-rank` accepts (`MaxLoRARanks` in vllm/config/lora.py).
-pub const VLLM_LORA_RANKS: [u32; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
+pub use tailor_wire::server::VLLM_LORA_RANKS;
 /// vLLM's default `--max-lora-rank`, also tailor's floor: adapters of rank 16 or below share
 /// pods whatever their rank, so an adapter canary between them needs no new pods.
 pub const VLLM_DEFAULT_LORA_RANK: u32 = 16;

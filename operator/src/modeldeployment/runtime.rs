@@ -20,7 +20,7 @@ use crate::jobs::CONFIG_DIR;
 
 /// The adapter URIs tailor-server fetches itself (what a LoraAdapter admits; not `https://`: a
 /// tenant's URI must not make a server send requests where it likes).
-pub const ADAPTER_URI_PREFIXES: &str = "s3://,gs://,az://,abfs://,hf://";
+const ADAPTER_URI_PREFIXES: &str = "s3://,gs://,az://,abfs://,hf://";
 
 /// Flags the operator sets, with the field a user sets instead; `extraArgs` may not repeat
 /// them (the engine would take the last one and break what the operator relies on).
@@ -103,7 +103,7 @@ pub fn check(spec: &RevisionSpec) -> Result<(), String> {
 }
 
 /// The image a revision's pods run.
-pub fn image(spec: &RevisionSpec, cfg: &OperatorConfig) -> String {
+fn image(spec: &RevisionSpec, cfg: &OperatorConfig) -> String {
     spec.pods
         .image
         .clone()

@@ -626,6 +626,13 @@ async fn a_structured_choice_answers_exactly_one_of_the_choices() {
     }
 }
 
+/// The adapters `GET /v1/models` lists.
+async fn listed(s: &Shared, key: Option<&str>) -> Vec<String> {
+    let (_, text) = call(s, "GET", "/v1/models", None, key).await;
+    let models: tailor_wire::server::ModelList = serde_json::from_str(&text).expect("list");
+    models.adapters().map(|m| m.id.clone()).collect()
+}
+
 /// Standing in for vLLM (`tailor-server serve`): vLLM's routes, probes, key and LoRA checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_vllm_serve_the_server_answers_as_vllm_does() {
@@ -655,28 +662,21 @@ async fn as_vllm_serve_the_server_answers_as_vllm_does() {
     let on = &[("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")];
     let s = started(serve(&["--enable-lora", "--max-lora-rank", "8"], on)).await;
     let key = Some("sk-vllm");
-    // vLLM's probes and routes: /health once loaded; no /ready, no /admin/adapters.
-    assert_eq!(
-        call(&s, "GET", "/health", None, None).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(&s, "GET", "/ready", None, None).await.0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        call(&s, "GET", "/admin/adapters", None, key).await.0,
-        StatusCode::NOT_FOUND
-    );
-    // `/v1/*` needs the key (VLLM_API_KEY or --api-key); /metrics does not.
-    assert_eq!(
-        call(&s, "GET", "/v1/models", None, None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        call(&s, "GET", "/metrics", None, None).await.0,
-        StatusCode::OK
-    );
+    // vLLM's probes and routes: /health once loaded; no /ready, no /admin/adapters; `/v1/*`
+    // needs the key (VLLM_API_KEY or --api-key), /metrics does not.
+    for (path, with_key, want) in [
+        ("/health", None, StatusCode::OK),
+        ("/ready", None, StatusCode::NOT_FOUND),
+        ("/admin/adapters", key, StatusCode::NOT_FOUND),
+        ("/v1/models", None, StatusCode::UNAUTHORIZED),
+        ("/metrics", None, StatusCode::OK),
+    ] {
+        assert_eq!(
+            call(&s, "GET", path, None, with_key).await.0,
+            want,
+            "{path}"
+        );
+    }
     let load = |name: &str, dir: &str| json!({"lora_name": name, "lora_path": fixtures().join(dir).display().to_string()});
     // Adapters load from wherever they are (no root confinement, as vLLM), up to the rank.
     let (status, text) = call(
@@ -688,12 +688,7 @@ async fn as_vllm_serve_the_server_answers_as_vllm_does() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{text}");
-    let (_, text) = call(&s, "GET", "/v1/models", None, key).await;
-    let models: tailor_wire::server::ModelList = serde_json::from_str(&text).expect("list");
-    assert_eq!(
-        models.adapters().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-        ["sql"]
-    );
+    assert_eq!(listed(&s, key).await, ["sql"]);
 
     // A rank above --max-lora-rank: vLLM's 400, and nothing listed (the caller may retry).
     let s = started(serve(&["--enable-lora", "--max-lora-rank", "1"], on)).await;
@@ -710,9 +705,7 @@ async fn as_vllm_serve_the_server_answers_as_vllm_does() {
         text.contains("LoRA rank 4 is greater than max_lora_rank 1."),
         "{text}"
     );
-    let (_, text) = call(&s, "GET", "/v1/models", None, key).await;
-    let models: tailor_wire::server::ModelList = serde_json::from_str(&text).expect("list");
-    assert_eq!(models.adapters().count(), 0, "{text}");
+    assert!(listed(&s, key).await.is_empty());
 
     // Without VLLM_ALLOW_RUNTIME_LORA_UPDATING the LoRA API does not exist.
     let s = started(serve(&["--enable-lora"], &[])).await;
