@@ -6,6 +6,7 @@
 //! On failure the process exits non-zero with the error chain on stderr and, with
 //! `--termination-message-path`, a JSON summary `{status: "Failed", message}` there.
 
+mod data_parallel;
 mod evaluate;
 mod examples;
 mod judge;
@@ -228,6 +229,10 @@ struct TrainArgs {
     weight_decay: Option<f64>,
     #[arg(long)]
     max_grad_norm: Option<f64>,
+    /// Gradient checkpointing: recompute each decoder layer during backward instead of keeping
+    /// its activations (less memory, more compute; the same result).
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Stop after N optimizer steps (the LR schedule still spans the whole run).
     #[arg(long)]
     max_steps: Option<usize>,
@@ -243,6 +248,108 @@ struct TrainArgs {
     /// auto, cpu or cuda.
     #[arg(long, env = "TAILOR_DEVICE")]
     device: Option<String>,
+    #[command(flatten)]
+    launch: LaunchArgs,
+}
+
+/// Data-parallel training, as torchrun launches it. A process started with `RANK` and
+/// `WORLD_SIZE` in its environment (by torchrun, or by this binary) is one rank; otherwise these
+/// flags describe this node's part and the binary starts its rank processes itself.
+#[derive(Args)]
+struct LaunchArgs {
+    /// Nodes (pods) of the run.
+    #[arg(long, env = "TAILOR_NNODES", default_value_t = 1)]
+    nnodes: usize,
+    /// Rank processes on this node, one per GPU.
+    #[arg(long, env = "TAILOR_NPROC_PER_NODE", default_value_t = 1)]
+    nproc_per_node: usize,
+    /// This node's index among the nodes (default: an Indexed Job's JOB_COMPLETION_INDEX, else 0).
+    #[arg(long, env = "TAILOR_NODE_RANK")]
+    node_rank: Option<usize>,
+    /// Where rank 0 serves the rendezvous store.
+    #[arg(long, env = "MASTER_ADDR")]
+    master_addr: Option<String>,
+    #[arg(long, env = "MASTER_PORT", default_value_t = 29500)]
+    master_port: u16,
+    /// How long a rank waits for the others: at the rendezvous and in each collective.
+    #[arg(long, env = "TAILOR_DIST_TIMEOUT_SECONDS", default_value_t = 600)]
+    dist_timeout_seconds: u64,
+}
+
+impl LaunchArgs {
+    fn launch(&self) -> tailor_dist::Launch {
+        let node_rank = self.node_rank.or_else(|| {
+            std::env::var("JOB_COMPLETION_INDEX")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        });
+        tailor_dist::Launch {
+            nnodes: self.nnodes,
+            nproc_per_node: self.nproc_per_node,
+            node_rank: node_rank.unwrap_or(0),
+            master_addr: self.master_addr.clone().unwrap_or_else(|| {
+                if self.nnodes == 1 {
+                    "127.0.0.1".into()
+                } else {
+                    String::new()
+                }
+            }),
+            master_port: self.master_port,
+        }
+    }
+}
+
+/// What this `train` process is in its run.
+enum Role {
+    Single,
+    /// Starts this node's rank processes and waits for them.
+    Launcher(tailor_dist::Launch),
+    Rank(tailor_dist::World),
+}
+
+fn role(a: &LaunchArgs) -> anyhow::Result<Role> {
+    if let Some(world) = tailor_dist::World::from_env()? {
+        return Ok(Role::Rank(world));
+    }
+    let launch = a.launch();
+    launch.validate()?;
+    Ok(match (launch.is_distributed(), launch.nproc_per_node) {
+        (false, _) => Role::Single,
+        // One rank on this node: this process is it.
+        (true, 1) => Role::Rank(tailor_dist::World {
+            rank: launch.node_rank,
+            local_rank: 0,
+            size: launch.world_size(),
+            master_addr: launch.master_addr,
+            master_port: launch.master_port,
+        }),
+        (true, _) => Role::Launcher(launch),
+    })
+}
+
+/// Joins the group this rank belongs to; its Gloo transport binds the pod IP when one is given.
+fn join(world: &tailor_dist::World, a: &LaunchArgs) -> anyhow::Result<tailor_dist::ProcessGroup> {
+    let host = ["TAILOR_POD_IP", "POD_IP"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+    tracing::info!(
+        rank = world.rank,
+        world = world.size,
+        master = %format!("{}:{}", world.master_addr, world.master_port),
+        "joining the data-parallel group"
+    );
+    Ok(tailor_dist::ProcessGroup::join(
+        world,
+        "tailor",
+        host.as_deref(),
+        std::time::Duration::from_secs(a.dist_timeout_seconds),
+    )?)
+}
+
+/// A termination message path that a failure of this rank may still write: in a group the first
+/// failure (usually the cause) is kept, not the peers' "connection closed" that follows it.
+fn unless_written(path: Option<PathBuf>) -> Option<PathBuf> {
+    path.filter(|p| std::fs::metadata(p).map_or(true, |m| m.len() == 0))
 }
 
 fn put<T: serde::Serialize>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
@@ -325,6 +432,9 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<train::TrainConfig> {
     );
     put(&mut m, "weightDecay", a.weight_decay);
     put(&mut m, "maxGradNorm", a.max_grad_norm);
+    if a.gradient_checkpointing {
+        m.insert("gradientCheckpointing".into(), json!(true));
+    }
     put(&mut m, "maxSteps", a.max_steps);
     put(&mut m, "initAdapter", a.init_adapter.as_ref());
     put(&mut m, "dumpBatches", a.dump_batches.as_ref());
@@ -433,6 +543,47 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
                 Err(e) => return (Err(e), a.termination_message_path.clone()),
             };
             let path = cfg.termination_message_path.clone();
+            let world = match role(&a.launch) {
+                Err(e) => return (Err(e), path),
+                Ok(Role::Single) => None,
+                Ok(Role::Launcher(launch)) => {
+                    let r = std::env::current_exe()
+                        .context("finding this program to start its ranks")
+                        .and_then(|exe| {
+                            let args: Vec<std::ffi::OsString> =
+                                std::env::args_os().skip(1).collect();
+                            tracing::info!(
+                                ranks = launch.nproc_per_node,
+                                node = launch.node_rank,
+                                "starting this node's ranks"
+                            );
+                            Ok(tailor_dist::supervise(&launch, &exe, &args)?)
+                        });
+                    // Rank 0 wrote the outcome; a failure is written only where no rank did.
+                    return match r {
+                        Ok(()) => (
+                            Ok(json!({"status": "Succeeded", "ranks": launch.nproc_per_node})),
+                            None,
+                        ),
+                        Err(e) => (Err(e), unless_written(path)),
+                    };
+                }
+                Ok(Role::Rank(world)) => Some(world),
+            };
+            let leader = world.as_ref().is_none_or(tailor_dist::World::is_leader);
+            if !leader {
+                // Only rank 0 touches the output and serves progress.
+                cfg.output = std::env::temp_dir().join(format!(
+                    "tailor-rank-{}-{}",
+                    world.as_ref().map_or(0, |w| w.rank),
+                    std::process::id()
+                ));
+                cfg.progress_listen = None;
+            }
+            let group = match world.as_ref().map(|w| join(w, &a.launch)).transpose() {
+                Ok(g) => g,
+                Err(e) => return (Err(e), unless_written(path)),
+            };
             let handle = progress::ProgressHandle::new();
             if let Some(addr) = &cfg.progress_listen {
                 match progress::serve(addr, handle.clone()) {
@@ -445,7 +596,7 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
                     Some(r) => r.checkpoint_written(dir),
                     None => Ok(()),
                 };
-                let mut summary = train::run(&cfg, &handle, &on_checkpoint)?;
+                let mut summary = train::run(&cfg, &handle, &on_checkpoint, group.as_ref())?;
                 if let Some(uri) = remote
                     .as_ref()
                     .map(|r| r.finish(&cfg.output))
@@ -459,6 +610,11 @@ fn run(cli: &Cli) -> (anyhow::Result<Value>, Option<PathBuf>) {
             if r.is_err() {
                 handle.update(|p| p.phase = progress::Phase::Failed);
             }
+            let path = match (&r, &world) {
+                (_, None) => path,
+                (Ok(_), Some(w)) => path.filter(|_| w.is_leader()),
+                (Err(_), Some(_)) => unless_written(path),
+            };
             (r, path)
         }
         Command::Evaluate(a) => {

@@ -14,9 +14,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use tailor_model::{Adapters, CausalLm, LoraAdapter, LoraConfig, TargetModule, Tokenizer, peft};
+use tailor_dist::ProcessGroup;
+use tailor_model::{
+    Adapters, CausalLm, Checkpointing, LoraAdapter, LoraConfig, PackedBatch, TargetModule,
+    Tokenizer, peft,
+};
 use tch::{Device, Kind, Tensor};
 
+use crate::data_parallel::{all_reduce_grads, define_grads, start_from_leader};
 use crate::examples::{Example, Sample, tokenize};
 use crate::optim::{AdamW, clip_grad_norm, lr_factor, warmup_steps, zero_grad};
 use crate::progress::ProgressHandle;
@@ -106,7 +111,6 @@ pub(crate) struct Batch {
     positions: Tensor,
     targets: Tensor,
     counted: usize,
-    tokens: usize,
     /// The same batch right-padded, in `transformers`' label convention (for `--dump-batches`).
     pub(crate) dump: Option<serde_json::Value>,
 }
@@ -154,7 +158,6 @@ pub(crate) fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bo
         serde_json::json!({"input_ids": rows, "labels": labels, "tokens": ids.len()})
     });
     Batch {
-        tokens: ids.len(),
         input_ids: Tensor::from_slice(&ids).to_device(device),
         lengths,
         counted: targets.len(),
@@ -165,16 +168,31 @@ pub(crate) fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bo
 }
 
 /// Summed token cross-entropy of a micro-batch (logits only where a token counts). With
-/// `backward_scale`, also accumulates the gradient of `backward_scale * loss` into the adapter's
-/// tensors: the frozen LM head's part is formed chunk by chunk without autograd (see
-/// `CausalLm::head_cross_entropy`) and backpropagated through the layers from there.
+/// `backward = (scale, checkpointing)` and an adapter, also accumulates the gradient of
+/// `scale * loss` into the adapter's tensors (`CausalLm::packed_loss_backward`: the frozen LM
+/// head's part formed chunk by chunk without autograd, then backpropagated through the layers,
+/// with gradient checkpointing when asked).
 fn batch_loss_sum(
     model: &CausalLm,
     adapter: Option<&LoraAdapter>,
     batch: &Batch,
     train: bool,
-    backward_scale: Option<f64>,
+    backward: Option<(f64, bool)>,
 ) -> anyhow::Result<f64> {
+    if let (Some(adapter), Some((scale, checkpointing))) = (adapter, backward) {
+        let packed = PackedBatch {
+            input_ids: &batch.input_ids,
+            lengths: &batch.lengths,
+            keep: &batch.positions,
+            targets: &batch.targets,
+        };
+        let checkpointing = if checkpointing {
+            Checkpointing::Layers
+        } else {
+            Checkpointing::Off
+        };
+        return Ok(model.packed_loss_backward(&packed, adapter, scale, checkpointing)?);
+    }
     let adapters = adapter.map_or(Adapters::None, Adapters::All);
     let h = model.hidden_states_packed(
         &batch.input_ids,
@@ -183,13 +201,7 @@ fn batch_loss_sum(
         train,
         &batch.positions,
     )?;
-    let (loss, grad) = tch::no_grad(|| {
-        model.head_cross_entropy(&h.detach(), &batch.targets, backward_scale.is_some())
-    })?;
-    if let (Some(scale), Some(grad)) = (backward_scale, grad) {
-        // The gradient of sum(h * g) with respect to h is g.
-        (h * (grad * scale)).sum(None).backward();
-    }
+    let (loss, _) = tch::no_grad(|| model.head_cross_entropy(&h, &batch.targets, false))?;
     Ok(loss)
 }
 
@@ -256,12 +268,20 @@ fn validate(cfg: &TrainConfig) -> anyhow::Result<()> {
 }
 
 /// Trains; `on_checkpoint` is called with each checkpoint directory once it is written.
+/// With a `group`, this process is one rank of a data-parallel run (see `data_parallel`): only
+/// rank 0 reads checkpoints, evaluates and writes anything to the output.
 pub fn run(
     cfg: &TrainConfig,
     progress: &ProgressHandle,
     on_checkpoint: &dyn Fn(&Path) -> anyhow::Result<()>,
+    group: Option<&ProcessGroup>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.size()));
+    let leader = rank == 0;
+    if world > 1 && cfg.dump_batches.is_some() {
+        bail!("dumpBatches is for single-process runs, this one has {world} ranks");
+    }
     let base_name = cfg
         .base_model_name
         .clone()
@@ -323,7 +343,9 @@ pub fn run(
     };
     let pad = pad_id(&tokenizer);
 
-    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+    // A micro-batch is `batchSize` examples per rank.
+    let global_batch = cfg.batch_size * world;
+    let micro_per_epoch = train.len().div_ceil(global_batch);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = warmup_steps(total_steps, cfg.warmup_ratio);
@@ -331,7 +353,11 @@ pub fn run(
 
     // Resume, or start from the given/fresh adapter.
     let ckpt_dir = cfg.output.join("checkpoints");
-    let resumed = run_state::latest(&ckpt_dir)?;
+    let resumed = if leader {
+        run_state::latest(&ckpt_dir)?
+    } else {
+        None
+    };
     let (mut adapter, mut optim, mut state) = match &resumed {
         Some(dir) => {
             let (adapter, optim, state) =
@@ -381,12 +407,29 @@ pub fn run(
             adapter.set_requires_grad(true);
             let optim = AdamW::new(&adapter.parameters(), cfg.weight_decay);
             progress.update(|p| p.phase = Phase::BaseValidation);
-            let base = eval_loss(&model, None, &validation, cfg.batch_size, pad)?;
+            let base = if leader {
+                eval_loss(&model, None, &validation, cfg.batch_size, pad)?
+            } else {
+                None
+            };
             (adapter, optim, RunState::new(base))
         }
     };
     adapter.set_requires_grad(true);
-    let resumed_from = resumed.as_ref().map(|_| state.step);
+    let mut resumed_from = resumed.as_ref().map(|_| state.step);
+    if let Some(g) = group {
+        let params = adapter.parameters();
+        if start_from_leader(g, &params, &mut optim, &mut state, resumed.is_some())? {
+            resumed_from = Some(state.step);
+        }
+        define_grads(&params);
+        tracing::info!(
+            rank,
+            world,
+            step = state.step,
+            "joined the data-parallel group"
+        );
+    }
     // Wall time of earlier attempts (a resumed run's metrics cover the whole job).
     let wall_before = state.wall_seconds;
     progress.update(|p| {
@@ -412,21 +455,47 @@ pub fn run(
         }
         let first_micro = (step % steps_per_epoch) * cfg.grad_accum;
         let micro_end = (first_micro + cfg.grad_accum).min(micro_per_epoch);
+        // The step's examples over all ranks, and this rank's slice of each micro-batch.
+        let global = |m: usize| {
+            let start = m * global_batch;
+            start..(start + global_batch).min(train.len())
+        };
+        let step_samples = || {
+            (first_micro..micro_end)
+                .flat_map(global)
+                .map(|i| &train[order[i]])
+        };
+        let counted: usize = step_samples().map(Sample::target_count).sum();
+        let tokens: usize = step_samples().map(|s| s.ids.len()).sum();
         let batches: Vec<Batch> = (first_micro..micro_end)
-            .map(|m| {
-                let start = m * cfg.batch_size;
-                let end = (start + cfg.batch_size).min(train.len());
+            .filter_map(|m| {
+                let all = global(m);
+                let start = (all.start + rank * cfg.batch_size).min(all.end);
+                let end = (start + cfg.batch_size).min(all.end);
                 let refs: Vec<&Sample> = order[start..end].iter().map(|&i| &train[i]).collect();
-                make_batch(&refs, pad, device, cfg.dump_batches.is_some())
+                (!refs.is_empty())
+                    .then(|| make_batch(&refs, pad, device, cfg.dump_batches.is_some()))
             })
             .collect();
-        let counted: usize = batches.iter().map(|b| b.counted).sum();
-        tch::manual_seed((cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9)) as i64);
+        // Ranks draw their own dropout masks (rank 0's are a single process's).
+        tch::manual_seed(
+            (cfg.seed
+                ^ (step as u64).wrapping_mul(0x9E37_79B9)
+                ^ (rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)) as i64,
+        );
         let params = adapter.parameters();
         let mut loss_sum = 0.0;
         for b in &batches {
-            loss_sum +=
-                batch_loss_sum(&model, Some(&adapter), b, true, Some(1.0 / counted as f64))?;
+            loss_sum += batch_loss_sum(
+                &model,
+                Some(&adapter),
+                b,
+                true,
+                Some((1.0 / counted as f64, cfg.gradient_checkpointing)),
+            )?;
+        }
+        if let Some(g) = group {
+            loss_sum = all_reduce_grads(g, &params, loss_sum)?;
         }
         clip_grad_norm(&params, cfg.max_grad_norm);
         let lr = cfg.learning_rate * lr_factor(cfg.scheduler, step, total_steps, warmup);
@@ -436,7 +505,6 @@ pub fn run(
         if !loss.is_finite() {
             bail!("training diverged: loss is {loss} at step {}", step + 1);
         }
-        let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         loop_tokens += tokens as u64;
         state.tokens += tokens as u64;
         state.step += 1;
@@ -471,7 +539,8 @@ pub fn run(
             tokens_per_second = tps,
             "step"
         );
-        if cfg.checkpoint_every > 0
+        if leader
+            && cfg.checkpoint_every > 0
             && state.step % cfg.checkpoint_every == 0
             && state.step < last_step
         {
@@ -488,8 +557,35 @@ pub fn run(
         }
     }
     progress.update(|p| p.phase = Phase::Validation);
-    let validation_loss = eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?;
+    let validation_loss = if leader {
+        eval_loss(&model, Some(&adapter), &validation, cfg.batch_size, pad)?
+    } else {
+        None
+    };
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+    if !leader {
+        // The group's outcome is rank 0's to record.
+        return Ok(Summary {
+            status: Outcome::Succeeded,
+            message: None,
+            base_validation_loss: None,
+            validation_loss: None,
+            train_loss: state.history.last().map(|h| h.loss),
+            steps: state.step as u64,
+            total_steps: total_steps as u64,
+            epochs: cfg.epochs as u64,
+            tokens: state.tokens,
+            tokens_per_second: loop_tokens as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+            train_cpu_seconds: process_cpu_seconds() - loop_cpu_start,
+            wall_seconds: state.wall_seconds,
+            train_examples: train.len() as u64,
+            skipped_examples: skipped as u64,
+            resumed_from_step: resumed_from.map(|s| s as u64),
+            adapter: String::new(),
+            history: state.history.clone(),
+            truncated: false,
+        });
+    }
     if last_ckpt_step != state.step {
         let dir = run_state::save(&ckpt_dir, &adapter, &optim, &state, &base_name)?;
         on_checkpoint(&dir)?;

@@ -1,0 +1,112 @@
+// tailor's bridge to torch.distributed's c10d, compiled against the headers of the libtorch the
+// trainer links (tch's). c10d has no C API, so this file is the smallest one tailor needs: a
+// TCPStore rendezvous, a process group, and the collectives the trainer uses. Every entry point
+// catches C++ exceptions and returns them as text: nothing unwinds into Rust.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+namespace {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+char* copy_error(const std::string& what) {
+  char* out = static_cast<char*>(std::malloc(what.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, what.c_str(), what.size() + 1);
+  }
+  return out;
+}
+
+template <typename F>
+int guarded(char** err, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const c10::Error& e) {
+    *err = copy_error(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    *err = copy_error(e.what());
+  } catch (...) {
+    *err = copy_error("unknown C++ exception");
+  }
+  return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Joins the group of `world` ranks whose TCPStore rank 0 serves on master_addr:port, under
+// `prefix` (one per restart of the group, so keys of an earlier group are never read). `host`,
+// when not empty, is the address this rank's Gloo transport binds (the pod IP).
+void* tailor_dist_new(const char* master_addr, uint16_t port, int rank, int world,
+                      int64_t timeout_ms, const char* prefix, const char* host, char** err) {
+  Group* group = nullptr;
+  guarded(err, [&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions opts;
+    opts.port = port;
+    opts.isServer = rank == 0;
+    opts.numWorkers = world;
+    opts.waitWorkers = true;
+    opts.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), opts);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    if (host != nullptr && host[0] != '\0') {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    } else {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    group = new Group{store, backend};
+  });
+  return group;
+}
+
+// Sums `tensor` (an at::Tensor*, as tch hands it over) in place across the group.
+int tailor_dist_all_reduce_sum(void* g, void* tensor, char** err) {
+  return guarded(err, [&] {
+    auto* group = static_cast<Group*>(g);
+    std::vector<at::Tensor> tensors{*static_cast<at::Tensor*>(tensor)};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    auto work = group->backend->allreduce(tensors, opts);
+    work->wait();
+  });
+}
+
+// Overwrites `tensor` on every rank with rank `root`'s.
+int tailor_dist_broadcast(void* g, void* tensor, int root, char** err) {
+  return guarded(err, [&] {
+    auto* group = static_cast<Group*>(g);
+    std::vector<at::Tensor> tensors{*static_cast<at::Tensor*>(tensor)};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    auto work = group->backend->broadcast(tensors, opts);
+    work->wait();
+  });
+}
+
+int tailor_dist_barrier(void* g, char** err) {
+  return guarded(err, [&] {
+    auto* group = static_cast<Group*>(g);
+    auto work = group->backend->barrier();
+    work->wait();
+  });
+}
+
+void tailor_dist_free(void* g) { delete static_cast<Group*>(g); }
+
+void tailor_dist_free_error(char* err) { std::free(err); }
+
+}  // extern "C"

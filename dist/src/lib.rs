@@ -1,0 +1,16 @@
+//! Data-parallel training for tailor on torch.distributed's c10d.
+//!
+//! - [`World`]: torchrun's launch contract (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`,
+//!   `MASTER_PORT`), so the trainer runs as a rank under torchrun-style launchers, and the
+//!   launcher side ([`Launch`]: `--nnodes`, `--nproc-per-node`, `--node-rank`) that starts one
+//!   rank process per GPU of a pod.
+//! - [`ProcessGroup`]: the rendezvous over libtorch's `TCPStore` (hosted by rank 0) and the
+//!   collectives, on c10d's Gloo backend, through a small C++ bridge (`csrc/dist.cpp`).
+
+mod group;
+mod launch;
+mod world;
+
+pub use group::{DistError, ProcessGroup};
+pub use launch::{Launch, LaunchError, supervise};
+pub use world::{World, WorldError};
