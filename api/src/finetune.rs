@@ -306,6 +306,13 @@ pub struct Hyperparameters {
     #[serde(default = "default_seed")]
     #[schemars(range(min = 0))]
     pub seed: u64,
+    /// Gradient checkpointing: the forward pass keeps only each decoder layer's input, and
+    /// backward recomputes one layer at a time. Activation memory falls from every layer's to
+    /// about one layer's, for one more forward pass per step; losses and the adapter are the
+    /// same. For long sequences or large batches that would not fit the GPU otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
+    pub gradient_checkpointing: bool,
 }
 
 fn default_epochs() -> u32 {
@@ -341,6 +348,7 @@ impl Default for Hyperparameters {
             warmup_ratio: default_warmup(),
             scheduler: Scheduler::default(),
             seed: default_seed(),
+            gradient_checkpointing: false,
         }
     }
 }

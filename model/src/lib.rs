@@ -9,6 +9,8 @@
 //!   [`Adapters`] to use, per row if need be) and an optional caller-owned [`KvCache`].
 //! - [`LoraAdapter`] / [`LoraConfig`] / [`TargetModule`], with [`peft`] reading and writing the
 //!   PEFT adapter directory format.
+//! - [`CausalLm::packed_loss_backward`]: one training micro-batch ([`PackedBatch`]), its loss and
+//!   the adapter's gradient, with optional gradient [`Checkpointing`].
 //! - [`Tokenizer`] (`tokenizer.json` + `tokenizer_config.json`) and [`ChatTemplate`].
 //! - [`ModelError`]: every failure, with a message naming the file or field.
 
@@ -24,6 +26,7 @@ mod masks;
 pub mod model;
 pub mod peft;
 pub mod tokenizer;
+pub mod training;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{HfConfig, LayerType, ModelConfig, RopeConfig, RopeScaling};
@@ -33,5 +36,6 @@ pub use lora::{Adapters, LoraAdapter, LoraConfig, StackedAdapters, TargetModule}
 pub use model::{CausalLm, ForwardInput};
 pub use tailor_wire::families::Family;
 pub use tokenizer::Tokenizer;
+pub use training::{Checkpointing, PackedBatch};
 
 pub use device::{cuda_available, default_device, parse_device};

@@ -557,6 +557,15 @@ impl Adapters<'_> {
         }
     }
 
+    /// Whether some row's adapter applies dropout (in training).
+    pub(crate) fn has_dropout(&self) -> bool {
+        match self {
+            Adapters::None | Adapters::Stacked(_) => false,
+            Adapters::All(a) => a.config.dropout > 0.0,
+            Adapters::PerRow(rows) => rows.iter().flatten().any(|a| a.config.dropout > 0.0),
+        }
+    }
+
     /// Adds the LoRA contribution(s) of `module` in `layer` to `base` (the frozen projection's
     /// output for `x`).
     pub(crate) fn apply(

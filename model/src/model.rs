@@ -2,7 +2,7 @@
 //! decoder block serves every family; what differs is read from [`ModelConfig`] (norm style,
 //! sandwich norms, activation, fused projections, RoPE per layer type, windows, soft-capping).
 //!
-//! Size (just over 700 lines): the loader and the forward pass of the one decoder block every family
+//! Size (about 800 lines): the loader and the forward pass of the one decoder block every family
 //! shares; per-family differences are data in [`ModelConfig`].
 
 use std::path::Path;
@@ -21,6 +21,7 @@ use crate::layers::norm::RmsNorm;
 use crate::layers::rope::Rope;
 use crate::lora::Adapters;
 use crate::masks;
+use crate::training::DropoutSeeds;
 
 /// The MLP of one block: dense, or a mixture of experts.
 #[derive(Debug)]
@@ -123,7 +124,7 @@ pub struct CausalLm {
 const HEAD_CHUNK_ELEMENTS: i64 = 1 << 22;
 
 /// Token positions of one forward pass.
-enum Positions {
+pub(crate) enum Positions {
     /// `start..start + len` in every row.
     Range(i64, i64),
     /// Per token (`[B, T]`), every one below the bound.
@@ -133,9 +134,19 @@ enum Positions {
 }
 
 /// The masks of one pass: full-attention layers', and sliding layers' where it differs.
-struct PassMasks {
+pub(crate) struct PassMasks {
     full: AttentionMask,
     sliding: Option<AttentionMask>,
+}
+
+/// A packed pass's inputs on the model's device (see [`CausalLm::hidden_states_packed`]).
+pub(crate) struct PackedPass {
+    /// `[1, N]`
+    pub(crate) ids: Tensor,
+    pub(crate) positions: Positions,
+    pub(crate) masks: PassMasks,
+    /// `[K]` int64
+    pub(crate) keep: Tensor,
 }
 
 /// One forward call's input.
@@ -496,6 +507,10 @@ impl CausalLm {
     /// `N = sum(lengths)`), each attending causally to itself only, with its own positions.
     /// Returns final hidden states `[K, hidden]` at the packed indices `keep` (`[K]`). Equal to
     /// running the sequences padded in a batch, without computing the padding.
+    ///
+    /// With `train` and LoRA dropout, each layer reseeds libtorch's global generator from one
+    /// number drawn from it (see `DropoutSeeds`), so the masks follow from the generator's state
+    /// before the call, and a checkpointed pass ([`Self::packed_loss_backward`]) draws the same.
     pub fn hidden_states_packed(
         &self,
         input_ids: &Tensor,
@@ -504,6 +519,26 @@ impl CausalLm {
         train: bool,
         keep: &Tensor,
     ) -> Result<Tensor> {
+        let pass = self.packed_pass(input_ids, lengths, adapters, keep)?;
+        self.layers_pass(
+            &pass.ids,
+            &pass.positions,
+            &pass.masks,
+            None,
+            Some(&pass.keep),
+            adapters,
+            train,
+        )
+    }
+
+    /// Ids, positions, masks and kept indices of a packed pass (see [`Self::hidden_states_packed`]).
+    pub(crate) fn packed_pass(
+        &self,
+        input_ids: &Tensor,
+        lengths: &[i64],
+        adapters: &Adapters<'_>,
+        keep: &Tensor,
+    ) -> Result<PackedPass> {
         if !matches!(adapters, Adapters::None | Adapters::All(_)) {
             return Err(ModelError::InvalidInput(
                 "packed sequences take one adapter for all (Adapters::None or Adapters::All)"
@@ -531,9 +566,12 @@ impl CausalLm {
                 .window()
                 .map(|w| AttentionMask::Segments(masks::segments(lengths, Some(w), self.device))),
         };
-        let ids = input_ids.to_device(self.device).unsqueeze(0);
-        let keep = keep.to_device(self.device).to_kind(Kind::Int64);
-        self.layers_pass(&ids, &positions, &masks, None, Some(&keep), adapters, train)
+        Ok(PackedPass {
+            ids: input_ids.to_device(self.device).unsqueeze(0),
+            positions,
+            masks,
+            keep: keep.to_device(self.device).to_kind(Kind::Int64),
+        })
     }
 
     /// `(cos, sin)` of `rope` for this pass's positions.
@@ -561,6 +599,73 @@ impl CausalLm {
         }
     }
 
+    /// The RoPE tables of this pass: the full-attention layers', then the sliding layers'.
+    pub(crate) fn rotations(&self, positions: &Positions) -> Vec<(Tensor, Tensor)> {
+        self.ropes
+            .iter()
+            .map(|r| self.cos_sin(r, positions))
+            .collect()
+    }
+
+    /// Token embeddings `[B, T, hidden]`, scaled where the family scales them.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Tensor {
+        let embedded = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
+        match &self.embed_scale {
+            Some(scale) => embedded * scale,
+            None => embedded,
+        }
+    }
+
+    /// Decoder layer `i` over `x` (`[B, T, hidden]`). With `keep` (the last layer of a pass that
+    /// keeps only some positions), every position is still a key/value, but only the kept ones
+    /// get the attention output, o_proj and the MLP: the result is `[K, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layer_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        rotations: &[(Tensor, Tensor)],
+        masks: &PassMasks,
+        slot: Option<KvSlot<'_>>,
+        keep: Option<&Tensor>,
+        adapters: &Adapters<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let layer = &self.model.layers[i];
+        let sliding = self.config.layer_types.get(i) == Some(&LayerType::Sliding);
+        let (cos, sin) = &rotations[if sliding { rotations.len() - 1 } else { 0 }];
+        let mask = match (&masks.sliding, sliding) {
+            (Some(m), true) => m,
+            _ => &masks.full,
+        };
+        let ctx = AttentionInput { cos, sin, mask };
+        let h = layer.input_layernorm.forward(x);
+        if let Some(pos) = keep {
+            let y = layer.self_attn.attend(i, &h, &ctx, slot, adapters, train)?;
+            let width = y.size()[2];
+            let y = y.view([-1, width]).index_select(0, pos);
+            let hidden = x.size()[2];
+            let xs = x.view([-1, hidden]).index_select(0, pos);
+            let a = layer.self_attn.project_out(i, &y, adapters, train)?;
+            return layer.after_attention(i, &xs, a, adapters, train);
+        }
+        let a = layer
+            .self_attn
+            .forward(i, &h, &ctx, slot, adapters, train)?;
+        layer.after_attention(i, x, a, adapters, train)
+    }
+
+    /// The final norm over the last layer's output; then, unless the last layer already kept
+    /// only those (`pruned`), the positions `keep` (`[K, hidden]`).
+    pub(crate) fn finish(&self, x: Tensor, pruned: bool, keep: &Tensor) -> Tensor {
+        let out = self.model.norm.forward(&x);
+        if pruned {
+            return out;
+        }
+        let hidden = out.size()[2];
+        out.view([-1, hidden]).index_select(0, keep)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn layers_pass(
         &self,
@@ -572,58 +677,25 @@ impl CausalLm {
         adapters: &Adapters<'_>,
         train: bool,
     ) -> Result<Tensor> {
-        let rotations: Vec<(Tensor, Tensor)> = self
-            .ropes
-            .iter()
-            .map(|r| self.cos_sin(r, positions))
-            .collect();
+        let rotations = self.rotations(positions);
         let new_cols = ids.size().get(1).copied().unwrap_or(0);
-        let embedded = Tensor::embedding(&self.model.embed_tokens, ids, -1, false, false);
-        let mut x = match &self.embed_scale {
-            Some(scale) => embedded * scale,
-            None => embedded,
-        };
-        let last = self.model.layers.len().saturating_sub(1);
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let sliding = self.config.layer_types.get(i) == Some(&LayerType::Sliding);
-            let (cos, sin) = &rotations[if sliding { rotations.len() - 1 } else { 0 }];
-            let mask = match (&masks.sliding, sliding) {
-                (Some(m), true) => m,
-                _ => &masks.full,
-            };
-            let ctx = AttentionInput { cos, sin, mask };
+        let seeds = DropoutSeeds::draw(adapters, train);
+        let mut x = self.embed(ids);
+        let count = self.model.layers.len();
+        for i in 0..count {
             // `run` has already counted this pass's columns in the cache.
             let slot = cache.as_deref_mut().map(|c| KvSlot {
                 past: c.cols - new_cols,
                 buffers: &mut c.layers[i],
             });
-            let h = layer.input_layernorm.forward(&x);
-            if i == last
-                && let Some(pos) = keep
-            {
-                // Every position is still a key/value, but only the kept ones need the
-                // attention output, o_proj, the MLP and the final norm.
-                let y = layer.self_attn.attend(i, &h, &ctx, slot, adapters, train)?;
-                let width = y.size()[2];
-                let y = y.view([-1, width]).index_select(0, pos);
-                let hidden = x.size()[2];
-                let xs = x.view([-1, hidden]).index_select(0, pos);
-                let a = layer.self_attn.project_out(i, &y, adapters, train)?;
-                let xs = layer.after_attention(i, &xs, a, adapters, train)?;
-                return Ok(self.model.norm.forward(&xs));
-            }
-            let a = layer
-                .self_attn
-                .forward(i, &h, &ctx, slot, adapters, train)?;
-            x = layer.after_attention(i, &x, a, adapters, train)?;
+            let last_keep = keep.filter(|_| i + 1 == count);
+            seeds.enter_layer(i);
+            x = self.layer_forward(i, &x, &rotations, masks, slot, last_keep, adapters, train)?;
         }
-        let out = self.model.norm.forward(&x);
+        seeds.leave();
         Ok(match keep {
-            Some(pos) => {
-                let hidden = out.size()[2];
-                out.view([-1, hidden]).index_select(0, pos)
-            }
-            None => out,
+            Some(pos) => self.finish(x, count > 0, pos),
+            None => self.model.norm.forward(&x),
         })
     }
 

@@ -84,6 +84,12 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     #[serde(default = "d_clip")]
     pub max_grad_norm: f64,
+    /// Gradient checkpointing: keep only each decoder layer's input in the forward pass and
+    /// recompute the layer during backward (less activation memory, one more forward pass per
+    /// step; the same losses and adapter). Left out of the JSON when off, so configs that never
+    /// set it serialize (and hash) as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
     /// Stop after this many optimizer steps (the schedule still spans the full run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<usize>,
@@ -135,6 +141,7 @@ impl TrainConfig {
             termination_message_path: None,
             weight_decay: 0.0,
             max_grad_norm: d_clip(),
+            gradient_checkpointing: false,
             max_steps: None,
             init_adapter: None,
             dump_batches: None,
@@ -352,6 +359,19 @@ mod tests {
         }
         let again: TrainConfig = serde_json::from_value(back).expect("parses again");
         assert_eq!(again.base_model_name.as_deref(), Some("hf://org/model@abc"));
+    }
+
+    #[test]
+    fn gradient_checkpointing_defaults_off_and_is_serialized_only_when_on() {
+        let mut cfg = TrainConfig::new("/m".into(), "/t".into(), "/o".into());
+        assert!(!cfg.gradient_checkpointing);
+        let off = serde_json::to_value(&cfg).expect("json");
+        assert!(off.get("gradientCheckpointing").is_none(), "{off}");
+        cfg.gradient_checkpointing = true;
+        let on = serde_json::to_value(&cfg).expect("json");
+        assert_eq!(on["gradientCheckpointing"], true);
+        let back: TrainConfig = serde_json::from_value(on).expect("parses");
+        assert!(back.gradient_checkpointing);
     }
 
     #[test]

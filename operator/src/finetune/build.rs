@@ -203,6 +203,7 @@ pub fn validate(
         warmup_ratio: h.warmup_ratio,
         scheduler: h.scheduler,
         seed: h.seed,
+        gradient_checkpointing: h.gradient_checkpointing,
         checkpoint_every: ftj.spec.checkpoint_every_steps as usize,
         base_model_name: artifacts::recorded_base_name(&ftj.spec.base_model.uri),
         ..TrainConfig::new(base_path, prepared_path.join("train.jsonl"), output)
