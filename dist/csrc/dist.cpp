@@ -105,6 +105,21 @@ int tailor_dist_barrier(void* g, char** err) {
   });
 }
 
+// Makes `grad` (an at::Tensor* of the parameter's shape, typically a view into one flat buffer)
+// the parameter's `.grad`: autograd then accumulates into it in place, so every gradient of a
+// step lands in the flat buffer (what DDP calls gradient_as_bucket_view).
+int tailor_grad_set(void* param, void* grad, char** err) {
+  return guarded(err, [&] {
+    auto* p = static_cast<at::Tensor*>(param);
+    auto* g = static_cast<at::Tensor*>(grad);
+    TORCH_CHECK(p->sizes() == g->sizes(), "a gradient of shape ", g->sizes(),
+                " for a parameter of shape ", p->sizes());
+    TORCH_CHECK(p->scalar_type() == g->scalar_type() && p->device() == g->device(),
+                "a gradient of another dtype or device than its parameter");
+    p->mutable_grad() = *g;
+  });
+}
+
 void tailor_dist_free(void* g) { delete static_cast<Group*>(g); }
 
 void tailor_dist_free_error(char* err) { std::free(err); }

@@ -58,7 +58,7 @@ pub enum DistError {
 }
 
 /// Takes the bridge's error text (and frees it).
-fn take_error(err: *mut c_char) -> String {
+pub(crate) fn take_error(err: *mut c_char) -> String {
     if err.is_null() {
         return "unknown error".into();
     }

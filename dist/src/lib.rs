@@ -6,11 +6,15 @@
 //!   rank process per GPU of a pod.
 //! - [`ProcessGroup`]: the rendezvous over libtorch's `TCPStore` (hosted by rank 0) and the
 //!   collectives, on c10d's Gloo backend, through a small C++ bridge (`csrc/dist.cpp`).
+//! - Buckets ([`flat_views`], [`bucket_grads`]): parameters, gradients and optimizer state in
+//!   one flat tensor each, so a step's clip, update, zeroing and all-reduce are a few large ops.
 
+mod bucket;
 mod group;
 mod launch;
 mod world;
 
+pub use bucket::{bucket_grads, flat_views, views_of};
 pub use group::{DistError, ProcessGroup};
 pub use launch::{Launch, LaunchError, supervise};
 pub use world::{World, WorldError};

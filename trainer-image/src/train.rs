@@ -21,9 +21,9 @@ use tailor_model::{
 };
 use tch::{Device, Kind, Tensor};
 
-use crate::data_parallel::{all_reduce_grads, define_grads, start_from_leader};
+use crate::data_parallel::{all_reduce_grads, start_from_leader};
 use crate::examples::{Example, Sample, tokenize};
-use crate::optim::{AdamW, clip_grad_norm, lr_factor, warmup_steps, zero_grad};
+use crate::optim::{AdamW, Flat, lr_factor, warmup_steps};
 use crate::progress::ProgressHandle;
 use crate::run_state::{self, RunState};
 pub use tailor_wire::train::{Outcome, Phase, StepRecord, Summary, TrainConfig};
@@ -358,7 +358,7 @@ pub fn run(
     } else {
         None
     };
-    let (mut adapter, mut optim, mut state) = match &resumed {
+    let (adapter, mut optim, mut state) = match &resumed {
         Some(dir) => {
             let (adapter, optim, state) =
                 run_state::load(dir, &model.config, device, cfg.weight_decay)
@@ -415,14 +415,13 @@ pub fn run(
             (adapter, optim, RunState::new(base))
         }
     };
-    adapter.set_requires_grad(true);
+    // From here on the adapter, its gradients and the moments live in flat buffers.
+    let (adapter, flat) = Flat::new(&adapter, &model.config, &mut optim)?;
     let mut resumed_from = resumed.as_ref().map(|_| state.step);
     if let Some(g) = group {
-        let params = adapter.parameters();
-        if start_from_leader(g, &params, &mut optim, &mut state, resumed.is_some())? {
+        if start_from_leader(g, &flat, &mut optim, &mut state, resumed.is_some())? {
             resumed_from = Some(state.step);
         }
-        define_grads(&params);
         tracing::info!(
             rank,
             world,
@@ -483,7 +482,6 @@ pub fn run(
                 ^ (step as u64).wrapping_mul(0x9E37_79B9)
                 ^ (rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)) as i64,
         );
-        let params = adapter.parameters();
         let mut loss_sum = 0.0;
         for b in &batches {
             loss_sum += batch_loss_sum(
@@ -495,12 +493,12 @@ pub fn run(
             )?;
         }
         if let Some(g) = group {
-            loss_sum = all_reduce_grads(g, &params, loss_sum)?;
+            loss_sum = all_reduce_grads(g, &flat, loss_sum)?;
         }
-        clip_grad_norm(&params, cfg.max_grad_norm);
+        flat.clip_grad_norm(cfg.max_grad_norm);
         let lr = cfg.learning_rate * lr_factor(cfg.scheduler, step, total_steps, warmup);
-        optim.update(&params, lr);
-        zero_grad(&params);
+        flat.update(&mut optim, lr);
+        flat.zero_grad();
         let loss = loss_sum / counted.max(1) as f64;
         if !loss.is_finite() {
             bail!("training diverged: loss is {loss} at step {}", step + 1);
