@@ -8,6 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use crate::common::{LocalRef, ModelRef, Resources};
 
 /// A LoRA fine-tuning run. Until it ends, a changed spec (anything but `suspend`) cancels the
@@ -53,9 +55,11 @@ pub struct FineTuneJobSpec {
     /// Optimisation settings.
     #[serde(default)]
     pub hyperparameters: Hyperparameters,
-    /// Compute per trainer pod.
+    /// Compute per trainer pod, and how many pods train together: each GPU of a pod runs one
+    /// data-parallel rank, `nodes` pods run as one group, and `hyperparameters.batchSize` is per
+    /// rank.
     #[serde(default)]
-    pub resources: Resources,
+    pub resources: TrainingResources,
     /// Node labels the trainer pod must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -69,7 +73,8 @@ pub struct FineTuneJobSpec {
     /// from its checkpoint when unsuspended.
     #[serde(default)]
     pub suspend: bool,
-    /// Retries of a failed trainer pod; each retry resumes from the last checkpoint.
+    /// Retries of a failed trainer pod (of the whole group of pods, with `resources.nodes`
+    /// above 1); each retry resumes from the last checkpoint.
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 100))]
     pub backoff_limit: i32,
@@ -95,6 +100,78 @@ pub struct FineTuneJobSpec {
     /// the LoraAdapter's lineage, where a ModelDeployment's `rollout.gate` reads them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<Evaluation>,
+}
+
+/// The compute of a run: what each trainer pod asks for, and how many pods train together.
+/// Every GPU of a pod runs one data-parallel rank (one rank on CPU), and `nodes` pods train as
+/// one group, so a run has `max(gpus, 1) × nodes` ranks. `hyperparameters.batchSize` is per
+/// rank: an optimizer step sees `batchSize × ranks × gradientAccumulationSteps` examples.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingResources {
+    /// GPUs per trainer pod, one rank on each (0 runs one rank on CPU).
+    #[serde(default = "default_gpus")]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpus: u32,
+    /// The extended resource a GPU is requested as, e.g. `nvidia.com/mig-1g.10gb` for a MIG
+    /// profile or `amd.com/gpu`. Unset: the operator config's `gpuResourceName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(
+            pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+        ),
+        length(max = 253)
+    )]
+    pub gpu_resource: Option<String>,
+    /// CPU request (and limit) per trainer pod, e.g. `4` or `500m`. Unset: no request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory request (and limit) per trainer pod, e.g. `32Gi`. Unset: no request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Trainer pods that train together (multi-node data parallelism): an Indexed Job of this
+    /// many pods that meet over a headless Service, as JobSet and Kubeflow Trainer run them.
+    /// Rank 0 (the pod of index 0) writes checkpoints, the adapter and the progress; every
+    /// rank resumes from the last checkpoint. A failed pod fails the whole group's attempt, and
+    /// the group restarts as fresh pods from the last checkpoint (up to `backoffLimit` times).
+    #[serde(default = "one_node", skip_serializing_if = "is_one_node")]
+    #[schemars(range(min = 1, max = 64), extend("default" = 1))]
+    pub nodes: u32,
+}
+
+fn default_gpus() -> u32 {
+    1
+}
+fn one_node() -> u32 {
+    1
+}
+// A run of one node serializes (and hashes) as before `nodes` existed.
+fn is_one_node(n: &u32) -> bool {
+    *n == 1
+}
+
+impl Default for TrainingResources {
+    fn default() -> Self {
+        Self {
+            gpus: default_gpus(),
+            gpu_resource: None,
+            cpu: None,
+            memory: None,
+            nodes: one_node(),
+        }
+    }
+}
+
+impl TrainingResources {
+    /// What each trainer pod asks for.
+    pub fn per_pod(&self) -> Resources {
+        Resources {
+            gpus: self.gpus,
+            gpu_resource: self.gpu_resource.clone(),
+            cpu: self.cpu.clone(),
+            memory: self.memory.clone(),
+        }
+    }
 }
 
 /// The evaluate step of a FineTuneJob.
@@ -283,7 +360,8 @@ pub struct Hyperparameters {
     #[schemars(range(max = 1.0))]
     #[x_kube(validation = Rule::new("self > 0.0").message("learningRate must be greater than 0"))]
     pub learning_rate: f64,
-    /// Examples per micro-batch.
+    /// Examples per micro-batch of each rank (per GPU; see `resources`): a micro-batch of the
+    /// whole run is this times the number of ranks.
     #[serde(default = "default_batch")]
     #[schemars(range(min = 1, max = 4096))]
     pub batch_size: u32,
@@ -407,7 +485,8 @@ pub struct FineTuneJobStatus {
     /// Validation loss of the final adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_loss: Option<f64>,
-    /// Trainer pods started so far (a retry resumes from the last checkpoint).
+    /// Attempts started so far: trainer pods, or groups of them with `resources.nodes` above 1
+    /// (a retry resumes from the last checkpoint).
     #[serde(default)]
     pub attempts: u32,
     /// Most recent resumable checkpoint.
@@ -480,6 +559,27 @@ pub struct Checkpoint {
 mod tests {
     use kube::CustomResourceExt;
     use tailor_wire::families::{ALL_LINEAR, Family};
+
+    #[test]
+    fn nodes_is_a_finetunejob_field_defaulting_to_one_and_kept_out_of_the_spec_at_one() {
+        let schema = |crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+            serde_json::to_value(&crd.spec.versions[0].schema).expect("schema")["openAPIV3Schema"]["properties"]["spec"]["properties"]["resources"]["properties"].clone()
+        };
+        let ftj = schema(&super::FineTuneJob::crd());
+        assert_eq!(ftj["nodes"]["default"], 1, "{ftj}");
+        assert_eq!(ftj["nodes"]["minimum"].as_f64(), Some(1.0), "{ftj}");
+        assert_eq!(ftj["nodes"]["maximum"].as_f64(), Some(64.0), "{ftj}");
+        let md = schema(&crate::ModelDeployment::crd());
+        assert!(md["gpus"].is_object() && md.get("nodes").is_none(), "{md}");
+        // One node serializes as before the field existed (run hashes and Job names stay).
+        let r = super::TrainingResources::default();
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v, serde_json::to_value(r.per_pod()).expect("json"));
+        let two: super::TrainingResources =
+            serde_json::from_value(serde_json::json!({"gpus": 2, "nodes": 2})).expect("parses");
+        assert_eq!((two.gpus, two.nodes), (2, 2));
+        assert_eq!(serde_json::to_value(&two).expect("json")["nodes"], 2);
+    }
 
     #[test]
     fn admission_allows_every_familys_lora_targets() {

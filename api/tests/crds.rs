@@ -108,6 +108,12 @@ fn defaults_fill_an_omitted_block_so_gitops_sees_no_drift() {
     assert_eq!(d["spec"]["hyperparameters"]["scheduler"], "cosine");
     assert_eq!(d["spec"]["method"], "lora");
     assert_eq!(d["spec"]["resources"]["gpus"], 1);
+    // One trainer pod unless asked (the apiserver also defaults inside a defaulted block, which
+    // kube-cel does not: so a block that is written).
+    let mut two_gpus = obj.clone();
+    two_gpus["spec"]["resources"] = serde_json::json!({"gpus": 2});
+    let d2 = kube_cel::apply_defaults(&common::schema_of("FineTuneJob"), &two_gpus);
+    assert_eq!(d2["spec"]["resources"]["nodes"], 1);
     // And the typed defaults agree with the schema's.
     let typed: tailor_api::FineTuneJobSpec =
         serde_json::from_value(obj["spec"].clone()).expect("spec");

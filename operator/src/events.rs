@@ -17,7 +17,11 @@ pub fn is_warning(reason: &str) -> bool {
     Category::ALL.iter().any(|c| c.as_str() == reason)
         || matches!(
             reason,
-            "Failed" | "Unschedulable" | "Cancelled" | crate::finetune::build::SPEC_CHANGED
+            "Failed"
+                | "Unschedulable"
+                | "Cancelled"
+                | "Restarting"
+                | crate::finetune::build::SPEC_CHANGED
         )
 }
 

@@ -221,7 +221,7 @@ pub fn validate(
     });
     let hash = jobs::hash_json(&identity)[..16].to_string();
     Ok(Validated {
-        job_name: jobs::child_name(&ftj.name_any(), &format!("train-{}", &hash[..8])),
+        job_name: group::job_name(ftj, &format!("train-{}", &hash[..8])),
         hash,
         train_config,
         outputs,
@@ -297,11 +297,38 @@ fn json_config_map<T: serde::Serialize>(
     }
 }
 
+/// The train Job of a run's first attempt (see [`attempt_job`]).
+pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &str) -> Job {
+    attempt_job(ftj, v, cfg, base_uri, Attempt::first())
+}
+
 /// The train Job. Owned by the FineTuneJob; `suspend` follows the spec. `base_uri` is the
 /// base model's URI as the pod fetches it (an `hf://` revision pinned to its commit, see
-/// [`crate::inputs::pinned`]).
-pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &str) -> Job {
+/// [`crate::inputs::pinned`]). Several ranks get the trainer's distributed environment; several
+/// pods are an Indexed Job of the group's `attempt` (see [`group`]).
+pub fn attempt_job(
+    ftj: &FineTuneJob,
+    v: &Validated,
+    cfg: &OperatorConfig,
+    base_uri: &str,
+    attempt: Attempt,
+) -> Job {
     let port = cfg.progress_port;
+    let ranks = group::ranks(ftj);
+    let mut env = vec![crate::pods::pod_ip_env()];
+    env.extend(group::rank_env(ranks, &v.job_name));
+    let mut ports = vec![ContainerPort {
+        name: Some("progress".into()),
+        container_port: i32::from(port),
+        ..Default::default()
+    }];
+    if ranks.multi_node() {
+        ports.push(ContainerPort {
+            name: Some("rendezvous".into()),
+            container_port: i32::from(group::RENDEZVOUS_PORT),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: "train".into(),
         args: Some(vec![
@@ -316,12 +343,8 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
             "--termination-message-path".into(),
             TERMINATION_PATH.into(),
         ]),
-        env: Some(vec![crate::pods::pod_ip_env()]),
-        ports: Some(vec![ContainerPort {
-            name: Some("progress".into()),
-            container_port: i32::from(port),
-            ..Default::default()
-        }]),
+        env: Some(env),
+        ports: Some(ports),
         ..Container::default()
     };
     let spec = JobSpec {
@@ -337,7 +360,9 @@ pub fn job(ftj: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, base_uri: &st
         spec,
         own: [&v.prepared_uri, &v.outputs.adapter_uri],
     };
-    trainer_job(ftj, cfg, base_uri, step)
+    let mut job = trainer_job(ftj, cfg, base_uri, step);
+    group::shape_group(&mut job, ranks, attempt);
+    job
 }
 
 /// One step of a run as a Job of the trainer image (train, evaluate).
@@ -379,7 +404,7 @@ fn trainer_job(ftj: &FineTuneJob, cfg: &OperatorConfig, base_uri: &str, step: St
         vols.mounts.push(m);
     }
     let mut limits = BTreeMap::new();
-    let r = &ftj.spec.resources;
+    let r = &ftj.spec.resources.per_pod();
     if r.gpus > 0 {
         limits.insert(
             crate::pods::gpu_resource(r, cfg).to_string(),
@@ -654,6 +679,9 @@ pub fn lineage(ftj: &FineTuneJob, cfg: &OperatorConfig, adapter: &LoraAdapter) -
 
 mod status;
 pub use status::*;
+
+pub mod group;
+pub use group::{Attempt, Ranks};
 
 #[cfg(test)]
 mod tests;

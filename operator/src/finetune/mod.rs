@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -278,8 +279,12 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 let base = inputs::pinned(ctx, &ns, "spec.baseModel", &ftj.spec.base_model).await?;
                 let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
                 apply::apply(&cms, &build::config_map(ftj, v)).await?;
-                let j = apply::apply(&jobs_api, &build::job(ftj, v, cfg, &base)).await?;
-                tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %v.job_name, "created train job");
+                // A group's pods find rank 0 under its Service from their first moment.
+                apply_rendezvous(ctx, ftj, v, &ns).await?;
+                let attempt = build::group::next_attempt(ftj, Timestamp::now());
+                let j = apply::apply(&jobs_api, &build::attempt_job(ftj, v, cfg, &base, attempt))
+                    .await?;
+                tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %v.job_name, attempt = attempt.number, "created train job");
                 j
             }
         }),
@@ -330,7 +335,9 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             .iter()
             .filter(|p| matches!(jobs::pod_state(p).scheduled, Some((true, ..))))
             .count() as u32;
-        let pod = jobs::newest(&pods).map(jobs::pod_state);
+        // A group's status is rank 0's, unless one of its pods still waits to be scheduled.
+        let pod = build::group::shown_pod(&pods);
+        obs.group_attempt = build::group::attempt_of(j);
         if let Some(p) = &pod
             && p.phase == "Running"
             && let Some(ip) = &p.ip
@@ -347,19 +354,23 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 uri: Some(format!("{}/checkpoints/{rel}", outputs.adapter_uri)),
             });
         }
-        let summaries: Vec<TrainSummary> = pods
+        let summaries: Vec<(bool, TrainSummary)> = pods
             .iter()
-            .map(jobs::pod_state)
             .filter_map(|p| {
-                p.termination_message
-                    .and_then(|m| serde_json::from_str(&m).ok())
+                let m = jobs::pod_state(p).termination_message?;
+                Some((build::group::reports(p), serde_json::from_str(&m).ok()?))
             })
             .collect();
-        if state.complete {
+        let being_deleted = j.metadata.deletion_timestamp.is_some();
+        if obs.group_attempt.is_some() && being_deleted && !state.complete {
+            // A failed group's Job on its way out: the next attempt waits for its pods to go.
+            obs.restarting = Some(build::group::waiting_for_group(j));
+        } else if state.complete {
+            // Rank 0 reports the run (the other ranks of a group have nothing to say).
             let summary = summaries
                 .iter()
-                .find(|s| s.status == Outcome::Succeeded)
-                .cloned();
+                .find(|(rank0, s)| *rank0 && s.status == Outcome::Succeeded)
+                .map(|(_, s)| s.clone());
             let output = output.map_err(|message| Error::Artifact {
                 uri: outputs.adapter_uri.clone(),
                 message,
@@ -396,8 +407,14 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 .iter()
                 .find_map(|p| jobs::pod_state(p).fetch_failure)
                 .map(|f| format!("fetching the base model: {f}"));
-            obs.failure = fetch.or_else(|| summaries.iter().rev().find_map(|s| s.message.clone()));
+            obs.failure =
+                fetch.or_else(|| summaries.iter().rev().find_map(|(_, s)| s.message.clone()));
             ctx.metrics.error(NAME, Category::JobFailed);
+            if let Some(why) = build::group::restart(ftj, j, &state, obs.failure.as_deref()) {
+                tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %job_name, attempt = ?obs.group_attempt, "a rank of the group failed; restarting the group");
+                restart_group(ctx, &ns, &job_name).await?;
+                obs.restarting = Some(why);
+            }
         }
         obs.job = Some(state);
         obs.pod = pod;
@@ -428,10 +445,77 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
 }
 
 /// Deletes a train Job and the run's evaluate Job (their pods with them) and their config
-/// ConfigMaps (same names).
+/// ConfigMaps (same names), and a group's Service and NetworkPolicy.
 async fn delete_run(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
     delete_job(ctx, ns, &build::evaluate_job_name(name)).await?;
-    delete_job(ctx, ns, name).await
+    delete_job(ctx, ns, name).await?;
+    delete_rendezvous(ctx, ns, name).await;
+    Ok(())
+}
+
+/// The headless Service and NetworkPolicy of a multi-node run (see [`build::group`]), applied
+/// before its Job.
+async fn apply_rendezvous(
+    ctx: &Ctx,
+    ftj: &FineTuneJob,
+    v: &build::Validated,
+    ns: &str,
+) -> Result<(), Error> {
+    if let Some(svc) = build::group::rendezvous_service(ftj, v) {
+        apply::apply(&Api::<Service>::namespaced(ctx.client.clone(), ns), &svc).await?;
+    }
+    if ctx.config.network_policies
+        && let Some(np) = build::group::network_policy(ftj, v, &ctx.config)
+    {
+        apply::apply(
+            &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns),
+            &np,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes what [`apply_rendezvous`] made for the train Job `job` (if anything): best effort, as
+/// the FineTuneJob owns them and their deletion follows its own.
+async fn delete_rendezvous(ctx: &Context, ns: &str, job: &str) {
+    let dp = DeleteParams::default();
+    let svc = build::group::service_name(job);
+    let gone = |r: Result<_, kube::Error>, what: &str| match r {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => {
+            tracing::warn!(namespace = %ns, %what, error = %e, "deleting a cancelled group's rendezvous object")
+        }
+    };
+    gone(
+        Api::<Service>::namespaced(ctx.client.clone(), ns)
+            .delete(&svc, &dp)
+            .await
+            .map(drop),
+        &format!("Service {svc}"),
+    );
+    gone(
+        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
+            .delete(job, &dp)
+            .await
+            .map(drop),
+        &format!("NetworkPolicy {job}"),
+    );
+}
+
+/// Deletes a failed group's train Job in the foreground: it stays (being deleted) until its
+/// pods are gone, and the next attempt's Job of the same name is created after, so no pod of
+/// the old attempt still answers to a rank's hostname. Its ConfigMap stays for the next.
+async fn restart_group(ctx: &Context, ns: &str, job: &str) -> Result<(), Error> {
+    let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), ns);
+    match jobs_api.delete(job, &DeleteParams::foreground()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!(
+            "deleting Job {job} to restart its group"
+        ))(e)),
+    }
 }
 
 async fn delete_job(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {

@@ -27,6 +27,12 @@ pub struct Observed {
     pub base_model_revision: Option<String>,
     /// The evaluate step, once the adapter is recorded.
     pub evaluation: EvaluationState,
+    /// The attempt a multi-node group's Job runs (see [`group`]): its attempts are groups, not
+    /// pods.
+    pub group_attempt: Option<u32>,
+    /// Why the run waits for its group to restart: the group's attempt failed and its Job is
+    /// being deleted, so that the next one starts as fresh pods.
+    pub restarting: Option<String>,
 }
 
 /// Where the evaluate step (`spec.evaluation`) is.
@@ -162,8 +168,19 @@ pub fn status(
             && !matches!(p.phase.as_str(), "Succeeded" | "Failed")
     });
     let job_attempts = obs.job.as_ref().map_or(0, |j| {
-        (j.failed_pods + j.succeeded_pods).max(0) as u32 + u32::from(current)
+        let ended = (j.failed_pods + j.succeeded_pods).max(0) as u32;
+        match obs.group_attempt {
+            // A group is one attempt, counted once any of its pods got to run.
+            Some(k) if ended > 0 || obs.pods_seen > 0 => k,
+            Some(k) => k.saturating_sub(1),
+            None => ended + u32::from(current),
+        }
     });
+    let pods_seen = if obs.group_attempt.is_some() {
+        0
+    } else {
+        obs.pods_seen
+    };
     // A trainer that resumed from a checkpoint is at least the second attempt, whether or not
     // the Job counted the pod that went away.
     let resumed = u32::from(
@@ -171,11 +188,7 @@ pub fn status(
             .as_ref()
             .is_some_and(|s| s.resumed_from_step.is_some()),
     ) * 2;
-    st.attempts = prev
-        .attempts
-        .max(job_attempts)
-        .max(obs.pods_seen)
-        .max(resumed);
+    st.attempts = prev.attempts.max(job_attempts).max(pods_seen).max(resumed);
 
     let (phase, reason, message): (P, String, String) = match (&obs.job, gate) {
         (None, DatasetGate::Missing(m)) => (
@@ -192,6 +205,11 @@ pub fn status(
             P::Queued,
             "Creating".into(),
             "creating the train Job".into(),
+        ),
+        (_, _) if obs.restarting.is_some() => (
+            P::Running,
+            "Restarting".into(),
+            obs.restarting.clone().unwrap_or_default(),
         ),
         (Some(j), _) if j.complete && obs.adapter.is_some() => {
             let name = obs.adapter.clone().unwrap_or_default();
@@ -231,10 +249,24 @@ pub fn status(
         ),
         (Some(j), _) if j.failed.is_some() => {
             let (r, m) = j.failed.clone().unwrap_or_default();
-            let msg = match &obs.failure {
+            let mut msg = match &obs.failure {
                 Some(f) => format!("{r}: {f}"),
                 None => format!("{r}: {m}"),
             };
+            if let Some(k) = obs.group_attempt {
+                let why = if r == "DeadlineExceeded" {
+                    "the run's activeDeadlineSeconds has passed".to_string()
+                } else {
+                    format!(
+                        "its backoffLimit of {} restarts is spent",
+                        ftj.spec.backoff_limit
+                    )
+                };
+                msg.push_str(&format!(
+                    " (attempt {k} of the group of {} trainer pods; {why})",
+                    group::ranks(ftj).nodes
+                ));
+            }
             (P::Failed, Category::JobFailed.as_str().into(), msg)
         }
         (Some(j), _) if j.awaiting_admission.is_some() => (
@@ -274,7 +306,14 @@ pub fn status(
             Some(p) if p.phase == "Running" => (
                 P::Running,
                 "Training".into(),
-                format!("trainer pod {} is running", p.name),
+                match obs.group_attempt {
+                    Some(k) => format!(
+                        "trainer pod {} is running: rank 0 of the group of {} pods (attempt {k})",
+                        p.name,
+                        group::ranks(ftj).nodes
+                    ),
+                    None => format!("trainer pod {} is running", p.name),
+                },
             ),
             Some(p) => match &p.scheduled {
                 Some((false, r, m)) => (

@@ -1202,3 +1202,425 @@ fn with_an_artifact_store_the_run_reads_and_writes_its_namespaces_area_of_the_bu
         Some("tailor-store")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several GPUs and nodes (see `group`).
+
+fn env_of(job: &Job) -> BTreeMap<String, String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| &p.containers[0])
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect()
+}
+
+fn with_ranks(gpus: u32, nodes: u32) -> FineTuneJob {
+    let mut f = ftj();
+    f.spec.resources.gpus = gpus;
+    f.spec.resources.nodes = nodes;
+    f
+}
+
+#[test]
+fn one_rank_keeps_the_job_and_its_name_as_before_nodes_existed() {
+    let cfg = OperatorConfig::for_tests();
+    let f = ftj();
+    // The spec as written before `resources.nodes`, and as the apiserver defaults it now.
+    let mut defaulted = f.clone();
+    defaulted.spec.resources.nodes = 1;
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    assert_eq!(
+        validate(&defaulted, &cfg, &ready_gate())
+            .expect("valid")
+            .job_name,
+        v.job_name
+    );
+    assert_eq!(run_spec_hash(&f), run_spec_hash(&defaulted));
+    let job = job(&f, &v, &cfg, &f.spec.base_model.uri);
+    let spec = job.spec.as_ref().expect("spec");
+    assert_eq!(spec.completion_mode, None);
+    assert_eq!((spec.completions, spec.parallelism), (None, None));
+    assert_eq!(spec.backoff_limit, Some(3), "the Job's own retries");
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.subdomain, None);
+    assert_eq!(
+        env_of(&job).keys().collect::<Vec<_>>(),
+        vec!["HOME", "POD_IP"],
+        "no distributed environment"
+    );
+    assert_eq!(pod.containers[0].ports.as_ref().map(Vec::len), Some(1));
+    assert!(!job.annotations().contains_key(group::ATTEMPT));
+    assert!(group::rendezvous_service(&f, &v).is_none());
+    assert!(group::network_policy(&f, &v, &cfg).is_none());
+}
+
+#[test]
+fn several_gpus_run_one_rank_each_in_one_pod() {
+    let cfg = OperatorConfig::for_tests();
+    let f = with_ranks(4, 1);
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let job = job(&f, &v, &cfg, &f.spec.base_model.uri);
+    let env = env_of(&job);
+    assert_eq!(env["TAILOR_NNODES"], "1");
+    assert_eq!(env["TAILOR_NPROC_PER_NODE"], "4");
+    assert_eq!(env["MASTER_ADDR"], "127.0.0.1");
+    assert_eq!(env["MASTER_PORT"], "29500");
+    let spec = job.spec.as_ref().expect("spec");
+    // One pod: the Job retries it as before, each retry a fresh process group.
+    assert_eq!(spec.completion_mode, None);
+    assert_eq!(spec.backoff_limit, Some(3));
+    let limits = spec.template.spec.as_ref().expect("pod").containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
+    assert_eq!(limits["nvidia.com/gpu"], Quantity("4".into()));
+    assert!(group::rendezvous_service(&f, &v).is_none());
+}
+
+#[test]
+fn several_nodes_are_an_indexed_job_behind_a_headless_service() {
+    let mut cfg = OperatorConfig::for_tests();
+    cfg.operator_namespace = "tailor-system".into();
+    let f = with_ranks(1, 2);
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let job = job(&f, &v, &cfg, &f.spec.base_model.uri);
+    let name = job.name_any();
+    assert_eq!(name, v.job_name);
+    let spec = job.spec.as_ref().expect("spec");
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism), (Some(2), Some(2)));
+    assert_eq!(
+        spec.backoff_limit,
+        Some(0),
+        "a failed rank fails the attempt"
+    );
+    assert_eq!(job.annotations()[group::ATTEMPT], "1");
+    let pod = spec.template.spec.as_ref().expect("pod");
+    crate::pods::assert_hardened(pod);
+    assert_eq!(pod.subdomain.as_deref(), Some(name.as_str()));
+    let env = env_of(&job);
+    assert_eq!(env["TAILOR_NNODES"], "2");
+    assert_eq!(env["TAILOR_NPROC_PER_NODE"], "1");
+    assert_eq!(env["MASTER_ADDR"], format!("{name}-0.{name}"));
+    assert_eq!(env["MASTER_PORT"], "29500");
+    assert!(
+        !env.contains_key("TAILOR_NODE_RANK"),
+        "the node rank is the pod's JOB_COMPLETION_INDEX"
+    );
+    let ports = pod.containers[0].ports.clone().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some("rendezvous") && p.container_port == 29500)
+    );
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert_eq!(labels[JOB_LABEL], name);
+
+    let svc = group::rendezvous_service(&f, &v).expect("service");
+    assert_eq!(svc.metadata.name.as_deref(), Some(name.as_str()));
+    let owner = &svc.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(owner.kind, "FineTuneJob");
+    let s = svc.spec.as_ref().expect("spec");
+    assert_eq!(s.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(s.publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        s.selector.as_ref().expect("selector"),
+        &BTreeMap::from([(JOB_LABEL.to_string(), name.clone())])
+    );
+    let port = &s.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.port),
+        (Some("rendezvous"), 29500)
+    );
+
+    let np = group::network_policy(&f, &v, &cfg).expect("policy");
+    let np = serde_json::to_value(&np).expect("json");
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"][JOB_LABEL], name);
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    let rules = np["spec"]["ingress"].as_array().expect("rules");
+    assert_eq!(
+        rules[0],
+        json!({"from": [{"podSelector": {"matchLabels": {JOB_LABEL: name}}}]}),
+        "the group's own pods, on any port"
+    );
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "tailor-system"
+    );
+    assert_eq!(
+        rules[1]["ports"],
+        json!([{"port": 9090, "protocol": "TCP"}])
+    );
+
+    // Both ways of several ranks at once: two pods of four GPUs are eight ranks.
+    let f8 = with_ranks(4, 2);
+    let v8 = validate(&f8, &cfg, &ready_gate()).expect("valid");
+    let env = env_of(&job_fn(&f8, &v8, &cfg));
+    assert_eq!(
+        (
+            env["TAILOR_NNODES"].as_str(),
+            env["TAILOR_NPROC_PER_NODE"].as_str()
+        ),
+        ("2", "4")
+    );
+    assert_ne!(v8.job_name, v.job_name);
+}
+
+fn job_fn(f: &FineTuneJob, v: &Validated, cfg: &OperatorConfig) -> Job {
+    job(f, v, cfg, &f.spec.base_model.uri)
+}
+
+#[test]
+fn a_groups_pods_have_dns_label_hostnames_and_its_service_a_dns_1035_name() {
+    let cfg = OperatorConfig::for_tests();
+    let mut f = with_ranks(1, 64);
+    f.metadata.name = Some(format!("7.{}", "a".repeat(61)));
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    assert!(v.job_name.len() <= 60, "{}", v.job_name);
+    assert!(!v.job_name.contains('.'), "{}", v.job_name);
+    assert!(format!("{}-63", v.job_name).len() <= 63);
+    let svc = group::service_name(&v.job_name);
+    assert!(svc.starts_with('r') && svc.len() <= 63, "{svc}");
+    let job = job_fn(&f, &v, &cfg);
+    assert_eq!(
+        env_of(&job)["MASTER_ADDR"],
+        format!("{}-0.{svc}", v.job_name)
+    );
+}
+
+fn failed_group(
+    f: &FineTuneJob,
+    cfg: &OperatorConfig,
+    attempt: u32,
+    reason: &str,
+) -> (Job, JobState) {
+    let v = validate(f, cfg, &ready_gate()).expect("valid");
+    let job = group_attempt_job(f, &v, cfg, attempt);
+    let state = JobState {
+        failed: Some((
+            reason.into(),
+            "Job has reached the specified backoff limit".into(),
+        )),
+        failed_pods: 1,
+        ..JobState::default()
+    };
+    (job, state)
+}
+
+fn group_attempt_job(f: &FineTuneJob, v: &Validated, cfg: &OperatorConfig, n: u32) -> Job {
+    attempt_job(
+        f,
+        v,
+        cfg,
+        &f.spec.base_model.uri,
+        Attempt {
+            number: n,
+            deadline_left: None,
+        },
+    )
+}
+
+#[test]
+fn a_failed_group_restarts_whole_until_its_backoff_limit_is_spent() {
+    let cfg = OperatorConfig::for_tests();
+    let f = with_ranks(1, 2);
+    assert_eq!(f.spec.backoff_limit, 3);
+    for attempt in 1..=3 {
+        let (job, state) = failed_group(&f, &cfg, attempt, "BackoffLimitExceeded");
+        let why = group::restart(&f, &job, &state, Some("rank 1: connection reset by peer"))
+            .unwrap_or_else(|| panic!("attempt {attempt} restarts"));
+        assert!(
+            why.contains("connection reset by peer")
+                && why.contains(&format!("attempt {} of at most 4", attempt + 1)),
+            "{why}"
+        );
+    }
+    let (job, state) = failed_group(&f, &cfg, 4, "BackoffLimitExceeded");
+    assert_eq!(group::restart(&f, &job, &state, None), None, "spent");
+    let (job, state) = failed_group(&f, &cfg, 1, "DeadlineExceeded");
+    assert_eq!(
+        group::restart(&f, &job, &state, None),
+        None,
+        "the run's deadline"
+    );
+    // A one-pod Job is retried by the Job controller, never restarted by the operator.
+    let one = ftj();
+    let v = validate(&one, &cfg, &ready_gate()).expect("valid");
+    let (_, state) = failed_group(&f, &cfg, 1, "BackoffLimitExceeded");
+    assert_eq!(
+        group::restart(&one, &job_fn(&one, &v, &cfg), &state, None),
+        None
+    );
+}
+
+#[test]
+fn the_next_attempt_follows_status_and_gets_what_is_left_of_the_deadline() {
+    let mut f = with_ranks(1, 2);
+    assert_eq!(group::next_attempt(&f, now()), Attempt::first());
+    f.spec.active_deadline_seconds = Some(600);
+    f.status = Some(FineTuneJobStatus {
+        attempts: 2,
+        start_time: Some(Time(Timestamp::from_second(800).expect("valid"))),
+        ..FineTuneJobStatus::default()
+    });
+    assert_eq!(
+        group::next_attempt(&f, now()),
+        Attempt {
+            number: 3,
+            deadline_left: Some(400)
+        }
+    );
+    let cfg = OperatorConfig::for_tests();
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let job = attempt_job(
+        &f,
+        &v,
+        &cfg,
+        &f.spec.base_model.uri,
+        group::next_attempt(&f, now()),
+    );
+    let spec = job.spec.as_ref().expect("spec");
+    assert_eq!(spec.active_deadline_seconds, Some(400));
+    assert_eq!(job.annotations()[group::ATTEMPT], "3");
+    // Spent: the Job fails at once rather than running unbounded.
+    assert_eq!(
+        group::next_attempt(&f, Timestamp::from_second(5_000).expect("valid")).deadline_left,
+        Some(1)
+    );
+}
+
+#[test]
+fn a_groups_status_counts_groups_shows_rank_zero_and_says_when_it_restarts() {
+    let cfg = OperatorConfig::for_tests();
+    let f = with_ranks(1, 2);
+    let v = validate(&f, &cfg, &ready_gate()).expect("valid");
+    let both = Observed {
+        job: Some(JobState {
+            active: 2,
+            ..JobState::default()
+        }),
+        pod: Some(pod("Running", Some((true, "", "")))),
+        pods_seen: 2,
+        group_attempt: Some(1),
+        ..Observed::default()
+    };
+    let st = status(&f, &ready_gate(), Some(&v), &both, now());
+    assert_eq!(st.phase, P::Running);
+    assert_eq!(st.attempts, 1, "two pods, one attempt");
+    let ready = conditions::get(&st.conditions, READY).expect("c");
+    assert!(
+        ready.message.contains("rank 0 of the group of 2"),
+        "{}",
+        ready.message
+    );
+
+    let mut f2 = f.clone();
+    f2.status = Some(st);
+    let restarting = Observed {
+        job: Some(JobState {
+            failed: Some(("BackoffLimitExceeded".into(), "limit".into())),
+            failed_pods: 1,
+            ..JobState::default()
+        }),
+        group_attempt: Some(1),
+        restarting: Some("attempt 1 of the group of 2 trainer pods failed".into()),
+        ..Observed::default()
+    };
+    let st = status(&f2, &ready_gate(), Some(&v), &restarting, now());
+    assert_eq!(st.phase, P::Running, "not Failed: the group restarts");
+    let progressing = conditions::get(&st.conditions, PROGRESSING).expect("c");
+    assert_eq!(progressing.reason, "Restarting");
+    assert!(!conditions::is_true(&st.conditions, DEGRADED));
+    assert_eq!(st.attempts, 1);
+
+    // Attempt 2 is created but not scheduled yet: still one attempt; once scheduled, two.
+    f2.status = Some(st);
+    let created = Observed {
+        job: Some(JobState::default()),
+        pod: Some(pod("Pending", None)),
+        group_attempt: Some(2),
+        ..Observed::default()
+    };
+    let st = status(&f2, &ready_gate(), Some(&v), &created, now());
+    assert_eq!(st.attempts, 1);
+    let scheduled = Observed {
+        pods_seen: 1,
+        pod: Some(pod("Pending", Some((true, "", "")))),
+        ..created
+    };
+    assert_eq!(
+        status(&f2, &ready_gate(), Some(&v), &scheduled, now()).attempts,
+        2
+    );
+
+    // Out of restarts: Failed, saying so.
+    let out = Observed {
+        restarting: None,
+        group_attempt: Some(4),
+        failure: Some("rank 1 exited".into()),
+        ..restarting
+    };
+    let st = status(&f2, &ready_gate(), Some(&v), &out, now());
+    assert_eq!(st.phase, P::Failed);
+    let msg = &conditions::get(&st.conditions, READY).expect("c").message;
+    assert!(
+        msg.contains("rank 1 exited")
+            && msg.contains("attempt 4")
+            && msg.contains("backoffLimit of 3"),
+        "{msg}"
+    );
+}
+
+fn group_pod(
+    index: u32,
+    phase: &str,
+    scheduled: Option<bool>,
+    created: i64,
+) -> k8s_openapi::api::core::v1::Pod {
+    let mut p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": format!("j-{index}-x{created}"), "annotations": {group::INDEX: index.to_string()},
+            "creationTimestamp": format!("2024-01-01T00:00:{created:02}Z")},
+        "status": {"phase": phase, "podIP": format!("10.0.0.{index}")}
+    }))
+    .expect("pod");
+    if let Some(s) = scheduled {
+        p.status.as_mut().expect("status").conditions = Some(vec![
+            serde_json::from_value(json!({"type": "PodScheduled", "status": if s {"True"} else {"False"}, "reason": if s {""} else {"Unschedulable"}}))
+                .expect("condition"),
+        ]);
+    }
+    p
+}
+
+#[test]
+fn status_shows_rank_zero_unless_a_rank_waits_for_a_node() {
+    let r0 = group_pod(0, "Running", Some(true), 1);
+    let r1 = group_pod(1, "Running", Some(true), 2);
+    let shown = group::shown_pod(&[r1.clone(), r0.clone()]).expect("pod");
+    assert_eq!(shown.name, "j-0-x1", "rank 0, though not the newest");
+    assert!(group::reports(&r0) && !group::reports(&r1));
+    let stuck = group_pod(1, "Pending", Some(false), 3);
+    let shown = group::shown_pod(&[r0.clone(), stuck]).expect("pod");
+    assert_eq!(shown.name, "j-1-x3");
+    assert_eq!(shown.scheduled.as_ref().map(|s| s.0), Some(false));
+    // A one-pod Job: the newest pod, as before.
+    let mut lone = r1.clone();
+    lone.metadata.annotations = None;
+    let mut older = lone.clone();
+    older.metadata.name = Some("older".into());
+    older.metadata.creation_timestamp = r0.metadata.creation_timestamp.clone();
+    assert_eq!(
+        group::shown_pod(&[lone, older]).expect("pod").name,
+        "j-1-x2"
+    );
+}

@@ -2,8 +2,9 @@
 //! sets; NonIndexed and Indexed completion (the completion index as annotation and label,
 //! `JOB_COMPLETION_INDEX`, hostname `<job>-<index>`, `completedIndexes`); parallelism and
 //! completions; `backoffLimit`, and `backoffLimitPerIndex` with `failedIndexes` and
-//! `maxFailedIndexes`; `podFailurePolicy` (FailJob, FailIndex, Ignore, Count, on exit codes and
-//! pod conditions); `activeDeadlineSeconds`; `suspend`; and the SuccessCriteriaMet/Complete and
+//! `maxFailedIndexes` (a pod deleted before it succeeded is a failure, as the controller's pod
+//! tracking counts it; failures of pods already gone are not remembered); `podFailurePolicy`
+//! (FailJob, FailIndex, Ignore, Count, on exit codes and pod conditions); `activeDeadlineSeconds`; `suspend`; and the SuccessCriteriaMet/Complete and
 //! FailureTarget/Failed conditions with the controller's reasons and messages.
 //!
 //! Each pass plans every Job from its pods ([`plan`], pure), then writes: pods to create,
@@ -239,10 +240,20 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
         .copied()
         .filter(|p| p["status"]["phase"] == "Succeeded")
         .collect();
+    // The controller's isPodFailed: a pod deleted before it succeeded counts as failed at once
+    // (its tracking finalizer keeps it from going unseen), unless only terminal pods count
+    // (podReplacementPolicy Failed, or a podFailurePolicy to match). Pods stopped for a
+    // suspension are not failures.
+    let only_terminal =
+        spec["podReplacementPolicy"] == "Failed" || spec["podFailurePolicy"].is_object();
+    let is_failed = |p: &Value| {
+        p["status"]["phase"] == "Failed"
+            || (!only_terminal && !suspended && deleting(p) && p["status"]["phase"] != "Succeeded")
+    };
     let failed: Vec<(&Value, Action, String)> = pods
         .iter()
         .copied()
-        .filter(|p| p["status"]["phase"] == "Failed")
+        .filter(|p| is_failed(p))
         .map(|p| {
             let (a, m) = failure_action(spec, p);
             (p, a, m)
@@ -625,6 +636,40 @@ mod tests {
             cond(&p.status, "Failed").expect("Failed")["reason"],
             "BackoffLimitExceeded"
         );
+    }
+
+    #[test]
+    fn a_deleted_pod_counts_as_failed_at_once_so_backoff_limit_zero_fails_the_group() {
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0}),
+        );
+        let rank0 = pod("train-0-a", Some(0), "Running", None);
+        let mut rank1 = pod("train-1-a", Some(1), "Running", None);
+        rank1["metadata"]["deletionTimestamp"] = json!("2020-01-01T00:00:00Z");
+        let p = plan(&j, &[&rank0, &rank1], Utc::now());
+        let failed = cond(&p.status, "Failed").expect("Failed");
+        assert_eq!(failed["reason"], "BackoffLimitExceeded");
+        assert_eq!(p.status["failed"], 1);
+        assert!(p.create.is_empty(), "no replacement joins the survivor");
+        assert_eq!(
+            p.terminate,
+            vec!["train-0-a".to_string()],
+            "the survivor is stopped"
+        );
+        // Not with a podFailurePolicy (it waits for the terminal phase), nor while suspended.
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 2, "backoffLimit": 0, "podFailurePolicy": {"rules": []}}),
+        );
+        assert!(cond(&plan(&j, &[&rank0, &rank1], Utc::now()).status, "Failed").is_none());
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 2, "backoffLimit": 0, "suspend": true}),
+        );
+        assert!(cond(&plan(&j, &[&rank0, &rank1], Utc::now()).status, "Failed").is_none());
+        // A deleted pod that had succeeded is a success.
+        let mut done = pod("train-1-a", Some(1), "Succeeded", Some(0));
+        done["metadata"]["deletionTimestamp"] = json!("2020-01-01T00:00:00Z");
+        let j = job(json!({"completionMode": "Indexed", "completions": 2, "backoffLimit": 0}));
+        assert!(cond(&plan(&j, &[&rank0, &done], Utc::now()).status, "Failed").is_none());
     }
 
     #[test]
