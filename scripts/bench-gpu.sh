@@ -4,6 +4,7 @@
 # is installed (PyTorch + PEFT for training, transformers generate for decoding).
 #
 #   TAILOR_TRAINER_BIN=... TAILOR_SERVER_BIN=... TOKENIZER_DIR=... scripts/bench-gpu.sh [OUT_DIR]
+#   BENCH_BATCH=8 BENCH_SEQ=2048 ... scripts/bench-gpu.sh     # the GPU-bound size (8 x 2,048 tokens)
 #
 # Binaries default to a release build of this checkout. TOKENIZER_DIR holds tokenizer.json,
 # tokenizer_config.json and config.json of a small model from `model/tests/reference.py
@@ -52,11 +53,15 @@ params="$(python3 -c "import json; print(json.load(open('$out/model.json'))['par
   --validation-fraction 0 >/dev/null
 
 echo "== training: tailor-trainer, cuda bf16, batch $batch, seq $seq, $steps steps"
+# TAILOR_PROFILE=1: per-phase ms per step (the device synchronised at each phase's end), host
+# syncs per step, steady-state tokens/s and MFU against the card's peak, in profile.json.
+TAILOR_PROFILE=1 TAILOR_PEAK_TFLOPS="$(python3 -c "print($peak / 1e12)")" \
 "$trainer" train --base-model "$work/base" --train "$work/prepared/train.jsonl" --output "$work/tailor" \
   --target-modules "$targets" --rank 16 --alpha 32 --dropout 0 --batch-size "$batch" --max-seq-length "$seq" \
   --epochs 100 --max-steps "$steps" --learning-rate 1e-4 --checkpoint-every 0 --device "$device" \
   --dump-batches "$work/batches.json" >"$out/tailor-train.json" 2>"$out/tailor-train.log"
-echo "rc=$?"; tail -5 "$out/tailor-train.log"
+echo "rc=$?"; tail -5 "$out/tailor-train.log"; cp "$work/tailor/profile.json" "$out/tailor-profile.json" 2>/dev/null \
+  && cat "$out/tailor-profile.json"
 if ((peers)); then
   echo "== training: PyTorch + PEFT on the same batches"
   python3 "$py" peft-train "$work/base" "$work/batches.json" 16 32 "$targets" >"$out/peft-train.json" 2>"$out/peft-train.log"

@@ -122,7 +122,8 @@ def peft_train(model_dir, batches_path, rank, alpha, targets):
     )
     pm.train()
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=hp["learningRate"], weight_decay=hp["weightDecay"])
+    opt = torch.optim.AdamW(params, lr=hp["learningRate"], weight_decay=hp["weightDecay"],
+                            fused=params[0].is_cuda)  # the fastest peer: one fused kernel
     losses, tokens = [], 0
     sync()
     started = time.perf_counter()

@@ -13,6 +13,7 @@
 //!   the adapter's gradient, with optional gradient [`Checkpointing`].
 //! - [`Tokenizer`] (`tokenizer.json` + `tokenizer_config.json`) and [`ChatTemplate`].
 //! - [`ModelError`]: every failure, with a message naming the file or field.
+//! - [`profile`]: per-phase step times under `TAILOR_PROFILE=1`.
 
 pub mod chat_template;
 pub mod checkpoint;
@@ -25,6 +26,7 @@ pub mod lora;
 mod masks;
 pub mod model;
 pub mod peft;
+pub mod profile;
 pub mod tokenizer;
 pub mod training;
 

@@ -757,7 +757,8 @@ impl CausalLm {
         } else {
             None
         };
-        let mut loss = 0.0;
+        // The loss is summed on the device and read once, not once per chunk.
+        let mut loss = Tensor::f_zeros([], (Kind::Double, self.device))?;
         let mut start = 0;
         while start < n {
             let len = rows.min(n - start);
@@ -775,10 +776,7 @@ impl CausalLm {
             };
             let mut lsm = logits.f_log_softmax(-1, Kind::Float)?;
             drop(logits);
-            loss -= lsm
-                .f_gather(1, &t, false)?
-                .f_sum(Kind::Double)?
-                .f_double_value(&[])?;
+            loss = loss.f_sub(&lsm.f_gather(1, &t, false)?.f_sum(Kind::Double)?)?;
             if let Some(out) = out.as_mut() {
                 let mut probs = lsm.f_exp_()?;
                 let minus_one = Tensor::f_full([len, 1], -1.0, (Kind::Float, self.device))?;
@@ -795,7 +793,8 @@ impl CausalLm {
             }
             start += len;
         }
-        Ok((loss, out))
+        crate::profile::sync();
+        Ok((loss.f_double_value(&[])?, out))
     }
 
     /// Logits `[B, T, vocab]` for every input position.

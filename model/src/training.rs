@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::Result;
 use crate::lora::{Adapters, LoraAdapter};
 use crate::model::CausalLm;
+use crate::profile;
 
 /// One training micro-batch of sequences packed back to back (see
 /// [`CausalLm::hidden_states_packed`]) and the tokens its loss counts.
@@ -97,14 +98,17 @@ impl CausalLm {
                 true,
                 batch.keep,
             )?;
+            profile::phase("forward");
             let (loss, grad) =
                 tch::no_grad(|| self.head_cross_entropy(&h.detach(), batch.targets, true))?;
+            profile::phase("head");
             if let Some(grad) = grad {
                 // The gradient of sum(h * g) with respect to h is g.
                 h.f_mul(&grad.f_mul_scalar(scale)?)?
                     .f_sum(None)?
                     .f_backward()?;
             }
+            profile::phase("backward");
             return Ok(loss);
         }
         let pass = self.packed_pass(batch.input_ids, batch.lengths, &adapters, batch.keep)?;
@@ -132,7 +136,9 @@ impl CausalLm {
             }
             Ok((inputs, self.finish(x, count > 0, &pass.keep)))
         })?;
+        profile::phase("forward");
         let (loss, grad) = tch::no_grad(|| self.head_cross_entropy(&hidden, batch.targets, true))?;
+        profile::phase("head");
         drop(hidden);
         let Some(grad) = grad else {
             seeds.leave();
@@ -174,6 +180,7 @@ impl CausalLm {
             }
         }
         seeds.leave();
+        profile::phase("backward");
         Ok(loss)
     }
 }

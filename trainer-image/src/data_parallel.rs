@@ -41,6 +41,7 @@ pub fn all_reduce_grads(group: &ProcessGroup, flat: &Flat, loss_sum: f64) -> any
     group
         .all_reduce_sum(&mut loss)
         .context("all-reducing the loss")?;
+    tailor_model::profile::sync();
     Ok(loss.double_value(&[0]))
 }
 

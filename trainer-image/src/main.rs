@@ -12,6 +12,7 @@ mod examples;
 mod judge;
 mod optim;
 mod prepare;
+mod profiling;
 mod progress;
 mod redact;
 mod remote;

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tailor_dist::ProcessGroup;
+use tailor_model::profile;
 use tailor_model::{
     Adapters, CausalLm, Checkpointing, LoraAdapter, LoraConfig, PackedBatch, TargetModule,
     Tokenizer, peft,
@@ -24,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data_parallel::{all_reduce_grads, start_from_leader};
 use crate::examples::{Example, Sample, tokenize};
 use crate::optim::{AdamW, Flat, lr_factor, warmup_steps};
+use crate::profiling::{StepProfile, matmul_parameters, peak_tflops};
 use crate::progress::ProgressHandle;
 use crate::run_state::{self, RunState};
 pub use tailor_wire::train::{Outcome, Phase, StepRecord, Summary, TrainConfig};
@@ -445,8 +447,10 @@ pub fn run(
     let mut order_epoch = usize::MAX;
     let mut order = Vec::new();
     let mut last_ckpt_step = state.step;
+    let mut step_profile = StepProfile::default();
     while state.step < last_step {
         let step = state.step;
+        profile::start(device);
         let epoch = step / steps_per_epoch;
         if epoch != order_epoch {
             order = epoch_order(train.len(), cfg.seed, epoch);
@@ -476,6 +480,7 @@ pub fn run(
                     .then(|| make_batch(&refs, pad, device, cfg.dump_batches.is_some()))
             })
             .collect();
+        profile::phase("data");
         // Ranks draw their own dropout masks (rank 0's are a single process's).
         tch::manual_seed(
             (cfg.seed
@@ -494,11 +499,15 @@ pub fn run(
         }
         if let Some(g) = group {
             loss_sum = all_reduce_grads(g, &flat, loss_sum)?;
+            profile::phase("all-reduce");
         }
         flat.clip_grad_norm(cfg.max_grad_norm);
+        profile::phase("clip");
         let lr = cfg.learning_rate * lr_factor(cfg.scheduler, step, total_steps, warmup);
         flat.update(&mut optim, lr);
         flat.zero_grad();
+        profile::phase("optimizer");
+        step_profile.record(profile::take(), tokens);
         let loss = loss_sum / counted.max(1) as f64;
         if !loss.is_finite() {
             bail!("training diverged: loss is {loss} at step {}", step + 1);
@@ -589,6 +598,17 @@ pub fn run(
         on_checkpoint(&dir)?;
     }
     peft::save_adapter(&adapter, &cfg.output, &base_name)?;
+    if let Some(report) = profile::enabled()
+        .then(|| step_profile.report(matmul_parameters(&model.config), peak_tflops()))
+        .flatten()
+    {
+        tracing::info!(profile = %report, "step profile");
+        std::fs::write(
+            cfg.output.join("profile.json"),
+            serde_json::to_vec_pretty(&report)?,
+        )
+        .with_context(|| format!("writing {}", cfg.output.join("profile.json").display()))?;
+    }
     if let Some(path) = &cfg.dump_batches {
         let dump = serde_json::json!({
             "hyperparameters": {

@@ -737,7 +737,12 @@ fn two_nodes(args: &[String], port: u16) -> [Output; 2] {
         Command::new(BIN)
             .args(args)
             .args(["--nnodes", "2", "--node-rank", &rank.to_string()])
-            .args(["--master-addr", "127.0.0.1", "--master-port", &port.to_string()])
+            .args([
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                &port.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -780,12 +785,23 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
         "--master-port".into(),
         free_port().to_string(),
     ]);
-    succeeded(Command::new(BIN).args(&args).output().expect("run"));
+    succeeded(
+        Command::new(BIN)
+            .args(&args)
+            .env("TAILOR_PROFILE", "1")
+            .env("TAILOR_PEAK_TFLOPS", "1")
+            .output()
+            .expect("run"),
+    );
 
     let (a, b) = (losses(&one), losses(&two));
     assert_eq!((a.len(), b.len()), (12, 12));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= 1e-5, "step {}: 1 rank {x}, 2 ranks {y}", i + 1);
+        assert!(
+            (x - y).abs() <= 1e-5,
+            "step {}: 1 rank {x}, 2 ranks {y}",
+            i + 1
+        );
     }
     let d = max_diff(&adapter_tensors(&one), &adapter_tensors(&two));
     assert!(d <= 1e-5, "adapters of 1 and 2 ranks differ by {d}");
@@ -793,6 +809,29 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
     let m = json_file(&two.join("metrics.json"));
     assert_eq!(m["steps"], 12);
     assert!(m["tokensPerSecond"].as_f64().expect("tokens/s") > 0.0);
+    // TAILOR_PROFILE=1: per-phase milliseconds of the steady-state steps, the group's tokens/s
+    // and MFU against the given peak.
+    let p = json_file(&two.join("profile.json"));
+    assert_eq!(p["steps"], 10, "{p}");
+    for phase in [
+        "data",
+        "forward",
+        "head",
+        "backward",
+        "all-reduce",
+        "clip",
+        "optimizer",
+    ] {
+        assert!(
+            p["msPerStep"][phase].as_f64().is_some_and(|ms| ms > 0.0),
+            "{phase}: {p}"
+        );
+    }
+    assert_eq!(
+        p["hostSyncsPerStep"], 3.0,
+        "one per micro-batch's loss, one for the reduced loss"
+    );
+    assert!(p["mfu"].as_f64().is_some_and(|m| m > 0.0), "{p}");
 
     // PyTorch + PEFT on the same batches.
     let peft_out = dir.path().join("peft");
@@ -821,7 +860,10 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
     assert_eq!(m["resumedFromStep"], 6);
     assert_eq!(losses(&resumed), b);
     let d = max_diff(&adapter_tensors(&two), &adapter_tensors(&resumed));
-    assert!(d <= 1e-5, "the resumed group ends {d} from the uninterrupted one");
+    assert!(
+        d <= 1e-5,
+        "the resumed group ends {d} from the uninterrupted one"
+    );
 }
 
 #[test]
@@ -851,7 +893,12 @@ fn a_rank_that_dies_fails_its_peers_instead_of_hanging_them() {
         let mut c = Command::new(BIN);
         c.args(&args)
             .args(["--nnodes", "2", "--node-rank", &rank.to_string()])
-            .args(["--master-addr", "127.0.0.1", "--master-port", &port.to_string()])
+            .args([
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(t) = term {
