@@ -17,13 +17,13 @@
 //! spec is never resumed). Suspending and resuming continue the same run.
 
 pub mod build;
+mod rendezvous;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -280,7 +280,7 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
                 apply::apply(&cms, &build::config_map(ftj, v)).await?;
                 // A group's pods find rank 0 under its Service from their first moment.
-                apply_rendezvous(ctx, ftj, v, &ns).await?;
+                rendezvous::apply(ctx, ftj, v, &ns).await?;
                 let attempt = build::group::next_attempt(ftj, Timestamp::now());
                 let j = apply::apply(&jobs_api, &build::attempt_job(ftj, v, cfg, &base, attempt))
                     .await?;
@@ -412,7 +412,7 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
             ctx.metrics.error(NAME, Category::JobFailed);
             if let Some(why) = build::group::restart(ftj, j, &state, obs.failure.as_deref()) {
                 tracing::info!(namespace = %ns, resource = %ftj.name_any(), job = %job_name, attempt = ?obs.group_attempt, "a rank of the group failed; restarting the group");
-                restart_group(ctx, &ns, &job_name).await?;
+                rendezvous::restart_group(ctx, &ns, &job_name).await?;
                 obs.restarting = Some(why);
             }
         }
@@ -449,73 +449,8 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
 async fn delete_run(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
     delete_job(ctx, ns, &build::evaluate_job_name(name)).await?;
     delete_job(ctx, ns, name).await?;
-    delete_rendezvous(ctx, ns, name).await;
+    rendezvous::delete(ctx, ns, name).await;
     Ok(())
-}
-
-/// The headless Service and NetworkPolicy of a multi-node run (see [`build::group`]), applied
-/// before its Job.
-async fn apply_rendezvous(
-    ctx: &Ctx,
-    ftj: &FineTuneJob,
-    v: &build::Validated,
-    ns: &str,
-) -> Result<(), Error> {
-    if let Some(svc) = build::group::rendezvous_service(ftj, v) {
-        apply::apply(&Api::<Service>::namespaced(ctx.client.clone(), ns), &svc).await?;
-    }
-    if ctx.config.network_policies
-        && let Some(np) = build::group::network_policy(ftj, v, &ctx.config)
-    {
-        apply::apply(
-            &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns),
-            &np,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Deletes what [`apply_rendezvous`] made for the train Job `job` (if anything): best effort, as
-/// the FineTuneJob owns them and their deletion follows its own.
-async fn delete_rendezvous(ctx: &Context, ns: &str, job: &str) {
-    let dp = DeleteParams::default();
-    let svc = build::group::service_name(job);
-    let gone = |r: Result<_, kube::Error>, what: &str| match r {
-        Ok(_) => {}
-        Err(e) if is_not_found(&e) => {}
-        Err(e) => {
-            tracing::warn!(namespace = %ns, %what, error = %e, "deleting a cancelled group's rendezvous object")
-        }
-    };
-    gone(
-        Api::<Service>::namespaced(ctx.client.clone(), ns)
-            .delete(&svc, &dp)
-            .await
-            .map(drop),
-        &format!("Service {svc}"),
-    );
-    gone(
-        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
-            .delete(job, &dp)
-            .await
-            .map(drop),
-        &format!("NetworkPolicy {job}"),
-    );
-}
-
-/// Deletes a failed group's train Job in the foreground: it stays (being deleted) until its
-/// pods are gone, and the next attempt's Job of the same name is created after, so no pod of
-/// the old attempt still answers to a rank's hostname. Its ConfigMap stays for the next.
-async fn restart_group(ctx: &Context, ns: &str, job: &str) -> Result<(), Error> {
-    let jobs_api = Api::<Job>::namespaced(ctx.client.clone(), ns);
-    match jobs_api.delete(job, &DeleteParams::foreground()).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "deleting Job {job} to restart its group"
-        ))(e)),
-    }
 }
 
 async fn delete_job(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
