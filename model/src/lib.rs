@@ -23,7 +23,7 @@ pub mod error;
 pub mod kv_cache;
 pub mod layers;
 pub mod lora;
-mod masks;
+pub mod masks;
 pub mod model;
 pub mod peft;
 pub mod profile;

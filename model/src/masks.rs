@@ -66,3 +66,34 @@ pub(crate) fn segments(
         })
         .collect()
 }
+
+/// Packed sequences laid out as a right-padded `[rows, width]` batch for one causal attention
+/// call per layer (instead of one per sequence): `gather` picks, for every padded slot, a packed
+/// token (its own, or for padding the row's first token), `scatter` picks each packed token's
+/// slot back. Right padding is never visible to a real query under the causal mask, and the
+/// padded queries' outputs are dropped, so values and gradients are the per-sequence ones.
+#[derive(Debug)]
+pub struct Padded {
+    pub gather: Tensor,
+    pub scatter: Tensor,
+    pub rows: i64,
+    pub width: i64,
+}
+
+pub(crate) fn padded(lengths: &[i64], device: Device) -> Padded {
+    let width = lengths.iter().copied().max().unwrap_or(0);
+    let mut gather = Vec::with_capacity(lengths.len() * width as usize);
+    let mut scatter = Vec::with_capacity(lengths.iter().sum::<i64>() as usize);
+    let mut offset = 0;
+    for (row, &len) in lengths.iter().enumerate() {
+        gather.extend((0..width).map(|j| offset + if j < len { j } else { 0 }));
+        scatter.extend((0..len).map(|j| row as i64 * width + j));
+        offset += len;
+    }
+    Padded {
+        gather: Tensor::from_slice(&gather).to_device(device),
+        scatter: Tensor::from_slice(&scatter).to_device(device),
+        rows: lengths.len() as i64,
+        width,
+    }
+}

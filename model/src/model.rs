@@ -120,8 +120,10 @@ pub struct CausalLm {
     device: Device,
 }
 
-/// Logit elements the LM-head loss holds at once (16 MiB in fp32).
+/// Logit elements the LM-head loss holds at once: 16 MiB in fp32 on the CPU (cache-sized); on
+/// a GPU 256 MiB, so a chunk is thousands of rows and a step a handful of kernels, not hundreds.
 const HEAD_CHUNK_ELEMENTS: i64 = 1 << 22;
+const HEAD_CHUNK_ELEMENTS_GPU: i64 = 1 << 26;
 
 /// Token positions of one forward pass.
 pub(crate) enum Positions {
@@ -561,7 +563,12 @@ impl CausalLm {
             lengths.to_vec(),
         );
         let masks = PassMasks {
-            full: AttentionMask::Segments(masks::segments(lengths, None, self.device)),
+            // Several causal sequences: one padded attention call per layer.
+            full: if lengths.len() > 1 {
+                AttentionMask::Padded(masks::padded(lengths, self.device))
+            } else {
+                AttentionMask::Segments(masks::segments(lengths, None, self.device))
+            },
             sliding: self
                 .window()
                 .map(|w| AttentionMask::Segments(masks::segments(lengths, Some(w), self.device))),
@@ -750,7 +757,12 @@ impl CausalLm {
                 targets.size()
             )));
         }
-        let rows = (HEAD_CHUNK_ELEMENTS / vocab.max(1)).max(16);
+        let chunk = if self.device.is_cuda() {
+            HEAD_CHUNK_ELEMENTS_GPU
+        } else {
+            HEAD_CHUNK_ELEMENTS
+        };
+        let rows = (chunk / vocab.max(1)).max(16);
         let targets = targets.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
         let mut out = if grad {
             Some(hidden.f_empty_like()?)

@@ -160,12 +160,23 @@ pub(crate) fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bo
         serde_json::json!({"input_ids": rows, "labels": labels, "tokens": ids.len()})
     });
     Batch {
-        input_ids: Tensor::from_slice(&ids).to_device(device),
+        input_ids: to_device(&ids, device),
         lengths,
         counted: targets.len(),
-        positions: Tensor::from_slice(&positions).to_device(device),
-        targets: Tensor::from_slice(&targets).to_device(device),
+        positions: to_device(&positions, device),
+        targets: to_device(&targets, device),
         dump,
+    }
+}
+
+/// A host vector on `device`: on a GPU through pinned memory, so the copy is asynchronous and
+/// does not stall the host on the kernels already queued.
+fn to_device(values: &[i64], device: Device) -> Tensor {
+    let t = Tensor::from_slice(values);
+    if device.is_cuda() {
+        t.pin_memory(device).to_device_(device, Kind::Int64, true, false)
+    } else {
+        t
     }
 }
 

@@ -51,6 +51,9 @@ pub enum AttentionMask {
     /// within each, causal attention, or the given `[1, 1, l, l]` mask (a sliding window);
     /// none across.
     Segments(Vec<(i64, Option<Tensor>)>),
+    /// One row of causal sequences back to back, attended as one right-padded batch (one
+    /// kernel call for all of them; see `masks::Padded`).
+    Padded(crate::masks::Padded),
 }
 
 /// One layer's slice of a KV cache: preallocated `[B, kv_heads, capacity, head_dim]` key and
@@ -259,6 +262,18 @@ impl Attention {
                     })
                     .collect();
                 Tensor::cat(&parts, 2)
+            }
+            AttentionMask::Padded(p) => {
+                // [1, heads, N, d] -> [rows, heads, width, d] and back.
+                let pad = |x: &Tensor| {
+                    x.index_select(2, &p.gather)
+                        .view([x.size()[1], p.rows, p.width, d])
+                        .transpose(0, 1)
+                };
+                self.scores(&pad(&q), &pad(&k), &pad(&v), Visible::Causal)
+                    .transpose(0, 1)
+                    .reshape([1, h, p.rows * p.width, d])
+                    .index_select(2, &p.scatter)
             }
         };
         Ok(y.transpose(1, 2).reshape([b, t, q_dim]))
