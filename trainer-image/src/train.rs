@@ -174,7 +174,8 @@ pub(crate) fn make_batch(samples: &[&Sample], pad: i64, device: Device, dump: bo
 fn to_device(values: &[i64], device: Device) -> Tensor {
     let t = Tensor::from_slice(values);
     if device.is_cuda() {
-        t.pin_memory(device).to_device_(device, Kind::Int64, true, false)
+        t.pin_memory(device)
+            .to_device_(device, Kind::Int64, true, false)
     } else {
         t
     }

@@ -11,33 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
-
-fn python() -> String {
-    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn reference(args: &[&str]) -> Output {
-    let out = Command::new(python())
-        .arg(repo().join("model/tests/reference.py"))
-        .args(args)
-        .output()
-        .expect("run reference.py (is the setup script's venv on PATH?)");
-    assert!(
-        out.status.success(),
-        "reference.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
+mod common;
+use common::*;
 
 fn trainer(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -259,13 +234,6 @@ fn server_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 struct Server {

@@ -4,32 +4,10 @@
 //! the family's own config class (model/tests/reference.py FAMILIES) with a tokenizer trained on
 //! the examples dataset; sequences are longer than their sliding windows.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use tch::{Device, Tensor};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
-
-fn repo() -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
-        .join("..")
-}
-
-fn reference(args: &[&str]) -> Output {
-    let python = std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .arg(repo().join("model/tests/reference.py"))
-        .args(args)
-        .output()
-        .expect("run reference.py (is the setup script's venv on PATH?)");
-    assert!(
-        out.status.success(),
-        "reference.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod common;
+use common::*;
 
 fn trainer(args: &[&str]) -> Output {
     let out = Command::new(BIN)
@@ -42,15 +20,6 @@ fn trainer(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
-
-fn adapter_tensors(dir: &Path) -> Vec<(String, Tensor)> {
-    tailor_model::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors"), Device::Cpu)
-        .expect("adapter")
 }
 
 /// (reference.py FAMILIES entry, LoRA targets)

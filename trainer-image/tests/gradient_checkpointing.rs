@@ -6,22 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tch::{Device, Tensor};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
-
-fn python() -> String {
-    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo() -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
-        .join("..")
-}
-
-fn examples_jsonl() -> PathBuf {
-    repo().join("examples/quickstart/support-chat.jsonl")
-}
+mod common;
+use common::*;
 
 /// The examples' well-formed chat lines (the file holds some invalid ones on purpose).
 fn chat_examples() -> Vec<Value> {
@@ -31,10 +18,6 @@ fn chat_examples() -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["messages"].is_array())
         .collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
 }
 
 /// A random Llama (`hidden`, `layers`, 4 or 8 heads) whose tokenizer is trained on the examples.
@@ -108,11 +91,6 @@ fn losses(out: &Path) -> Vec<f64> {
         .iter()
         .map(|h| h["loss"].as_f64().expect("loss"))
         .collect()
-}
-
-fn adapter_tensors(dir: &Path) -> Vec<(String, Tensor)> {
-    tailor_model::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors"), Device::Cpu)
-        .expect("adapter")
 }
 
 #[test]

@@ -11,22 +11,11 @@ use tailor_artifacts::{ArtifactUri, Context, Env, Fetcher, Store};
 use tailor_local_s3::LocalS3;
 use tch::{Device, Tensor};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
+mod common;
+use common::*;
+
 const ACCESS_KEY: &str = "AKIATRAINERTEST0001";
 const SECRET_KEY: &str = "trainer-test-secret/VALUE+x=";
-
-fn python() -> String {
-    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo() -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
-        .join("..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 fn check(out: &Output, what: &str) {
     assert!(
@@ -128,17 +117,6 @@ fn adapter_from_bucket(
         .expect("fetch adapter");
     tailor_model::checkpoint::read_safetensors(&dest.join("adapter_model.safetensors"), Device::Cpu)
         .expect("adapter")
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
 }
 
 #[test]

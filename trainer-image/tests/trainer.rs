@@ -8,36 +8,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tch::{Device, Tensor};
+use tch::Device;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tailor-trainer");
-
-fn python() -> String {
-    std::env::var("TAILOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo() -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)"))
-        .join("..")
-}
-
-fn reference(args: &[&str]) -> Output {
-    let out = Command::new(python())
-        .arg(repo().join("model/tests/reference.py"))
-        .args(args)
-        .output()
-        .expect("run reference.py (is the setup script's venv on PATH?)");
-    assert!(
-        out.status.success(),
-        "reference.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn examples_jsonl() -> PathBuf {
-    repo().join("examples/quickstart/support-chat.jsonl")
-}
+mod common;
+use common::*;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -95,15 +69,6 @@ fn trainer(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run tailor-trainer")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
-
-fn json_file(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .expect("json")
 }
 
 fn read_jsonl(p: &Path) -> Vec<String> {
@@ -239,27 +204,10 @@ fn prepare_rejects_empty_and_all_invalid_input() {
     }
 }
 
-fn adapter_tensors(dir: &Path) -> Vec<(String, Tensor)> {
-    tailor_model::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors"), Device::Cpu)
-        .expect("adapter")
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
-}
-
-#[test]
-fn training_matches_pytorch_peft_step_for_step() {
-    let f = fixture();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let init = dir.path().join("init");
+/// A PEFT-initialised adapter for the fixture's model: q, v and down projections, rank 4,
+/// alpha 8, seed 3 (B non-zero, so the first steps move every tensor).
+fn peft_init(f: &Fixture, dir: &Path) -> PathBuf {
+    let init = dir.join("init");
     reference(&[
         "peft-init",
         s(&f.model),
@@ -269,65 +217,19 @@ fn training_matches_pytorch_peft_step_for_step() {
         "8",
         "3",
     ]);
-    let out = dir.path().join("tailor");
-    let batches = dir.path().join("batches.json");
-    let run = trainer(&[
-        "train",
-        "--base-model",
-        s(&f.model),
-        "--train",
-        s(&f.prepared.join("train.jsonl")),
-        "--output",
-        s(&out),
-        "--init-adapter",
-        s(&init),
-        "--target-modules",
-        "q_proj,v_proj,down_proj",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--dropout",
-        "0",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--grad-accum",
-        "2",
-        "--learning-rate",
-        "0.01",
-        "--warmup-ratio",
-        "0.1",
-        "--scheduler",
-        "cosine",
-        "--weight-decay",
-        "0.01",
-        "--max-steps",
-        "20",
-        "--dump-batches",
-        s(&batches),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let metrics = json_file(&out.join("metrics.json"));
-    let ours: Vec<f64> = metrics["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h["loss"].as_f64().expect("loss"))
-        .collect();
-    assert_eq!(ours.len(), 20);
-    let peft_out = dir.path().join("peft");
-    reference(&["train", s(&f.model), s(&init), s(&batches), s(&peft_out)]);
-    let theirs: Vec<f64> =
-        serde_json::from_slice(&std::fs::read(peft_out.join("losses.json")).expect("losses"))
-            .expect("json");
-    assert_eq!(theirs.len(), 20);
-    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+    init
+}
+
+/// PyTorch + PEFT replaying `batches` (as tailor dumped them) from `init` into `out`: its
+/// per-step losses.
+fn peft_losses(f: &Fixture, init: &Path, batches: &Path, out: &Path) -> Vec<f64> {
+    reference(&["train", s(&f.model), s(init), s(batches), s(out)]);
+    serde_json::from_slice(&std::fs::read(out.join("losses.json")).expect("losses")).expect("json")
+}
+
+fn assert_losses_match_peft(ours: &[f64], theirs: &[f64]) {
+    assert_eq!(ours.len(), theirs.len());
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
         let rel = (a - b).abs() / b.abs();
         assert!(
             rel <= 1e-4,
@@ -335,6 +237,22 @@ fn training_matches_pytorch_peft_step_for_step() {
             i + 1
         );
     }
+}
+
+#[test]
+fn training_matches_pytorch_peft_step_for_step() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let init = peft_init(f, dir.path());
+    let out = dir.path().join("tailor");
+    let batches = dir.path().join("batches.json");
+    let mut args = dp_args(f, &init, &out, 4, 20);
+    args.extend(["--dump-batches".into(), s(&batches).into()]);
+    succeeded(Command::new(BIN).args(&args).output().expect("run"));
+    let ours = losses(&out);
+    assert_eq!(ours.len(), 20);
+    let peft_out = dir.path().join("peft");
+    assert_losses_match_peft(&ours, &peft_losses(f, &init, &batches, &peft_out));
     assert!(ours[19] < ours[0] - 0.01, "loss did not fall: {ours:?}");
     // And the adapters they end with agree.
     let d = max_diff(&adapter_tensors(&out), &adapter_tensors(&peft_out));
@@ -657,14 +575,6 @@ fn bad_input_fails_with_a_clear_error() {
     train_fails(&["train", "--config", s(&config)], "learningrate");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A run of `steps` steps from `init` with `batch` examples per rank and micro-batch.
 fn dp_args(f: &Fixture, init: &Path, out: &Path, batch: usize, steps: usize) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -759,16 +669,7 @@ fn two_nodes(args: &[String], port: u16) -> [Output; 2] {
 fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agrees() {
     let f = fixture();
     let dir = tempfile::tempdir().expect("tempdir");
-    let init = dir.path().join("init");
-    reference(&[
-        "peft-init",
-        s(&f.model),
-        s(&init),
-        "q_proj,v_proj,down_proj",
-        "4",
-        "8",
-        "3",
-    ]);
+    let init = peft_init(f, dir.path());
     // One process, micro-batches of 4.
     let one = dir.path().join("one");
     let batches = dir.path().join("batches.json");
@@ -835,14 +736,7 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
 
     // PyTorch + PEFT on the same batches.
     let peft_out = dir.path().join("peft");
-    reference(&["train", s(&f.model), s(&init), s(&batches), s(&peft_out)]);
-    let theirs: Vec<f64> =
-        serde_json::from_slice(&std::fs::read(peft_out.join("losses.json")).expect("losses"))
-            .expect("json");
-    for (i, (x, y)) in b.iter().zip(&theirs).enumerate() {
-        let rel = (x - y).abs() / y.abs();
-        assert!(rel <= 1e-4, "step {}: 2 ranks {x} vs PEFT {y}", i + 1);
-    }
+    assert_losses_match_peft(&b, &peft_losses(f, &init, &batches, &peft_out));
     let d = max_diff(&adapter_tensors(&two), &adapter_tensors(&peft_out));
     assert!(d <= 1e-4, "2 ranks and PEFT end {d} apart");
 
@@ -870,16 +764,7 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
 fn a_rank_that_dies_fails_its_peers_instead_of_hanging_them() {
     let f = fixture();
     let dir = tempfile::tempdir().expect("tempdir");
-    let init = dir.path().join("init");
-    reference(&[
-        "peft-init",
-        s(&f.model),
-        s(&init),
-        "q_proj,v_proj,down_proj",
-        "4",
-        "8",
-        "3",
-    ]);
+    let init = peft_init(f, dir.path());
     let out = dir.path().join("out");
     let term = dir.path().join("termination");
     std::fs::write(&term, "").expect("termination file");
