@@ -169,19 +169,7 @@ pub fn pod_state(pod: &Pod) -> PodState {
                 .filter(|m| !m.trim().is_empty())
                 .map(|m| cut(m, TERMINATION_MESSAGE_MAX))
         });
-    let fetch_failure = status
-        .init_container_statuses
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|cs| cs.name.starts_with("fetch-"))
-        .find_map(|cs| {
-            let t = cs
-                .state
-                .and_then(|s| s.terminated)
-                .or_else(|| cs.last_state.and_then(|s| s.terminated))
-                .filter(|t| t.exit_code != 0)?;
-            Some(fetch_error(t.message.as_deref().unwrap_or(""), t.exit_code))
-        });
+    let fetch_failure = fetch_failure_of(pod).map(|(_, m)| m);
     PodState {
         name: pod.metadata.name.clone().unwrap_or_default(),
         phase: status.phase.unwrap_or_else(|| "Pending".into()),
@@ -203,6 +191,40 @@ pub fn fetched(job: &Job) -> Vec<String> {
         .filter(|c| c.name.starts_with("fetch-"))
         .filter_map(|c| c.args.as_ref()?.first().cloned())
         .collect()
+}
+
+/// Why a fetch init container of `pod` failed, and whether the fetcher said so itself (an
+/// `error: ` line) rather than being stopped from outside (a signal, no word of its own).
+fn fetch_failure_of(pod: &Pod) -> Option<(bool, String)> {
+    pod.status
+        .as_ref()?
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .filter(|cs| cs.name.starts_with("fetch-"))
+        .find_map(|cs| {
+            let t = cs
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or_else(|| cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()))
+                .filter(|t| t.exit_code != 0)?;
+            let tail = t.message.as_deref().unwrap_or("");
+            let said = tail.lines().any(|l| l.trim().starts_with("error: "));
+            Some((said, fetch_error(tail, t.exit_code)))
+        })
+}
+
+/// The fetch failure that best explains a Job's failure, over all its pods: one the fetcher
+/// reported itself before any of a pod stopped from outside (when a Job fails, its other pods
+/// are killed, and "exited with code 137" would hide the cause).
+pub fn fetch_failure(pods: &[Pod]) -> Option<String> {
+    let failures: Vec<(bool, String)> = pods.iter().filter_map(fetch_failure_of).collect();
+    failures
+        .iter()
+        .find(|(said, _)| *said)
+        .or_else(|| failures.first())
+        .map(|(_, m)| m.clone())
 }
 
 /// What a failed `tailor-fetch` said: its last `error: ` line (the log tail is its termination
@@ -846,5 +868,36 @@ mod tests {
             fetch_error("", 6),
             "tailor-fetch exited with code 6 (Unreachable)"
         );
+    }
+
+    #[test]
+    fn the_fetchers_own_error_explains_a_job_better_than_a_killed_pod() {
+        let pod = |exit: i32, message: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("p{exit}")},
+                "status": {"initContainerStatuses": [{
+                    "name": "fetch-0", "image": "f", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": exit, "message": message}}
+                }]}
+            }))
+            .expect("pod")
+        };
+        let said = pod(5, "error: s3://b/k: PermissionDenied: 403\n");
+        let killed = pod(137, "");
+        for pods in [
+            vec![killed.clone(), said.clone()],
+            vec![said.clone(), killed.clone()],
+        ] {
+            assert_eq!(
+                fetch_failure(&pods).as_deref(),
+                Some("s3://b/k: PermissionDenied: 403")
+            );
+        }
+        assert_eq!(
+            fetch_failure(&[killed]).as_deref(),
+            Some("tailor-fetch exited with code 137 (failed)")
+        );
+        assert_eq!(fetch_failure(&[]), None);
     }
 }

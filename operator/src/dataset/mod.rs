@@ -196,12 +196,12 @@ async fn pipeline(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
             None => Observation::Prepared(read_stats(ctx, &ns, &v.prepared_uri).await?),
         }
     } else if let Some((reason, message)) = &state.failed {
-        let pod_message = pods
-            .iter()
-            .map(jobs::pod_state)
-            .find_map(|p| match p.fetch_failure {
-                Some(f) => Some(format!("fetching the source: {f}")),
-                None => build::failure_message(p.termination_message.as_deref()),
+        let pod_message = jobs::fetch_failure(&pods)
+            .map(|f| format!("fetching the source: {f}"))
+            .or_else(|| {
+                pods.iter()
+                    .map(jobs::pod_state)
+                    .find_map(|p| build::failure_message(p.termination_message.as_deref()))
             });
         Observation::Failed {
             message: pod_message

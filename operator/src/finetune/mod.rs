@@ -403,10 +403,7 @@ async fn pipeline(ftj: &FineTuneJob, ctx: &Ctx) -> Result<Action, Error> {
                 },
             };
         } else if state.failed.is_some() {
-            let fetch = pods
-                .iter()
-                .find_map(|p| jobs::pod_state(p).fetch_failure)
-                .map(|f| format!("fetching the base model: {f}"));
+            let fetch = jobs::fetch_failure(&pods).map(|f| format!("fetching the base model: {f}"));
             obs.failure =
                 fetch.or_else(|| summaries.iter().rev().find_map(|(_, s)| s.message.clone()));
             ctx.metrics.error(NAME, Category::JobFailed);
