@@ -116,22 +116,26 @@ impl CausalLm {
         let seeds = DropoutSeeds::draw(&adapters, true);
         let count = self.model.layers.len();
         let keep_at = |i: usize| (i + 1 == count).then_some(&pass.keep);
+        // Layer `i` as training runs it, in both passes.
+        let layer = |i: usize, x: &Tensor| {
+            self.layer_forward(
+                i,
+                x,
+                &rotations,
+                &pass.masks,
+                None,
+                keep_at(i),
+                &adapters,
+                true,
+            )
+        };
         // Forward without a graph, keeping each layer's input.
         let (inputs, hidden) = tch::no_grad(|| -> Result<_> {
             let mut x = self.embed(&pass.ids);
             let mut inputs = Vec::with_capacity(count);
             for i in 0..count {
                 seeds.enter_layer(i);
-                let next = self.layer_forward(
-                    i,
-                    &x,
-                    &rotations,
-                    &pass.masks,
-                    None,
-                    keep_at(i),
-                    &adapters,
-                    true,
-                )?;
+                let next = layer(i, &x)?;
                 inputs.push(std::mem::replace(&mut x, next));
             }
             Ok((inputs, self.finish(x, count > 0, &pass.keep)))
@@ -157,16 +161,7 @@ impl CausalLm {
                 saved
             };
             seeds.enter_layer(i);
-            let out = self.layer_forward(
-                i,
-                &x,
-                &rotations,
-                &pass.masks,
-                None,
-                keep_at(i),
-                &adapters,
-                true,
-            )?;
+            let out = layer(i, &x)?;
             let out = if keep_at(i).is_some() {
                 self.model.norm.forward(&out)
             } else {

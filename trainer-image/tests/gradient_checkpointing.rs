@@ -24,27 +24,25 @@ fn chat_examples() -> Vec<Value> {
 fn base_model(dir: &Path, hidden: usize, layers: usize, intermediate: usize) -> PathBuf {
     let out = dir.join("base");
     let heads = if hidden >= 256 { 8 } else { 4 };
-    let args = [
-        "base-model".to_string(),
-        s(&out).into(),
-        s(&examples_jsonl()).into(),
-        "1000".into(),
+    let (hidden, layers, heads, kv, intermediate) = (
         hidden.to_string(),
         layers.to_string(),
         heads.to_string(),
         (heads / 2).to_string(),
         intermediate.to_string(),
-    ];
-    let run = Command::new(python())
-        .arg(repo().join("model/tests/reference.py"))
-        .args(&args)
-        .output()
-        .expect("run reference.py (is the setup script's venv on PATH?)");
-    assert!(
-        run.status.success(),
-        "reference.py {args:?}: {}",
-        String::from_utf8_lossy(&run.stderr)
     );
+    let data = examples_jsonl();
+    reference(&[
+        "base-model",
+        s(&out),
+        s(&data),
+        "1000",
+        &hidden,
+        &layers,
+        &heads,
+        &kv,
+        &intermediate,
+    ]);
     out
 }
 

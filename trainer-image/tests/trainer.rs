@@ -239,16 +239,23 @@ fn assert_losses_match_peft(ours: &[f64], theirs: &[f64]) {
     }
 }
 
+/// One process, micro-batches of 4, for `steps` steps into `out`, dumping the batches it trained
+/// on (for PEFT to replay): returns the dump's path.
+fn run_dumping_batches(f: &Fixture, init: &Path, out: &Path, steps: usize) -> PathBuf {
+    let batches = out.with_extension("batches.json");
+    let mut args = dp_args(f, init, out, 4, steps);
+    args.extend(["--dump-batches".into(), s(&batches).into()]);
+    succeeded(Command::new(BIN).args(&args).output().expect("run"));
+    batches
+}
+
 #[test]
 fn training_matches_pytorch_peft_step_for_step() {
     let f = fixture();
     let dir = tempfile::tempdir().expect("tempdir");
     let init = peft_init(f, dir.path());
     let out = dir.path().join("tailor");
-    let batches = dir.path().join("batches.json");
-    let mut args = dp_args(f, &init, &out, 4, 20);
-    args.extend(["--dump-batches".into(), s(&batches).into()]);
-    succeeded(Command::new(BIN).args(&args).output().expect("run"));
+    let batches = run_dumping_batches(f, &init, &out, 20);
     let ours = losses(&out);
     assert_eq!(ours.len(), 20);
     let peft_out = dir.path().join("peft");
@@ -672,10 +679,7 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
     let init = peft_init(f, dir.path());
     // One process, micro-batches of 4.
     let one = dir.path().join("one");
-    let batches = dir.path().join("batches.json");
-    let mut args = dp_args(f, &init, &one, 4, 12);
-    args.extend(["--dump-batches".into(), s(&batches).into()]);
-    succeeded(Command::new(BIN).args(&args).output().expect("run"));
+    let batches = run_dumping_batches(f, &init, &one, 12);
 
     // Two ranks of micro-batches of 2, started by the binary as one node's launcher.
     let two = dir.path().join("two");
