@@ -6,6 +6,10 @@
 //!
 //! Regenerate the ConfigMap patch after editing a script:
 //! `TAILOR_BLESS=1 cargo test -p tailor-api --test argocd`.
+//!
+//! Size (over 700 lines, on purpose): one suite of the health scripts, one test per kind, each a
+//! table of objects and the health Argo CD must read from them; all share one Lua harness
+//! (`to_lua`, `health`) and the example objects.
 
 mod common;
 

@@ -1,7 +1,10 @@
 //! End-to-end tests: the real `tailor-router` binary between a real HTTP client and real
 //! OpenAI-like backends on loopback.
 //!
-//! Size (just over 700 lines): one suite over the real binary and its loopback backends.
+//! Size (over 700 lines, on purpose): one suite of the binary's routing behaviour (weights,
+//! stickiness, reloads, keys, streaming, retries, stats, errors, drain), every case the real
+//! binary over loopback backends from `common`; the other concerns are binaries of their own
+//! (`clients`, `flags`, `hardening`, `scaling`).
 
 mod common;
 

@@ -4,6 +4,11 @@
 //! caches the controller's own watches fill; the only reads from the API server are the two
 //! Secrets a deployment uses (its users' API keys and the serving token), by name in its
 //! namespace. HTTP calls to pods go through [`super::clients`], concurrently.
+//!
+//! Here: the reconcile pipeline itself and the status of a spec it cannot act on. The watches
+//! and caches are set up in `watches`; the dereference step (the LoraAdapters the spec names, the
+//! base model's Hub commit) is in `dereference`; what the pipeline reads and calls around it
+//! (Secrets, serving pods, servers' and routers' HTTP APIs, pruning) in `observe`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,8 +42,12 @@ use crate::events;
 use crate::inputs;
 use crate::jobs;
 
+mod dereference;
 mod observe;
+mod watches;
+use dereference::{base_model_pin, resolve_adapters};
 use observe::*;
+pub use watches::run;
 
 /// The ModelDeployment controller: the shared [`Context`] and the caches of everything its
 /// reconciles read.
@@ -84,108 +93,6 @@ impl controller::Reconciler for Ctx {
     }
 }
 
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let children = || watcher::Config::default().labels(MDEP_LABEL);
-    let (deployments, deployments_w) = reflector::store::<Deployment>();
-    let (replica_sets, replica_sets_w) = reflector::store::<ReplicaSet>();
-    let (services, services_w) = reflector::store::<Service>();
-    let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
-    let (pods, pods_w) = reflector::store::<Pod>();
-    let (adapters, adapters_w) = reflector::store::<DeserializeGuard<LoraAdapter>>();
-    // Caches that trigger nothing (a reconcile's own writes to them would only wake it again):
-    // their watches are polled on their own.
-    let quiet = futures::stream::select_all([
-        cache::reflect(
-            replica_sets_w,
-            Api::<ReplicaSet>::all(client.clone()),
-            children(),
-            |_| {},
-        )
-        .map(|_| ())
-        .boxed(),
-        cache::reflect(
-            services_w,
-            Api::<Service>::all(client.clone()),
-            children(),
-            |_| {},
-        )
-        .map(|_| ())
-        .boxed(),
-        cache::reflect(
-            config_maps_w,
-            Api::<ConfigMap>::all(client.clone()),
-            children(),
-            |_| {},
-        )
-        .map(|_| ())
-        .boxed(),
-    ]);
-    tokio::spawn(quiet.for_each(|_| async {}));
-    let (c, mds) = controller::new::<ModelDeployment>(client.clone());
-    let c = c
-        .owns_stream(cache::reflect(
-            deployments_w,
-            Api::<Deployment>::all(client.clone()),
-            children(),
-            cache::trim_deployment,
-        ))
-        // A serving pod becoming ready (or going away) changes what serves.
-        .watches_stream(
-            cache::reflect(
-                pods_w,
-                Api::<Pod>::all(client.clone()),
-                children(),
-                cache::trim_pod,
-            ),
-            |pod| {
-                let ns = pod.namespace().unwrap_or_default();
-                pod.labels()
-                    .get(MDEP_LABEL)
-                    .map(|n| ObjectRef::new(n).within(&ns))
-            },
-        )
-        // A LoraAdapter becoming Ready (its job just finished) is what a waiting deployment
-        // needs: look again at once rather than at the next back-off.
-        .watches_stream(
-            cache::reflect(
-                adapters_w,
-                Api::<DeserializeGuard<LoraAdapter>>::all(client),
-                watcher::Config::default(),
-                |_| {},
-            ),
-            move |la| {
-                let ns = la.namespace();
-                let name = la.name_any();
-                mds.state()
-                    .iter()
-                    .filter_map(|g| valid(g))
-                    .filter(|md| {
-                        md.namespace() == ns
-                            && md.spec.adapters.iter().any(|a| a.adapter_ref.name == name)
-                    })
-                    .map(|md| {
-                        ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default())
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
-    controller::run(
-        c,
-        Arc::new(Ctx {
-            base: ctx,
-            deployments,
-            replica_sets,
-            services,
-            config_maps,
-            pods,
-            adapters,
-            busy: Default::default(),
-        }),
-    )
-    .await;
-}
-
 /// Status for a spec the operator cannot act on: the condition says why; the children that
 /// serve keep serving, untouched, until the spec changes.
 async fn invalid(
@@ -198,121 +105,6 @@ async fn invalid(
     let st = rollout::invalid_status(md, category.as_str(), message, Timestamp::now());
     controller::write_status(ctx, md, &st).await?;
     Ok(())
-}
-
-/// The LoraAdapters the spec names, resolved from the cache. A missing or unverified adapter is
-/// waited for (transient: its FineTuneJob may still be writing it).
-fn resolve_adapters(
-    md: &ModelDeployment,
-    r: &Ctx,
-    ns: &str,
-) -> Result<Vec<ResolvedAdapter>, Error> {
-    let mut out = vec![];
-    for a in &md.spec.adapters {
-        let name = &a.adapter_ref.name;
-        let waiting = |message: String| Error::Artifact {
-            uri: format!("LoraAdapter {name}"),
-            message,
-        };
-        let cached = cache::get(&r.adapters, ns, name);
-        let la = match cached.as_deref().map(|g| &g.0) {
-            None => {
-                return Err(waiting(format!(
-                    "adapter {:?} refers to LoraAdapter {name}, which does not exist (yet)",
-                    a.name
-                )));
-            }
-            Some(Err(bad)) => {
-                return Err(waiting(format!(
-                    "LoraAdapter {name} could not be read: {}",
-                    bad.error
-                )));
-            }
-            Some(Ok(la)) => la,
-        };
-        let st = la.status.clone().unwrap_or_default();
-        if st.phase != LoraAdapterPhase::Ready {
-            return Err(Error::Artifact {
-                uri: la.spec.uri.clone(),
-                message: format!("LoraAdapter {name} is {:?}, not Ready", st.phase),
-            });
-        }
-        let lineage = st.lineage.unwrap_or_default();
-        out.push(ResolvedAdapter {
-            served_name: a.name.clone(),
-            adapter: name.clone(),
-            uri: la.spec.uri.clone(),
-            sha256: la.spec.sha256.clone(),
-            rank: Some(la.spec.rank),
-            credentials: la
-                .spec
-                .credentials_secret_ref
-                .as_ref()
-                .map(|r| r.name.clone()),
-            validation_loss: lineage.validation_loss,
-            base_validation_loss: lineage.base_validation_loss,
-            evaluation: lineage.evaluation,
-        });
-    }
-    // The servers get one set of store credentials: adapters fetched with different Secrets
-    // cannot share them.
-    let secrets: std::collections::BTreeSet<&str> = out
-        .iter()
-        .filter_map(|a| a.credentials.as_deref())
-        .collect();
-    if secrets.len() > 1 {
-        return Err(Error::InvalidSpec(format!(
-            "the adapters name different credentialsSecretRefs ({}): the servers of one ModelDeployment fetch adapters with one Secret",
-            secrets.into_iter().collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(out)
-}
-
-/// The Hub commit the revision `rev` fetches an `hf://` base model without one at: the one a
-/// snapshot of its pod revision recorded (its own, or the stable or canary revision's when they
-/// run on the same pods: an adapter canary never changes the base model under them), else the
-/// one the branch names now (the snapshot written next keeps it). `None` for every other base
-/// model.
-async fn base_model_pin(
-    md: &ModelDeployment,
-    r: &Ctx,
-    ns: &str,
-    rev: &str,
-) -> Result<Option<String>, Error> {
-    let base = &md.spec.base_model;
-    if !inputs::is_unpinned_hub_uri(&base.uri) {
-        return Ok(None);
-    }
-    let status = md.status.clone().unwrap_or_default();
-    let same_pods = [
-        Some(rev.to_string()),
-        status.stable_revision,
-        status.canary_revision,
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|r| revision::pod_part(r) == revision::pod_part(rev));
-    for other in same_pods {
-        let recorded = r
-            .config_map(ns, &build::snapshot_name(&md.name_any(), &other))
-            .as_deref()
-            .and_then(build::read_snapshot)
-            .and_then(|s| s.pods.base_model_revision)
-            .filter(|sha| tailor_artifacts::hub::is_commit_sha(sha));
-        if recorded.is_some() {
-            return Ok(recorded);
-        }
-    }
-    let pinned = inputs::pinned_uri(
-        &r.base,
-        ns,
-        "spec.baseModel",
-        &base.uri,
-        base.credentials_secret_ref.as_ref(),
-    )
-    .await?;
-    Ok(inputs::revision_of(&pinned))
 }
 
 async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
@@ -729,8 +521,6 @@ async fn pipeline(md: &ModelDeployment, r: &Ctx) -> Result<Action, Error> {
     Ok(Action::requeue(requeue))
 }
 
-/// Whether every ready router pod has loaded the config in `cm` (each one's `/stats` reports
-/// the SHA-256 of the file it runs).
 /// When to look again: when the rollout says, or within a second while a ready router pod has
 /// not loaded the new config yet (it reloads within a moment). With no router pod ready
 /// (Pending, crash-looping) there is nothing to poll: a router pod becoming ready is a pod
@@ -742,67 +532,6 @@ fn requeue_after(decided: Duration, router_current: bool, ready_router_pods: usi
     } else {
         decided.min(Duration::from_secs(1))
     }
-}
-
-/// The autoscaling metric summed over `pods` (those that answered): for in-flight requests,
-/// each pod's mean since the last reading (the rate of its busy seconds), at least what it has
-/// in flight now; for the queue, what waits now.
-async fn read_load(
-    peer: Peer<'_>,
-    a: &tailor_api::Autoscaling,
-    pods_: &[&ServingPod],
-    busy: &std::sync::Mutex<BTreeMap<String, (std::time::Instant, f64)>>,
-    key: &str,
-) -> autoscale::Reading {
-    let queue_only = a.target_in_flight_per_replica.is_none();
-    let named: Vec<(String, String)> = pods_
-        .iter()
-        .map(|p| (p.name.clone(), p.ip.clone()))
-        .collect();
-    let answers = clients::fan_out(named, |(name, ip)| async move {
-        let load = peer
-            .server_load(&ip)
-            .await
-            .map_err(|e| tracing::debug!(error = %e, "reading a server's load"))
-            .ok();
-        (name, load, std::time::Instant::now())
-    })
-    .await;
-    let mut memory = busy.lock().unwrap_or_else(|e| e.into_inner());
-    // Pods of this deployment that are gone are forgotten.
-    memory.retain(|k, _| {
-        !k.starts_with(key) || answers.iter().any(|(n, _, _)| k[key.len()..] == **n)
-    });
-    let mut loads = vec![];
-    for (name, load, at) in answers {
-        let Some(l) = load else { continue };
-        if queue_only {
-            loads.push(l.waiting);
-            continue;
-        }
-        let now = l.running + l.waiting;
-        let mean = l.busy_seconds.and_then(|b| {
-            let previous = memory.insert(format!("{key}{name}"), (at, b));
-            autoscale::mean_in_flight(previous, (at, b))
-        });
-        loads.push(mean.map_or(now, |m| m.max(now)));
-    }
-    autoscale::Reading {
-        load: (!loads.is_empty()).then(|| loads.iter().sum()),
-        measured_pods: u32::try_from(loads.len()).unwrap_or(u32::MAX),
-    }
-}
-
-async fn router_runs(peer: Peer<'_>, router_pods: &[String], cm: &ConfigMap) -> bool {
-    let Some(text) = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(build::ROUTER_CONFIG_KEY))
-    else {
-        return false;
-    };
-    let answers = router_stats(peer, router_pods, Duration::from_secs(1)).await;
-    answers.len() == router_pods.len() && stats::all_run(&answers, text)
 }
 
 #[cfg(test)]

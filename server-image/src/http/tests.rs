@@ -1,5 +1,9 @@
 //! The router in process: `app(state)` over a real started server state (tiny checkpoints from
 //! `tests/server_reference.py`, the real engine thread), requests through `tower::oneshot`.
+//!
+//! Size (over 700 lines, on purpose): one suite of the HTTP layer sharing one fixture: the tiny
+//! checkpoints are built once per test binary (a Python run), and every case is requests and
+//! answers against a server state started over them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

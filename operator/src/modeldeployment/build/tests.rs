@@ -1,9 +1,21 @@
+//! Unit tests of the ModelDeployment builders (this module's parent and its `server`, `router`
+//! and `policies` submodules, with the serving engines of `runtime`): the children built from
+//! the quickstart example, checked field by field.
+//!
+//! Size (over 700 lines, on purpose): one suite of one pure builder sharing one fixture (the
+//! quickstart ModelDeployment, the operator config, the adapter and revision helpers); several
+//! cases check the server and router children against each other (the token one sends and the
+//! other requires, backends, ports), so split by child they would each repeat the fixture.
+
 use std::path::Path;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
+use serde_json::Value;
 use tailor_api::ModelDeployment;
 
 use super::*;
+use crate::config::OperatorConfig;
 use crate::modeldeployment::revision::ResolvedAdapter;
 
 fn md() -> ModelDeployment {

@@ -228,6 +228,69 @@ pub(super) async fn router_stats(
     .collect()
 }
 
+/// The autoscaling metric summed over `pods` (those that answered): for in-flight requests,
+/// each pod's mean since the last reading (the rate of its busy seconds), at least what it has
+/// in flight now; for the queue, what waits now.
+pub(super) async fn read_load(
+    peer: Peer<'_>,
+    a: &tailor_api::Autoscaling,
+    pods_: &[&ServingPod],
+    busy: &std::sync::Mutex<BTreeMap<String, (std::time::Instant, f64)>>,
+    key: &str,
+) -> autoscale::Reading {
+    let queue_only = a.target_in_flight_per_replica.is_none();
+    let named: Vec<(String, String)> = pods_
+        .iter()
+        .map(|p| (p.name.clone(), p.ip.clone()))
+        .collect();
+    let answers = clients::fan_out(named, |(name, ip)| async move {
+        let load = peer
+            .server_load(&ip)
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "reading a server's load"))
+            .ok();
+        (name, load, std::time::Instant::now())
+    })
+    .await;
+    let mut memory = busy.lock().unwrap_or_else(|e| e.into_inner());
+    // Pods of this deployment that are gone are forgotten.
+    memory.retain(|k, _| {
+        !k.starts_with(key) || answers.iter().any(|(n, _, _)| k[key.len()..] == **n)
+    });
+    let mut loads = vec![];
+    for (name, load, at) in answers {
+        let Some(l) = load else { continue };
+        if queue_only {
+            loads.push(l.waiting);
+            continue;
+        }
+        let now = l.running + l.waiting;
+        let mean = l.busy_seconds.and_then(|b| {
+            let previous = memory.insert(format!("{key}{name}"), (at, b));
+            autoscale::mean_in_flight(previous, (at, b))
+        });
+        loads.push(mean.map_or(now, |m| m.max(now)));
+    }
+    autoscale::Reading {
+        load: (!loads.is_empty()).then(|| loads.iter().sum()),
+        measured_pods: u32::try_from(loads.len()).unwrap_or(u32::MAX),
+    }
+}
+
+/// Whether every ready router pod has loaded the config in `cm` (each one's `/stats` reports
+/// the SHA-256 of the file it runs).
+pub(super) async fn router_runs(peer: Peer<'_>, router_pods: &[String], cm: &ConfigMap) -> bool {
+    let Some(text) = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(build::ROUTER_CONFIG_KEY))
+    else {
+        return false;
+    };
+    let answers = router_stats(peer, router_pods, Duration::from_secs(1)).await;
+    answers.len() == router_pods.len() && stats::all_run(&answers, text)
+}
+
 pub(super) async fn analysis_window(
     ctx: &Context,
     peer: Peer<'_>,
