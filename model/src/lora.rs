@@ -397,6 +397,64 @@ impl LoraAdapter {
     }
 }
 
+impl LoraAdapter {
+    /// The LoRA contributions of a group of projections that share the input `x` and whose
+    /// outputs sit side by side (q/k/v, gate/up): `[…, Σ width]`, zeros where a module is not
+    /// adapted. The A matrices of the group are one matmul (`x` cast once), the scaling is folded
+    /// into them, and each B reads its slice. No dropout: with dropout, each module draws its own
+    /// mask, as PEFT's separate `lora_dropout` modules do (see [`LoraAdapter::delta`]).
+    fn group_delta(&self, layer: usize, group: &[(TargetModule, i64)], x: &Tensor) -> Tensor {
+        let pairs: Vec<Option<&LoraPair>> =
+            group.iter().map(|&(m, _)| self.pair(layer, m)).collect();
+        let adapted: Vec<&LoraPair> = pairs.iter().flatten().copied().collect();
+        let kind = adapted.first().map_or(Kind::Float, |p| p.a.kind());
+        let a = match adapted.as_slice() {
+            [p] => &p.a * p.scaling,
+            _ => {
+                let a: Vec<&Tensor> = adapted.iter().map(|p| &p.a).collect();
+                Tensor::cat(&a, 0) * self.config.scaling()
+            }
+        };
+        let x_in = if x.kind() == kind {
+            x.shallow_clone()
+        } else {
+            x.to_kind(kind)
+        };
+        // Split, not narrowed: the gradient of a split is one concatenation, where each narrow's
+        // would be a zero-filled tensor of the full width.
+        let ranks: Vec<i64> = adapted.iter().map(|p| p.a.size()[0]).collect();
+        let xa = x_in.linear::<Tensor>(&a, None);
+        let mut xa = match ranks.len() {
+            1 => vec![xa],
+            _ => xa.split_with_sizes(&ranks, -1),
+        }
+        .into_iter();
+        let mut parts: Vec<Tensor> = group
+            .iter()
+            .zip(&pairs)
+            .map(|(&(_, width), pair)| {
+                let d = pair.and_then(|p| Some(xa.next()?.linear::<Tensor>(&p.b, None)));
+                d.unwrap_or_else(|| {
+                    let mut shape = x.size();
+                    if let Some(last) = shape.last_mut() {
+                        *last = width;
+                    }
+                    Tensor::zeros(shape, (kind, x.device()))
+                })
+            })
+            .collect();
+        let d = match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, -1),
+        };
+        if d.kind() == x.kind() {
+            d
+        } else {
+            d.to_kind(x.kind())
+        }
+    }
+}
+
 /// One adapted projection packed for a batch: row `i` holds its adapter's `Aᵀ` (`[in, r]`) and
 /// `Bᵀ` (`[r, out]`), zero-padded to the batch's largest rank (zeros where a row has no pair).
 #[derive(Debug)]
@@ -566,6 +624,40 @@ impl Adapters<'_> {
         }
     }
 
+    /// Adds the LoRA contributions of a group of projections of the same input `x` to `base`,
+    /// their frozen outputs side by side in `group`'s order (`(module, width)`). One adapter
+    /// without dropout takes the fused path ([`LoraAdapter::group_delta`]); otherwise each
+    /// module is applied to its slice.
+    pub(crate) fn apply_group(
+        &self,
+        layer: usize,
+        group: &[(TargetModule, i64)],
+        x: &Tensor,
+        base: Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        if !group.iter().any(|&(m, _)| self.touches(layer, m)) {
+            return Ok(base);
+        }
+        match self {
+            Adapters::All(a) if !(train && a.config.dropout > 0.0) => {
+                Ok(base + a.group_delta(layer, group, x))
+            }
+            _ => {
+                let mut start = 0;
+                let parts = group
+                    .iter()
+                    .map(|&(m, width)| {
+                        let slice = base.narrow(-1, start, width);
+                        start += width;
+                        self.apply(layer, m, x, slice, train)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&parts, -1))
+            }
+        }
+    }
+
     /// Adds the LoRA contribution(s) of `module` in `layer` to `base` (the frozen projection's
     /// output for `x`).
     pub(crate) fn apply(
@@ -578,6 +670,12 @@ impl Adapters<'_> {
     ) -> Result<Tensor> {
         match self {
             Adapters::None => Ok(base),
+            Adapters::All(a) if !(train && a.config.dropout > 0.0) => {
+                Ok(match a.pair(layer, module) {
+                    Some(_) => base + a.group_delta(layer, &[(module, 0)], x),
+                    None => base,
+                })
+            }
             Adapters::All(a) => Ok(match a.delta(layer, module, x, train) {
                 Some(d) => base + d,
                 None => base,

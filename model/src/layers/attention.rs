@@ -186,11 +186,18 @@ impl Attention {
         let q_dim = h * d;
         let kv_dim = kvh * d;
         let qkv = adapters.apply(layer, TargetModule::QkvProj, x, self.qkv.forward(x), train)?;
-        let plain_qk = self.q_norm.is_none()
-            && self.k_norm.is_none()
-            && !adapters.touches(layer, TargetModule::QProj)
-            && !adapters.touches(layer, TargetModule::KProj);
-        let (q, k) = if plain_qk {
+        let qkv = adapters.apply_group(
+            layer,
+            &[
+                (TargetModule::QProj, q_dim),
+                (TargetModule::KProj, kv_dim),
+                (TargetModule::VProj, kv_dim),
+            ],
+            x,
+            qkv,
+            train,
+        )?;
+        let (q, k) = if self.q_norm.is_none() && self.k_norm.is_none() {
             // q and k side by side in `qkv`: one rotation for both.
             let qk = rope::apply(
                 &qkv.narrow(-1, 0, q_dim + kv_dim).view([b, t, h + kvh, d]),
@@ -199,22 +206,8 @@ impl Attention {
             );
             (qk.narrow(2, 0, h), qk.narrow(2, h, kvh))
         } else {
-            let q = adapters.apply(
-                layer,
-                TargetModule::QProj,
-                x,
-                qkv.narrow(-1, 0, q_dim),
-                train,
-            )?;
-            let k = adapters.apply(
-                layer,
-                TargetModule::KProj,
-                x,
-                qkv.narrow(-1, q_dim, kv_dim),
-                train,
-            )?;
-            let mut q = q.view([b, t, h, d]);
-            let mut k = k.view([b, t, kvh, d]);
+            let mut q = qkv.narrow(-1, 0, q_dim).view([b, t, h, d]);
+            let mut k = qkv.narrow(-1, q_dim, kv_dim).view([b, t, kvh, d]);
             if let Some(n) = &self.q_norm {
                 q = n.forward(&q);
             }
@@ -226,13 +219,7 @@ impl Attention {
                 rope::apply(&k, ctx.cos, ctx.sin),
             )
         };
-        let v = adapters.apply(
-            layer,
-            TargetModule::VProj,
-            x,
-            qkv.narrow(-1, q_dim + kv_dim, kv_dim),
-            train,
-        )?;
+        let v = qkv.narrow(-1, q_dim + kv_dim, kv_dim);
         let q = q.transpose(1, 2);
         let mut k = k.transpose(1, 2);
         let mut v = v.view([b, t, kvh, d]).transpose(1, 2);

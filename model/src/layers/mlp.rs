@@ -66,20 +66,17 @@ impl Mlp {
             self.gate_up.forward(x),
             train,
         )?;
-        let gate = adapters.apply(
+        let gu = adapters.apply_group(
             layer,
-            TargetModule::GateProj,
+            &[
+                (TargetModule::GateProj, inter),
+                (TargetModule::UpProj, inter),
+            ],
             x,
-            gu.narrow(-1, 0, inter),
+            gu,
             train,
         )?;
-        let up = adapters.apply(
-            layer,
-            TargetModule::UpProj,
-            x,
-            gu.narrow(-1, inter, inter),
-            train,
-        )?;
+        let (gate, up) = (gu.narrow(-1, 0, inter), gu.narrow(-1, inter, inter));
         let h = activate(self.activation, &gate) * up;
         adapters.apply(
             layer,
