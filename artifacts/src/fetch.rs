@@ -17,8 +17,10 @@
 //!    mid-fetch fails as `Changed` rather than mixing versions. A range cut short is read again
 //!    from where it stopped, with back-off.
 //! 4. **verify** — size always; sha256 where the source gives one (Hub LFS `X-Linked-Etag`, the
-//!    `sha256` metadata tailor's uploads record) or the caller asks for one. Only a verified
-//!    file is renamed from `.part` to its name: nothing that looks complete is ever partial.
+//!    `sha256` metadata tailor's uploads record) or the caller asks for one; the sha256 grows
+//!    while the file downloads (each run of ranges done from the start is hashed as it forms),
+//!    so a finished file has only its last ranges left to hash. Only a verified file is
+//!    renamed from `.part` to its name: nothing that looks complete is ever partial.
 //! 5. **publish** — with a cache: the staging directory is renamed to the cache entry
 //!    `<cache>/<key>` (key: source identity + version) and its files hard-linked (or copied,
 //!    across filesystems) into the destination; a second fetch of the same version finds the

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::plan::{Plan, RemoteFile, Source};
 use super::verify::finalize;
@@ -22,6 +23,7 @@ use crate::progress::Progress;
 
 const CHUNK_ATTEMPTS: u32 = 5;
 const WRITE_BUFFER: usize = 1 << 20;
+const HASH_BUFFER: usize = 1 << 20;
 
 /// Resume state of one `.part` file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,61 @@ pub(super) struct FileTask {
     /// The sha256 a read response carried (object metadata), when the listing had none.
     pub(super) seen_sha256: Mutex<Option<String>>,
     pub(super) expected: Option<String>,
+    /// The sha256 of the ranges done so far from the start of the file, and how many that is.
+    hashed: Mutex<(Sha256, usize)>,
+}
+
+impl FileTask {
+    /// Whether the file's bytes are checked against a sha256 (known once a read answered).
+    pub(super) fn wants_sha256(&self) -> bool {
+        self.expected.is_some()
+            || self.remote.sha256.is_some()
+            || self
+                .seen_sha256
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// Hashes the ranges done in a row after those hashed already, reading them back from the
+    /// `.part` (still in the page cache), so the sha256 grows while later ranges download and
+    /// only the last ones are left when the file completes. Blocking.
+    pub(super) fn hash_done_ranges(&self) -> std::io::Result<()> {
+        let mut hashed = self.hashed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = vec![0u8; HASH_BUFFER];
+        loop {
+            let next = hashed.1;
+            let done = self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .done
+                .contains(&next);
+            if !done {
+                return Ok(());
+            }
+            let r = self.chunks[next].clone();
+            let mut at = r.start;
+            while at < r.end {
+                let n = (r.end - at).min(HASH_BUFFER as u64) as usize;
+                self.file.read_exact_at(&mut buf[..n], at)?;
+                hashed.0.update(&buf[..n]);
+                at += n as u64;
+            }
+            hashed.1 += 1;
+        }
+    }
+
+    /// The sha256 of the whole file: what [`FileTask::hash_done_ranges`] has not hashed yet is
+    /// hashed now. Blocking; call once every range is done.
+    pub(super) fn sha256(&self) -> std::io::Result<String> {
+        self.hash_done_ranges()?;
+        let hashed = self.hashed.lock().unwrap_or_else(|e| e.into_inner());
+        if hashed.1 != self.chunks.len() {
+            return Err(std::io::Error::other("not every range of the file is done"));
+        }
+        Ok(hex::encode(hashed.0.clone().finalize()))
+    }
 }
 
 /// `n` bytes cut into ranges of `chunk` bytes.
@@ -209,6 +266,7 @@ impl Fetcher {
             state: Mutex::new(state),
             seen_sha256: Mutex::new(None),
             expected,
+            hashed: Mutex::new((Sha256::new(), 0)),
         })
     }
 
@@ -261,6 +319,14 @@ impl Fetcher {
         if all_done {
             Ok(Some(finalize(task.clone()).await?))
         } else {
+            if task.wants_sha256() {
+                // Hash what is done in a row now, not all of it once the last range arrives.
+                let t = task.clone();
+                tokio::task::spawn_blocking(move || t.hash_done_ranges())
+                    .await
+                    .map_err(|e| Error::plain(ErrorKind::Local, &task.remote.uri, e.to_string()))?
+                    .map_err(|e| local(&task.remote.uri, "hashing the downloaded ranges", &e))?;
+            }
             Ok(None)
         }
     }

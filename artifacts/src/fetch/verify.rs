@@ -75,7 +75,8 @@ pub(super) async fn finalize(task: Arc<FileTask>) -> Result<FetchedFile> {
             wants.push(("the source records", s));
         }
         if !wants.is_empty() {
-            let (got, _) = crate::store::sha256_file(&task.part)
+            let got = task
+                .sha256()
                 .map_err(|e| local(uri, "hashing the downloaded file", &e))?;
             if let Some((who, want)) = wants.iter().find(|(_, w)| *w != got) {
                 let _ = std::fs::remove_file(&task.part);
