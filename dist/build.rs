@@ -1,4 +1,5 @@
-//! Compiles `csrc/dist.cpp` against the headers of the libtorch torch-sys found and links.
+//! Compiles `csrc/dist.cpp` (c10d) and `csrc/ops.cpp` (the profile's op counter) against the
+//! headers of the libtorch torch-sys found and links.
 //! libtorch's wheel ships c10d's headers but not Gloo's, which `ProcessGroupGloo.hpp` includes:
 //! the few Gloo headers it needs are vendored under `csrc/third_party` (BSD, see its LICENSE).
 
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/ops.cpp");
     println!("cargo:rerun-if-changed=csrc/third_party");
     let lib = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
@@ -24,5 +26,6 @@ fn main() {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .file("csrc/dist.cpp")
+        .file("csrc/ops.cpp")
         .compile("tailor_dist");
 }

@@ -8,10 +8,13 @@
 //!   collectives, on c10d's Gloo backend, through a small C++ bridge (`csrc/dist.cpp`).
 //! - Buckets ([`flat_views`], [`bucket_grads`]): parameters, gradients and optimizer state in
 //!   one flat tensor each, so a step's clip, update, zeroing and all-reduce are a few large ops.
+//! - [`ops`]: the op counter of the trainer's profile (`csrc/ops.cpp`), the other piece of
+//!   libtorch's C++ API tch does not bind.
 
 mod bucket;
 mod group;
 mod launch;
+pub mod ops;
 mod world;
 
 pub use bucket::{bucket_grads, flat_views, views_of};

@@ -5,6 +5,9 @@
 //! it the time lands wherever the host next syncs): profiling changes what it measures a little,
 //! which is why it is off unless asked for. Host syncs the training path makes on purpose (a
 //! value read back to the host) are counted with [`sync`]. Off, every call is one relaxed load.
+//!
+//! Given an op counter ([`count_ops_with`]; the trainer installs libtorch's, see `tailor-dist`),
+//! each phase also gets the number of ops the host dispatched in it.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -18,10 +21,24 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("TAILOR_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
+/// Where op counts come from, once set.
+static OP_COUNTER: OnceLock<fn() -> u64> = OnceLock::new();
+
+/// Counts each phase's ops with `counter` (ops dispatched so far, monotonic). First call wins.
+pub fn count_ops_with(counter: fn() -> u64) {
+    let _ = OP_COUNTER.set(counter);
+}
+
+fn ops_so_far() -> u64 {
+    OP_COUNTER.get().map_or(0, |count| count())
+}
+
 #[derive(Default)]
 struct Recorder {
     last: Option<Instant>,
-    phases: Vec<(&'static str, Duration)>,
+    /// The op counter at the last mark.
+    last_ops: u64,
+    phases: Vec<Phase>,
     syncs: u64,
     device: Option<Device>,
 }
@@ -39,6 +56,7 @@ pub fn start(device: Device) {
     RECORDER.with_borrow_mut(|r| {
         *r = Recorder {
             last: Some(Instant::now()),
+            last_ops: ops_so_far(),
             device: Some(device),
             ..Recorder::default()
         }
@@ -63,9 +81,19 @@ pub fn phase(name: &'static str) {
         let now = Instant::now();
         let spent = r.last.map_or(Duration::ZERO, |l| now - l);
         r.last = Some(now);
-        match r.phases.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, t)) => *t += spent,
-            None => r.phases.push((name, spent)),
+        let ops_now = ops_so_far();
+        let ops = ops_now.saturating_sub(r.last_ops);
+        r.last_ops = ops_now;
+        match r.phases.iter_mut().find(|p| p.name == name) {
+            Some(p) => {
+                p.time += spent;
+                p.ops += ops;
+            }
+            None => r.phases.push(Phase {
+                name,
+                time: spent,
+                ops,
+            }),
         }
     });
 }
@@ -77,10 +105,18 @@ pub fn sync() {
     }
 }
 
+/// One phase of a step: its time and the ops dispatched in it (0 without an op counter).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    pub name: &'static str,
+    pub time: Duration,
+    pub ops: u64,
+}
+
 /// What one step recorded: its phases in first-seen order, and the host syncs counted.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Step {
-    pub phases: Vec<(&'static str, Duration)>,
+    pub phases: Vec<Phase>,
     pub syncs: u64,
 }
 

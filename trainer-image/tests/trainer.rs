@@ -1,5 +1,8 @@
 //! tailor-trainer as a process: prepare, train against PyTorch + PEFT, progress endpoints,
 //! resume after SIGKILL, and bad input.
+//!
+//! Size (over 700 lines, on purpose): one suite of the trainer binary's behaviour, sharing the
+//! PEFT reference runs and fixtures of `tests/common`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -732,6 +735,22 @@ fn two_ranks_on_gloo_train_what_one_process_trains_on_their_batches_and_peft_agr
             "{phase}: {p}"
         );
     }
+    // Ops the host dispatched per step, by phase (libtorch's observer): every phase does some,
+    // and a step of this 2-layer model is a few hundred.
+    for phase in ["forward", "head", "backward", "clip", "optimizer"] {
+        assert!(
+            p["opsPerStep"][phase]
+                .as_f64()
+                .is_some_and(|ops| ops >= 1.0),
+            "{phase}: {p}"
+        );
+    }
+    assert!(
+        p["stepOps"]
+            .as_f64()
+            .is_some_and(|ops| (100.0..10_000.0).contains(&ops)),
+        "{p}"
+    );
     assert_eq!(
         p["hostSyncsPerStep"], 3.0,
         "one per micro-batch's loss, one for the reduced loss"
