@@ -1,5 +1,8 @@
 //! `ModelDeployment`: a base model and its adapters served behind an OpenAI-compatible
 //! endpoint, changed by canary rollouts that roll themselves back.
+//!
+//! Size (over 700 lines, on purpose): the ModelDeployment API types and their field docs, which
+//! are the CRD schema's text (`kubectl explain`); one kind, one file, like the other kinds.
 
 use std::collections::BTreeMap;
 

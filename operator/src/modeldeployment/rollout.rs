@@ -11,6 +11,9 @@
 //! after the last step. `failureLimit` failed analyses in a row roll it back (or pause it when
 //! `autoRollback` is off). A rolled-back revision is not retried until the spec asks for a
 //! different revision.
+//!
+//! Size (over 700 lines, on purpose): one state machine over one status; its phases read and
+//! write the same fields, so split by phase its transitions would be spread over files.
 
 use std::time::Duration;
 
