@@ -366,7 +366,7 @@ impl LoraAdapter {
     }
 
     /// `(B · A · dropout(x)) · scaling` for one projection, computed in the adapter's kind and
-    /// returned in `x`'s kind.
+    /// returned in `x`'s kind. Without dropout, the one-module case of [`Self::group_delta`].
     pub(crate) fn delta(
         &self,
         layer: usize,
@@ -375,17 +375,16 @@ impl LoraAdapter {
         train: bool,
     ) -> Option<Tensor> {
         let p = self.pair(layer, module)?;
+        if !(train && self.config.dropout > 0.0) {
+            return Some(self.group_delta(layer, &[(module, 0)], x));
+        }
         let x_in = if x.kind() == p.a.kind() {
             x.shallow_clone()
         } else {
             x.to_kind(p.a.kind())
         };
-        let x_in = if train && self.config.dropout > 0.0 {
-            x_in.dropout(self.config.dropout, true)
-        } else {
-            x_in
-        };
         let d = x_in
+            .dropout(self.config.dropout, true)
             .linear::<Tensor>(&p.a, None)
             .linear::<Tensor>(&p.b, None)
             * p.scaling;
@@ -409,12 +408,9 @@ impl LoraAdapter {
         let adapted: Vec<&LoraPair> = pairs.iter().flatten().copied().collect();
         let kind = adapted.first().map_or(Kind::Float, |p| p.a.kind());
         let a = match adapted.as_slice() {
-            [p] => &p.a * p.scaling,
-            _ => {
-                let a: Vec<&Tensor> = adapted.iter().map(|p| &p.a).collect();
-                Tensor::cat(&a, 0) * self.config.scaling()
-            }
-        };
+            [p] => p.a.shallow_clone(),
+            _ => Tensor::cat(&adapted.iter().map(|p| &p.a).collect::<Vec<_>>(), 0),
+        } * self.config.scaling();
         let x_in = if x.kind() == kind {
             x.shallow_clone()
         } else {
@@ -670,12 +666,6 @@ impl Adapters<'_> {
     ) -> Result<Tensor> {
         match self {
             Adapters::None => Ok(base),
-            Adapters::All(a) if !(train && a.config.dropout > 0.0) => {
-                Ok(match a.pair(layer, module) {
-                    Some(_) => base + a.group_delta(layer, &[(module, 0)], x),
-                    None => base,
-                })
-            }
             Adapters::All(a) => Ok(match a.delta(layer, module, x, train) {
                 Some(d) => base + d,
                 None => base,
