@@ -2,8 +2,14 @@
 // trainer links (tch's). c10d has no C API, so this file is the smallest one tailor needs: a
 // TCPStore rendezvous, a process group, and the collectives the trainer uses. Every entry point
 // catches C++ exceptions and returns them as text: nothing unwinds into Rust.
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -40,15 +46,49 @@ int guarded(char** err, F&& body) {
   return 1;
 }
 
+// A listening socket on `addr`:`port` alone (c10d's own server would listen on every address of
+// the host). Handed to the TCPStore, which owns it from then on.
+int listen_on(const std::string& addr, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  std::string where = addr + ":" + std::to_string(port);
+  int rc = getaddrinfo(addr.c_str(), std::to_string(port).c_str(), &hints, &found);
+  if (rc != 0) {
+    throw std::runtime_error("resolving the rendezvous address " + where + ": " + gai_strerror(rc));
+  }
+  std::string last = "no address";
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      last = std::strerror(errno);
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0) {
+      freeaddrinfo(found);
+      return fd;
+    }
+    last = std::strerror(errno);
+    close(fd);
+  }
+  freeaddrinfo(found);
+  throw std::runtime_error("listening for the rendezvous on " + where + ": " + last);
+}
+
 }  // namespace
 
 extern "C" {
 
 // Joins the group of `world` ranks whose TCPStore rank 0 serves on master_addr:port, under
 // `prefix` (one per restart of the group, so keys of an earlier group are never read). `host`,
-// when not empty, is the address this rank's Gloo transport binds (the pod IP).
+// when not empty, is the address this rank's Gloo transport binds (the pod IP); `listen_addr`
+// the one rank 0's TCPStore listens on.
 void* tailor_dist_new(const char* master_addr, uint16_t port, int rank, int world,
-                      int64_t timeout_ms, const char* prefix, const char* host, char** err) {
+                      int64_t timeout_ms, const char* prefix, const char* host,
+                      const char* listen_addr, char** err) {
   Group* group = nullptr;
   guarded(err, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -58,6 +98,9 @@ void* tailor_dist_new(const char* master_addr, uint16_t port, int rank, int worl
     opts.numWorkers = world;
     opts.waitWorkers = true;
     opts.timeout = timeout;
+    if (opts.isServer) {
+      opts.masterListenFd = listen_on(listen_addr, port);
+    }
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), opts);
     c10::intrusive_ptr<c10d::Store> store =
         c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);

@@ -21,6 +21,7 @@ unsafe extern "C" {
         timeout_ms: i64,
         prefix: *const c_char,
         host: *const c_char,
+        listen_addr: *const c_char,
         err: *mut *mut c_char,
     ) -> *mut c_void;
     fn tailor_dist_all_reduce_sum(
@@ -84,9 +85,10 @@ pub struct ProcessGroup {
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
-    /// Rendezvous: rank 0 serves the TCPStore on `MASTER_PORT`, every rank connects (retrying
-    /// until `timeout`), then Gloo connects the ranks pairwise. `host` is the address this rank's
-    /// Gloo transport binds (the pod IP); `None` resolves the hostname, as torch does.
+    /// Rendezvous: rank 0 serves the TCPStore on `MASTER_PORT` at [`World::listen_addr`] only,
+    /// every rank connects (retrying until `timeout`), then Gloo connects the ranks pairwise.
+    /// `host` is the address this rank's Gloo transport binds (the pod IP); `None` resolves the
+    /// hostname, as torch does.
     /// `prefix` keeps the keys of one group apart from another's on the same store.
     pub fn join(
         world: &World,
@@ -98,6 +100,8 @@ impl ProcessGroup {
             CString::new(world.master_addr.as_str()).map_err(|_| DistError::Nul("MASTER_ADDR"))?;
         let prefix_c = CString::new(prefix).map_err(|_| DistError::Nul("the rendezvous prefix"))?;
         let host_c = CString::new(host.unwrap_or("")).map_err(|_| DistError::Nul("the host"))?;
+        let listen_c = CString::new(world.listen_addr(host))
+            .map_err(|_| DistError::Nul("the rendezvous address"))?;
         let mut err = std::ptr::null_mut();
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         // SAFETY: all strings outlive the call; `err` is written only on failure.
@@ -110,6 +114,7 @@ impl ProcessGroup {
                 timeout_ms,
                 prefix_c.as_ptr(),
                 host_c.as_ptr(),
+                listen_c.as_ptr(),
                 &mut err,
             )
         };
@@ -186,5 +191,98 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: created by tailor_dist_new, freed once.
         unsafe { tailor_dist_free(self.raw.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    /// The LISTEN sockets on `port`, as `(hex address, ipv6)` from /proc/net/tcp{,6}.
+    fn listening_on(port: u16) -> Vec<(String, bool)> {
+        let mut found = Vec::new();
+        for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+            let table = std::fs::read_to_string(file).unwrap_or_default();
+            for line in table.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let Some((addr, p)) = cols.get(1).and_then(|a| a.split_once(':')) else {
+                    continue;
+                };
+                if cols.get(3) == Some(&"0A") && u16::from_str_radix(p, 16) == Ok(port) {
+                    found.push((addr.to_string(), v6));
+                }
+            }
+        }
+        found
+    }
+
+    fn world(rank: usize, addr: &str, port: u16) -> World {
+        World {
+            rank,
+            local_rank: rank,
+            size: 2,
+            master_addr: addr.into(),
+            master_port: port,
+        }
+    }
+
+    #[test]
+    fn the_rendezvous_listens_on_the_master_address_alone_and_the_group_works() {
+        let port = free_port();
+        let timeout = Duration::from_secs(60);
+        let rank0 = std::thread::spawn(move || {
+            ProcessGroup::join(&world(0, "127.0.0.1", port), "t", None, timeout)
+        });
+        // Rank 0 waits for its peer with the store listening: on 127.0.0.1, not every address.
+        let deadline = std::time::Instant::now() + timeout;
+        let mut sockets = listening_on(port);
+        while sockets.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            sockets = listening_on(port);
+        }
+        assert_eq!(
+            sockets,
+            vec![("0100007F".to_string(), false)],
+            "port {port}"
+        );
+
+        let rank1 = ProcessGroup::join(&world(1, "127.0.0.1", port), "t", None, timeout)
+            .expect("rank 1 joins");
+        let rank0 = rank0.join().expect("rank 0 thread").expect("rank 0 joins");
+        let sum = std::thread::spawn(move || {
+            let mut t = Tensor::from_slice(&[1.0f32, 2.0]);
+            rank0
+                .all_reduce_sum(&mut t)
+                .map(|()| Vec::<f32>::try_from(&t))
+        });
+        let mut t = Tensor::from_slice(&[10.0f32, 20.0]);
+        rank1.all_reduce_sum(&mut t).expect("all-reduce");
+        assert_eq!(Vec::<f32>::try_from(&t).expect("values"), [11.0, 22.0]);
+        let other = sum.join().expect("thread").expect("all-reduce");
+        assert_eq!(other.expect("values"), [11.0, 22.0]);
+    }
+
+    #[test]
+    fn a_master_address_not_on_this_host_is_named_in_the_error() {
+        // 192.0.2.1 (TEST-NET-1) is never an address of this host: rank 0 cannot serve there.
+        let port = free_port();
+        let err = ProcessGroup::join(
+            &world(0, "192.0.2.1", port),
+            "t",
+            None,
+            Duration::from_secs(5),
+        )
+        .err()
+        .expect("no group")
+        .to_string();
+        assert!(
+            err.contains(&format!("listening for the rendezvous on 192.0.2.1:{port}")),
+            "{err}"
+        );
     }
 }

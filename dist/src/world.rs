@@ -87,6 +87,24 @@ impl World {
     pub fn is_leader(&self) -> bool {
         self.rank == 0
     }
+
+    /// The address rank 0's rendezvous (the TCPStore) listens on: the one the other ranks dial,
+    /// not every address of the host, so a pod on a shared network or a node's other interfaces
+    /// never expose it. A loopback `MASTER_ADDR` (one pod) is bound as given; otherwise
+    /// `MASTER_ADDR` names this pod, whose IP `pod_ip` is, when known (its DNS name may not
+    /// resolve yet while the pod starts); else `MASTER_ADDR` itself, resolved.
+    pub fn listen_addr<'a>(&'a self, pod_ip: Option<&'a str>) -> &'a str {
+        let addr = self.master_addr.as_str();
+        let loopback = addr.eq_ignore_ascii_case("localhost")
+            || addr
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match pod_ip {
+            Some(ip) if !loopback => ip,
+            _ => addr,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +137,26 @@ mod tests {
         );
         assert_eq!(w.master_addr, "job-0.job");
         assert!(!w.is_leader());
+    }
+
+    #[test]
+    fn the_rendezvous_listens_where_the_ranks_dial() {
+        let world = |addr: &str| World {
+            rank: 0,
+            local_rank: 0,
+            size: 2,
+            master_addr: addr.into(),
+            master_port: 29500,
+        };
+        // One pod: loopback, whatever the pod's IP.
+        for addr in ["127.0.0.1", "localhost", "::1", "[::1]"] {
+            assert_eq!(world(addr).listen_addr(Some("10.1.2.3")), addr);
+        }
+        // Several pods: MASTER_ADDR names rank 0's pod, whose IP is known.
+        assert_eq!(world("job-0.job").listen_addr(Some("10.1.2.3")), "10.1.2.3");
+        assert_eq!(world("10.1.2.3").listen_addr(Some("10.1.2.3")), "10.1.2.3");
+        // No pod IP (torchrun on a host): MASTER_ADDR, resolved by the bridge.
+        assert_eq!(world("node-a").listen_addr(None), "node-a");
     }
 
     #[test]
