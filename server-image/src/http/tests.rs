@@ -48,7 +48,11 @@ fn fixtures() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server_reference.py");
+        // The run's manifest dir, as the integration tests read it: a test binary reused from a
+        // shared target directory after the checkout moved keeps the old compile-time path.
+        let manifest =
+            std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (set by cargo test)");
+        let script = Path::new(&manifest).join("tests/server_reference.py");
         let out = Command::new(python())
             .arg(script)
             .arg("fixtures")

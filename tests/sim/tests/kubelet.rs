@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Sim, tail, wait_for};
@@ -233,4 +234,30 @@ fn a_failed_init_container_fails_a_never_restarted_pod_with_its_log_tail() {
     wait_for("the next pod to run", Duration::from_secs(60), || {
         (phase(&sim, "after") == "Succeeded").then_some(())
     });
+}
+
+#[test]
+fn a_volume_over_tmp_does_not_hide_a_program_built_under_tmp() {
+    // An image's program is in the image, out of reach of the pod's volumes. Here an image maps
+    // to a host path, under /tmp as a build in a temporary directory is, and the pod mounts a
+    // scratch emptyDir at /tmp as read-only-root pods do.
+    let dir = tempfile::Builder::new()
+        .prefix("sim-image-")
+        .tempdir_in("/tmp")
+        .expect("tempdir under /tmp");
+    let program = dir.path().join("bin/prog");
+    std::fs::create_dir_all(program.parent().expect("parent")).expect("mkdir");
+    std::fs::copy("/bin/sh", &program).expect("copy sh");
+    let sim = Sim::start(&["--image", &format!("scratch-app={}", program.display())]);
+    let marker = dir.path().with_extension("written");
+    sim.apply(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: scratch}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: scratch-app:1\n    args: [-c, 'echo ran; touch {} && echo scratch-writable']\n    volumeMounts: [{{name: tmp, mountPath: /tmp}}]\n  volumes: [{{name: tmp, emptyDir: {{}}}}]\n", marker.display()));
+    let done = wait_for("the pod to finish", Duration::from_secs(60), || {
+        let p = phase(&sim, "scratch");
+        (p == "Succeeded" || p == "Failed").then_some(p)
+    });
+    let logs = String::from_utf8_lossy(&sim.kubectl(&["logs", "scratch"]).stdout).into_owned();
+    assert_eq!(done, "Succeeded", "{logs}");
+    assert_eq!(logs.trim(), "ran\nscratch-writable");
+    // The host's /tmp was not written: /tmp in the pod is its emptyDir.
+    assert!(!Path::new(&marker).exists());
 }

@@ -863,7 +863,8 @@ impl Kubelet {
         let workdir = c["workingDir"].as_str().map(String::from);
         let mut cmd = if self.namespaces {
             let host = self.uts.then(|| hosts::hostname(pod));
-            let script = volumes::mount_script(&mounts, workdir.as_deref(), host);
+            let script =
+                volumes::mount_script(&mounts, workdir.as_deref(), host, Path::new(&argv[0]));
             let mut cmd = tokio::process::Command::new("unshare");
             if self.uts {
                 cmd.arg("--uts");

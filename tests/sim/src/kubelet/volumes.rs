@@ -478,8 +478,22 @@ fn sh_quote(s: &str) -> String {
 
 /// A `sh` script that sets the pod's hostname (in its own UTS namespace), mounts everything and
 /// then execs the container command ("$@").
-pub fn mount_script(mounts: &[Mount], workdir: Option<&str>, hostname: Option<&str>) -> String {
+pub fn mount_script(
+    mounts: &[Mount],
+    workdir: Option<&str>,
+    hostname: Option<&str>,
+    program: &Path,
+) -> String {
     let mut s = String::from("set -e\n");
+    // A container's program lives in its image, which no volume can hide. Here it is a host path
+    // (the --image mapping), and a volume mounted over a directory above it (a scratch `/tmp`
+    // with the build under /tmp) would hide it: it is opened before the mounts and bound back at
+    // its own path after them.
+    let hidden = program.is_absolute() && mounts.iter().any(|m| program.starts_with(&m.target));
+    let program = sh_quote(&program.to_string_lossy());
+    if hidden {
+        s.push_str(&format!("exec 9< {program}\n"));
+    }
     if let Some(h) = hostname {
         s.push_str(&format!(
             "echo {} > /proc/sys/kernel/hostname\n",
@@ -520,6 +534,12 @@ pub fn mount_script(mounts: &[Mount], workdir: Option<&str>, hostname: Option<&s
             s.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
         }
     }
+    if hidden {
+        s.push_str(&format!(
+            "mkdir -p \"$(dirname {program})\"\n[ -e {program} ] || touch {program}\n\
+             mount --no-canonicalize --bind /proc/self/fd/9 {program}\nexec 9<&-\n"
+        ));
+    }
     if let Some(w) = workdir {
         s.push_str(&format!("mkdir -p {w}; cd {w}\n", w = sh_quote(w)));
     }
@@ -547,6 +567,7 @@ mod tests {
             ],
             None,
             None,
+            Path::new("/opt/bin/prog"),
         );
         let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("{needle}"));
         assert!(at("'/artifacts'") < at("'/tmp'"), "{script}");
