@@ -30,7 +30,8 @@ bin="$CARGO_TARGET_DIR/debug"
 
 step "2. start tailor-sim (2 nodes x 4 simulated GPUs; containers run the binaries just built)"
 export KUBECONFIG="$work/kubeconfig"
-"$bin/tailor-sim" up --state-dir "$work/sim" --kubeconfig "$KUBECONFIG" --nodes 2 --gpus-per-node 4 \
+# OMP_WAIT_POLICY: the trainer and server images' ENV (the pods run the binaries, not the images).
+OMP_WAIT_POLICY=PASSIVE "$bin/tailor-sim" up --state-dir "$work/sim" --kubeconfig "$KUBECONFIG" --nodes 2 --gpus-per-node 4 \
   --image "tailor-operator=$bin/tailor-operator" --image "tailor-trainer=$bin/tailor-trainer" \
   --image "tailor-server=$bin/tailor-server" --image "tailor-router=$bin/tailor-router" \
   --image "tailor-fetch=$bin/tailor-fetch" \

@@ -23,8 +23,13 @@ if ((${#missing[@]})); then
 fi
 
 eval "$(scripts/setup-libtorch.sh)"
+# OpenMP threads that sleep when idle, as in the trainer and server images: libtorch in the test
+# processes, the binaries they start and the Python cross-checks share two cores here, and
+# spin-waiting threads took a third of the end-to-end suite's time.
+export OMP_WAIT_POLICY=PASSIVE
 # One build of every target (the e2e suite runs the binaries this build makes, never a build of
-# its own), then the tests.
-cargo test --workspace --all-targets "$@"
+# its own), then the test binaries two at a time (scripts/run_tests.py; TAILOR_TEST_JOBS=1 runs
+# them one after another as `cargo test` does). Arguments are cargo's; after `--`, the tests'.
+python3 scripts/run_tests.py "$@"
 # The five images, assembled from the binaries this build just made, start on a read-only root.
 scripts/test-images.sh "${CARGO_TARGET_DIR:-target}/debug"

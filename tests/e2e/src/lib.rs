@@ -141,6 +141,10 @@ impl Env {
             .arg("--image")
             .arg(format!("tailor-fetch={}", fetch.display()))
             .env("RUST_LOG", "warn")
+            // The pods run the binaries, not the images: give them the images' ENV that matters
+            // here. Spin-waiting OpenMP threads of every trainer and server on two shared cores
+            // made the flow suite a third slower.
+            .env("OMP_WAIT_POLICY", "PASSIVE")
             // The static Env is never dropped: the wrapper removes the state after the sim
             // exits (set TAILOR_E2E_KEEP to keep it for a post-mortem).
             .env("TAILOR_E2E_CLEANUP", tmp.path())
