@@ -9,8 +9,10 @@ filters), in its package's directory with the variables cargo gives it at run ti
 share no fixed resource: each end-to-end binary starts its own simulated cluster on its own
 loopback network, and fixtures live in per-process temporary directories.
 
-    scripts/run_tests.py [CARGO TEST ARGS...] [-- TEST BINARY ARGS...]
+    scripts/run_tests.py [--also COMMAND]... [CARGO TEST ARGS...] [-- TEST BINARY ARGS...]
 
+`--also COMMAND` runs a shell command as one more job beside the binaries (scripts/test.sh runs
+the image test that way), after the binaries that took longer on the last run.
 TAILOR_TEST_JOBS sets how many binaries run at once (default 2). Every binary runs even when an
 earlier one failed (as `cargo test --no-fail-fast`); the exit status is non-zero if any failed.
 Each binary's output is printed whole when it finishes; a summary of all of them comes last.
@@ -62,17 +64,22 @@ def build(cargo, cargo_args):
 
 
 def order(tests, durations):
-    """Longest first by the last run; without one, the end-to-end suite (the longest) first."""
+    """Longest first by the last run; without one, the end-to-end suite (the longest) first and
+    `--also` commands last."""
     def key(t):
         name = t[0]
         if name in durations:
             return (0, -durations[name])
-        return (1, 0 if name.startswith("tailor-e2e ") else 1, name)
+        return (1, 0 if name.startswith("tailor-e2e ") else 2 if t[3] is None else 1, name)
     return sorted(tests, key=key)
 
 
 def main():
     argv = sys.argv[1:]
+    also = []
+    while argv[:1] == ["--also"] and len(argv) > 1:
+        also.append(argv[1])
+        argv = argv[2:]
     cargo_args, test_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) \
         if "--" in argv else (argv, [])
     cargo = os.environ.get("CARGO", "cargo")
@@ -84,21 +91,28 @@ def main():
     except (OSError, ValueError):
         durations = {}
 
-    tests = order(build(cargo, cargo_args), durations)
-    print(f"run_tests: {len(tests)} test binaries, {jobs} at a time", flush=True)
+    commands = [(f"command: {c}", c, None, None) for c in also]
+    tests = order(build(cargo, cargo_args) + commands, durations)
+    print(f"run_tests: {len(tests) - len(commands)} test binaries and {len(commands)} commands, "
+          f"{jobs} at a time", flush=True)
     lock = threading.Lock()
     started = time.monotonic()
 
     def run(test):
         name, exe, pkg_dir, package = test
-        env = dict(os.environ, CARGO=cargo, CARGO_MANIFEST_DIR=pkg_dir, CARGO_PKG_NAME=package)
+        if package is None:  # an --also command, from the current directory
+            cmd, cwd, env = ["bash", "-c", exe], None, None
+        else:
+            cmd, cwd = [exe, *test_args], pkg_dir
+            env = dict(os.environ, CARGO=cargo, CARGO_MANIFEST_DIR=pkg_dir, CARGO_PKG_NAME=package)
         t0 = time.monotonic()
-        proc = subprocess.run([exe, *test_args], cwd=pkg_dir, env=env, stdout=subprocess.PIPE,
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         took = time.monotonic() - t0
         out = proc.stdout.decode("utf-8", "replace")
         with lock:
-            print(f"     Running {name} ({exe}) [{took:.1f}s]", flush=True)
+            print(f"     Running {name} ({exe}) [{took:.1f}s]" if package else
+                  f"     Running {name} [{took:.1f}s]", flush=True)
             sys.stdout.write(out)
             if proc.returncode != 0:
                 print(f"error: test failed, {name} exited with {proc.returncode}")
@@ -118,8 +132,8 @@ def main():
     ignored = sum(int(r[3]) for *_, found in results for r in found)
     bad = [name for name, code, _, _ in results if code != 0]
     wall = time.monotonic() - started
-    print(f"\nrun_tests: {passed} passed, {failed} failed, {ignored} ignored in {len(results)} "
-          f"binaries; {wall:.0f}s wall, {sum(r[2] for r in results):.0f}s summed")
+    print(f"\nrun_tests: {passed} passed, {failed} failed, {ignored} ignored in "
+          f"{len(results) - len(commands)} binaries, {len(commands)} commands; {wall:.0f}s wall, {sum(r[2] for r in results):.0f}s summed")
     if bad:
         print("run_tests: failed binaries:\n  " + "\n  ".join(bad))
         sys.exit(1)

@@ -22,6 +22,8 @@
 # the imported base) are removed at the end; the cached tarball stays.
 #
 # Usage: scripts/test-images.sh [BIN_DIR]   (default: $CARGO_TARGET_DIR/debug, else target/debug)
+#        scripts/test-images.sh --base-only   (only step 1's cached tarball: scripts/test.sh
+#                                              makes it while the workspace compiles)
 # Needs (scripts/test.sh installs them): podman, runc, debootstrap; root (debootstrap, and
 # podman's UID 65532 inside the container).
 set -euo pipefail
@@ -31,6 +33,8 @@ started=$SECONDS
 log() { echo "test-images: $*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 
+base_only=false
+[[ "${1:-}" == --base-only ]] && base_only=true
 bins="${1:-${CARGO_TARGET_DIR:-target}/debug}"
 cache="${TAILOR_CACHE:-$HOME/.cache/tailor}/images"
 base_tar="$cache/debian-bookworm-minbase.tar"
@@ -46,10 +50,40 @@ run=("${podman[@]}" run --user 65532:65532 --read-only --read-only-tmpfs=false
   --security-opt no-new-privileges --network none
   --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 
+# The base image: a minimal Debian root filesystem (glibc, libstdc++, libgcc_s and bash, as
+# distroless cc has them, plus the shell the checks need).
+# One bootstrap at a time (the --base-only run in the background and this one may overlap):
+# whoever takes the lock second finds the tarball made.
+make_base_tar() {
+  mkdir -p "$cache"
+  exec 8>"$cache/.lock"
+  flock 8
+  if [[ ! -f "$base_tar" ]]; then
+    log "bootstrapping Debian bookworm (minbase) from $mirror (cold cache only)"
+    local root="$cache/rootfs.tmp"
+    rm -rf "$root"
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
+      tail -20 "$cache/debootstrap.log" >&2
+      fail "debootstrap failed"
+    }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+      "$root"/usr/share/{doc,man,info,locale}
+    tar --numeric-owner -C "$root" -cf "$base_tar.tmp" .
+    mv "$base_tar.tmp" "$base_tar"
+    rm -rf "$root"
+  fi
+  exec 8>&-
+}
+
 for tool in podman runc debootstrap; do
   command -v "$tool" >/dev/null || fail "$tool is missing (scripts/test.sh installs it)"
 done
 [[ $(id -u) -eq 0 ]] || fail "needs root (debootstrap; podman running containers as UID 65532)"
+if $base_only; then
+  make_base_tar
+  log "base tarball ready: $base_tar"
+  exit 0
+fi
 [[ -x "$bins/tailor-server" ]] || fail "$bins has no tailor-server (build first: cargo build --bins)"
 eval "$(scripts/setup-libtorch.sh)"
 
@@ -74,21 +108,8 @@ trap cleanup EXIT
 # Mounted into containers that run as 65532.
 chmod 755 "$work"
 
-# 1. The base image: a minimal Debian root filesystem (glibc, libstdc++, libgcc_s and bash, as
-# distroless cc has them, plus the shell the checks need).
-if [[ ! -f "$base_tar" ]]; then
-  log "bootstrapping Debian bookworm (minbase) from $mirror (cold cache only)"
-  mkdir -p "$cache"
-  debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || {
-    tail -20 "$work/debootstrap.log" >&2
-    fail "debootstrap failed"
-  }
-  rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/* \
-    "$work"/rootfs/usr/share/{doc,man,info,locale}
-  tar --numeric-owner -C "$work/rootfs" -cf "$base_tar.tmp" .
-  mv "$base_tar.tmp" "$base_tar"
-  rm -rf "$work/rootfs"
-fi
+# 1. The base image.
+make_base_tar
 "${podman[@]}" import -q "$base_tar" "$base_ref" >/dev/null
 
 # 2. The five images from the binaries just built.
