@@ -163,15 +163,19 @@ async fn store_uploads_lists_reads_and_deletes() {
         "the multipart upload recorded its sha256"
     );
 
-    let mut s = store
-        .read("out/big.bin", Some(1_000_000..1_000_100))
-        .await
-        .expect("ranged read");
-    let mut got = Vec::new();
-    while let Some(c) = futures::StreamExt::next(&mut s).await {
-        got.extend_from_slice(&c.expect("chunk"));
+    // Ranges inside one of the server's 1 MiB read blocks, across two, and up to the last byte.
+    let end = big.len();
+    for range in [1_000_000..1_000_100, MIB - 10..2 * MIB + 10, end - 100..end] {
+        let mut s = store
+            .read("out/big.bin", Some(range.start as u64..range.end as u64))
+            .await
+            .expect("ranged read");
+        let mut got = Vec::new();
+        while let Some(c) = futures::StreamExt::next(&mut s).await {
+            got.extend_from_slice(&c.expect("chunk"));
+        }
+        assert_eq!(got, &big[range.clone()], "bytes {range:?}");
     }
-    assert_eq!(got, &big[1_000_000..1_000_100]);
     assert_eq!(
         store.sha256("out/big.bin").await.expect("hash"),
         (sha(&big), big.len() as u64)

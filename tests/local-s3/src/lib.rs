@@ -13,6 +13,7 @@
 //! server-side encryption, versioning, and `If-Match` on GET.
 
 pub mod hub;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,9 +51,7 @@ impl LocalS3 {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let fs = s3s_fs::FileSystem::new(root)
-            .map_err(|e| anyhow::anyhow!("s3s-fs at {}: {e:?}", root.display()))?;
-        let mut b = S3ServiceBuilder::new(fs);
+        let mut b = S3ServiceBuilder::new(store::Store::new(root)?);
         b.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let service = b.build();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
