@@ -50,9 +50,13 @@ echo "bench-fetch: uploading $((total_bytes / 1024 / 1024)) MiB"
 "$bin/tailor-fetch" --upload "$src" s3://bench/ckpt >/dev/null
 
 now() { date +%s.%N; }
+# Each timed fetch starts with no dirty pages of the one before (the upload's, boto3's): without
+# this, the kernel's writeback of the previous 2 GB ran during the next client's fetch.
+settle() { sync; }
 
 # boto3: every object of the prefix with download_file (its default managed transfer).
-t0=$(now)
+settle
+b0=$(now)
 python3 - "$work/boto3" <<'PY'
 import os, sys, boto3
 dest = sys.argv[1]
@@ -65,25 +69,29 @@ for page in pages:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         s3.download_file("bench", obj["Key"], path)
 PY
-t1=$(now)
+b1=$(now)
 
 # tailor-fetch, cold cache (verifies each file against the sha256 its upload recorded).
+settle
+f0=$(now)
 "$bin/tailor-fetch" s3://bench/ckpt "$work/node/a" --cache "$work/node/cache" >"$work/first.json"
-t2=$(now)
+f1=$(now)
 # The same checkpoint again on the same node: from the cache.
+settle
+c0=$(now)
 "$bin/tailor-fetch" s3://bench/ckpt "$work/node/b" --cache "$work/node/cache" >"$work/second.json"
-t3=$(now)
+c1=$(now)
 
 for d in boto3 node/a node/b; do
   diff -rq --exclude=.tailor-fetch "$src" "$work/$d" >/dev/null || { echo "bench-fetch: $d differs from the source"; exit 1; }
 done
 
-python3 - "$total_bytes" "$t0" "$t1" "$t2" "$t3" "$work/first.json" "$work/second.json" <<'PY'
+python3 - "$total_bytes" "$b0" "$b1" "$f0" "$f1" "$c0" "$c1" "$work/first.json" "$work/second.json" <<'PY'
 import json, sys
-total = int(sys.argv[1]); t0, t1, t2, t3 = map(float, sys.argv[2:6])
-first, second = (json.load(open(p)) for p in sys.argv[6:8])
+total = int(sys.argv[1]); b0, b1, f0, f1, c0, c1 = map(float, sys.argv[2:8])
+first, second = (json.load(open(p)) for p in sys.argv[8:10])
 mb = total / 1e6
-boto, tailor, cached = t1 - t0, t2 - t1, t3 - t2
+boto, tailor, cached = b1 - b0, f1 - f0, c1 - c0
 print(f"checkpoint: {mb:.0f} MB in {len(first['files'])} files")
 print(f"boto3 download_file:  {boto:7.2f} s  {mb / boto:8.1f} MB/s")
 print(f"tailor-fetch (cold):  {tailor:7.2f} s  {mb / tailor:8.1f} MB/s  "
