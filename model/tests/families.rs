@@ -16,7 +16,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures_of, max_abs_diff, reference, run_reference};
+use common::{fixtures_of, max_abs_diff, reference, run_reference_many};
 use tailor_model::{Adapters, CausalLm, ForwardInput, LoraAdapter, LoraConfig, TargetModule, peft};
 use tch::{Device, Kind, Tensor};
 
@@ -182,6 +182,9 @@ fn peft_adapter_loads_and_matches_peft_logits() {
 
 #[test]
 fn tailor_adapter_loads_in_peft_with_equal_logits() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut cases = Vec::new();
+    let mut commands = Vec::new();
     for name in FAMILIES {
         let (dir, model) = load(name, Kind::Float);
         tch::manual_seed(7);
@@ -210,15 +213,21 @@ fn tailor_adapter_loads_in_peft_with_equal_logits() {
             .collect();
         let adapter =
             LoraAdapter::from_pairs(&model.config, fresh.config.clone(), pairs).expect("pairs");
-        let out = tempfile::tempdir().expect("tempdir");
-        peft::save_adapter(&adapter, out.path(), "tiny").expect("save");
-        let logits_file = out.path().join("peft_logits.safetensors");
-        run_reference(&[
-            "peft-load".as_ref(),
-            dir.as_os_str(),
-            out.path().as_os_str(),
-            logits_file.as_os_str(),
+        let adapter_dir = out.path().join(name);
+        peft::save_adapter(&adapter, &adapter_dir, "tiny").expect("save");
+        let logits_file = adapter_dir.join("peft_logits.safetensors");
+        let s = |p: &Path| p.to_str().expect("utf8 path").to_string();
+        commands.push(vec![
+            "peft-load".to_string(),
+            s(&dir),
+            s(&adapter_dir),
+            s(&logits_file),
         ]);
+        cases.push((name, dir, model, adapter, logits_file));
+    }
+    // One Python process loads every family's adapter in PEFT.
+    run_reference_many(&commands);
+    for (name, dir, model, adapter, logits_file) in cases {
         let peft_logits = tailor_model::checkpoint::read_safetensors(&logits_file, Device::Cpu)
             .expect("logits")[0]
             .1

@@ -49,23 +49,38 @@ fn twenty_lora_steps_match_pytorch_peft_for_every_family() {
         "--validation-fraction",
         "0.2",
     ]);
+    // The base models and PEFT's initial adapters of every family, in one Python process.
+    let base = |family: &str| dir.path().join(family).join("base");
+    let init = |family: &str| dir.path().join(family).join("init");
+    let prepare: Vec<Vec<String>> = CASES
+        .iter()
+        .flat_map(|&(family, targets)| {
+            let (base, init) = (base(family), init(family));
+            let (base, init) = (s(&base), s(&init));
+            [
+                vec![
+                    "base-model",
+                    base,
+                    s(&data),
+                    "1000",
+                    "64",
+                    "2",
+                    "4",
+                    "2",
+                    "128",
+                    "0",
+                    family,
+                ],
+                vec!["peft-init", base, init, targets, "4", "8", "3"],
+            ]
+            .map(|c| c.into_iter().map(String::from).collect())
+        })
+        .collect();
+    reference_many(&prepare);
+    // tailor-trainer on each, dumping the batches it trained on.
+    let (mut peft_runs, mut results) = (Vec::new(), Vec::new());
     for (family, targets) in CASES {
-        let base = dir.path().join(family).join("base");
-        reference(&[
-            "base-model",
-            s(&base),
-            s(&data),
-            "1000",
-            "64",
-            "2",
-            "4",
-            "2",
-            "128",
-            "0",
-            family,
-        ]);
-        let init = dir.path().join(family).join("init");
-        reference(&["peft-init", s(&base), s(&init), targets, "4", "8", "3"]);
+        let (base, init) = (base(family), init(family));
         let out = dir.path().join(family).join("tailor");
         let batches = dir.path().join(family).join("batches.json");
         trainer(&[
@@ -116,7 +131,16 @@ fn twenty_lora_steps_match_pytorch_peft_for_every_family() {
             .collect();
         assert_eq!(ours.len(), 20, "{family}");
         let peft_out = dir.path().join(family).join("peft");
-        reference(&["train", s(&base), s(&init), s(&batches), s(&peft_out)]);
+        peft_runs.push(
+            ["train", s(&base), s(&init), s(&batches), s(&peft_out)]
+                .map(String::from)
+                .to_vec(),
+        );
+        results.push((family, ours, out, peft_out));
+    }
+    // PyTorch + PEFT on the same batches, every family in one Python process.
+    reference_many(&peft_runs);
+    for (family, ours, out, peft_out) in results {
         let theirs: Vec<f64> =
             serde_json::from_slice(&std::fs::read(peft_out.join("losses.json")).expect("losses"))
                 .expect("json");

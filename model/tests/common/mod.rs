@@ -33,6 +33,14 @@ pub fn run_reference(args: &[&std::ffi::OsStr]) -> std::process::Output {
     out
 }
 
+/// Runs the `reference.py` commands listed, one after another in one Python process
+/// (`reference.py many`), failing the test as [`run_reference`] does.
+pub fn run_reference_many(commands: &[Vec<String>]) -> std::process::Output {
+    let list = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(list.path(), serde_json::to_vec(commands).expect("json")).expect("write");
+    run_reference(&["many".as_ref(), list.path().as_os_str()])
+}
+
 /// Tiny checkpoints of `names` (entries of reference.py's FAMILIES), built once per test
 /// binary by `reference.py fixtures`.
 pub fn fixtures_of(names: &[&str]) -> &'static Path {

@@ -34,6 +34,14 @@ pub fn reference(args: &[&str]) -> Output {
     out
 }
 
+/// Runs the `reference.py` commands listed, one after another in one Python process
+/// (`reference.py many`: Python, torch, transformers and peft start once).
+pub fn reference_many(commands: &[Vec<String>]) -> Output {
+    let list = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(list.path(), serde_json::to_vec(commands).expect("json")).expect("write");
+    reference(&["many", s(list.path())])
+}
+
 pub fn examples_jsonl() -> PathBuf {
     repo().join("examples/quickstart/support-chat.jsonl")
 }
